@@ -1,0 +1,1 @@
+"""Internals of raymlops; nothing here is public API."""

@@ -1,0 +1,417 @@
+"""Runs, model versions and aliases in MLflow — the tracking store and model registry.
+
+MLflow is the registry; this module adds what raymlops needs on top: nested trial runs with
+metric history, dataset lineage, pickle-free artifacts whose digests are recorded on the
+version and verified before load, and the environment a version was trained under.
+The embedded default is a SQLite file plus an artifact folder under RAYMLOPS_HOME; set
+`registry.tracking_uri` or $MLFLOW_TRACKING_URI to use a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raymlops._private.environment import code_version, environment
+from raymlops._private.home import home_dir
+from raymlops.errors import RegistryError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from raymlops.config import PipelineConfig
+    from raymlops.data import DatasetVersion
+    from raymlops.predictor import Predictor
+
+__all__ = ["ModelVersionInfo", "Registry", "TrialRecord"]
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_DIGEST_TAG = "raymlops.sha256."
+_ENV_TAG = "raymlops.env."
+_METRIC_TAG = "raymlops.metric."
+
+
+@dataclass
+class TrialRecord:
+    """One Tune trial as recorded in MLflow: sampled values, metric history, outcome."""
+
+    trial_id: str
+    params: dict[str, Any]
+    history: list[dict[str, float]]
+    status: str
+    error: str | None = None
+
+
+@dataclass
+class ModelVersionInfo:
+    """A registered model version as shown by `raymlops models show`."""
+
+    name: str
+    version: int
+    run_id: str | None
+    aliases: list[str]
+    created: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            k.removeprefix(_METRIC_TAG): float(v)
+            for k, v in self.tags.items()
+            if k.startswith(_METRIC_TAG)
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": self.aliases,
+            "run_id": self.run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
+            "metrics": self.metrics,
+            "dataset_digest": self.tags.get("raymlops.dataset_digest"),
+            "config_hash": self.tags.get("raymlops.config_hash"),
+            "trial_id": self.tags.get("raymlops.trial_id"),
+            "tags": self.tags,
+        }
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if not isinstance(value, str) else value
+
+
+class Registry:
+    """MLflow tracking + model registry behind one object (embedded SQLite by default)."""
+
+    def __init__(self, tracking_uri: str | None = None, home: str | Path | None = None) -> None:
+        self.home = home_dir(home)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self.embedded = uri is None
+        if uri is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        self.tracking_uri = uri
+        self._client: MlflowClient | None = None
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, home: str | Path | None = None) -> Registry:
+        return cls(config.registry.tracking_uri, home)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def ui_command(self) -> str:
+        """The exact `mlflow ui` line that shows this store."""
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    # ------------------------------------------------------------------ experiments
+    def experiment_id(self, name: str) -> str:
+        """Id of the named experiment, created (with artifacts under home) if needed."""
+        client = self.client
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = (self.home / "artifacts").as_uri() if self.embedded else None
+        try:
+            return str(client.create_experiment(name, artifact_location=location))
+        except Exception:  # a concurrent creator won the race
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    @contextmanager
+    def pipeline_run(
+        self, config: PipelineConfig, run_name: str, tags: dict[str, str] | None = None
+    ) -> Iterator[str]:
+        """A parent MLflow run for one training pipeline; FAILED if the block raises."""
+        from raymlops.config import config_hash
+
+        client = self.client
+        exp = self.experiment_id(config.registry.experiment)
+        all_tags = {
+            "raymlops.config_hash": config_hash(config),
+            "raymlops.code_version": code_version(),
+            "raymlops.pipeline": config.name,
+            "mlflow.runName": run_name,
+            **(tags or {}),
+        }
+        run = client.create_run(exp, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        params: dict[str, str] = {}
+        for section in ("data", "features", "model", "train", "tune"):
+            _flatten(section, getattr(config, section).model_dump(mode="json"), params)
+        self._log_batch(run_id, params=params)
+        try:
+            yield run_id
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+
+    def _log_batch(
+        self,
+        run_id: str,
+        metrics: list[tuple[str, float, int]] | None = None,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        metric_objs = [Metric(k, float(v), now, step) for k, v, step in metrics or []]
+        param_objs = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        tag_objs = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        # MLflow accepts at most 1000 metrics, 100 params and 100 tags per batch.
+        for i in range(0, len(metric_objs), 1000):
+            self.client.log_batch(run_id, metrics=metric_objs[i : i + 1000])
+        for i in range(0, len(param_objs), 100):
+            self.client.log_batch(run_id, params=param_objs[i : i + 100])
+        for i in range(0, len(tag_objs), 100):
+            self.client.log_batch(run_id, tags=tag_objs[i : i + 100])
+
+    def log_dataset(self, run_id: str, dataset: DatasetVersion, context: str = "training") -> None:
+        """Attach the dataset (digest, schema, profile summary) to a run as an MLflow input."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        schema = json.dumps({"mlflow_colspec": [
+            {"name": k, "type": v} for k, v in dataset.schema.items()
+        ]})
+        profile = json.dumps({"num_rows": dataset.num_rows, "split": dataset.split})
+        entity = Dataset(
+            name=Path(dataset.source).name or dataset.source,
+            digest=dataset.digest[:36],
+            source_type="local" if "://" not in dataset.source else dataset.source.split(":")[0],
+            source=json.dumps({"uri": dataset.source}),
+            schema=schema,
+            profile=profile,
+        )
+        self.client.log_inputs(
+            run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+        )
+
+    def log_trials(self, parent_run_id: str, config: PipelineConfig, trials: list[TrialRecord]) -> None:
+        """One nested run per trial with its sampled values and per-epoch metric history."""
+        client = self.client
+        exp = self.experiment_id(config.registry.experiment)
+        for trial in trials:
+            run = client.create_run(
+                exp,
+                run_name=f"trial-{trial.trial_id}",
+                tags={
+                    "mlflow.parentRunId": parent_run_id,
+                    "raymlops.trial_id": trial.trial_id,
+                    "raymlops.trial_status": trial.status,
+                    **({"raymlops.trial_error": trial.error[:4000]} if trial.error else {}),
+                },
+            )
+            history = [
+                (key, value, int(row.get("epoch", i + 1)))
+                for i, row in enumerate(trial.history)
+                for key, value in row.items()
+                if key != "epoch" and isinstance(value, int | float)
+            ]
+            self._log_batch(
+                run.info.run_id,
+                metrics=history,
+                params={k: json.dumps(v) for k, v in trial.params.items()},
+            )
+            client.set_terminated(
+                run.info.run_id, status="FINISHED" if trial.status != "ERROR" else "FAILED"
+            )
+
+    # ------------------------------------------------------------------ versions
+    def register(
+        self,
+        config: PipelineConfig,
+        run_id: str,
+        predictor: Predictor,
+        dataset: DatasetVersion,
+        metrics: dict[str, float],
+        extra_tags: dict[str, str] | None = None,
+        extra_files: dict[str, Any] | None = None,
+    ) -> ModelVersionInfo:
+        """Save the predictor as run artifacts and create a registered model version.
+
+        The first version of a model gets the `champion` alias, later ones `challenger`.
+        """
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        name = config.registry.model_name
+        files = {
+            "profile.json": dataset.profile,
+            "dataset.json": {k: v for k, v in dataset.to_dict().items() if k != "profile"},
+            "config.json": config.model_dump(mode="json"),
+            "metrics.json": metrics,
+            **(extra_files or {}),
+        }
+        with tempfile.TemporaryDirectory(prefix="raymlops-model-") as tmp:
+            digests = predictor.save(tmp, extra_files=files)
+            client.log_artifacts(run_id, tmp, artifact_path="model")
+        self._log_batch(run_id, metrics=[(k, v, 0) for k, v in metrics.items()])
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        tags = {
+            "raymlops.dataset_digest": dataset.digest,
+            "raymlops.dataset_source": dataset.source,
+            "raymlops.config_hash": _config_hash(config),
+            "raymlops.code_version": code_version(),
+            "raymlops.task": dataset.task,
+            **{f"{_DIGEST_TAG}{k}": v for k, v in digests.items()},
+            **{f"{_ENV_TAG}{k}": v for k, v in environment().items()},
+            **{f"{_METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()},
+            **(extra_tags or {}),
+        }
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            try:
+                client.create_registered_model(name, description=config.description or None)
+            except MlflowException:
+                pass  # created concurrently
+        mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
+        version = int(mv.version)
+        has_champion = True
+        try:
+            client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            has_champion = False
+        client.set_registered_model_alias(name, CHAMPION if not has_champion else CHALLENGER, str(version))
+        return self.version_info(name, version)
+
+    def _resolve(self, name: str, ref: str | int) -> ModelVersion:
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(f"no registered model named '{name}'") from None
+        try:
+            if isinstance(ref, int) or str(ref).isdigit():
+                return client.get_model_version(name, str(ref))
+            return client.get_model_version_by_alias(name, str(ref))
+        except MlflowException:
+            what = f"version {ref}" if str(ref).isdigit() else f"alias '{ref}'"
+            raise RegistryError(f"model '{name}' has no {what}") from None
+
+    def version_info(self, name: str, ref: str | int) -> ModelVersionInfo:
+        """A version by number or alias."""
+        mv = self._resolve(name, ref)
+        return ModelVersionInfo(
+            name=name,
+            version=int(mv.version),
+            run_id=mv.run_id,
+            aliases=list(mv.aliases or []),
+            created=mv.creation_timestamp / 1000,
+            tags=dict(mv.tags or {}),
+        )
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every registered model with its versions count, latest version and aliases."""
+        out = []
+        for model in self.client.search_registered_models(max_results=1000):
+            versions = self.client.search_model_versions(f"name = '{model.name}'")
+            out.append(
+                {
+                    "name": model.name,
+                    "versions": len(versions),
+                    "latest_version": max((int(v.version) for v in versions), default=None),
+                    "aliases": {k: int(v) for k, v in (model.aliases or {}).items()},
+                    "description": model.description or "",
+                }
+            )
+        return sorted(out, key=lambda m: m["name"])
+
+    def list_versions(self, name: str) -> list[ModelVersionInfo]:
+        """All versions of a model, newest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(f"no registered model named '{name}'") from None
+        versions = self.client.search_model_versions(f"name = '{name}'")
+        return sorted(
+            (
+                ModelVersionInfo(
+                    name, int(v.version), v.run_id, list(v.aliases or []),
+                    v.creation_timestamp / 1000, dict(v.tags or {}),
+                )
+                for v in versions
+            ),
+            key=lambda v: -v.version,
+        )
+
+    def download(self, name: str, ref: str | int) -> tuple[Path, ModelVersionInfo]:
+        """Fetch a version's artifacts into the local cache and verify their digests."""
+        import mlflow.artifacts
+
+        from raymlops._private.artifacts import verify_folder
+
+        mv = self._resolve(name, ref)
+        info = self.version_info(name, int(mv.version))
+        digests = {
+            k.removeprefix(_DIGEST_TAG): v for k, v in info.tags.items() if k.startswith(_DIGEST_TAG)
+        }
+        if not digests:
+            raise RegistryError(f"{name} v{info.version} records no artifact digests")
+        cache = self.home / "cache" / "models" / name / str(info.version)
+        try:
+            verify_folder(cache, digests)
+            return cache, info
+        except Exception:
+            shutil.rmtree(cache, ignore_errors=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            verify_folder(Path(local), digests)
+            os.replace(local, cache)
+        return cache, info
+
+    def load_predictor(self, name: str, ref: str | int = CHAMPION) -> Predictor:
+        """A verified Predictor for a version; warns if trained under other library versions."""
+        from raymlops.predictor import Predictor, warn_on_environment_change
+
+        folder, info = self.download(name, ref)
+        digests = {
+            k.removeprefix(_DIGEST_TAG): v for k, v in info.tags.items() if k.startswith(_DIGEST_TAG)
+        }
+        recorded = {
+            k.removeprefix(_ENV_TAG): v for k, v in info.tags.items() if k.startswith(_ENV_TAG)
+        }
+        warn_on_environment_change(recorded, environment())
+        return Predictor.load(
+            folder,
+            expected_digests=digests,
+            metadata={"name": name, "version": info.version, "aliases": info.aliases,
+                      "metrics": info.metrics, "run_id": info.run_id},
+        )
+
+
+def _config_hash(config: PipelineConfig) -> str:
+    from raymlops.config import config_hash
+
+    return config_hash(config)

@@ -1,0 +1,220 @@
+"""One trial: a seeded torch training loop with early stopping and resumable checkpoints.
+
+The loop knows nothing about Tune: it takes a `report` callback, so the same function runs
+inside a Tune trial, in a plain loop (benchmarks) or in a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from raymlops._private.artifacts import flatten_optimizer_state, unflatten_optimizer_state
+from raymlops.config import PipelineConfig
+from raymlops.features import Preprocessor
+from raymlops.metrics import classification_metrics, regression_metrics
+from raymlops.models import build_model
+from raymlops.predictor import Predictor
+
+__all__ = [
+    "CHECKPOINT_STATE",
+    "TrainingArrays",
+    "architecture_spec", "evaluate", "fit", "load_best_predictor"]
+
+Reporter = Callable[[dict[str, float], Path | None], None]
+
+CHECKPOINT_STATE = "state.json"
+_BEST = "best.safetensors"
+_LAST = "last.safetensors"
+_OPTIM = "optimizer.safetensors"
+
+
+@dataclass
+class TrainingArrays:
+    """Preprocessed train/validation matrices plus the fitted preprocessing (JSON state)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    preprocessor: dict[str, Any]
+
+    @classmethod
+    def build(cls, prep: Preprocessor, train: Any, validation: Any, label: str) -> TrainingArrays:
+        return cls(
+            prep.transform(train),
+            prep.encode_target(train.column(label)),
+            prep.transform(validation),
+            prep.encode_target(validation.column(label)),
+            prep.to_dict(),
+        )
+
+
+def architecture_spec(config: PipelineConfig, prep: Preprocessor) -> dict[str, Any]:
+    """JSON description from which `build_model` recreates the network."""
+    return {
+        "name": config.model.architecture,
+        "params": config.model.params,
+        "in_features": prep.n_outputs,
+        "out_features": prep.n_targets,
+    }
+
+
+def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Loss and task metrics of a predictor on a preprocessed matrix and encoded targets."""
+    outputs = predictor.predict_matrix(x)
+    prep = predictor.preprocessor
+    if prep.classes is not None:
+        result = classification_metrics(y, outputs, len(prep.classes))
+        result["loss"] = result["log_loss"]
+        return result
+    truth = prep.decode_regression(y.astype(np.float64))
+    result = regression_metrics(truth, outputs)
+    result["loss"] = float(np.mean(((outputs - prep.target_mean) / prep.target_std - y) ** 2))
+    return result
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def _optimizer(config: PipelineConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=t.learning_rate, momentum=0.9, weight_decay=t.weight_decay
+        )
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def fit(
+    config: PipelineConfig,
+    arrays: TrainingArrays,
+    report: Reporter,
+    checkpoint_dir: Path | None = None,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Train one configuration; call `report(metrics, checkpoint_folder_or_None)` each epoch.
+
+    Metrics are prefixed `val_` (val_loss, val_accuracy, …). Restores from `checkpoint_dir`
+    when given. Returns the metrics of the best epoch.
+    """
+    t = config.train
+    metric, mode = config.tune.resolved_metric()
+    prep = Preprocessor.from_dict(arrays.preprocessor)
+    torch.manual_seed(t.seed)
+    model = build_model(
+        config.model.architecture, config.model.params, prep.n_outputs, prep.n_targets
+    ).to(device)
+    optimizer = _optimizer(config, model)
+    loss_fn: nn.Module = nn.CrossEntropyLoss() if prep.classes is not None else nn.MSELoss()
+
+    start_epoch, best, best_metrics, stale = 0, None, {}, 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if checkpoint_dir is not None:
+        state = json.loads((checkpoint_dir / CHECKPOINT_STATE).read_text())
+        model.load_state_dict(load_file(str(checkpoint_dir / _LAST)))
+        best_state = load_file(str(checkpoint_dir / _BEST))
+        optimizer.load_state_dict(
+            unflatten_optimizer_state(load_file(str(checkpoint_dir / _OPTIM)), state["optimizer"])
+        )
+        start_epoch, best, best_metrics, stale = (
+            state["epoch"],
+            state["best"],
+            state["best_metrics"],
+            state["stale"],
+        )
+
+    x_train = torch.from_numpy(arrays.x_train).to(device)
+    y_train = torch.from_numpy(arrays.y_train).to(device)
+    if prep.classes is None:
+        y_train = y_train.unsqueeze(1)
+    n = len(x_train)
+    generator = torch.Generator().manual_seed(t.seed)
+    eval_predictor = Predictor(model, prep, {}, device=device)
+
+    for epoch in range(start_epoch, t.epochs):
+        generator.manual_seed(t.seed * 100_003 + epoch)
+        model.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        total = 0.0
+        for start in range(0, n, t.batch_size):
+            idx = order[start : start + t.batch_size]
+            if len(idx) < 2 and n >= 2 and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+                continue  # BatchNorm cannot normalise a batch of one
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        val = {f"val_{k}": v for k, v in evaluate(eval_predictor, arrays.x_val, arrays.y_val).items()}
+        metrics = {"epoch": float(epoch + 1), "train_loss": total / max(n, 1), **val}
+        if metric not in metrics:
+            raise ValueError(
+                f"tune.metric '{metric}' is not reported; available: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[metric]
+        improved = _is_better(value, best, mode)
+        if improved:
+            best, best_metrics, stale = value, dict(metrics), 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
+        last = stop or epoch + 1 == t.epochs
+        metrics["best_" + metric] = best if best is not None else float("nan")
+        metrics["early_stopped"] = float(stop)
+        if improved or last or (epoch + 1) % t.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
+                folder = Path(tmp)
+                save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()},
+                          str(folder / _LAST))
+                save_file({k: v.cpu().contiguous() for k, v in best_state.items()},
+                          str(folder / _BEST))
+                tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+                save_file(tensors, str(folder / _OPTIM))
+                (folder / CHECKPOINT_STATE).write_text(
+                    json.dumps(
+                        {
+                            "epoch": epoch + 1,
+                            "best": best,
+                            "best_metrics": best_metrics,
+                            "stale": stale,
+                            "optimizer": meta,
+                        }
+                    )
+                )
+                report(metrics, folder)
+        else:
+            report(metrics, None)
+        if stop:
+            break
+    return best_metrics
+
+
+def load_best_predictor(
+    checkpoint_dir: Path, config: PipelineConfig, arrays_preprocessor: dict[str, Any]
+) -> Predictor:
+    """The best-epoch weights of a trial's checkpoint as a Predictor."""
+    prep = Preprocessor.from_dict(arrays_preprocessor)
+    spec = architecture_spec(config, prep)
+    model = build_model(spec["name"], spec["params"], spec["in_features"], spec["out_features"])
+    model.load_state_dict(load_file(str(checkpoint_dir / _BEST)))
+    return Predictor(model, prep, spec)

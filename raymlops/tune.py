@@ -1,0 +1,320 @@
+"""The hyperparameter search on Ray Tune: search space, ASHA/FIFO, resources, resume.
+
+Trials report to Tune only; the driver records them in MLflow once the search is over,
+so trial processes never contend for the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raymlops.config import PipelineConfig, SearchSpec
+from raymlops.errors import ResourceError, TrainingError, UserInputError
+from raymlops.registry import TrialRecord
+from raymlops.train import CHECKPOINT_STATE, TrainingArrays
+
+__all__ = ["SearchOutcome", "plan_concurrency", "run_search"]
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished search produced: every trial, the best one and its checkpoint."""
+
+    experiment_path: str
+    trials: list[TrialRecord]
+    best_trial_id: str
+    best_params: dict[str, Any]
+    best_metrics: dict[str, float]
+    best_checkpoint: Path
+    metric: str
+    mode: str
+    wall_time_s: float
+    concurrency: int
+
+
+def _domain(spec: SearchSpec) -> Any:
+    from ray import tune
+
+    if spec.type == "choice":
+        return tune.choice(spec.values)
+    if spec.type == "grid":
+        return tune.grid_search(spec.values)
+    assert spec.low is not None and spec.high is not None
+    if spec.type == "uniform":
+        return tune.uniform(spec.low, spec.high)
+    if spec.type == "loguniform":
+        return tune.loguniform(spec.low, spec.high)
+    return tune.randint(int(spec.low), int(spec.high))
+
+
+def plan_concurrency(config: PipelineConfig, resources: dict[str, float]) -> int:
+    """Trials that can run at once on this cluster; ResourceError if one can never run."""
+    t = config.tune
+    cpus = resources.get("CPU", 0.0)
+    gpus = resources.get("GPU", 0.0)
+    if t.cpus_per_trial > cpus:
+        raise ResourceError(
+            f"tune.cpus_per_trial={t.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs"
+        )
+    if t.gpus_per_trial > gpus:
+        raise ResourceError(
+            f"tune.gpus_per_trial={t.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs"
+        )
+    limit = math.floor(cpus / t.cpus_per_trial + 1e-9)
+    if t.gpus_per_trial > 0:
+        limit = min(limit, math.floor(gpus / t.gpus_per_trial + 1e-9))
+    if t.max_concurrent_trials is not None:
+        limit = min(limit, t.max_concurrent_trials)
+    grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
+    return max(1, min(limit, t.num_samples * max(grid, 1)))
+
+
+def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: TrainingArrays) -> None:
+    """A Tune function trainable: one trial of `raymlops.train.fit`."""
+    import tempfile
+
+    import torch
+    from ray import tune
+
+    from raymlops.train import fit
+
+    config = PipelineConfig.model_validate(base).apply_trial(overrides)
+    resources = tune.get_context().get_trial_resources().required_resources
+    threads = config.train.torch_threads or max(1, int(resources.get("CPU", 1)))
+    torch.set_num_threads(threads)
+    use_gpu = resources.get("GPU", 0) > 0 and torch.cuda.is_available()
+    device = "cuda" if use_gpu else "cpu"
+    checkpoint = tune.get_checkpoint()
+
+    def report(metrics: dict[str, float], folder: Path | None) -> None:
+        if folder is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    if checkpoint is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            restored = Path(checkpoint.to_directory(tmp))
+            fit(config, arrays, report, checkpoint_dir=restored, device=device)
+    else:
+        fit(config, arrays, report, device=device)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+class _Progress:
+    """A Tune callback printing one line per finished trial and a running best."""
+
+    def __init__(self, total: int, max_epochs: int, metric: str, mode: str, echo: bool) -> None:
+        from ray.tune import Callback
+
+        outer = self
+
+        class _CB(Callback):  # type: ignore[misc]
+            def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                outer.finished(trial, "done")
+
+            def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                outer.finished(trial, "error")
+
+        self.callback = _CB()
+        self.total, self.max_epochs = total, max_epochs
+        self.metric, self.mode, self.echo = metric, mode, echo
+        self.done = 0
+        self.best: float | None = None
+        self.started = time.monotonic()
+
+    def finished(self, trial: Any, how: str) -> None:
+        self.done += 1
+        last = trial.last_result or {}
+        value = last.get("best_" + self.metric)
+        if value is not None and value == value:
+            if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+                self.best = value
+        if not self.echo:
+            return
+        epochs = int(last.get("training_iteration", 0))
+        best = f"{self.best:.4g}" if self.best is not None else "-"
+        if how == "error":
+            note = "error"
+        elif last.get("early_stopped"):
+            note = "early-stopped"
+        elif epochs < self.max_epochs:
+            note = "stopped by ASHA"
+        else:
+            note = "finished"
+        click.echo(
+            f"  trial {self.done:>3}/{self.total} {trial.trial_id} {note:<13} "
+            f"epochs {epochs:>3}  best {self.metric} so far {best}  "
+            f"[{time.monotonic() - self.started:.0f}s]",
+            err=True,
+        )
+
+
+def _storage(config: PipelineConfig, home: Path) -> str:
+    if config.tune.storage:
+        storage = config.tune.storage
+        return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return str(home / "tune")
+
+
+def latest_experiment(config: PipelineConfig, home: Path) -> str | None:
+    """The newest restorable experiment of this pipeline under the storage path."""
+    from ray import tune
+
+    storage = _storage(config, home)
+    if "://" in storage:
+        return None
+    prefix = (config.tune.experiment_name or config.name) + "-"
+    root = Path(storage)
+    if not root.is_dir():
+        return None
+    for candidate in sorted(root.glob(prefix + "*"), reverse=True):
+        if candidate.is_dir() and tune.Tuner.can_restore(str(candidate)):
+            return str(candidate)
+    return None
+
+
+def run_search(
+    config: PipelineConfig,
+    arrays: TrainingArrays,
+    home: Path,
+    resume: bool | str = False,
+    echo: bool = True,
+) -> SearchOutcome:
+    """Run the Tune search (or resume the latest interrupted one) and pick the best trial."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from raymlops.launcher import cluster_resources
+
+    t = config.tune
+    metric, mode = t.resolved_metric()
+    concurrency = plan_concurrency(config, cluster_resources())
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, base=config.model_dump(mode="json"), arrays=arrays),
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+    )
+    grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
+    total = t.num_samples * max(grid, 1)
+    progress = _Progress(total, config.train.epochs, metric, mode, echo)
+    started = time.monotonic()
+
+    if resume:
+        path = resume if isinstance(resume, str) else latest_experiment(config, home)
+        if path is None:
+            raise UserInputError(
+                f"nothing to resume: no interrupted experiment of '{config.name}' under "
+                f"{_storage(config, home)}"
+            )
+        if echo:
+            click.echo(f"▸ resuming Tune experiment {path}", err=True)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        experiment_path = path
+    else:
+        scheduler: Any
+        if t.scheduler == "asha":
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=config.train.epochs,
+                grace_period=min(t.grace_period, config.train.epochs),
+                reduction_factor=t.reduction_factor,
+            )
+        else:
+            scheduler = FIFOScheduler()
+        name = f"{t.experiment_name or config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        storage = _storage(config, home)
+        experiment_path = f"{storage.rstrip('/')}/{name}"
+        tuner = tune.Tuner(
+            trainable,
+            param_space={path: _domain(spec) for path, spec in t.search_space.items()},
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                scheduler=scheduler,
+                search_alg=BasicVariantGenerator(
+                    random_state=t.seed, max_concurrent=concurrency
+                ),
+                num_samples=t.num_samples,
+                reuse_actors=t.reuse_actors,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                # num_to_keep=None: a bound forces an experiment snapshot every few
+                # checkpoints, which costs more than the small files it would delete.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                callbacks=[progress.callback, JsonLoggerCallback(), CSVLoggerCallback()],
+                verbose=0,
+                log_to_file=False,
+            ),
+        )
+    if echo:
+        click.echo(
+            f"▸ tuning {total} trials × ≤{config.train.epochs} epochs, {concurrency} at a time "
+            f"({t.scheduler.upper()}, metric {metric} {mode}, "
+            f"{t.cpus_per_trial:g} CPU{f' + {t.gpus_per_trial:g} GPU' if t.gpus_per_trial else ''}"
+            " per trial)",
+            err=True,
+        )
+    results = tuner.fit()
+    trials: list[TrialRecord] = []
+    for result in results:
+        history: list[dict[str, float]] = []
+        frame = result.metrics_dataframe
+        if frame is not None:
+            keep = [c for c in frame.columns if c.startswith(("val_", "train_", "best_")) or c == "epoch"]
+            history = [
+                {k: float(v) for k, v in row.items() if v == v}
+                for row in frame[keep].to_dict("records")
+            ]
+        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+        params = {k: v for k, v in (result.config or {}).items()}
+        status = "ERROR" if result.error else "TERMINATED"
+        error = None
+        if result.error:
+            error = str(result.error).strip().splitlines()[-1] if str(result.error).strip() else repr(result.error)
+        trials.append(TrialRecord(trial_id, params, history, status, error))
+    ok = [r for r in results if r.error is None and r.checkpoint is not None and r.metrics]
+    if not ok:
+        first = next((t.error for t in trials if t.error), "no trial reported a metric")
+        raise TrainingError(f"every trial failed ({len(trials)} trials); first error: {first}")
+    best = results.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
+    if best.checkpoint is None or best.error is not None:
+        best = min(
+            ok,
+            key=lambda r: (r.metrics.get("best_" + metric, math.inf) * (1 if mode == "min" else -1)),
+        )
+    assert best.checkpoint is not None
+    best_dir = Path(best.checkpoint.to_directory())
+    best_id = str(best.metrics.get("trial_id"))
+    state = json.loads((best_dir / CHECKPOINT_STATE).read_text())
+    best_metrics = {k: float(v) for k, v in state["best_metrics"].items()}
+    return SearchOutcome(
+        experiment_path=experiment_path,
+        trials=trials,
+        best_trial_id=best_id,
+        best_params=dict(best.config or {}),
+        best_metrics=best_metrics,
+        best_checkpoint=best_dir,
+        metric=metric,
+        mode=mode,
+        wall_time_s=time.monotonic() - started,
+        concurrency=concurrency,
+    )
