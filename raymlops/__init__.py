@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "Registry": "raymlops.registry",
     "RegistryError": "raymlops.errors",
     "ResourceError": "raymlops.errors",
+    "RunResult": "raymlops.pipeline",
     "TrainResult": "raymlops.pipeline",
     "TrainingError": "raymlops.errors",
     "UserInputError": "raymlops.errors",
@@ -33,9 +34,9 @@ _EXPORTS: dict[str, str] = {
     "load_config": "raymlops.config",
     "load_dataset": "raymlops.data",
     "register_architecture": "raymlops.models",
-    "run": "raymlops.pipeline",
+    "run_pipeline": "raymlops.pipeline",
     "synth_dataset": "raymlops.data",
-    "train": "raymlops.pipeline",
+    "train_and_register": "raymlops.pipeline",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     )
     from raymlops.features import Preprocessor
     from raymlops.models import list_architectures, register_architecture
-    from raymlops.pipeline import TrainResult, run, train
+    from raymlops.pipeline import RunResult, TrainResult, run_pipeline, train_and_register
     from raymlops.predictor import Prediction, Predictor
     from raymlops.registry import ModelVersionInfo, Registry
 

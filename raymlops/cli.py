@@ -121,7 +121,7 @@ def run(
       raymlops run
       raymlops run -c examples/synthetic.yaml --set tune.num_samples=4
     """
-    from raymlops.pipeline import run as run_pipeline
+    from raymlops.pipeline import run_pipeline
 
     config = _load(config_path, overrides)
     result = run_pipeline(config, address=address, home=home, samples=samples)
@@ -158,10 +158,10 @@ def train(
       raymlops train --set tune.num_samples=16 --set tune.scheduler=fifo
       raymlops train --resume          # after a crash or Ctrl-C
     """
-    from raymlops.pipeline import train as train_pipeline
+    from raymlops.pipeline import train_and_register
 
     config = _load(config_path, overrides)
-    result = train_pipeline(config, address=address, resume=resume, home=home)
+    result = train_and_register(config, address=address, resume=resume, home=home)
     if as_json:
         click.echo(
             json.dumps(

@@ -337,9 +337,9 @@ class PipelineConfig(_Section):
                     ModelConfig.model_validate(trial["model"])
                     TrainConfig.model_validate(trial["train"])
                 except ValidationError as exc:
-                    first = exc.errors()[0]
+                    message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                     raise ValueError(
-                        f"search_space '{path}': value {candidate!r} is invalid: {first['msg']}"
+                        f"search_space '{path}': value {candidate!r} is invalid: {message}"
                     ) from None
         columns = [self.data.label, *self.data.id_columns]
         for group in (self.features.numeric or [], self.features.categorical or []):
@@ -364,12 +364,30 @@ def default_config_path() -> Path:
     return Path(str(resources.files("raymlops") / "examples" / DEFAULT_CONFIG_NAME))
 
 
+def _split_path(data: dict[str, Any], path: str) -> list[str]:
+    """Split a dotted override path; search-space keys (themselves dotted) stay whole, so
+    `tune.search_space.train.learning_rate.low` addresses the `low` of one dimension."""
+    prefix = "tune.search_space."
+    if path.startswith(prefix):
+        rest = path[len(prefix) :]
+        space = (data.get("tune") or {}).get("search_space") or {}
+        for dim in sorted(space, key=len, reverse=True):
+            if rest == dim or rest.startswith(dim + "."):
+                tail = rest[len(dim) + 1 :]
+                return ["tune", "search_space", dim, *(tail.split(".") if tail else [])]
+        parts = rest.split(".")
+        if len(parts) > 2 and parts[-1] in SearchSpec.model_fields:
+            return ["tune", "search_space", ".".join(parts[:-1]), parts[-1]]
+        return ["tune", "search_space", rest]
+    return path.split(".")
+
+
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    keys = path.split(".")
+    keys = _split_path(data, path)
     node: Any = data
     for i, key in enumerate(keys[:-1]):
         if not isinstance(node, dict):
-            raise ConfigError(f"'{'.'.join(keys[: i + 1])}' is not a section")
+            raise ConfigError(f"'{'.'.join(keys[:i])}' is not a section")
         if key not in node or node[key] is None:
             node[key] = {}
         node = node[key]
@@ -436,7 +454,10 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping")
     if overrides:
-        raw = apply_overrides(raw, overrides)
+        try:
+            raw = apply_overrides(raw, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid override for {source}: {exc}") from None
         source = f"{source} (with --set overrides)"
     try:
         return PipelineConfig.model_validate(raw)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raymlops.config import FeaturesConfig
-from raymlops.data import ColumnRoles
 from raymlops.errors import DataError
+
+if TYPE_CHECKING:
+    from raymlops.config import FeaturesConfig
+    from raymlops.data import ColumnRoles
 
 __all__ = ["Preprocessor", "TabularInput", "to_columns"]
 
@@ -75,9 +77,18 @@ def _as_float_array(values: Any, name: str) -> np.ndarray:
 
 
 def _as_string_series(values: Any) -> pd.Series:
+    """Category values as strings, spelled the same whatever the input's container: an
+    integer column reads "1" whether it came from Arrow (with nulls), pandas floats or JSON."""
     if isinstance(values, pa.ChunkedArray | pa.Array):
-        values = values.to_pandas()
+        if pa.types.is_floating(values.type):
+            values = values.to_pandas()
+        else:
+            return values.cast(pa.string()).to_pandas().astype("string")
     series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    if series.dtype.kind == "f":
+        finite = series.dropna()
+        if len(finite) and bool((finite == finite.round()).all()):
+            return series.astype("Int64").astype("string")
     return series.astype("string")
 
 

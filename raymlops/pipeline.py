@@ -1,4 +1,5 @@
-"""The pipeline steps as functions: `train` (data → Tune → registry) and `run` (the main job).
+"""The pipeline steps as functions: `train_and_register` (data → Tune → registry) and
+`run_pipeline` (the main job).
 
 The CLI and the `jobs/` entrypoints are thin shells over these two functions.
 """
@@ -22,7 +23,7 @@ from raymlops.launcher import ray_session
 from raymlops.registry import ModelVersionInfo, Registry
 from raymlops.train import TrainingArrays, evaluate, load_best_predictor
 
-__all__ = ["RunResult", "TrainResult", "run", "train"]
+__all__ = ["RunResult", "TrainResult", "run_pipeline", "train_and_register"]
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _echo(enabled: bool, message: str) -> None:
         click.echo(message, err=True)
 
 
-def train(
+def train_and_register(
     config: PipelineConfig,
     *,
     address: str | None = None,
@@ -161,7 +162,7 @@ def train(
     )
 
 
-def run(
+def run_pipeline(
     config: PipelineConfig,
     *,
     address: str | None = None,
@@ -173,7 +174,7 @@ def run(
     champion back from the registry and predict a few held-out rows with it."""
     from raymlops.data import load_table
 
-    result = train(config, address=address, home=home, echo=echo)
+    result = train_and_register(config, address=address, home=home, echo=echo)
     registry = Registry.from_config(config, home)
     predictor = registry.load_predictor(config.registry.model_name, "champion")
     table = load_table(config.data.path, config.data.format)

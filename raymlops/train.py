@@ -37,6 +37,7 @@ CHECKPOINT_STATE = "state.json"
 _BEST = "best.safetensors"
 _LAST = "last.safetensors"
 _OPTIM = "optimizer.safetensors"
+_RNG = "rng.safetensors"
 
 
 @dataclass
@@ -134,6 +135,9 @@ def fit(
         optimizer.load_state_dict(
             unflatten_optimizer_state(load_file(str(checkpoint_dir / _OPTIM)), state["optimizer"])
         )
+        # Dropout draws from the global RNG: restore it so a resumed trial matches an
+        # uninterrupted one exactly.
+        torch.set_rng_state(load_file(str(checkpoint_dir / _RNG))["cpu"])
         start_epoch, best, best_metrics, stale = (
             state["epoch"],
             state["best"],
@@ -190,6 +194,7 @@ def fit(
                           str(folder / _BEST))
                 tensors, meta = flatten_optimizer_state(optimizer.state_dict())
                 save_file(tensors, str(folder / _OPTIM))
+                save_file({"cpu": torch.get_rng_state()}, str(folder / _RNG))
                 (folder / CHECKPOINT_STATE).write_text(
                     json.dumps(
                         {

@@ -191,6 +191,7 @@ def run_search(
     home: Path,
     resume: bool | str = False,
     echo: bool = True,
+    callbacks: list[Any] | None = None,
 ) -> SearchOutcome:
     """Run the Tune search (or resume the latest interrupted one) and pick the best trial."""
     from ray import tune
@@ -260,7 +261,12 @@ def run_search(
                 # num_to_keep=None: a bound forces an experiment snapshot every few
                 # checkpoints, which costs more than the small files it would delete.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                callbacks=[progress.callback, JsonLoggerCallback(), CSVLoggerCallback()],
+                callbacks=[
+                    progress.callback,
+                    JsonLoggerCallback(),
+                    CSVLoggerCallback(),
+                    *(callbacks or []),
+                ],
                 verbose=0,
                 log_to_file=False,
             ),
