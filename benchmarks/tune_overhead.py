@@ -1,5 +1,10 @@
 """Tune overhead and ASHA speed-up on trials of the embedded default's size.
 
+The embedded default's model and search space (MLP depth 1-3, width 16-128, learning rate,
+activation, dropout) on a small tabular table of the same width (30 numeric features,
+12,000 synthetic rows by default), so that each trial takes a couple of seconds: long
+enough to be a real trial, short enough that per-trial overhead shows.
+
 (a) N configs × E epochs through raymlops' Tune search (FIFO, 2 trials at a time, 1 CPU
     and 1 torch thread each), (b) the same configs as a plain sequential loop in this
     process calling the same `raymlops.train.fit` with 2 torch threads, and
@@ -26,7 +31,7 @@ from typing import Any
 import torch
 
 from raymlops.config import PipelineConfig, load_config
-from raymlops.data import load_dataset
+from raymlops.data import load_dataset, synth_dataset
 from raymlops.features import Preprocessor
 from raymlops.launcher import ray_session
 from raymlops.train import TrainingArrays, fit
@@ -61,10 +66,24 @@ class _Timeline:
         return None
 
 
+def _dataset(args: argparse.Namespace) -> str:
+    """The benchmark's data: a cached synthetic table the width of the embedded default."""
+    folder = Path(__file__).resolve().parent / ".data"
+    path = folder / f"tune-synth-{args.rows}x30.parquet"
+    if not path.exists():
+        synth_dataset(str(path), rows=args.rows, features=30, seed=0)
+    return str(path)
+
+
 def _config(args: argparse.Namespace, scheduler: str) -> PipelineConfig:
+    data = [] if args.embedded else [
+        f"data.path={_dataset(args)}", "data.label=label", "data.id_columns=[id]",
+        "data.task=classification",
+    ]
     return load_config(
-        args.config,
+        None,
         [
+            *data,
             f"tune.num_samples={args.configs}",
             f"tune.scheduler={scheduler}",
             "tune.max_concurrent_trials=2",
@@ -90,9 +109,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="One repetition (under 2 minutes).")
     parser.add_argument("--configs", type=int, default=16, help="Configurations (default 16).")
     parser.add_argument("--epochs", type=int, default=10, help="Epochs per trial (default 10).")
-    parser.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Batch size (default 32).")
+    parser.add_argument("--rows", type=int, default=12_000,
+                        help="Rows of the synthetic table (default 12000: ~2 s trials).")
+    parser.add_argument("--embedded", action="store_true",
+                        help="Use the embedded breast-cancer data itself (trials of ~0.2 s).")
     parser.add_argument("--repeats", type=int, default=2, help="Repetitions (--quick: 1).")
-    parser.add_argument("-c", "--config", default=None, help="Pipeline (default: embedded).")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 
