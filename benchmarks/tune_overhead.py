@@ -50,8 +50,9 @@ class _Timeline:
         self.points: list[tuple[float, float]] = []
 
         class _CB(Callback):  # type: ignore[misc]
-            def on_trial_result(self, iteration: int, trials: Any, trial: Any, result: Any,
-                                **info: Any) -> None:
+            def on_trial_result(
+                self, iteration: int, trials: Any, trial: Any, result: Any, **info: Any
+            ) -> None:
                 value = result.get(outer.metric)
                 if value is not None:
                     outer.points.append((time.perf_counter() - outer.start, float(value)))
@@ -76,10 +77,16 @@ def _dataset(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace, scheduler: str) -> PipelineConfig:
-    data = [] if args.embedded else [
-        f"data.path={_dataset(args)}", "data.label=label", "data.id_columns=[id]",
-        "data.task=classification",
-    ]
+    data = (
+        []
+        if args.embedded
+        else [
+            f"data.path={_dataset(args)}",
+            "data.label=label",
+            "data.id_columns=[id]",
+            "data.task=classification",
+        ]
+    )
     return load_config(
         None,
         [
@@ -110,10 +117,17 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=16, help="Configurations (default 16).")
     parser.add_argument("--epochs", type=int, default=10, help="Epochs per trial (default 10).")
     parser.add_argument("--batch-size", type=int, default=32, help="Batch size (default 32).")
-    parser.add_argument("--rows", type=int, default=12_000,
-                        help="Rows of the synthetic table (default 12000: ~2 s trials).")
-    parser.add_argument("--embedded", action="store_true",
-                        help="Use the embedded breast-cancer data itself (trials of ~0.2 s).")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=12_000,
+        help="Rows of the synthetic table (default 12000: ~2 s trials).",
+    )
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="Use the embedded breast-cancer data itself (trials of ~0.2 s).",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="Repetitions (--quick: 1).")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
@@ -123,9 +137,11 @@ def main() -> None:
     _, splits, roles = load_dataset(fifo.data, fifo.features)
     prep = Preprocessor.fit(splits.train, roles, fifo.features)
     arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
-    print(f"data: {fifo.data.path} ({splits.train.num_rows} training rows, "
-          f"{prep.n_outputs} inputs); {args.configs} configs × {args.epochs} epochs, "
-          f"batch {args.batch_size}; {os.cpu_count()} CPUs")
+    print(
+        f"data: {fifo.data.path} ({splits.train.num_rows} training rows, "
+        f"{prep.n_outputs} inputs); {args.configs} configs × {args.epochs} epochs, "
+        f"batch {args.batch_size}; {os.cpu_count()} CPUs"
+    )
 
     # `raymlops train` has MLflow imported before the search starts (it checks the tracking
     # store first); Tune imports it again for its callback telemetry, so do the same here.

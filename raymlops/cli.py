@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import click
 
@@ -43,9 +43,7 @@ def _handle_errors(func: F) -> F:
             if os.environ.get("RAYMLOPS_DEBUG"):
                 traceback.print_exc()
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _fail(
-                f"{type(exc).__name__}: {detail} (set RAYMLOPS_DEBUG=1 for the traceback)", 1
-            )
+            _fail(f"{type(exc).__name__}: {detail} (set RAYMLOPS_DEBUG=1 for the traceback)", 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -126,8 +124,10 @@ def run(
     config = _load(config_path, overrides)
     result = run_pipeline(config, address=address, home=home, samples=samples)
     click.echo(result.train.summary())
-    click.echo(f"\nsample predictions from {config.registry.model_name} v{result.champion} "
-               "(champion, loaded from the registry):")
+    click.echo(
+        f"\nsample predictions from {config.registry.model_name} v{result.champion} "
+        "(champion, loaded from the registry):"
+    )
     click.echo(result.sample_predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo(f"\nbrowse runs: mlflow ui --backend-store-uri {result.train.tracking_uri}")
 
@@ -231,18 +231,40 @@ def data() -> None:
 
 @data.command("synth")
 @click.option("--rows", type=click.IntRange(min=1), required=True, help="Number of rows.")
-@click.option("--features", type=click.IntRange(min=0), default=16, show_default=True,
-              help="Numeric features f0…")
-@click.option("--categorical", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Categorical features c0… (8 levels each).")
-@click.option("--task", type=click.Choice(["classification", "regression"]),
-              default="classification", show_default=True)
-@click.option("--drift", type=float, default=0.0, show_default=True,
-              help="Covariate shift: numeric means move by DRIFT std; categorical mass "
-              "shifts to rare levels. The feature→label relation is unchanged.")
+@click.option(
+    "--features",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Numeric features f0…",
+)
+@click.option(
+    "--categorical",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Categorical features c0… (8 levels each).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    default="classification",
+    show_default=True,
+)
+@click.option(
+    "--drift",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Covariate shift: numeric means move by DRIFT std; categorical mass "
+    "shifts to rare levels. The feature→label relation is unchanged.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of data and concept.")
-@click.option("--out", required=True,
-              help="*.parquet or *.csv for one file, anything else for a folder of parts.")
+@click.option(
+    "--out",
+    required=True,
+    help="*.parquet or *.csv for one file, anything else for a folder of parts.",
+)
 @_handle_errors
 def data_synth(
     rows: int, features: int, categorical: int, task: str, drift: float, seed: int, out: str
@@ -257,8 +279,16 @@ def data_synth(
     from raymlops.data import synth_dataset
 
     with click.progressbar(length=rows, label="writing rows", file=sys.stderr) as bar:
-        path = synth_dataset(out, rows, features, categorical, task, drift, seed,  # type: ignore[arg-type]
-                             progress=bar.update)
+        path = synth_dataset(
+            out,
+            rows,
+            features,
+            categorical,
+            cast(Literal["classification", "regression"], task),
+            drift,
+            seed,
+            progress=bar.update,
+        )
     click.echo(f"wrote {rows} rows × {features} numeric + {categorical} categorical → {path}")
 
 
@@ -313,7 +343,9 @@ def models_list(home: str | None, tracking_uri: str | None, as_json: bool) -> No
     click.echo(f"{'MODEL':<32} {'VERSIONS':>8} {'LATEST':>6}  ALIASES")
     for row in rows:
         aliases = ", ".join(f"{k}→v{v}" for k, v in sorted(row["aliases"].items())) or "-"
-        click.echo(f"{row['name']:<32} {row['versions']:>8} {row['latest_version']!s:>6}  {aliases}")
+        click.echo(
+            f"{row['name']:<32} {row['versions']:>8} {row['latest_version']!s:>6}  {aliases}"
+        )
 
 
 @models.command("show")
@@ -347,7 +379,9 @@ def models_show(
             d = v.to_dict()
             shown = {k: val for k, val in d["metrics"].items() if k.startswith("test_")}
             metrics = "  ".join(f"{k}={val:.4f}" for k, val in list(shown.items())[:4])
-            click.echo(f"{v.version:>7}  {d['created']:<20} {', '.join(v.aliases) or '-':<22} {metrics}")
+            click.echo(
+                f"{v.version:>7}  {d['created']:<20} {', '.join(v.aliases) or '-':<22} {metrics}"
+            )
         return
     info = registry.version_info(name, version).to_dict()
     if as_json:
@@ -368,16 +402,22 @@ def models_show(
 
 @cli.command()
 @click.argument("name")
-@click.option("--version", "version", default="champion", show_default=True,
-              help="Version number or alias.")
+@click.option(
+    "--version", "version", default="champion", show_default=True, help="Version number or alias."
+)
 @click.option("--input", "input_path", required=True, help="Parquet/CSV file or folder.")
-@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Rows to predict.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to predict."
+)
 @_home_option
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded).")
 @_handle_errors
 def predict(
-    name: str, version: str, input_path: str, limit: int, home: str | None,
+    name: str,
+    version: str,
+    input_path: str,
+    limit: int,
+    home: str | None,
     tracking_uri: str | None,
 ) -> None:
     """Predict a few rows of a file with a registered model (verified before load).

@@ -86,9 +86,7 @@ class DataConfig(_Section):
         default_factory=list,
         description="Columns passed through to predictions (ids) but never learned from.",
     )
-    drop_columns: list[str] = Field(
-        default_factory=list, description="Columns ignored entirely."
-    )
+    drop_columns: list[str] = Field(default_factory=list, description="Columns ignored entirely.")
     split: SplitConfig = Field(
         default_factory=lambda: SplitConfig(), description="Train/validation/test split."
     )
@@ -448,7 +446,9 @@ def load_config(
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"invalid YAML in {source}{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"invalid YAML in {source}{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -29,9 +29,9 @@ __all__ = [
     "ColumnRoles",
     "DatasetSplits",
     "DatasetVersion",
+    "describe_path",
     "infer_roles",
     "load_dataset",
-    "describe_path",
     "load_table",
     "profile_table",
     "split_table",
@@ -97,8 +97,7 @@ def _resolve_source(path: str, fmt: str = "auto") -> _Source:
         candidates = sorted(
             f.path
             for f in fs.get_file_info(selector)
-            if f.type == pafs.FileType.File
-            and not Path(f.path).name.startswith(("_", "."))
+            if f.type == pafs.FileType.File and not Path(f.path).name.startswith(("_", "."))
         )
     formats = {f: _format_of(f, fmt) for f in candidates}
     files = [f for f in candidates if formats[f] is not None]
@@ -211,9 +210,7 @@ def _is_numeric_type(t: pa.DataType) -> bool:
 
 
 def _is_string_type(t: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
-    )
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t))
 
 
 def _non_numeric_example(column: pa.ChunkedArray) -> tuple[str, int] | None:
@@ -309,8 +306,10 @@ def infer_roles(
     elif _is_string_type(label_type) or pa.types.is_boolean(label_type):
         task = "classification"
     elif pa.types.is_integer(label_type):
-        task = "classification" if pc.count_distinct(label_col).as_py() <= _MAX_CLASSES else (
-            "regression"
+        task = (
+            "classification"
+            if pc.count_distinct(label_col).as_py() <= _MAX_CLASSES
+            else ("regression")
         )
     elif pa.types.is_floating(label_type):
         values = label_col.drop_null().to_numpy()
@@ -363,7 +362,9 @@ def _numeric_profile(values: np.ndarray) -> dict[str, Any]:
         "std": float(finite.std()),
         "min": float(finite.min()),
         "max": float(finite.max()),
-        "quantiles": {f"{q:.2f}": float(v) for q, v in zip(qs, np.quantile(finite, qs))},
+        "quantiles": {
+            f"{q:.2f}": float(v) for q, v in zip(qs, np.quantile(finite, qs), strict=True)
+        },
         "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
     }
 
@@ -373,7 +374,10 @@ def _categorical_profile(column: pa.ChunkedArray) -> dict[str, Any]:
     missing = int(column.null_count)
     counts = pc.value_counts(column.drop_null().cast(pa.string()))
     pairs = sorted(
-        ((str(v), int(c)) for v, c in zip(counts.field(0).to_pylist(), counts.field(1).to_pylist())),
+        (
+            (str(v), int(c))
+            for v, c in zip(counts.field(0).to_pylist(), counts.field(1).to_pylist(), strict=True)
+        ),
         key=lambda p: (-p[1], p[0]),
     )
     top = dict(pairs[:_PROFILE_TOP_CATEGORIES])
@@ -390,8 +394,10 @@ def _categorical_profile(column: pa.ChunkedArray) -> dict[str, Any]:
 
 def _as_float(column: pa.ChunkedArray) -> np.ndarray:
     if _is_string_type(column.type):
-        return pd.to_numeric(column.to_pandas(), errors="coerce").to_numpy(np.float64)
-    return column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = pd.to_numeric(column.to_pandas(), errors="coerce")
+    else:
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64)
 
 
 def profile_table(table: pa.Table, roles: ColumnRoles) -> dict[str, Any]:
@@ -437,8 +443,8 @@ def split_table(
         groups = [np.arange(n)]
     for idx in groups:
         idx = rng.permutation(idx)
-        n_test = int(round(len(idx) * test))
-        n_val = int(round(len(idx) * validation))
+        n_test = round(len(idx) * test)
+        n_val = round(len(idx) * validation)
         parts[2].append(idx[:n_test])
         parts[1].append(idx[n_test : n_test + n_val])
         parts[0].append(idx[n_test + n_val :])
@@ -493,8 +499,13 @@ class DatasetVersion:
         for name, dtype in self.schema.items():
             stats = cols.get(name)
             role = (
-                "label" if name == self.label else "id" if name in self.id_columns else
-                "feature" if name in self.features else "ignored"
+                "label"
+                if name == self.label
+                else "id"
+                if name in self.id_columns
+                else "feature"
+                if name in self.features
+                else "ignored"
             )
             detail = ""
             if stats and stats["kind"] == "numeric" and "mean" in stats:
@@ -660,9 +671,7 @@ def synth_dataset(
         with target.open("wb") as sink:
             first = True
             for chunk in chunks:
-                pacsv.write_csv(
-                    chunk, sink, write_options=pacsv.WriteOptions(include_header=first)
-                )
+                pacsv.write_csv(chunk, sink, write_options=pacsv.WriteOptions(include_header=first))
                 first = False
                 if progress is not None:
                     progress(chunk.num_rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Preprocessor", "TabularInput", "to_columns"]
 
-TabularInput = pd.DataFrame | pa.Table | pa.RecordBatch | Mapping[str, Any] | Sequence[Any]
+TabularInput: TypeAlias = (
+    pd.DataFrame | pa.Table | pa.RecordBatch | Mapping[str, Any] | Sequence[Any]
+)
 
 
 def to_columns(data: TabularInput) -> dict[str, Any]:
@@ -64,16 +66,16 @@ def _as_float_array(values: Any, name: str) -> np.ndarray:
             )
         values = values.to_pandas()
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
-        return values.astype(np.float64, copy=False)
+        return np.asarray(values, dtype=np.float64)
     series = pd.Series(values) if not isinstance(values, pd.Series) else values
     if series.dtype.kind in "fiub":
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.asarray(series.to_numpy(dtype=np.float64, na_value=np.nan))
     parsed = pd.to_numeric(series, errors="coerce")
     bad = parsed.isna() & series.notna()
     if bad.any():
         example = series[bad].iloc[0]
         raise DataError(f"column '{name}': non-numeric value {example!r}")
-    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(parsed.to_numpy(dtype=np.float64, na_value=np.nan))
 
 
 def _as_string_series(values: Any) -> pd.Series:
@@ -167,9 +169,7 @@ class Preprocessor:
     def n_outputs(self) -> int:
         """Width of the transformed matrix (the model's input size)."""
         return (
-            len(self.numeric)
-            + len(self.indicators)
-            + sum(len(v) + 1 for v in self.vocab.values())
+            len(self.numeric) + len(self.indicators) + sum(len(v) + 1 for v in self.vocab.values())
         )
 
     @property

@@ -29,7 +29,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         "log_to_driver": False,
         "configure_logging": True,
     }
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
+        # An explicit cluster, or the one a `ray job submit` driver runs in.
         ray.init(address=address, **kwargs)
     else:
         ray.init(

@@ -38,9 +38,7 @@ _REGISTRY: dict[str, _Architecture] = {}
 ModuleT = type[nn.Module]
 
 
-def register_architecture(
-    name: str, params: type[BaseModel]
-) -> Callable[[ModuleT], ModuleT]:
+def register_architecture(name: str, params: type[BaseModel]) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: make `cls(in_features, out_features, **params)` available as `name`.
 
     `params` is a pydantic model (use `extra="forbid"`) describing the keyword arguments;

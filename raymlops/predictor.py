@@ -85,7 +85,7 @@ class Predictor:
             tensor = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
             outputs = self.model(tensor.to(self.device))
             if self.preprocessor.classes is not None:
-                return torch.softmax(outputs, dim=1).cpu().numpy()  # type: ignore[no-any-return]
+                return np.asarray(torch.softmax(outputs, dim=1).cpu().numpy())
             values = outputs.squeeze(1).cpu().numpy().astype(np.float64)
             return self.preprocessor.decode_regression(values)
 

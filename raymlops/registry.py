@@ -9,6 +9,7 @@ The embedded default is a SQLite file plus an artifact folder under RAYMLOPS_HOM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,7 +118,9 @@ class Registry:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._client = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
         return self._client
 
     def ui_command(self) -> str:
@@ -194,9 +197,9 @@ class Registry:
         """Attach the dataset (digest, schema, profile summary) to a run as an MLflow input."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        schema = json.dumps({"mlflow_colspec": [
-            {"name": k, "type": v} for k, v in dataset.schema.items()
-        ]})
+        schema = json.dumps(
+            {"mlflow_colspec": [{"name": k, "type": v} for k, v in dataset.schema.items()]}
+        )
         profile = json.dumps({"num_rows": dataset.num_rows, "split": dataset.split})
         entity = Dataset(
             name=Path(dataset.source).name or dataset.source,
@@ -210,7 +213,9 @@ class Registry:
             run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
         )
 
-    def log_trials(self, parent_run_id: str, config: PipelineConfig, trials: list[TrialRecord]) -> None:
+    def log_trials(
+        self, parent_run_id: str, config: PipelineConfig, trials: list[TrialRecord]
+    ) -> None:
         """One nested run per trial with its sampled values and per-epoch metric history."""
         client = self.client
         exp = self.experiment_id(config.registry.experiment)
@@ -285,10 +290,8 @@ class Registry:
         try:
             client.get_registered_model(name)
         except MlflowException:
-            try:
+            with contextlib.suppress(MlflowException):  # another process created it first
                 client.create_registered_model(name, description=config.description or None)
-            except MlflowException:
-                pass  # created concurrently
         mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
         version = int(mv.version)
         has_champion = True
@@ -296,7 +299,9 @@ class Registry:
             client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
             has_champion = False
-        client.set_registered_model_alias(name, CHAMPION if not has_champion else CHALLENGER, str(version))
+        client.set_registered_model_alias(
+            name, CHAMPION if not has_champion else CHALLENGER, str(version)
+        )
         return self.version_info(name, version)
 
     def _resolve(self, name: str, ref: str | int) -> ModelVersion:
@@ -355,8 +360,12 @@ class Registry:
         return sorted(
             (
                 ModelVersionInfo(
-                    name, int(v.version), v.run_id, list(v.aliases or []),
-                    v.creation_timestamp / 1000, dict(v.tags or {}),
+                    name,
+                    int(v.version),
+                    v.run_id,
+                    list(v.aliases or []),
+                    v.creation_timestamp / 1000,
+                    dict(v.tags or {}),
                 )
                 for v in versions
             ),
@@ -372,7 +381,9 @@ class Registry:
         mv = self._resolve(name, ref)
         info = self.version_info(name, int(mv.version))
         digests = {
-            k.removeprefix(_DIGEST_TAG): v for k, v in info.tags.items() if k.startswith(_DIGEST_TAG)
+            k.removeprefix(_DIGEST_TAG): v
+            for k, v in info.tags.items()
+            if k.startswith(_DIGEST_TAG)
         }
         if not digests:
             raise RegistryError(f"{name} v{info.version} records no artifact digests")
@@ -397,7 +408,9 @@ class Registry:
 
         folder, info = self.download(name, ref)
         digests = {
-            k.removeprefix(_DIGEST_TAG): v for k, v in info.tags.items() if k.startswith(_DIGEST_TAG)
+            k.removeprefix(_DIGEST_TAG): v
+            for k, v in info.tags.items()
+            if k.startswith(_DIGEST_TAG)
         }
         recorded = {
             k.removeprefix(_ENV_TAG): v for k, v in info.tags.items() if k.startswith(_ENV_TAG)
@@ -406,8 +419,13 @@ class Registry:
         return Predictor.load(
             folder,
             expected_digests=digests,
-            metadata={"name": name, "version": info.version, "aliases": info.aliases,
-                      "metrics": info.metrics, "run_id": info.run_id},
+            metadata={
+                "name": name,
+                "version": info.version,
+                "aliases": info.aliases,
+                "metrics": info.metrics,
+                "run_id": info.run_id,
+            },
         )
 
 

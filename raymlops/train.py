@@ -29,7 +29,11 @@ from raymlops.predictor import Predictor
 __all__ = [
     "CHECKPOINT_STATE",
     "TrainingArrays",
-    "architecture_spec", "evaluate", "fit", "load_best_predictor"]
+    "architecture_spec",
+    "evaluate",
+    "fit",
+    "load_best_predictor",
+]
 
 Reporter = Callable[[dict[str, float], Path | None], None]
 
@@ -160,7 +164,11 @@ def fit(
         total = 0.0
         for start in range(0, n, t.batch_size):
             idx = order[start : start + t.batch_size]
-            if len(idx) < 2 and n >= 2 and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+            if (
+                len(idx) < 2
+                and n >= 2
+                and any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+            ):
                 continue  # BatchNorm cannot normalise a batch of one
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x_train[idx]), y_train[idx])
@@ -168,7 +176,9 @@ def fit(
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         model.eval()
-        val = {f"val_{k}": v for k, v in evaluate(eval_predictor, arrays.x_val, arrays.y_val).items()}
+        val = {
+            f"val_{k}": v for k, v in evaluate(eval_predictor, arrays.x_val, arrays.y_val).items()
+        }
         metrics = {"epoch": float(epoch + 1), "train_loss": total / max(n, 1), **val}
         if metric not in metrics:
             raise ValueError(
@@ -188,10 +198,13 @@ def fit(
         if improved or last or (epoch + 1) % t.checkpoint_every == 0:
             with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
                 folder = Path(tmp)
-                save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()},
-                          str(folder / _LAST))
-                save_file({k: v.cpu().contiguous() for k, v in best_state.items()},
-                          str(folder / _BEST))
+                save_file(
+                    {k: v.cpu().contiguous() for k, v in model.state_dict().items()},
+                    str(folder / _LAST),
+                )
+                save_file(
+                    {k: v.cpu().contiguous() for k, v in best_state.items()}, str(folder / _BEST)
+                )
                 tensors, meta = flatten_optimizer_state(optimizer.state_dict())
                 save_file(tensors, str(folder / _OPTIM))
                 save_file({"cpu": torch.get_rng_state()}, str(folder / _RNG))

@@ -121,10 +121,14 @@ class _Progress:
         outer = self
 
         class _CB(Callback):  # type: ignore[misc]
-            def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            def on_trial_complete(
+                self, iteration: int, trials: list[Any], trial: Any, **info: Any
+            ) -> None:
                 outer.finished(trial, "done")
 
-            def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            def on_trial_error(
+                self, iteration: int, trials: list[Any], trial: Any, **info: Any
+            ) -> None:
                 outer.finished(trial, "error")
 
         self.callback = _CB()
@@ -139,8 +143,12 @@ class _Progress:
         last = trial.last_result or {}
         value = last.get("best_" + self.metric)
         if value is not None and value == value:
-            if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
-                self.best = value
+            if self.best is None:
+                self.best = float(value)
+            elif self.mode == "min":
+                self.best = min(self.best, float(value))
+            else:
+                self.best = max(self.best, float(value))
         if not self.echo:
             return
         epochs = int(last.get("training_iteration", 0))
@@ -247,9 +255,7 @@ def run_search(
                 metric=metric,
                 mode=mode,
                 scheduler=scheduler,
-                search_alg=BasicVariantGenerator(
-                    random_state=t.seed, max_concurrent=concurrency
-                ),
+                search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency),
                 num_samples=t.num_samples,
                 reuse_actors=t.reuse_actors,
                 trial_dirname_creator=_trial_dirname,
@@ -285,7 +291,11 @@ def run_search(
         history: list[dict[str, float]] = []
         frame = result.metrics_dataframe
         if frame is not None:
-            keep = [c for c in frame.columns if c.startswith(("val_", "train_", "best_")) or c == "epoch"]
+            keep = [
+                c
+                for c in frame.columns
+                if c.startswith(("val_", "train_", "best_")) or c == "epoch"
+            ]
             history = [
                 {k: float(v) for k, v in row.items() if v == v}
                 for row in frame[keep].to_dict("records")
@@ -295,7 +305,11 @@ def run_search(
         status = "ERROR" if result.error else "TERMINATED"
         error = None
         if result.error:
-            error = str(result.error).strip().splitlines()[-1] if str(result.error).strip() else repr(result.error)
+            error = (
+                str(result.error).strip().splitlines()[-1]
+                if str(result.error).strip()
+                else repr(result.error)
+            )
         trials.append(TrialRecord(trial_id, params, history, status, error))
     ok = [r for r in results if r.error is None and r.checkpoint is not None and r.metrics]
     if not ok:
@@ -305,7 +319,7 @@ def run_search(
     if best.checkpoint is None or best.error is not None:
         best = min(
             ok,
-            key=lambda r: (r.metrics.get("best_" + metric, math.inf) * (1 if mode == "min" else -1)),
+            key=lambda r: r.metrics.get("best_" + metric, math.inf) * (1 if mode == "min" else -1),
         )
     assert best.checkpoint is not None
     best_dir = Path(best.checkpoint.to_directory())
