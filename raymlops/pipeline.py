@@ -18,6 +18,7 @@ import pandas as pd
 from raymlops._private.home import home_dir
 from raymlops.config import PipelineConfig, config_hash
 from raymlops.data import DatasetVersion, load_dataset
+from raymlops.errors import UserInputError
 from raymlops.features import Preprocessor
 from raymlops.launcher import ray_session
 from raymlops.registry import ModelVersionInfo, Registry
@@ -84,7 +85,7 @@ def train_and_register(
 ) -> TrainResult:
     """Load and check the data, tune, evaluate the best trial on the test split, and
     register it. Nothing is registered unless every step succeeds."""
-    from raymlops.tune import run_search
+    from raymlops.tune import latest_experiment, run_search
 
     started = time.monotonic()
     home_path = home_dir(home)
@@ -102,6 +103,14 @@ def train_and_register(
     arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
     registry.experiment_id(config.registry.experiment)  # fail fast on a bad tracking URI
 
+    if resume is True:
+        done = registry.registered_experiments(config.registry.model_name)
+        resume = latest_experiment(config, home_path, exclude=done) or ""
+        if not resume:
+            raise UserInputError(
+                f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
+                f"{config.tune.storage or home_path / 'tune'} (finished ones are registered)"
+            )
     with ray_session(address):
         outcome = run_search(config, arrays, home_path, resume=resume, echo=echo)
 

@@ -372,6 +372,18 @@ class Registry:
             key=lambda v: -v.version,
         )
 
+    def registered_experiments(self, name: str) -> frozenset[str]:
+        """Tune experiment paths whose best trial is already a version of `name`."""
+        try:
+            versions = self.list_versions(name)
+        except RegistryError:
+            return frozenset()
+        return frozenset(
+            v.tags["raymlops.tune_experiment"]
+            for v in versions
+            if "raymlops.tune_experiment" in v.tags
+        )
+
     def download(self, name: str, ref: str | int) -> tuple[Path, ModelVersionInfo]:
         """Fetch a version's artifacts into the local cache and verify their digests."""
         import mlflow.artifacts

@@ -115,7 +115,9 @@ def _trial_dirname(trial: Any) -> str:
 class _Progress:
     """A Tune callback printing one line per finished trial and a running best."""
 
-    def __init__(self, total: int, max_epochs: int, metric: str, mode: str, echo: bool) -> None:
+    def __init__(
+        self, total: int, max_epochs: int, max_failures: int, metric: str, mode: str, echo: bool
+    ) -> None:
         from ray.tune import Callback
 
         outer = self
@@ -126,17 +128,30 @@ class _Progress:
             ) -> None:
                 outer.finished(trial, "done")
 
+            def on_trial_recover(
+                self, iteration: int, trials: list[Any], trial: Any, **info: Any
+            ) -> None:
+                outer.recovered(trial)
+
             def on_trial_error(
                 self, iteration: int, trials: list[Any], trial: Any, **info: Any
             ) -> None:
                 outer.finished(trial, "error")
 
         self.callback = _CB()
-        self.total, self.max_epochs = total, max_epochs
+        self.total, self.max_epochs, self.max_failures = total, max_epochs, max_failures
         self.metric, self.mode, self.echo = metric, mode, echo
         self.done = 0
         self.best: float | None = None
         self.started = time.monotonic()
+
+    def recovered(self, trial: Any) -> None:
+        if self.echo:
+            click.echo(
+                f"  trial {trial.trial_id} crashed; retrying from its last checkpoint "
+                f"(retry {trial.run_metadata.num_failures} of at most {self.max_failures})",
+                err=True,
+            )
 
     def finished(self, trial: Any, how: str) -> None:
         self.done += 1
@@ -176,8 +191,11 @@ def _storage(config: PipelineConfig, home: Path) -> str:
     return str(home / "tune")
 
 
-def latest_experiment(config: PipelineConfig, home: Path) -> str | None:
-    """The newest restorable experiment of this pipeline under the storage path."""
+def latest_experiment(
+    config: PipelineConfig, home: Path, exclude: frozenset[str] = frozenset()
+) -> str | None:
+    """The newest restorable experiment of this pipeline under the storage path, skipping
+    those in `exclude` (experiments whose result was already registered)."""
     from ray import tune
 
     storage = _storage(config, home)
@@ -188,6 +206,8 @@ def latest_experiment(config: PipelineConfig, home: Path) -> str | None:
     if not root.is_dir():
         return None
     for candidate in sorted(root.glob(prefix + "*"), reverse=True):
+        if str(candidate) in exclude:
+            continue
         if candidate.is_dir() and tune.Tuner.can_restore(str(candidate)):
             return str(candidate)
     return None
@@ -218,7 +238,7 @@ def run_search(
     )
     grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
     total = t.num_samples * max(grid, 1)
-    progress = _Progress(total, config.train.epochs, metric, mode, echo)
+    progress = _Progress(total, config.train.epochs, t.max_failures, metric, mode, echo)
     started = time.monotonic()
 
     if resume:
