@@ -21,7 +21,13 @@ from raymlops.errors import ResourceError, TrainingError, UserInputError
 from raymlops.registry import TrialRecord
 from raymlops.train import CHECKPOINT_STATE, TrainingArrays
 
-__all__ = ["SearchOutcome", "plan_concurrency", "run_search"]
+__all__ = [
+    "SearchOutcome",
+    "latest_experiment",
+    "plan_concurrency",
+    "run_search",
+    "trial_resources",
+]
 
 
 @dataclass
@@ -75,6 +81,11 @@ def plan_concurrency(config: PipelineConfig, resources: dict[str, float]) -> int
         limit = min(limit, t.max_concurrent_trials)
     grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
     return max(1, min(limit, t.num_samples * max(grid, 1)))
+
+
+def trial_resources(config: PipelineConfig) -> dict[str, float]:
+    """The Ray resources one trial reserves (what `tune.with_resources` is given)."""
+    return {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial}
 
 
 def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: TrainingArrays) -> None:
@@ -234,7 +245,7 @@ def run_search(
     concurrency = plan_concurrency(config, cluster_resources())
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, base=config.model_dump(mode="json"), arrays=arrays),
-        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+        trial_resources(config),
     )
     grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
     total = t.num_samples * max(grid, 1)

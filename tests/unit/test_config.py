@@ -317,9 +317,7 @@ def test_override_wrong_type_names_key_and_overrides() -> None:
 
 def test_set_addresses_one_field_of_a_dotted_search_space_key() -> None:
     # Search-space keys contain dots themselves; --set keeps them whole.
-    config = load_config(
-        default_config_path(), ["tune.search_space.train.learning_rate.low=0.001"]
-    )
+    config = load_config(default_config_path(), ["tune.search_space.train.learning_rate.low=0.001"])
     spec = config.tune.search_space["train.learning_rate"]
     assert spec.low == 0.001
     assert "train" not in config.tune.search_space

@@ -1,0 +1,62 @@
+"""Resource planning of the Tune search, without starting Ray: concurrency never asks for
+more CPUs/GPUs than the cluster has, and impossible requests fail before any trial runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from raymlops.config import PipelineConfig, load_config
+from raymlops.errors import ResourceError
+from raymlops.tune import plan_concurrency, trial_resources
+
+
+def _config(*overrides: str) -> PipelineConfig:
+    return load_config(None, list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("cpus_per_trial", "cluster_cpus", "expected"),
+    [(1, 2, 2), (0.5, 2, 4), (2, 2, 1), (1, 16, 8), (1.5, 4, 2)],
+)
+def test_concurrency_follows_cluster_cpus(
+    cpus_per_trial: float, cluster_cpus: float, expected: int
+) -> None:
+    # The embedded default samples 8 configurations, which caps concurrency at 8.
+    config = _config(f"tune.cpus_per_trial={cpus_per_trial}")
+    assert plan_concurrency(config, {"CPU": cluster_cpus}) == expected
+
+
+def test_concurrency_is_capped_by_configured_limit_and_samples() -> None:
+    assert plan_concurrency(_config("tune.max_concurrent_trials=1"), {"CPU": 8}) == 1
+    assert plan_concurrency(_config("tune.num_samples=3"), {"CPU": 8}) == 3
+
+
+def test_grid_points_multiply_the_trial_count() -> None:
+    config = _config(
+        "tune.num_samples=1",
+        "tune.search_space={train.batch_size: {type: grid, values: [8, 16, 32, 64]}}",
+    )
+    assert plan_concurrency(config, {"CPU": 8}) == 4
+
+
+def test_gpu_trials_are_limited_by_gpus() -> None:
+    config = _config("tune.gpus_per_trial=1", "tune.cpus_per_trial=1")
+    assert plan_concurrency(config, {"CPU": 16, "GPU": 2}) == 2
+    half = _config("tune.gpus_per_trial=0.5")
+    assert plan_concurrency(half, {"CPU": 16, "GPU": 1}) == 2
+
+
+def test_trial_resources_are_what_the_config_asks() -> None:
+    assert trial_resources(_config()) == {"cpu": 1.0, "gpu": 0.0}
+    gpu = _config("tune.gpus_per_trial=1", "tune.cpus_per_trial=4")
+    assert trial_resources(gpu) == {"cpu": 4.0, "gpu": 1.0}
+
+
+def test_more_cpus_than_the_cluster_has_fails_fast() -> None:
+    with pytest.raises(ResourceError, match=r"cpus_per_trial=4 but the Ray cluster has 2 CPUs"):
+        plan_concurrency(_config("tune.cpus_per_trial=4"), {"CPU": 2})
+
+
+def test_gpu_request_on_a_cpu_cluster_fails_fast() -> None:
+    with pytest.raises(ResourceError, match=r"gpus_per_trial=1 but the Ray cluster has 0 GPUs"):
+        plan_concurrency(_config("tune.gpus_per_trial=1"), {"CPU": 2})
