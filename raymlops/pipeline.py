@@ -85,7 +85,7 @@ def train_and_register(
 ) -> TrainResult:
     """Load and check the data, tune, evaluate the best trial on the test split, and
     register it. Nothing is registered unless every step succeeds."""
-    from raymlops.tune import latest_experiment, run_search
+    from raymlops.tune import experiment_storage, latest_experiment, run_search
 
     started = time.monotonic()
     home_path = home_dir(home)
@@ -109,7 +109,7 @@ def train_and_register(
         if not resume:
             raise UserInputError(
                 f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
-                f"{config.tune.storage or home_path / 'tune'} (finished ones are registered)"
+                f"{experiment_storage(config, home_path)} (finished ones are registered)"
             )
     with ray_session(address):
         outcome = run_search(config, arrays, home_path, resume=resume, echo=echo)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,9 +196,10 @@ class _Progress:
         )
 
 
-def _storage(config: PipelineConfig, home: Path) -> str:
-    if config.tune.storage:
-        storage = config.tune.storage
+def experiment_storage(config: PipelineConfig, home: Path) -> str:
+    """Where Tune experiments of this pipeline live (a path or a URI)."""
+    storage = config.tune.storage or os.environ.get("RAYMLOPS_TUNE_STORAGE")
+    if storage:
         return storage if "://" in storage else str(Path(storage).expanduser().resolve())
     return str(home / "tune")
 
@@ -209,7 +211,7 @@ def latest_experiment(
     those in `exclude` (experiments whose result was already registered)."""
     from ray import tune
 
-    storage = _storage(config, home)
+    storage = experiment_storage(config, home)
     if "://" in storage:
         return None
     prefix = (config.tune.experiment_name or config.name) + "-"
@@ -257,7 +259,7 @@ def run_search(
         if path is None:
             raise UserInputError(
                 f"nothing to resume: no interrupted experiment of '{config.name}' under "
-                f"{_storage(config, home)}"
+                f"{experiment_storage(config, home)}"
             )
         if echo:
             click.echo(f"▸ resuming Tune experiment {path}", err=True)
@@ -277,7 +279,7 @@ def run_search(
         else:
             scheduler = FIFOScheduler()
         name = f"{t.experiment_name or config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        storage = _storage(config, home)
+        storage = experiment_storage(config, home)
         experiment_path = f"{storage.rstrip('/')}/{name}"
         tuner = tune.Tuner(
             trainable,
