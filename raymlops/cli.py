@@ -89,7 +89,7 @@ def cli() -> None:
     """raymlops — the ML lifecycle for PyTorch models on Ray.
 
     \b
-    Quick start (embedded default: a bundled dataset, SQLite MLflow store, no server):
+    Example (embedded default: a bundled dataset, SQLite MLflow store, no server):
       raymlops run                    # train, register, make champion, sample predictions
       raymlops models list            # registered models, versions, aliases
       mlflow ui --backend-store-uri sqlite:///.raymlops/mlflow.db
@@ -188,7 +188,12 @@ def train(
 
 @cli.group()
 def config() -> None:
-    """Show or validate pipeline configs."""
+    """Show or validate pipeline configs.
+
+    \b
+    Example:
+      raymlops config show -c examples/synthetic.yaml --set train.epochs=5
+    """
 
 
 @config.command("show")
@@ -226,7 +231,12 @@ def config_validate(file: str, overrides: tuple[str, ...]) -> None:
 
 @cli.group()
 def data() -> None:
-    """Synthesise and profile datasets."""
+    """Synthesise and profile datasets.
+
+    \b
+    Example:
+      raymlops data synth --rows 10000 --features 8 --out data/synth.parquet
+    """
 
 
 @data.command("synth")
@@ -316,7 +326,12 @@ def data_profile(path: str, label: str | None, as_json: bool) -> None:
 
 @cli.group()
 def models() -> None:
-    """Registered models, versions and aliases."""
+    """Registered models, versions and aliases.
+
+    \b
+    Example:
+      raymlops models list
+    """
 
 
 @models.command("list")

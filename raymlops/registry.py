@@ -353,9 +353,14 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_registered_model(name)
+            model = self.client.get_registered_model(name)
         except MlflowException:
             raise RegistryError(f"no registered model named '{name}'") from None
+        # search_model_versions leaves aliases empty on SQL stores (mlflow#9783): take them
+        # from the registered model instead.
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
         versions = self.client.search_model_versions(f"name = '{name}'")
         return sorted(
             (
@@ -363,7 +368,7 @@ class Registry:
                     name,
                     int(v.version),
                     v.run_id,
-                    list(v.aliases or []),
+                    sorted(aliases.get(str(v.version), [])),
                     v.creation_timestamp / 1000,
                     dict(v.tags or {}),
                 )

@@ -135,6 +135,10 @@ class _Progress:
         outer = self
 
         class _CB(Callback):  # type: ignore[misc]
+            def setup(self, **info: Any) -> None:
+                # Also called on resume, where Tune restores this callback from its state.
+                outer.started = time.monotonic()
+
             def on_trial_complete(
                 self, iteration: int, trials: list[Any], trial: Any, **info: Any
             ) -> None:
