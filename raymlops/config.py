@@ -159,7 +159,11 @@ class TrainConfig(_Section):
         None, ge=1, description="torch intra-op threads; unset = the CPUs given to the trial."
     )
     checkpoint_every: int = Field(
-        1, ge=1, description="Save a Tune checkpoint every N epochs (the last epoch always)."
+        5,
+        ge=1,
+        description="Save a Tune checkpoint every N epochs, for resuming after a crash; the "
+        "epochs where a trial can stop (the last, early stopping, ASHA's rungs) always "
+        "checkpoint, so the registered weights are always the best epoch's.",
     )
 
 

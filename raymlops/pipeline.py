@@ -103,16 +103,17 @@ def train_and_register(
     arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
     registry.experiment_id(config.registry.experiment)  # fail fast on a bad tracking URI
 
+    resume_path: str | None = resume if isinstance(resume, str) and resume else None
     if resume is True:
         done = registry.registered_experiments(config.registry.model_name)
-        resume = latest_experiment(config, home_path, exclude=done) or ""
-        if not resume:
+        resume_path = latest_experiment(config, home_path, exclude=done)
+        if resume_path is None:
             raise UserInputError(
                 f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
                 f"{experiment_storage(config, home_path)} (finished ones are registered)"
             )
     with ray_session(address):
-        outcome = run_search(config, arrays, home_path, resume=resume, echo=echo)
+        outcome = run_search(config, arrays, home_path, resume=resume_path, echo=echo)
 
     trial_config = config.apply_trial(outcome.best_params)
     predictor = load_best_predictor(outcome.best_checkpoint, trial_config, arrays.preprocessor)

@@ -30,6 +30,7 @@ __all__ = [
     "CHECKPOINT_STATE",
     "TrainingArrays",
     "architecture_spec",
+    "decision_epochs",
     "evaluate",
     "fit",
     "load_best_predictor",
@@ -97,6 +98,22 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+def decision_epochs(config: PipelineConfig) -> set[int]:
+    """Epochs after which the scheduler may stop a trial: ASHA's rungs (as Ray computes
+    them: grace_period × reduction_factor^k below max_t) and the last epoch.
+
+    A checkpoint is written at each of these, so a trial's latest checkpoint always holds
+    its best weights when it stops, without paying for a checkpoint every epoch."""
+    epochs = config.train.epochs
+    points = {epochs}
+    t = config.tune
+    if t.scheduler == "asha":
+        grace = min(t.grace_period, epochs)
+        rungs = int(math.log(epochs / grace) / math.log(t.reduction_factor) + 1)
+        points.update(math.ceil(grace * t.reduction_factor**k) for k in range(rungs))
+    return {p for p in points if 1 <= p <= epochs}
+
+
 def _optimizer(config: PipelineConfig, model: nn.Module) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "sgd":
@@ -156,6 +173,7 @@ def fit(
     n = len(x_train)
     generator = torch.Generator().manual_seed(t.seed)
     eval_predictor = Predictor(model, prep, {}, device=device)
+    decisions = decision_epochs(config)
 
     for epoch in range(start_epoch, t.epochs):
         generator.manual_seed(t.seed * 100_003 + epoch)
@@ -192,10 +210,9 @@ def fit(
         else:
             stale += 1
         stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
-        last = stop or epoch + 1 == t.epochs
         metrics["best_" + metric] = best if best is not None else float("nan")
         metrics["early_stopped"] = float(stop)
-        if improved or last or (epoch + 1) % t.checkpoint_every == 0:
+        if stop or (epoch + 1) in decisions or (epoch + 1) % t.checkpoint_every == 0:
             with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
                 folder = Path(tmp)
                 save_file(

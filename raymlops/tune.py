@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from raymlops.config import PipelineConfig, SearchSpec
-from raymlops.errors import ResourceError, TrainingError, UserInputError
+from raymlops.errors import ResourceError, TrainingError
 from raymlops.registry import TrialRecord
 from raymlops.train import CHECKPOINT_STATE, TrainingArrays
 
@@ -234,13 +234,14 @@ def run_search(
     config: PipelineConfig,
     arrays: TrainingArrays,
     home: Path,
-    resume: bool | str = False,
+    resume: str | None = None,
     echo: bool = True,
     callbacks: list[Any] | None = None,
 ) -> SearchOutcome:
-    """Run the Tune search (or resume the latest interrupted one) and pick the best trial."""
+    """Run the Tune search (or continue the interrupted experiment at `resume`, a path from
+    `latest_experiment`) and pick the best trial."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import CSVLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -259,18 +260,12 @@ def run_search(
     started = time.monotonic()
 
     if resume:
-        path = resume if isinstance(resume, str) else latest_experiment(config, home)
-        if path is None:
-            raise UserInputError(
-                f"nothing to resume: no interrupted experiment of '{config.name}' under "
-                f"{experiment_storage(config, home)}"
-            )
         if echo:
-            click.echo(f"▸ resuming Tune experiment {path}", err=True)
+            click.echo(f"▸ resuming Tune experiment {resume}", err=True)
         tuner = tune.Tuner.restore(
-            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            resume, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        experiment_path = path
+        experiment_path = resume
     else:
         scheduler: Any
         if t.scheduler == "asha":
@@ -304,9 +299,10 @@ def run_search(
                 # num_to_keep=None: a bound forces an experiment snapshot every few
                 # checkpoints, which costs more than the small files it would delete.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                # progress.csv alone gives each trial's metric history (result.json and
+                # TensorBoard files would only add per-epoch work to the driver).
                 callbacks=[
                     progress.callback,
-                    JsonLoggerCallback(),
                     CSVLoggerCallback(),
                     *(callbacks or []),
                 ],

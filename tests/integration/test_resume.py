@@ -77,14 +77,14 @@ def sessions() -> Iterator[list[int]]:
 
 
 def _finished_trials(home: Path) -> list[str]:
-    """Trial folders of the pipeline's experiment that ran all epochs or report done."""
+    """Trial folders of the pipeline's experiment holding their last epoch's checkpoint."""
     finished = []
     for trial in sorted(home.glob("tune/resume-test-*/*/")):
-        last_checkpoint = trial / f"checkpoint_{EPOCHS - 1:06d}"
-        result = trial / "result.json"
-        done = result.is_file() and '"done": true' in result.read_text(errors="replace")
-        if last_checkpoint.is_dir() or done:
-            finished.append(trial.name)
+        for state in trial.glob("checkpoint_*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(state.read_text())["epoch"] == EPOCHS:
+                    finished.append(trial.name)
+                    break
     return finished
 
 

@@ -25,6 +25,7 @@ from raymlops.train import (
     CHECKPOINT_STATE,
     TrainingArrays,
     architecture_spec,
+    decision_epochs,
     evaluate,
     fit,
     load_best_predictor,
@@ -62,6 +63,7 @@ def _prepare(path: str, **overrides: Any) -> Prepared:
         "train.batch_size": 32,
         "train.learning_rate": 0.01,
         "train.early_stopping_patience": None,
+        "train.checkpoint_every": 1,
     }
     values.update(overrides)
     config = load_config(None).apply_trial(values)
@@ -346,16 +348,62 @@ def test_early_stopping_with_a_frozen_model(
     assert max(recorder.checkpoints) == patience + 1
 
 
-def test_checkpoint_cadence(classification_path: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("scheduler", "every", "expected"),
+    [
+        ("fifo", 100, [4]),  # only the last epoch can end a FIFO trial
+        ("asha", 100, [1, 3, 4]),  # ASHA may stop a trial at its rungs 1 and 3
+        ("fifo", 2, [2, 4]),  # plus every `checkpoint_every` epochs, for crash recovery
+        ("fifo", 1, [1, 2, 3, 4]),
+    ],
+)
+def test_checkpoint_cadence(
+    classification_path: str, tmp_path: Path, scheduler: str, every: int, expected: list[int]
+) -> None:
     prepared = _prepare(
         classification_path,
-        **{"train.learning_rate": 1e-12, "train.checkpoint_every": 100, "train.epochs": 4},
+        **{
+            "train.checkpoint_every": every,
+            "train.epochs": 4,
+            "tune.scheduler": scheduler,
+        },
     )
     recorder = Recorder(tmp_path)
     fit(prepared.config, prepared.arrays, recorder)
     assert recorder.epochs == [1, 2, 3, 4]
-    # Epoch 1 improved (first value), epoch 4 is the last; 2 and 3 neither.
-    assert sorted(recorder.checkpoints) == [1, 4]
+    assert sorted(recorder.checkpoints) == expected
+
+
+@pytest.mark.parametrize(
+    ("epochs", "grace", "factor", "expected"),
+    [
+        (30, 1, 3.0, {1, 3, 9, 27, 30}),
+        (10, 1, 3.0, {1, 3, 9, 10}),
+        (20, 2, 2.0, {2, 4, 8, 16, 20}),
+        (10, 1, 2.5, {1, 3, 7, 10}),  # Ray's rungs 2.5 and 6.25 are decided at 3 and 7
+        (5, 10, 3.0, {5}),
+    ],
+)
+def test_decision_epochs_follow_rays_asha_rungs(
+    epochs: int, grace: int, factor: float, expected: set[int]
+) -> None:
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    config = load_config(
+        None,
+        [
+            f"train.epochs={epochs}",
+            f"tune.grace_period={grace}",
+            f"tune.reduction_factor={factor}",
+        ],
+    )
+    assert decision_epochs(config) == expected
+    if grace <= epochs:
+        bracket = _Bracket(min_t=grace, max_t=epochs, reduction_factor=factor, s=0)
+        rays = {math.ceil(milestone) for milestone, _ in bracket._rungs}
+        assert rays | {epochs} == expected
+    fifo = config.apply_trial({"tune.scheduler": "fifo"})
+    assert decision_epochs(fifo) == {epochs}
 
 
 def test_resume_continues_from_saved_epoch(classification: Prepared, tmp_path: Path) -> None:
