@@ -23,7 +23,7 @@ from raymlops._private.artifacts import sha256_file
 from raymlops.cli import cli
 from raymlops.config import PipelineConfig, config_hash
 from raymlops.data import load_dataset, synth_dataset
-from raymlops.errors import ResourceError, TrainingError
+from raymlops.errors import ArtifactIntegrityError, ResourceError, TrainingError
 from raymlops.pipeline import TrainResult, train_and_register
 from raymlops.predictor import Predictor
 from raymlops.registry import Registry
@@ -282,6 +282,18 @@ def test_regression_end_to_end(tmp_path: Path, regression_data: Path) -> None:
     assert prediction.predictions.dtype.kind == "f"
     assert np.all(np.isfinite(prediction.predictions))
     assert list(prediction.to_frame().columns) == ["prediction"]
+
+    # A version trained under other library versions still loads, with a warning.
+    registry = Registry(home=tmp_path)
+    registry.client.set_model_version_tag("synth-reg", "1", "raymlops.env.torch", "1.0.0")
+    with pytest.warns(RuntimeWarning, match=r"different environment: torch 1\.0\.0 → "):
+        registry.load_predictor("synth-reg", 1)
+    # Tampering with a recorded digest makes the load fail before anything is parsed.
+    registry.client.set_model_version_tag(
+        "synth-reg", "1", "raymlops.sha256.weights.safetensors", "0" * 64
+    )
+    with pytest.raises(ArtifactIntegrityError, match=r"weights\.safetensors"):
+        registry.load_predictor("synth-reg", 1)
 
 
 # --------------------------------------------------------------------------- 3. crashes
