@@ -10,8 +10,10 @@ import functools
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import click
@@ -99,11 +101,67 @@ def cli() -> None:
 # --------------------------------------------------------------------------- run / train
 
 
+_ADDRESS_HELP = (
+    "Where to run: a Ray job API (http://head:8265) runs each step as a Ray job; "
+    "ray://head:10001 or auto joins a cluster in-process; unset starts a local Ray."
+)
+
+
+def _forward_args(
+    config_path: str | None, overrides: tuple[str, ...], working_dir: str | None
+) -> list[str]:
+    """The step's own arguments for a job whose current directory is `working_dir`."""
+    args: list[str] = []
+    if config_path is not None:
+        path = Path(config_path).resolve()
+        if working_dir is not None:
+            root = Path(working_dir).resolve()
+            if not path.is_relative_to(root):
+                raise click.BadParameter(
+                    f"{config_path} is outside the uploaded working dir {working_dir}",
+                    param_hint="-c/--config",
+                )
+            path = path.relative_to(root)
+        args += ["-c", str(path)]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def _report_jobs(outcomes: list[Any]) -> None:
+    for outcome in outcomes:
+        click.echo(
+            f"{outcome.step}: {outcome.status} (job {outcome.submission_id}, "
+            f"attempt {outcome.attempts})"
+        )
+    failed = next((o for o in outcomes if not o.succeeded), None)
+    if failed is not None:
+        click.echo(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}", err=True)
+        _fail(f"step {failed.step} {failed.status.lower()} as Ray job {failed.submission_id}", 1)
+
+
+_retries_option = click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Resubmit a failed job (with a new submission id) up to N times.",
+)
+_working_dir_option = click.option(
+    "--working-dir",
+    default=".",
+    show_default=True,
+    help="Folder uploaded as the job's working dir (configs, local data).",
+)
+
+
 @cli.command()
 @_config_options
 @_home_option
-@click.option("--address", default=None, help="Ray cluster to use, e.g. ray://head:10001 or auto.")
+@click.option("--address", default=None, help=_ADDRESS_HELP)
 @click.option("--samples", default=5, show_default=True, help="Rows to predict at the end.")
+@_retries_option
+@_working_dir_option
 @_handle_errors
 def run(
     config_path: str | None,
@@ -111,6 +169,8 @@ def run(
     home: str | None,
     address: str | None,
     samples: int,
+    max_retries: int,
+    working_dir: str,
 ) -> None:
     """Run the whole pipeline: train → register → champion → sample predictions.
 
@@ -118,10 +178,21 @@ def run(
     Example:
       raymlops run
       raymlops run -c examples/synthetic.yaml --set tune.num_samples=4
+      raymlops run --address http://127.0.0.1:8265    # each step as a Ray job
     """
+    from raymlops.launcher import is_job_address, run_pipeline_as_jobs
     from raymlops.pipeline import run_pipeline
 
     config = _load(config_path, overrides)
+    if is_job_address(address):
+        assert address is not None
+        args = _forward_args(config_path, overrides, working_dir)
+        outcomes = run_pipeline_as_jobs(
+            address, args, home=home, working_dir=working_dir, max_retries=max_retries
+        )
+        _report_jobs(outcomes)
+        click.echo(f"registered as {config.registry.model_name}: raymlops models list")
+        return
     result = run_pipeline(config, address=address, home=home, samples=samples)
     click.echo(result.train.summary())
     click.echo(
@@ -135,7 +206,7 @@ def run(
 @cli.command()
 @_config_options
 @_home_option
-@click.option("--address", default=None, help="Ray cluster to use, e.g. ray://head:10001 or auto.")
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
 @click.option(
     "--resume",
     is_flag=True,
@@ -158,9 +229,14 @@ def train(
       raymlops train --set tune.num_samples=16 --set tune.scheduler=fifo
       raymlops train --resume          # after a crash or Ctrl-C
     """
+    from raymlops.launcher import is_job_address
     from raymlops.pipeline import train_and_register
 
     config = _load(config_path, overrides)
+    if is_job_address(address):
+        raise click.UsageError(
+            f"--address {address} is a job API: use `raymlops submit train --address {address}`"
+        )
     result = train_and_register(config, address=address, resume=resume, home=home)
     if as_json:
         click.echo(
@@ -181,6 +257,142 @@ def train(
         )
     else:
         click.echo(result.summary())
+
+
+# --------------------------------------------------------------------------- Ray jobs
+
+
+def _job_address_option(func: F) -> F:
+    return click.option(
+        "--address",
+        envvar="RAY_API_SERVER_ADDRESS",
+        default="http://127.0.0.1:8265",
+        show_default=True,
+        help="The cluster's job API (a local head, or `ray dashboard cluster.yaml`'s tunnel).",
+    )(func)
+
+
+@cli.command()
+@click.argument("step", type=click.Choice(["train", "run"]))
+@_config_options
+@_home_option
+@_job_address_option
+@_retries_option
+@_working_dir_option
+@click.option("--resume", is_flag=True, help="train: continue the latest interrupted search.")
+@click.option("--no-wait", is_flag=True, help="Print the submission id and return at once.")
+@click.option(
+    "--ship-raymlops/--no-ship-raymlops",
+    default=True,
+    show_default=True,
+    help="Upload this raymlops package with the job (py_modules); off when the cluster's "
+    "image has the same version installed.",
+)
+@_handle_errors
+def submit(
+    step: str,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str,
+    max_retries: int,
+    working_dir: str,
+    resume: bool,
+    no_wait: bool,
+    ship_raymlops: bool,
+) -> None:
+    """Run a step as a Ray job on a cluster, streaming its logs; the exit code is the job's.
+
+    \b
+    Example:
+      raymlops submit train -c examples/synthetic.yaml --address http://127.0.0.1:8265
+      raymlops submit train --no-wait && raymlops jobs list
+    """
+    from raymlops.launcher import JobLauncher
+
+    _load(config_path, overrides)  # a bad config fails here, not on the cluster
+    args = _forward_args(config_path, overrides, working_dir)
+    if resume:
+        args.append("--resume")
+    launcher = JobLauncher(address, home)
+    outcome = launcher.submit(
+        step,
+        args,
+        working_dir=working_dir,
+        wait=not no_wait,
+        max_retries=max_retries,
+        ship_raymlops=ship_raymlops,
+    )
+    if no_wait:
+        click.echo(outcome.submission_id)
+        return
+    _report_jobs([outcome])
+
+
+@cli.group()
+def jobs() -> None:
+    """Ray jobs on a cluster: list, logs, stop.
+
+    \b
+    Example:
+      raymlops jobs list --address http://127.0.0.1:8265
+    """
+
+
+@jobs.command("list")
+@_job_address_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def jobs_list(address: str, as_json: bool) -> None:
+    """List the cluster's jobs, newest first.
+
+    \b
+    Example:
+      raymlops jobs list
+    """
+    from raymlops.launcher import JobLauncher
+
+    rows = JobLauncher(address).list_jobs()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'SUBMISSION ID':<32} {'STATUS':<10} {'STEP':<8} STARTED")
+    for row in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["start_time"]))
+        click.echo(f"{row['submission_id']!s:<32} {row['status']:<10} {row['step']:<8} {started}")
+
+
+@jobs.command("logs")
+@click.argument("submission_id")
+@_job_address_option
+@_handle_errors
+def jobs_logs(submission_id: str, address: str) -> None:
+    """Print a job's log.
+
+    \b
+    Example:
+      raymlops jobs logs raymlops-train-0123456789
+    """
+    from raymlops.launcher import JobLauncher
+
+    click.echo(JobLauncher(address).logs(submission_id), nl=False)
+
+
+@jobs.command("stop")
+@click.argument("submission_id")
+@_job_address_option
+@_handle_errors
+def jobs_stop(submission_id: str, address: str) -> None:
+    """Stop a running job.
+
+    \b
+    Example:
+      raymlops jobs stop raymlops-train-0123456789
+    """
+    from raymlops.launcher import JobLauncher
+
+    stopped = JobLauncher(address).stop(submission_id)
+    click.echo(f"{submission_id}: {'stop requested' if stopped else 'already ended'}")
 
 
 # --------------------------------------------------------------------------- config

@@ -159,6 +159,9 @@ class Registry:
             "mlflow.runName": run_name,
             **(tags or {}),
         }
+        submission_id = os.environ.get("RAYMLOPS_SUBMISSION_ID")
+        if submission_id:  # running as a Ray job (raymlops submit / run --address http://…)
+            all_tags["raymlops.job_submission_id"] = submission_id
         run = client.create_run(exp, run_name=run_name, tags=all_tags)
         run_id = run.info.run_id
         params: dict[str, str] = {}

@@ -93,6 +93,7 @@ def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: Training
     """A Tune function trainable: one trial of `raymlops.train.fit`."""
     import tempfile
 
+    import ray
     import torch
     from ray import tune
 
@@ -106,11 +107,15 @@ def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: Training
     device = "cuda" if use_gpu else "cpu"
     checkpoint = tune.get_checkpoint()
 
+    # Which Ray node ran the trial (in progress.csv), to see work spread over a cluster.
+    node = {"node_id": ray.get_runtime_context().get_node_id()}
+
     def report(metrics: dict[str, float], folder: Path | None) -> None:
+        result: dict[str, Any] = {**metrics, **node}
         if folder is None:
-            tune.report(metrics)
+            tune.report(result)
         else:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
     if checkpoint is not None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -67,6 +67,7 @@ def ray_cluster(crash_log: Path) -> Iterator[dict[str, float]]:
         mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
         mp.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         ray.init(
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             logging_level=logging.WARNING,

@@ -1,0 +1,295 @@
+"""Steps as Ray jobs against a real head started with `ray start --head` (issue: launcher).
+
+The head runs in its own temp dir on free ports, so no other Ray on this machine finds it,
+and is stopped by the PIDs of its own processes when the module ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from raymlops.registry import Registry
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+RAYMLOPS = str(BIN / "raymlops")
+RAY = str(BIN / "ray")
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["--set", "tune.num_samples=2", "--set", "train.epochs=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Live PIDs in process session `sid` (Ray's processes leave the process group, not the
+    session); zombies are left out."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
+    pids = []
+    for line in out.stdout.splitlines():
+        pid, session, stat = line.split()
+        if int(session) == sid and not stat.startswith("Z") and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    env.pop("RAYMLOPS_HOME", None)
+    env.pop("RAYMLOPS_TUNE_STORAGE", None)
+    # As in an activated virtual environment: a job's `python` is this environment's.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@dataclass
+class Node:
+    """One `ray start --block` process and the session its Ray processes live in."""
+
+    process: subprocess.Popen[bytes]
+    temp: str
+
+    def stop(self) -> None:
+        """Stop every process of this node by PID (never `ray stop`, which would also stop
+        the other Ray instances on this machine)."""
+        sid = self.process.pid
+        for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+            for pid in _session_processes(sid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while _session_processes(sid) and time.monotonic() < deadline:
+                time.sleep(0.3)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        assert _session_processes(sid) == [], "Ray processes survived"
+
+
+def _start_node(args: list[str], temp: str, env: dict[str, str], ready: str) -> Node:
+    log = open(Path(temp) / f"node-{len(os.listdir(temp))}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={temp}", *args],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    node = Node(process, temp)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(OSError, ValueError):
+            if ready.startswith("http"):
+                try:
+                    with urllib.request.urlopen(f"{ready}/api/version", timeout=2):
+                        return node
+                except urllib.error.HTTPError:
+                    return node  # it answers (401 without a token): the job API is up
+            elif (
+                subprocess.run(
+                    [RAY, "status", f"--address={ready}"], capture_output=True, env=env, timeout=30
+                ).stdout.count(b" node_")
+                >= 2
+            ):
+                return node
+        time.sleep(0.5)
+    node.stop()
+    pytest.fail(f"ray start {' '.join(args)} did not come up:\n{Path(log.name).read_text()}")
+
+
+def _start_head(num_cpus: int) -> tuple[Node, str, str]:
+    """A head in a temp dir of its own on free ports; returns (node, GCS, job API)."""
+    temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")  # short: socket paths are limited
+    gcs, dashboard = _free_port(), _free_port()
+    api = f"http://127.0.0.1:{dashboard}"
+    args = [
+        "--head", f"--num-cpus={num_cpus}", f"--port={gcs}",
+        f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+    ]  # fmt: skip
+    return _start_node(args, temp, _clean_env(), api), f"127.0.0.1:{gcs}", api
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[str]:
+    """A one-node cluster (2 CPUs); yields its job API address."""
+    node, _, api = _start_head(num_cpus=2)
+    try:
+        yield api
+    finally:
+        node.stop()
+        shutil.rmtree(node.temp, ignore_errors=True)
+
+
+def _raymlops(
+    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**_clean_env(), "RAYMLOPS_HOME": str(home), **(env or {})}
+    return subprocess.run(
+        [RAYMLOPS, *args], capture_output=True, text=True, env=full_env, cwd=REPO, timeout=timeout
+    )
+
+
+def test_ray_job_submit_runs_jobs_train_and_registers(head: str, tmp_path: Path) -> None:
+    runtime = json.dumps({"env_vars": {"RAYMLOPS_HOME": str(tmp_path)}})
+    # Ray's CLI sends the token (~/.ray/auth_token here) once told the cluster uses tokens.
+    proc = subprocess.run(
+        [
+            RAY, "job", "submit", "--address", head, "--working-dir", str(REPO),
+            "--runtime-env-json", runtime, "--", "python", "jobs/train.py", *QUICK,
+        ],
+        capture_output=True, text=True, env={**_clean_env(), "RAY_AUTH_MODE": "token"},
+        cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "registered breast-cancer v1" in proc.stdout
+    versions = Registry(home=tmp_path).list_versions("breast-cancer")
+    assert [v.version for v in versions] == [1]
+    assert versions[0].aliases == ["champion"]
+
+
+def test_raymlops_submit_streams_logs_and_records_the_job(head: str, tmp_path: Path) -> None:
+    proc = _raymlops("submit", "train", "--address", head, *QUICK, home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The job's own output (streamed) and the final status line.
+    assert "▸ tuning 2 trials" in proc.stdout + proc.stderr
+    assert "registered breast-cancer v1" in proc.stdout
+    assert "train: SUCCEEDED (job raymlops-train-" in proc.stdout
+    submission_id = proc.stdout.split("(job ", 1)[1].split(",", 1)[0]
+
+    registry = Registry(home=tmp_path)
+    version = registry.version_info("breast-cancer", "champion")
+    run = registry.client.get_run(version.run_id)
+    assert run.data.tags["raymlops.job_submission_id"] == submission_id
+
+    listed = _raymlops("jobs", "list", "--address", head, "--json", home=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    jobs = {row["submission_id"]: row for row in json.loads(listed.stdout)}
+    assert jobs[submission_id]["status"] == "SUCCEEDED"
+    assert jobs[submission_id]["step"] == "train"
+
+    logs = _raymlops("jobs", "logs", submission_id, "--address", head, home=tmp_path)
+    assert "registered breast-cancer v1" in logs.stdout
+    stop = _raymlops("jobs", "stop", submission_id, "--address", head, home=tmp_path)
+    assert stop.returncode == 0 and "already ended" in stop.stdout
+
+
+def test_failing_job_exits_nonzero_with_log_tail_retries_and_registers_nothing(
+    head: str, tmp_path: Path
+) -> None:
+    proc = _raymlops(
+        "submit", "train", "--address", head, "--max-retries", "1",
+        "--set", f"data.path={tmp_path / 'missing.parquet'}", *QUICK, home=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "train: FAILED" in proc.stdout
+    assert "attempt 2" in proc.stdout  # one retry, with a new submission id
+    assert "data not found" in proc.stderr  # the job's log tail
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: step train failed")
+    assert Registry(home=tmp_path).list_models() == []
+
+    listed = json.loads(
+        _raymlops("jobs", "list", "--address", head, "--json", home=tmp_path).stdout
+    )
+    failed = [r for r in listed if r["status"] == "FAILED" and r["step"] == "train"]
+    assert len(failed) >= 2
+    assert len({r["submission_id"] for r in failed}) == len(failed)
+
+
+def test_run_with_a_job_address_runs_the_pipeline_as_jobs(head: str, tmp_path: Path) -> None:
+    proc = _raymlops("run", "--address", head, *QUICK, home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train: SUCCEEDED" in proc.stdout
+    assert [v.version for v in Registry(home=tmp_path).list_versions("breast-cancer")] == [1]
+
+
+def test_no_wait_prints_the_submission_id(head: str, tmp_path: Path) -> None:
+    proc = _raymlops("submit", "train", "--address", head, "--no-wait", *QUICK, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    submission_id = proc.stdout.strip()
+    assert submission_id.startswith("raymlops-train-")
+    stopped = _raymlops("jobs", "stop", submission_id, "--address", head, home=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert submission_id in stopped.stdout
+
+
+def test_a_wrong_token_fails_clearly(head: str, tmp_path: Path) -> None:
+    env = {"RAY_AUTH_TOKEN": "0" * 64}
+    proc = _raymlops("jobs", "list", "--address", head, home=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "rejected the credentials" in lines[0] and "Authentication failed" in lines[0]
+
+
+def test_a_missing_token_fails_clearly(head: str, tmp_path: Path) -> None:
+    # No token anywhere: not in the environment and no ~/.ray/auth_token under this HOME.
+    env = {"HOME": str(tmp_path)}
+    proc = _raymlops("jobs", "list", "--address", head, home=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "rejected the credentials" in lines[0] and "Authentication required" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_job_api_fails_clearly(tmp_path: Path) -> None:
+    address = f"http://127.0.0.1:{_free_port()}"
+    proc = _raymlops("jobs", "list", "--address", address, home=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Ray job API")
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path) -> None:
+    # Two nodes of 1 CPU each on this machine: a head and a second `ray start --address`.
+    head_node, gcs, api = _start_head(num_cpus=1)
+    nodes = [head_node]
+    try:
+        # A node joins a token-authenticated cluster with the token (~/.ray/auth_token).
+        env = {**_clean_env(), "RAY_AUTH_MODE": "token"}
+        args = [f"--address={gcs}", "--num-cpus=1",
+                f"--dashboard-agent-listen-port={_free_port()}",
+                f"--metrics-export-port={_free_port()}"]  # fmt: skip
+        # A temp dir of its own, as on a separate machine: nodes sharing one would
+        # garbage-collect each other's runtime environments (the job's working dir).
+        worker_temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")
+        nodes.append(_start_node(args, worker_temp, env, gcs))
+        proc = _raymlops(
+            "submit", "train", "--address", api,
+            "--set", "tune.num_samples=4", "--set", "train.epochs=3",
+            "--set", "tune.scheduler=fifo", home=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "4 trials × ≤3 epochs, 2 at a time" in proc.stdout + proc.stderr
+        # Both nodes ran trials, writing to the experiment folder both can see.
+        seen = set()
+        for progress in tmp_path.glob("tune/breast-cancer-*/*/progress.csv"):
+            with progress.open() as fh:
+                seen.update(row["node_id"] for row in csv.DictReader(fh))
+        assert len(seen) == 2, seen
+        assert [v.version for v in Registry(home=tmp_path).list_versions("breast-cancer")] == [1]
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+            shutil.rmtree(node.temp, ignore_errors=True)
