@@ -41,6 +41,8 @@ def _free_port() -> int:
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
     env["RAYMLOPS_HOME"] = str(home)
+    # As in an activated virtual environment: the job's `python` is this environment's.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 

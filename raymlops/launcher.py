@@ -216,9 +216,8 @@ class JobLauncher:
                 f"unknown step '{step}' (submittable: {', '.join(SUBMITTABLE_STEPS)})"
             )
         self._check_store_is_shared()
-        entrypoint = shlex.join(
-            [sys.executable.rsplit("/", 1)[-1], "-m", "raymlops.cli", step, *args]
-        )
+        # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
+        entrypoint = shlex.join(["python", "-m", "raymlops.cli", step, *args])
         ids: list[str] = []
         outcome: JobOutcome | None = None
         for attempt in range(1, max_retries + 2):
