@@ -15,6 +15,7 @@ The last line is one JSON object with `submit_vs_inprocess` ((a)/(b) wall time, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -46,6 +49,31 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
+def _wait_for(address: str, head: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and head.poll() is None:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without a token): the job API is up
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"the Ray head at {address} did not come up")
+
+
+def _stop_session(sid: int) -> None:
+    """SIGTERM, then SIGKILL, every live process of session `sid`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            pid, session, stat = line.split()
+            if int(session) == sid and not stat.startswith("Z"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), sig)
+        time.sleep(5 if sig == signal.SIGTERM else 1)
+
+
 def _timed(command: list[str], home: Path) -> float:
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=_env(home), cwd=REPO)
@@ -64,20 +92,26 @@ def main() -> None:
 
     temp = tempfile.mkdtemp(prefix="rmo-bench-", dir="/tmp")
     dashboard = _free_port()
+    address = f"http://127.0.0.1:{dashboard}"
     start = time.perf_counter()
-    subprocess.run(
+    # --block in a session of its own: every process of this head can be stopped by
+    # session id afterwards, leaving any other Ray on the machine alone.
+    head = subprocess.Popen(
         [
-            str(BIN / "ray"), "start", "--head", "--num-cpus=2", "--disable-usage-stats",
-            f"--temp-dir={temp}", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1", f"--ray-client-server-port={_free_port()}",
+            str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
+            "--disable-usage-stats", f"--temp-dir={temp}", f"--port={_free_port()}",
+            f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+            f"--ray-client-server-port={_free_port()}",
             f"--dashboard-agent-listen-port={_free_port()}",
         ],
-        check=True, capture_output=True, env=_env(Path(temp)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(Path(temp)),
+        start_new_session=True,
     )  # fmt: skip
-    head_start = time.perf_counter() - start
-    address = f"http://127.0.0.1:{dashboard}"
-    submitted, inprocess = [], []
+    submitted: list[float] = []
+    inprocess: list[float] = []
     try:
+        _wait_for(address, head)
+        head_start = time.perf_counter() - start
         for rep in range(repeats):
             with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
                 submit = [str(BIN / "raymlops"), "submit", "train", "--address", address, *STEP]
@@ -89,11 +123,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            if temp in line:
-                os.kill(int(line.split(None, 1)[0]), signal.SIGTERM)
-        time.sleep(3)
+        _stop_session(head.pid)
         shutil.rmtree(temp, ignore_errors=True)
     ratios = [s / i for s, i in zip(submitted, inprocess, strict=True)]
     figures = {

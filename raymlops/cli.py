@@ -188,7 +188,12 @@ def run(
         assert address is not None
         args = _forward_args(config_path, overrides, working_dir)
         outcomes = run_pipeline_as_jobs(
-            address, args, home=home, working_dir=working_dir, max_retries=max_retries
+            address,
+            args,
+            home=home,
+            working_dir=working_dir,
+            max_retries=max_retries,
+            tracking_uri=config.registry.tracking_uri,
         )
         _report_jobs(outcomes)
         click.echo(f"registered as {config.registry.model_name}: raymlops models list")
@@ -310,7 +315,7 @@ def submit(
     """
     from raymlops.launcher import JobLauncher
 
-    _load(config_path, overrides)  # a bad config fails here, not on the cluster
+    config = _load(config_path, overrides)  # a bad config fails here, not on the cluster
     args = _forward_args(config_path, overrides, working_dir)
     if resume:
         args.append("--resume")
@@ -322,6 +327,7 @@ def submit(
         wait=not no_wait,
         max_retries=max_retries,
         ship_raymlops=ship_raymlops,
+        tracking_uri=config.registry.tracking_uri,
     )
     if no_wait:
         click.echo(outcome.submission_id)

@@ -190,8 +190,9 @@ class JobLauncher:
             runtime["py_modules"] = [str(Path(raymlops.__file__).resolve().parent)]
         return runtime
 
-    def _check_store_is_shared(self) -> None:
-        if "MLFLOW_TRACKING_URI" not in os.environ and not _is_local(self.address):
+    def _check_store_is_shared(self, tracking_uri: str | None) -> None:
+        shared = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not shared and not _is_local(self.address):
             raise UserInputError(
                 f"{self.address} is a remote cluster but the registry is the embedded SQLite "
                 "file on this machine; set MLFLOW_TRACKING_URI to the cluster's MLflow server"
@@ -207,15 +208,17 @@ class JobLauncher:
         stream: bool = True,
         max_retries: int = 0,
         ship_raymlops: bool = True,
+        tracking_uri: str | None = None,
         echo: bool = True,
     ) -> JobOutcome:
         """Run `raymlops STEP ARGS` as a Ray job; with `wait`, stream its logs and return
-        its final status, resubmitting (new submission id) up to `max_retries` times."""
+        its final status, resubmitting (new submission id) up to `max_retries` times.
+        `tracking_uri` is the config's registry.tracking_uri, if it sets one."""
         if step not in SUBMITTABLE_STEPS:
             raise UserInputError(
                 f"unknown step '{step}' (submittable: {', '.join(SUBMITTABLE_STEPS)})"
             )
-        self._check_store_is_shared()
+        self._check_store_is_shared(tracking_uri)
         # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
         entrypoint = shlex.join(["python", "-m", "raymlops.cli", step, *args])
         ids: list[str] = []
@@ -306,6 +309,7 @@ def run_pipeline_as_jobs(
     home: str | Path | None = None,
     working_dir: str | Path | None = ".",
     max_retries: int = 0,
+    tracking_uri: str | None = None,
     echo: bool = True,
 ) -> list[JobOutcome]:
     """`raymlops run --address`: each pipeline step as its own Ray job, in order, stopping
@@ -314,7 +318,12 @@ def run_pipeline_as_jobs(
     outcomes = []
     for step in PIPELINE_STEPS:
         outcome = launcher.submit(
-            step, args, working_dir=working_dir, max_retries=max_retries, echo=echo
+            step,
+            args,
+            working_dir=working_dir,
+            max_retries=max_retries,
+            tracking_uri=tracking_uri,
+            echo=echo,
         )
         outcomes.append(outcome)
         if not outcome.succeeded:

@@ -1,0 +1,70 @@
+"""The job launcher's decisions that need no cluster: which addresses are job APIs, what a
+job's runtime environment carries, and refusing a remote cluster with a laptop registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raymlops.errors import UserInputError
+from raymlops.launcher import JobLauncher, is_job_address
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("http://127.0.0.1:8265", True),
+        ("https://ray.example.com", True),
+        ("ray://head:10001", False),
+        ("auto", False),
+        ("127.0.0.1:6379", False),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_job_addresses_are_http_urls(address: str | None, expected: bool) -> None:
+    assert is_job_address(address) is expected
+
+
+def _offline_launcher(address: str, home: Path) -> JobLauncher:
+    # The launcher's pure parts, without connecting to a job API.
+    launcher = JobLauncher.__new__(JobLauncher)
+    launcher.address = address
+    launcher.home = home
+    return launcher
+
+
+def test_runtime_env_points_the_job_at_the_same_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.delenv("RAYMLOPS_TUNE_STORAGE", raising=False)
+    runtime = _offline_launcher("http://127.0.0.1:8265", tmp_path).runtime_env(
+        tmp_path, "raymlops-train-1"
+    )
+    env = runtime["env_vars"]
+    assert env["RAYMLOPS_HOME"] == str(tmp_path)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["RAYMLOPS_SUBMISSION_ID"] == "raymlops-train-1"
+    assert "RAYMLOPS_TUNE_STORAGE" not in env
+    assert runtime["working_dir"] == str(tmp_path)
+    assert ".raymlops" in runtime["excludes"] and ".venv" in runtime["excludes"]
+    (package,) = runtime["py_modules"]
+    assert Path(package).name == "raymlops" and (Path(package) / "launcher.py").is_file()
+    bare = _offline_launcher("http://127.0.0.1:8265", tmp_path).runtime_env(
+        None, "x", ship_raymlops=False
+    )
+    assert "py_modules" not in bare and "working_dir" not in bare
+
+
+def test_remote_cluster_with_the_embedded_registry_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    remote = _offline_launcher("http://10.0.0.5:8265", tmp_path)
+    with pytest.raises(UserInputError, match="set MLFLOW_TRACKING_URI"):
+        remote._check_store_is_shared(None)
+    remote._check_store_is_shared("http://mlflow:5000")  # a tracking server in the config
+    _offline_launcher("http://127.0.0.1:8265", tmp_path)._check_store_is_shared(None)
+    _offline_launcher("http://localhost:8265", tmp_path)._check_store_is_shared(None)
