@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from raymlops._private.environment import code_version, environment
 from raymlops._private.home import home_dir
+from raymlops.config import config_hash
 from raymlops.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -64,13 +65,18 @@ class ModelVersionInfo:
     created: float
     tags: dict[str, str] = field(default_factory=dict)
 
+    def tags_under(self, prefix: str) -> dict[str, str]:
+        """The tags whose key starts with `prefix`, keyed by the rest of the key."""
+        return {k.removeprefix(prefix): v for k, v in self.tags.items() if k.startswith(prefix)}
+
     @property
     def metrics(self) -> dict[str, float]:
-        return {
-            k.removeprefix(_METRIC_TAG): float(v)
-            for k, v in self.tags.items()
-            if k.startswith(_METRIC_TAG)
-        }
+        return {k: float(v) for k, v in self.tags_under(_METRIC_TAG).items()}
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of each artifact file, as recorded when the version was registered."""
+        return self.tags_under(_DIGEST_TAG)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,8 +154,6 @@ class Registry:
         self, config: PipelineConfig, run_name: str, tags: dict[str, str] | None = None
     ) -> Iterator[str]:
         """A parent MLflow run for one training pipeline; FAILED if the block raises."""
-        from raymlops.config import config_hash
-
         client = self.client
         exp = self.experiment_id(config.registry.experiment)
         all_tags = {
@@ -282,7 +286,7 @@ class Registry:
         tags = {
             "raymlops.dataset_digest": dataset.digest,
             "raymlops.dataset_source": dataset.source,
-            "raymlops.config_hash": _config_hash(config),
+            "raymlops.config_hash": config_hash(config),
             "raymlops.code_version": code_version(),
             "raymlops.task": dataset.task,
             **{f"{_DIGEST_TAG}{k}": v for k, v in digests.items()},
@@ -400,11 +404,7 @@ class Registry:
 
         mv = self._resolve(name, ref)
         info = self.version_info(name, int(mv.version))
-        digests = {
-            k.removeprefix(_DIGEST_TAG): v
-            for k, v in info.tags.items()
-            if k.startswith(_DIGEST_TAG)
-        }
+        digests = info.digests
         if not digests:
             raise RegistryError(f"{name} v{info.version} records no artifact digests")
         cache = self.home / "cache" / "models" / name / str(info.version)
@@ -427,18 +427,10 @@ class Registry:
         from raymlops.predictor import Predictor, warn_on_environment_change
 
         folder, info = self.download(name, ref)
-        digests = {
-            k.removeprefix(_DIGEST_TAG): v
-            for k, v in info.tags.items()
-            if k.startswith(_DIGEST_TAG)
-        }
-        recorded = {
-            k.removeprefix(_ENV_TAG): v for k, v in info.tags.items() if k.startswith(_ENV_TAG)
-        }
-        warn_on_environment_change(recorded, environment())
+        warn_on_environment_change(info.tags_under(_ENV_TAG), environment())
         return Predictor.load(
             folder,
-            expected_digests=digests,
+            expected_digests=info.digests,
             metadata={
                 "name": name,
                 "version": info.version,
@@ -447,9 +439,3 @@ class Registry:
                 "run_id": info.run_id,
             },
         )
-
-
-def _config_hash(config: PipelineConfig) -> str:
-    from raymlops.config import config_hash
-
-    return config_hash(config)

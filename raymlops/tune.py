@@ -27,6 +27,7 @@ __all__ = [
     "latest_experiment",
     "plan_concurrency",
     "run_search",
+    "trial_count",
     "trial_resources",
 ]
 
@@ -80,8 +81,14 @@ def plan_concurrency(config: PipelineConfig, resources: dict[str, float]) -> int
         limit = min(limit, math.floor(gpus / t.gpus_per_trial + 1e-9))
     if t.max_concurrent_trials is not None:
         limit = min(limit, t.max_concurrent_trials)
+    return max(1, min(limit, trial_count(config)))
+
+
+def trial_count(config: PipelineConfig) -> int:
+    """Trials a search runs: num_samples times the number of grid points."""
+    t = config.tune
     grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
-    return max(1, min(limit, t.num_samples * max(grid, 1)))
+    return t.num_samples * max(grid, 1)
 
 
 def trial_resources(config: PipelineConfig) -> dict[str, float]:
@@ -259,8 +266,7 @@ def run_search(
         tune.with_parameters(_trainable, base=config.model_dump(mode="json"), arrays=arrays),
         trial_resources(config),
     )
-    grid = math.prod(len(s.values or []) for s in t.search_space.values() if s.type == "grid")
-    total = t.num_samples * max(grid, 1)
+    total = trial_count(config)
     progress = _Progress(total, config.train.epochs, t.max_failures, metric, mode, echo)
     started = time.monotonic()
 
