@@ -34,10 +34,12 @@ if TYPE_CHECKING:
     from raymlops.data import DatasetVersion
     from raymlops.predictor import Predictor
 
-__all__ = ["ModelVersionInfo", "Registry", "TrialRecord"]
+__all__ = ["AliasEvent", "ModelVersionInfo", "Registry", "TrialRecord"]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+AUDIT_EXPERIMENT = "raymlops-audit"
+_AUDIT_TAG = "raymlops.audit."
 _DIGEST_TAG = "raymlops.sha256."
 _ENV_TAG = "raymlops.env."
 _METRIC_TAG = "raymlops.metric."
@@ -91,6 +93,53 @@ class ModelVersionInfo:
             "trial_id": self.tags.get("raymlops.trial_id"),
             "tags": self.tags,
         }
+
+
+@dataclass
+class AliasEvent:
+    """One entry of a model's alias history: an alias moved (or was cleared), or a
+    lifecycle decision about a version (approval, gate result, canary) was recorded.
+
+    MLflow keeps only an alias's current target; these events, stored append-only as runs of
+    the `raymlops-audit` experiment, are the history a governance review needs.
+    """
+
+    model: str
+    alias: str
+    action: str
+    from_version: int | None
+    to_version: int | None
+    timestamp: float
+    by: str
+    reason: str
+    sequence: int
+    details: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.timestamp)),
+            "model": self.model,
+            "alias": self.alias,
+            "action": self.action,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "by": self.by,
+            "reason": self.reason,
+            "details": self.details,
+            "run_id": self.run_id,
+        }
+
+
+def _default_actor() -> str:
+    """Who is acting when nobody says: $RAYMLOPS_USER, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("RAYMLOPS_USER") or getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -306,8 +355,12 @@ class Registry:
             client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
             has_champion = False
-        client.set_registered_model_alias(
-            name, CHAMPION if not has_champion else CHALLENGER, str(version)
+        self.set_alias(
+            name,
+            CHAMPION if not has_champion else CHALLENGER,
+            version,
+            action="register",
+            reason="first version of the model" if not has_champion else "new candidate",
         )
         return self.version_info(name, version)
 
@@ -439,3 +492,160 @@ class Registry:
                 "run_id": info.run_id,
             },
         )
+
+    # ------------------------------------------------------------------ alias history
+    @contextmanager
+    def _audit_lock(self, name: str) -> Iterator[None]:
+        """Serialise alias changes of one model (read current, move, record) on this host.
+
+        The lock file lives under home, so concurrent CLI calls and Serve replicas on one
+        machine see a consistent history; across machines a tracking server's own
+        transaction order applies.
+        """
+        from filelock import FileLock
+
+        folder = self.home / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / f"alias-{name}.lock"), timeout=120):
+            yield
+
+    def alias_target(self, name: str, alias: str) -> int | None:
+        """The version an alias points to now, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int | None,
+        *,
+        action: str,
+        reason: str = "",
+        by: str | None = None,
+        details: dict[str, Any] | None = None,
+        expected_from: int | str | None = "any",
+    ) -> AliasEvent:
+        """Move `alias` to `version` (None clears it) and append the change to the history.
+
+        `expected_from` makes the move conditional (compare-and-set): if the alias no longer
+        points where the caller saw it, RegistryError is raised and nothing changes.
+        """
+        with self._audit_lock(name):
+            current = self.alias_target(name, alias)
+            if expected_from != "any" and current != expected_from:
+                raise RegistryError(
+                    f"alias '{alias}' of '{name}' moved to "
+                    f"{'v' + str(current) if current is not None else 'nothing'} meanwhile"
+                )
+            if version is None:
+                if current is not None:
+                    self.client.delete_registered_model_alias(name, alias)
+            else:
+                self._resolve(name, version)
+                self.client.set_registered_model_alias(name, alias, str(version))
+            return self._append_event(name, alias, action, current, version, reason, by, details)
+
+    def record_event(
+        self,
+        name: str,
+        alias: str,
+        action: str,
+        *,
+        from_version: int | None = None,
+        to_version: int | None = None,
+        reason: str = "",
+        by: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AliasEvent:
+        """Append an event that moves no MLflow alias (an approval, a gate result, a canary
+        start or an automatic rollback of live traffic) to the model's history."""
+        with self._audit_lock(name):
+            return self._append_event(
+                name, alias, action, from_version, to_version, reason, by, details
+            )
+
+    def _append_event(
+        self,
+        name: str,
+        alias: str,
+        action: str,
+        from_version: int | None,
+        to_version: int | None,
+        reason: str,
+        by: str | None,
+        details: dict[str, Any] | None,
+    ) -> AliasEvent:
+        client = self.client
+        sequence = len(self.alias_history(name)) + 1
+        actor = by or _default_actor()
+        now = time.time()
+        tags = {
+            f"{_AUDIT_TAG}model": name,
+            f"{_AUDIT_TAG}alias": alias,
+            f"{_AUDIT_TAG}action": action,
+            f"{_AUDIT_TAG}from_version": "" if from_version is None else str(from_version),
+            f"{_AUDIT_TAG}to_version": "" if to_version is None else str(to_version),
+            f"{_AUDIT_TAG}by": actor,
+            f"{_AUDIT_TAG}reason": reason,
+            f"{_AUDIT_TAG}sequence": str(sequence),
+            f"{_AUDIT_TAG}details": json.dumps(details or {}, sort_keys=True, default=str),
+            "mlflow.user": actor,
+        }
+        run = client.create_run(
+            self.experiment_id(AUDIT_EXPERIMENT),
+            start_time=int(now * 1000),
+            tags=tags,
+            run_name=f"{name}:{alias}:{action}",
+        )
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=int(now * 1000))
+        return AliasEvent(
+            name,
+            alias,
+            action,
+            from_version,
+            to_version,
+            now,
+            actor,
+            reason,
+            sequence,
+            dict(details or {}),
+            run.info.run_id,
+        )
+
+    def alias_history(self, name: str) -> list[AliasEvent]:
+        """Every recorded alias change and lifecycle decision of a model, oldest first."""
+        client = self.client
+        experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if experiment is None:
+            return []
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{_AUDIT_TAG}model` = '{name}'",
+            max_results=50000,
+        )
+
+        def version(text: str | None) -> int | None:
+            return int(text) if text else None
+
+        events = [
+            AliasEvent(
+                model=name,
+                alias=r.data.tags.get(f"{_AUDIT_TAG}alias", ""),
+                action=r.data.tags.get(f"{_AUDIT_TAG}action", ""),
+                from_version=version(r.data.tags.get(f"{_AUDIT_TAG}from_version")),
+                to_version=version(r.data.tags.get(f"{_AUDIT_TAG}to_version")),
+                timestamp=r.info.start_time / 1000,
+                by=r.data.tags.get(f"{_AUDIT_TAG}by", ""),
+                reason=r.data.tags.get(f"{_AUDIT_TAG}reason", ""),
+                sequence=int(r.data.tags.get(f"{_AUDIT_TAG}sequence", "0")),
+                details=json.loads(r.data.tags.get(f"{_AUDIT_TAG}details", "{}")),
+                run_id=r.info.run_id,
+            )
+            for r in runs
+        ]
+        return sorted(events, key=lambda e: (e.sequence, e.timestamp))
