@@ -1,0 +1,472 @@
+"""Batch inference: `raymlops batch` end to end against a plain single-process loop.
+
+Same Parquet input (5M rows × 64 float features from `raymlops.data.synth_dataset`, 20 files
+of 250k rows; full mode adds a variant with 4 categorical columns) and the same registered
+model (an MLP, depth 2 × width 64, trained for a few epochs on a 20k-row sample of the same
+concept), and the same output columns (id, prediction, proba_<class>):
+
+(a) `raymlops batch --input … --output …` run as a user types it (a subprocess): reading the
+    registry and the input's metadata, a local Ray, the actor pool, every unit read,
+    predicted and written, the manifest and the MLflow run. Timed as the command's wall time
+    minus the starting and stopping of its local Ray, which are reported separately.
+(b) a plain loop in one process: `pyarrow.parquet` batches of 65,536 rows → `Predictor`
+    (loaded from the same registry) → one `ParquetWriter`, torch threads = cores, run as a
+    script of its own (a subprocess), like (a).
+
+Both are timed end to end from the start of their process until their work is done
+(interpreter start, imports, loading the model from the registry included; the
+interpreter's teardown after the last line not included); for (a) the starting and stopping
+of its local Ray are left out and reported separately. `ratio` is (a)/(b) in rows/s on these
+terms; `ratio_loop` compares (a) with (b)'s loop alone (first read to the writer's close,
+nothing else of (b) counted): the strictest reading.
+
+Prints rows/s of each, the ratio (a)/(b) and the driver's peak memory (VmHWM of the
+`raymlops batch` process). Full mode also runs (c) the straightforward Ray Data pipeline
+(`read_parquet` → `map_batches` with a Predictor actor → `write_parquet`) for reference,
+and with `--two-node` (a) on a local cluster of two `ray start` nodes.
+
+    python benchmarks/batch_throughput.py            # 3 repetitions, both datasets, (c)
+    python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric data, < 3 min
+                                                     # (first run: + ~70 s per dataset)
+
+The last line is one JSON object with at least `ratio` and `driver_peak_mb`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "benchmarks" / ".data"
+BIN = Path(sys.executable).parent
+ROWS = 5_000_000
+FEATURES = 64
+CATEGORICAL = 4
+BATCH = 65_536
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def dataset(rows: int, categorical: int) -> Path:
+    """The benchmark input, generated once and kept under benchmarks/.data/."""
+    from raymlops.data import synth_dataset
+
+    target = DATA / f"batch-{rows}x{FEATURES}c{categorical}"
+    if not target.is_dir():
+        print(f"generating {target.name} (once) …", file=sys.stderr, flush=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        synth_dataset(str(partial), rows, FEATURES, categorical, seed=0)
+        partial.rename(target)
+    return target
+
+
+def register(home: Path, name: str, categorical: int) -> Path:
+    """Train on a 20k-row sample of the same concept (seed 0) in this process and register
+    the best epoch as version 1 (champion); returns the config file for `-c`."""
+    import yaml
+
+    from raymlops.config import PipelineConfig
+    from raymlops.data import load_dataset, synth_dataset
+    from raymlops.features import Preprocessor
+    from raymlops.registry import Registry
+    from raymlops.train import TrainingArrays, fit, load_best_predictor
+
+    sample = home / f"{name}-train.parquet"
+    synth_dataset(str(sample), 20_000, FEATURES, categorical, seed=0)
+    config = PipelineConfig.model_validate(
+        {
+            "name": name,
+            "data": {"path": str(sample), "label": "label", "id_columns": ["id"]},
+            "model": {"params": {"depth": 2, "width": 64, "dropout": 0.0}},
+            "train": {"epochs": 3, "batch_size": 256, "early_stopping_patience": None},
+            "registry": {"model_name": name, "experiment": name},
+        }
+    )
+    data, splits, roles = load_dataset(config.data, config.features)
+    prep = Preprocessor.fit(splits.train, roles, config.features)
+    arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+    ckpt = home / f"{name}-ckpt"
+
+    def keep(metrics: dict[str, float], folder: Path | None) -> None:
+        if folder is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            shutil.copytree(folder, ckpt)
+
+    best = fit(config, arrays, keep)
+    predictor = load_best_predictor(ckpt, config, arrays.preprocessor)
+    registry = Registry(home=home)
+    with registry.pipeline_run(config, f"{name}-benchmark") as run_id:
+        registry.register(config, run_id, predictor, data, {"val_loss": best["val_loss"]})
+    path = home / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+# --------------------------------------------------------------------------- (b) plain loop
+
+
+def plain_loop(home: Path, name: str, source: Path, out: Path, threads: int) -> float:
+    """(b), run by `--plain-loop` in a process of its own: returns the seconds from the
+    first read to the writer's close."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from raymlops.registry import Registry
+
+    torch.set_num_threads(threads)
+    predictor = Registry(home=home).load_predictor(name, "champion")
+    columns = ["id", *predictor.feature_names]
+    started = time.perf_counter()
+    writer: pq.ParquetWriter | None = None
+    for file in sorted(source.glob("*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH, columns=columns):
+            prediction = predictor.predict(batch)
+            assert prediction.probabilities is not None and prediction.classes is not None
+            probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+            table = pa.table(
+                {
+                    "id": batch.column("id"),
+                    "prediction": pa.array(prediction.predictions, type=pa.string()),
+                    **{f"proba_{c}": probabilities[:, j] for j, c in enumerate(prediction.classes)},
+                }
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+    assert writer is not None
+    writer.close()
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- (a) raymlops batch
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def raymlops_batch(
+    home: Path, config: Path, source: Path, out: Path, *extra: str, **env_vars: str
+) -> dict[str, Any]:
+    """(a): run the command, sampling the driver's peak RSS; returns its JSON result plus
+    `wall_s` and `driver_peak_mb`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    env["RAYMLOPS_HOME"] = str(home)
+    env.update(env_vars)
+    command = [str(BIN / "raymlops"), "batch", "-c", str(config), "--input", str(source)]
+    command += ["--output", str(out), "--json", *extra]
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    peak: list[float] = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            value = _peak_rss_mb(proc.pid)
+            if value is not None:
+                peak[0] = max(peak[0], value)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    sampler.join()
+    if proc.returncode != 0:
+        sys.exit(f"raymlops batch failed ({proc.returncode}):\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(stdout)
+    result["wall_s"] = wall
+    result["driver_peak_mb"] = peak[0]
+    return result
+
+
+# --------------------------------------------------------------------------- (c) plain Ray Data
+
+
+def plain_ray_data(home: Path, name: str, source: Path, out: Path) -> dict[str, float]:
+    """(c) in a subprocess of its own: read_parquet → map_batches(Predictor actors, two of
+    0.5 CPU, 1 torch thread) → write_parquet. Timed as (a): from the spawn until the write
+    is done, Ray's start-up left out (`seconds`); `after_ray_s` counts from ray.init's end."""
+    code = f"""
+import json, logging, time
+import numpy as np, pyarrow as pa, ray
+t0 = time.perf_counter()
+ray.init(address="local", num_cpus={os.cpu_count() or 2}, include_dashboard=False,
+         logging_level=logging.WARNING, log_to_driver=False)
+t1 = time.perf_counter()
+ray.data.DataContext.get_current().enable_progress_bars = False
+class Predict:
+    def __init__(self):
+        import torch
+        torch.set_num_threads(1)
+        from raymlops.registry import Registry
+        self.p = Registry(home={str(home)!r}).load_predictor({name!r}, "champion")
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pred = self.p.predict(batch)
+        probabilities = np.asarray(pred.probabilities, dtype=np.float32)
+        return pa.table({{"id": batch.column("id"),
+            "prediction": pa.array(pred.predictions, type=pa.string()),
+            **{{f"proba_{{c}}": probabilities[:, j] for j, c in enumerate(pred.classes)}}}})
+ds = ray.data.read_parquet({str(source)!r}, ray_remote_args={{"num_cpus": 0.25}})
+ds = ds.map_batches(Predict, batch_size={BATCH}, batch_format="pyarrow",
+                    compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
+ds.write_parquet({str(out)!r}, ray_remote_args={{"num_cpus": 0.25}})
+t2 = time.perf_counter()
+done_at = time.time()
+ray.shutdown()
+print(json.dumps({{"ray_start_s": t1 - t0, "after_ray_s": t2 - t1, "done_at": done_at}}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    spawned = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    if proc.returncode != 0:
+        sys.exit(f"plain Ray Data pipeline failed:\n{proc.stderr[-3000:]}")
+    figures: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    figures["seconds"] = figures["done_at"] - spawned - figures["ray_start_s"]
+    return figures
+
+
+# --------------------------------------------------------------------------- two nodes
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_session(sid: int) -> None:
+    """SIGTERM, then SIGKILL, every live process of session `sid` (never `ray stop`)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            pid, session, stat = line.split()
+            if int(session) == sid and not stat.startswith("Z"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), sig)
+        time.sleep(3 if sig == signal.SIGTERM else 1)
+
+
+@contextlib.contextmanager
+def two_nodes(cpus_each: int) -> Any:
+    """A head and a second node of `cpus_each` CPUs on this machine, each in a temp dir of
+    its own; yields the GCS address to join."""
+    gcs = f"127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["RAY_AUTH_MODE"] = "token"
+    nodes = []
+    try:
+        for i in range(2):
+            temp = tempfile.mkdtemp(prefix="rmo-bt-", dir="/tmp")
+            args = (
+                ["--head", f"--port={gcs.split(':')[1]}", "--include-dashboard=false"]
+                if i == 0
+                else [f"--address={gcs}"]
+            )
+            args += [
+                f"--num-cpus={cpus_each}",
+                f"--dashboard-agent-listen-port={_free_port()}",
+                f"--metrics-export-port={_free_port()}",
+            ]
+            log = open(Path(temp) / "node.log", "wb")  # noqa: SIM115
+            proc = subprocess.Popen(
+                [str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
+                 f"--temp-dir={temp}", *args],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+            nodes.append((proc, temp))
+            time.sleep(8)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [str(BIN / "ray"), "status", f"--address={gcs}"],
+                capture_output=True, text=True, env=env, timeout=30,
+            )  # fmt: skip
+            if status.stdout.count(" node_") >= 2:
+                break
+            time.sleep(1)
+        else:
+            sys.exit("the two-node cluster did not come up")
+        yield gcs
+    finally:
+        for proc, temp in reversed(nodes):
+            _stop_session(proc.pid)
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def plain_script(home: Path, name: str, source: Path, out: Path, threads: int) -> dict[str, float]:
+    """(b) as a script: spawn this file with --plain-loop; returns the seconds from the
+    spawn until the loop's end (`seconds`) and those of the loop alone (`loop_s`)."""
+    spawned = time.time()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--plain-loop", str(home), name, str(source), str(out),
+         str(threads)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        sys.exit(f"the plain loop failed:\n{proc.stderr[-3000:]}")
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": figures["done_at"] - spawned, "loop_s": figures["loop_s"]}
+
+
+def measure(
+    home: Path, name: str, config: Path, source: Path, work: Path, threads: int
+) -> dict[str, Any]:
+    """One repetition on one dataset: (b) then (a)."""
+    rows = ROWS
+    b_out = work / "plain.parquet"
+    b = plain_script(home, name, source, b_out, threads)
+    b_s, b_loop_s = b["seconds"], b["loop_s"]
+    b_out.unlink()
+    a_out = work / "preds"
+    a = raymlops_batch(home, config, source, a_out)
+    shutil.rmtree(a_out)
+    assert a["rows_out"] == rows, a
+    a_s = a["wall_s"] - a["ray_start_s"] - a["ray_stop_s"]
+    return {
+        "a_rows_per_s": rows / a_s,
+        "b_rows_per_s": rows / b_s,
+        "b_loop_rows_per_s": rows / b_loop_s,
+        "ratio": b_s / a_s,
+        "ratio_loop": b_loop_s / a_s,
+        "ratio_incl_ray": b_s / a["wall_s"],
+        "a_seconds": a_s,
+        "a_wall_s": a["wall_s"],
+        "b_seconds": b_s,
+        "b_loop_seconds": b_loop_s,
+        "batch_reported_rows_per_s": a["rows_per_s"],
+        "ray_start_s": a["ray_start_s"],
+        "ray_stop_s": a["ray_stop_s"],
+        "driver_peak_mb": a["driver_peak_mb"],
+        "actors": a["actors"],
+        "cpus_per_actor": a["cpus_per_actor"],
+        "torch_threads": a["torch_threads"],
+        # Where (a)'s time went: the command's own start (interpreter, imports) and exit,
+        # then run_batch's phases (model, plan, pool_start, compute, finish).
+        "phases": {"process": a["wall_s"] - a["wall_time_s"], **a["phases"]},
+    }
+
+
+def _show(label: str, r: dict[str, Any]) -> None:
+    print(
+        f"{label}: (a) raymlops batch {r['a_rows_per_s']:,.0f} rows/s "
+        f"({r['a_seconds']:.1f} s + Ray start {r['ray_start_s']:.1f} s / stop "
+        f"{r['ray_stop_s']:.1f} s) | (b) plain loop {r['b_rows_per_s']:,.0f} rows/s "
+        f"({r['b_seconds']:.1f} s, the loop alone {r['b_loop_seconds']:.1f} s) | ratio "
+        f"{r['ratio']:.3f} (with Ray start/stop {r['ratio_incl_ray']:.3f}; against the loop "
+        f"alone {r['ratio_loop']:.3f}) | driver peak {r['driver_peak_mb']:.0f} MB | "
+        f"{r['actors']} actors × {r['cpus_per_actor']} CPU, {r['torch_threads']} thread(s)\n"
+        "    (a) phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items()),
+        flush=True,
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--plain-loop":  # (b), in its own process
+        home, name, source, out, threads = sys.argv[2:7]
+        loop_s = plain_loop(Path(home), name, Path(source), Path(out), int(threads))
+        print(json.dumps({"loop_s": loop_s, "done_at": time.time()}), flush=True)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 repetition, numeric data only")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (full mode)")
+    parser.add_argument(
+        "--two-node", action="store_true", help="also (a) on a local two-node cluster"
+    )
+    args = parser.parse_args()
+    threads = os.cpu_count() or 1
+    repeat = 1 if args.quick else args.repeat
+    variants = [("numeric", 0)] if args.quick else [("numeric", 0), ("categorical", CATEGORICAL)]
+    figures: dict[str, Any] = {"rows": ROWS, "features": FEATURES, "cores": threads}
+    with tempfile.TemporaryDirectory(prefix="raymlops-bt-") as tmp:
+        work = Path(tmp)
+        for label, categorical in variants:
+            source = dataset(ROWS, categorical)
+            home = work / label
+            config = register(home, f"bt-{label}", categorical)
+            runs = []
+            for i in range(repeat):
+                r = measure(home, f"bt-{label}", config, source, work, threads)
+                _show(f"{label} #{i + 1}", r)
+                runs.append(r)
+            median = {
+                k: statistics.median(r[k] for r in runs)
+                for k in runs[0]
+                if isinstance(runs[0][k], int | float)
+            }
+            figures[label] = median
+            if not args.quick:
+                c = plain_ray_data(home, f"bt-{label}", source, work / "plain-ray-data")
+                shutil.rmtree(work / "plain-ray-data", ignore_errors=True)
+                c_rate = ROWS / c["seconds"]
+                figures[label]["c_rows_per_s"] = c_rate
+                figures[label]["c_ratio"] = c_rate / median["b_rows_per_s"]
+                print(
+                    f"{label}: (c) plain Ray Data pipeline {c_rate:,.0f} rows/s "
+                    f"({c['seconds']:.1f} s, {c['after_ray_s']:.1f} s of it after Ray's start) "
+                    f"| (c)/(b) {figures[label]['c_ratio']:.3f}",
+                    flush=True,
+                )
+        if args.two_node:
+            home = work / "numeric"
+            source = dataset(ROWS, 0)
+            with two_nodes(max(1, threads // 2)) as gcs:
+                # Joining a token-authenticated cluster sends the token (~/.ray/auth_token).
+                a = raymlops_batch(
+                    home, home / "bt-numeric.yaml", source, work / "two", "--address", gcs,
+                    RAY_AUTH_MODE="token",
+                )  # fmt: skip
+            a_s = a["wall_s"] - a["ray_start_s"] - a["ray_stop_s"]
+            figures["two_node"] = {
+                "a_rows_per_s": ROWS / a_s,
+                "nodes": len(a["nodes"]),
+                "actors": a["actors"],
+            }
+            print(
+                f"two nodes × {max(1, threads // 2)} CPU: (a) {ROWS / a_s:,.0f} rows/s on "
+                f"{len(a['nodes'])} node(s), {a['actors']} actors",
+                flush=True,
+            )
+    numeric = figures["numeric"]
+    figures["ratio"] = numeric["ratio"]
+    figures["driver_peak_mb"] = max(
+        figures[v]["driver_peak_mb"] for v, _ in variants if v in figures
+    )
+    figures["ray_start_s"] = numeric["ray_start_s"]
+    figures["ratio_loop"] = numeric["ratio_loop"]
+    keys = ("ratio", "ratio_loop", "driver_peak_mb", "ray_start_s")
+    print(json.dumps({k: figures[k] for k in keys} | figures))
+
+
+if __name__ == "__main__":
+    main()

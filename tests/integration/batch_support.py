@@ -1,0 +1,142 @@
+"""Helpers of the batch-inference tests: a registered model version in seconds (trained in
+this process, no Ray Tune), and architectures that make a run slow enough to interrupt.
+
+The architectures are imported on demand by `raymlops.models` through their
+'package.module:name' names, in the driver and in every Ray worker (the repository root
+must be on PYTHONPATH), like `tests.integration.crashy_arch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from raymlops.config import PipelineConfig
+from raymlops.data import load_dataset
+from raymlops.features import Preprocessor
+from raymlops.models import MLP, MLPParams, register_architecture
+from raymlops.registry import ModelVersionInfo, Registry
+from raymlops.train import TrainingArrays, fit, load_best_predictor
+
+#: An MLP whose forward pass sleeps $RAYMLOPS_TEST_SLOW_S seconds (default 0): a batch run
+#: with it lasts long enough to be killed midway.
+SLOW = "tests.integration.batch_support:slow_mlp"
+SLOW_ENV = "RAYMLOPS_TEST_SLOW_S"
+
+
+@register_architecture(SLOW, MLPParams)
+class SlowMLP(MLP):
+    """An MLP that takes its time (only where $RAYMLOPS_TEST_SLOW_S is set)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delay = float(os.environ.get(SLOW_ENV, "0") or 0)
+        if delay:
+            time.sleep(delay)
+        return super().forward(x)
+
+
+def batch_config(
+    name: str, data: Path | str, architecture: str = "mlp", **batch: Any
+) -> PipelineConfig:
+    """A small classification pipeline over synthetic data (id column `id`)."""
+    return PipelineConfig.model_validate(
+        {
+            "name": name,
+            "data": {"path": str(data), "label": "label", "id_columns": ["id"]},
+            "model": {
+                "architecture": architecture,
+                "params": {"depth": 1, "width": 16, "dropout": 0.0},
+            },
+            "train": {"epochs": 2, "batch_size": 128, "early_stopping_patience": None},
+            "registry": {"model_name": name, "experiment": name},
+            "batch": batch,
+        }
+    )
+
+
+def register_model(config: PipelineConfig, home: Path) -> ModelVersionInfo:
+    """Train `config` in this process (a couple of epochs, no Ray) and register the best
+    epoch as a version of config.registry.model_name in the MLflow store under `home`."""
+    dataset, splits, roles = load_dataset(config.data, config.features)
+    prep = Preprocessor.fit(splits.train, roles, config.features)
+    arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+    keep = Path(tempfile.mkdtemp(prefix="raymlops-test-ckpt-"))
+    try:
+
+        def report(metrics: dict[str, float], folder: Path | None) -> None:
+            if folder is not None:
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(folder, keep)
+
+        best = fit(config, arrays, report)
+        predictor = load_best_predictor(keep, config, arrays.preprocessor)
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+    registry = Registry(home=home)
+    metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
+    with registry.pipeline_run(config, f"{config.name}-test") as run_id:
+        return registry.register(config, run_id, predictor, dataset, metrics)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Live processes of session `sid` (a `start_new_session` subprocess and every Ray
+    process it started), pid → command line; zombies left out."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True)
+    found = {}
+    for line in out.stdout.splitlines():
+        pid, session, stat, *args = line.split(None, 3)
+        if int(session) == sid and not stat.startswith("Z") and int(pid) != os.getpid():
+            found[int(pid)] = args[0] if args else ""
+    return found
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid`: a crash of the driver and its local Ray."""
+    for _ in range(3):
+        pids = session_processes(sid)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def read_output(folder: Path) -> pd.DataFrame:
+    """Every prediction row of a batch output (what any Parquet reader sees)."""
+    return pq.read_table(folder).to_pandas()
+
+
+def unit_stats(folder: Path) -> list[dict[str, Any]]:
+    """The statistics each unit recorded in its output file's footer."""
+    return [
+        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch"])
+        for part in sorted(folder.glob("part-*.parquet"))
+    ]

@@ -1,0 +1,421 @@
+"""Batch inference on a real local Ray (one per module, 2 CPUs) and a real MLflow SQLite store:
+every row exactly once, the Predictor's own predictions, resume after a crash, a killed
+actor, schema and corrupt-file errors, bad rows.
+
+Models are registered in seconds by training in this process (tests.integration.
+batch_support); runs that must be interrupted use its slow architecture in a `raymlops batch`
+subprocess with a Ray of its own, which the test kills.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from raymlops.batch import BatchResult, run_batch
+from raymlops.cli import cli
+from raymlops.config import PipelineConfig
+from raymlops.data import synth_dataset
+from raymlops.errors import DataError, UserInputError
+from raymlops.predictor import Predictor
+from raymlops.registry import Registry
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # batch_support is imported as tests.integration.batch_support
+    sys.path.insert(0, str(REPO))  # by Ray workers too (PYTHONPATH below)
+
+from tests.integration.batch_support import (  # noqa: E402
+    SLOW,
+    SLOW_ENV,
+    batch_config,
+    kill_session,
+    read_output,
+    register_model,
+    session_processes,
+    unit_stats,
+    wait_for,
+)
+
+RAYMLOPS = str(Path(sys.executable).with_name("raymlops"))
+SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
+ROWS, FILES = 12_000, 6
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray (2 CPUs) for the module; workers find tests.integration on PYTHONPATH."""
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in SCRUBBED_ENV:
+            mp.delenv(name, raising=False)
+        pythonpath = os.environ.get("PYTHONPATH")
+        mp.setenv("PYTHONPATH", str(REPO) + (os.pathsep + pythonpath if pythonpath else ""))
+        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SCRUBBED_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12,000 rows in 6 Parquet files: id, f0…f7, c0 (8 levels), label."""
+    folder = tmp_path_factory.mktemp("input") / "rows"
+    synth_dataset(str(folder), rows=ROWS, features=8, categorical=1, seed=3, chunk_rows=2_000)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(home: Path, data: Path) -> PipelineConfig:
+    """Version 1 (champion) of 'bm', an MLP trained on `data`."""
+    config = batch_config("bm", data)
+    register_model(config, home)
+    return config
+
+
+@pytest.fixture(scope="module")
+def slow_model(home: Path, data: Path) -> PipelineConfig:
+    """'bm-slow': the same, with a forward pass that sleeps $RAYMLOPS_TEST_SLOW_S."""
+    config = batch_config("bm-slow", data, architecture=SLOW, batch_size=500)
+    register_model(config, home)
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished(
+    home: Path, data: Path, model: PipelineConfig, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, BatchResult]:
+    """One complete run of 'bm' over `data`."""
+    out = tmp_path_factory.mktemp("finished") / "preds"
+    return out, run_batch(model, str(data), str(out), home=home, echo=False)
+
+
+def config_file(folder: Path, config: PipelineConfig) -> Path:
+    path = folder / f"{config.name}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["batch", *args])
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def start_cli(
+    home: Path, config: Path, data: Path, out: Path, slow_s: float
+) -> subprocess.Popen[str]:
+    """`raymlops batch` in a session of its own (with its own local Ray), slowed down."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    pythonpath = env.get("PYTHONPATH")
+    env.update(
+        RAYMLOPS_HOME=str(home),
+        PYTHONPATH=str(REPO) + (os.pathsep + pythonpath if pythonpath else ""),
+        **{SLOW_ENV: str(slow_s)},
+    )
+    command = [RAYMLOPS, "batch", "-c", str(config), "--input", str(data), "--output", str(out)]
+    return subprocess.Popen(
+        [*command, "--json"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def assert_every_row_once(out: Path) -> pd.DataFrame:
+    rows = read_output(out)
+    assert len(rows) == ROWS
+    assert rows["id"].is_unique and set(rows["id"]) == set(range(ROWS))
+    assert not (out / ".tmp").exists()
+    return rows
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+def test_every_row_once_with_the_predictions_of_the_predictor(
+    home: Path, data: Path, finished: tuple[Path, BatchResult]
+) -> None:
+    out, result = finished
+    assert (result.rows_in, result.rows_out, result.rows_rejected) == (ROWS, ROWS, 0)
+    assert (result.units_total, result.units_run, result.units_skipped) == (FILES, FILES, 0)
+    assert result.model_version == 1 and not result.already_complete
+    assert result.plan is not None and result.plan.actors == 2
+    assert result.plan.cpus_per_actor == 0.9  # two actors never take both CPUs
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_raymlops_batch.json", *(f"part-{i:05d}.parquet" for i in range(FILES))
+    ]  # fmt: skip
+
+    rows = assert_every_row_once(out).sort_values("id").reset_index(drop=True)
+    assert set(rows["model_name"]) == {"bm"} and set(rows["model_version"]) == {1}
+    assert list(rows.columns) == [
+        "id", "prediction", "proba_0", "proba_1", "model_name", "model_version"
+    ]  # fmt: skip
+    source = pq.read_table(data).to_pandas().sort_values("id").reset_index(drop=True)
+    direct = Predictor.from_registry("bm", "champion", home=home).predict(source).to_frame()
+    assert rows["prediction"].tolist() == direct["prediction"].tolist()
+    np.testing.assert_allclose(rows["proba_1"], direct["proba_1"], rtol=1e-6, atol=1e-7)
+
+    manifest = json.loads((out / "_raymlops_batch.json").read_text())
+    assert manifest["complete"] and manifest["summary"]["rows_out"] == ROWS
+    assert manifest["fingerprint"]["version"] == 1 and len(manifest["units"]) == FILES
+
+    run = Registry(home=home).client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raymlops.step"] == "batch"
+    assert run.data.tags["raymlops.model_version"] == "1"
+    assert run.data.tags["raymlops.input_digest"] == result.input_digest
+    assert run.data.metrics["rows_out"] == ROWS and run.data.metrics["rows_per_s"] > 0
+    assert run.data.params["actors"] == "2"
+
+
+def test_a_finished_output_is_reported_complete_and_exits_0(
+    tmp_path: Path,
+    home: Path,
+    data: Path,
+    model: PipelineConfig,
+    finished: tuple[Path, BatchResult],
+) -> None:
+    out, _ = finished
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    config = config_file(tmp_path, model)
+    code, stdout, stderr = invoke(
+        "-c", str(config), "--home", str(home), "--input", str(data), "--output", str(out)
+    )
+    assert code == 0, stderr
+    assert "already complete" in stdout and f"{ROWS:,} in, {ROWS:,} out" in stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing rewritten
+
+
+def test_other_arguments_on_an_existing_output_are_refused(
+    tmp_path: Path,
+    home: Path,
+    data: Path,
+    model: PipelineConfig,
+    finished: tuple[Path, BatchResult],
+) -> None:
+    out, _ = finished
+    config = config_file(tmp_path, model)
+    args = ["-c", str(config), "--home", str(home), "--input", str(data), "--output", str(out)]
+    code, _, stderr = invoke(*args, "--on-bad-rows", "skip")
+    assert code == 2
+    line = error_line(stderr)
+    assert "holds the output of another batch run" in line
+    assert "on_bad_rows 'fail' → 'skip'" in line
+    code, _, stderr = invoke(*args, "--version", "7")
+    assert code == 2 and "model 'bm' has no version 7" in error_line(stderr)
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_resumes_and_writes_every_row_once(
+    tmp_path: Path, home: Path, data: Path, slow_model: PipelineConfig
+) -> None:
+    out = tmp_path / "preds"
+    proc = start_cli(home, config_file(tmp_path, slow_model), data, out, slow_s=0.4)
+    try:
+        wait_for(lambda: any(out.glob("part-*.parquet")), 150, "a first finished unit")
+    finally:
+        kill_session(proc.pid)  # the driver and its whole Ray, mid-run
+        proc.wait(timeout=30)
+    done_before = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert 1 <= len(done_before) < FILES, done_before
+
+    result = run_batch(slow_model, str(data), str(out), home=home, echo=False)
+    assert result.units_skipped == len(done_before)
+    assert result.units_run == FILES - len(done_before)
+    assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
+    assert_every_row_once(out)
+    assert len(unit_stats(out)) == FILES
+
+
+@pytest.mark.slow
+def test_an_actor_killed_midway_is_replaced_and_every_row_is_still_written_once(
+    tmp_path: Path, home: Path, data: Path, slow_model: PipelineConfig
+) -> None:
+    out = tmp_path / "preds"
+    proc = start_cli(home, config_file(tmp_path, slow_model), data, out, slow_s=0.4)
+    try:
+        wait_for(lambda: any(out.glob("part-*.parquet")), 150, "a first finished unit")
+        actors = [p for p, args in session_processes(proc.pid).items() if "MapWorker" in args]
+        assert actors, session_processes(proc.pid)
+        os.kill(actors[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout)
+    assert (result["rows_in"], result["rows_out"], result["units_run"]) == (ROWS, ROWS, FILES)
+    assert_every_row_once(out)
+    writers = {s["pid"] for s in unit_stats(out)}
+    assert actors[0] not in session_processes(proc.pid)
+    # The units the killed actor held were redone by its replacement or by the other actor.
+    assert len(writers - {actors[0]}) >= 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_a_missing_or_mistyped_feature_exits_2_naming_column_and_file(
+    tmp_path: Path, home: Path, data: Path, model: PipelineConfig
+) -> None:
+    config = config_file(tmp_path, model)
+    table = pq.read_table(data / "part-00000.parquet")
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    pq.write_table(table.drop_columns(["f3"]), missing / "a.parquet")
+    code, _, stderr = invoke(
+        "-c", str(config), "--home", str(home), "--input", str(missing),
+        "--output", str(tmp_path / "out1"),
+    )  # fmt: skip
+    assert code == 2
+    assert f"feature column 'f3' is missing from {missing / 'a.parquet'}" in error_line(stderr)
+
+    typed = tmp_path / "typed.parquet"
+    stamps = pa.array(np.zeros(table.num_rows, dtype="datetime64[s]"))
+    pq.write_table(table.set_column(table.schema.get_field_index("f5"), "f5", stamps), typed)
+    code, _, stderr = invoke(
+        "-c", str(config), "--home", str(home), "--input", str(typed),
+        "--output", str(tmp_path / "out2"),
+    )  # fmt: skip
+    assert code == 2
+    line = error_line(stderr)
+    assert f"feature column 'f5' in {typed} has type timestamp[" in line  # [ms] in Parquet
+    assert not (tmp_path / "out2" / "part-00000.parquet").exists()
+
+
+def test_a_corrupt_file_exits_2_naming_it(
+    tmp_path: Path, home: Path, data: Path, model: PipelineConfig
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes((data / "part-00000.parquet").read_bytes())
+    truncated = (data / "part-00001.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(truncated[: len(truncated) // 2])
+    code, _, stderr = invoke(
+        "-c", str(config_file(tmp_path, model)), "--home", str(home),
+        "--input", str(folder), "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 2
+    assert f"cannot read {folder / 'b.parquet'}" in error_line(stderr)
+
+
+def test_bad_rows_go_to_rejects_with_their_reason_or_fail_with_exit_2(
+    tmp_path: Path, home: Path, data: Path, model: PipelineConfig
+) -> None:
+    frame = pq.read_table(data / "part-00002.parquet").to_pandas().drop(columns=["label"])
+    frame["f1"] = frame["f1"].map(repr).astype(object)
+    frame.loc[[5, 700], "f1"] = ["oops", "12,5"]
+    source = tmp_path / "dirty.csv"
+    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), source)
+    config = config_file(tmp_path, model)
+    args = ["-c", str(config), "--home", str(home), "--input", str(source)]
+
+    code, stdout, stderr = invoke(
+        *args, "--output", str(tmp_path / "skip"), "--on-bad-rows", "skip"
+    )
+    assert code == 0, stderr
+    assert "2,000 in, 1,998 out, 2 rejected" in stdout and "_rejects" in stdout
+    assert "predicting" in stderr  # the progress bar's label
+    written = read_output(tmp_path / "skip")
+    assert len(written) == 1998 and not (
+        {int(frame["id"][5]), int(frame["id"][700])} & set(written["id"])
+    )
+    rejects = pq.read_table(tmp_path / "skip" / "_rejects").to_pandas()
+    assert rejects["source_row"].tolist() == [5, 700]
+    assert rejects["reason"].tolist() == [
+        "column 'f1': 'oops' is not a number",
+        "column 'f1': '12,5' is not a number",
+    ]
+
+    code, _, stderr = invoke(*args, "--output", str(tmp_path / "fail"))
+    assert code == 2
+    line = error_line(stderr)
+    assert f"{source}: row 5: column 'f1': 'oops' is not a number" in line
+    assert "--on-bad-rows skip" in line
+    assert not list((tmp_path / "fail").glob("part-*.parquet"))
+
+
+def test_output_inside_input_or_a_foreign_folder_is_refused(
+    tmp_path: Path, home: Path, data: Path, model: PipelineConfig
+) -> None:
+    with pytest.raises(UserInputError, match="is inside --input"):
+        run_batch(model, str(data), str(data / "preds"), home=home, echo=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="not the output of raymlops batch"):
+        run_batch(model, str(data), str(foreign), home=home, echo=False)
+    with pytest.raises(DataError, match="data not found"):
+        run_batch(model, str(tmp_path / "nothing"), str(tmp_path / "o"), home=home, echo=False)
+
+
+@pytest.mark.gpu
+def test_gpu_actors_predict_what_cpu_actors_predict(
+    tmp_path: Path,
+    home: Path,
+    data: Path,
+    model: PipelineConfig,
+    finished: tuple[Path, BatchResult],
+) -> None:
+    out = tmp_path / "gpu"
+    result = run_batch(model, str(data), str(out), home=home, gpus=1, echo=False)
+    assert result.plan is not None and result.plan.gpus_per_actor == 1
+    assert result.plan.batch_size == model.batch.gpu_batch_size
+    gpu = read_output(out).sort_values("id").reset_index(drop=True)
+    cpu = read_output(finished[0]).sort_values("id").reset_index(drop=True)
+    assert gpu["prediction"].tolist() == cpu["prediction"].tolist()
+    np.testing.assert_allclose(gpu["proba_1"], cpu["proba_1"], atol=1e-5)
