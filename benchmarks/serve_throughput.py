@@ -1,0 +1,381 @@
+"""Online serving: `raymlops serve` against a bare single-process FastAPI + uvicorn server.
+
+Both serve the same registered model (the embedded default's MLP, depth 2 × width 64, 30
+numeric features, trained for a few epochs in this process) and are driven by the same load
+generator with the same payloads:
+
+(a) `raymlops serve` as a user types it (a subprocess): its own local Ray head, Ray Serve's
+    HAProxy ingress, 2 replicas each holding the Predictor, `@serve.batch`, the prediction
+    log, per-version metrics, canary routing and validation on every request.
+(b) `python benchmarks/serve_throughput.py --bare-server PORT HOME`: one uvicorn process,
+    FastAPI with a pydantic request model, an `async def` endpoint calling
+    `Predictor.predict(instances)` (the faster of sync/async endpoints measured), 1 torch
+    thread; no validation beyond pydantic's, no log, no metrics.
+
+Load: `wrk` (Debian's package; C, 1–2 threads) with a Lua script posting the same JSON body,
+keep-alive connections, at concurrency 1, 8 and 32 with single-row requests, plus one run at
+concurrency 8 with 256-row requests. Without wrk, an asyncio client (aiohttp) runs instead;
+being Python, it then competes with the servers for the 2 cores and the figures are lower.
+On a 2-core machine the load generator shares the CPUs with both servers equally.
+
+Printed per run: requests/s, rows/s, p50 and p99 latency (client side), errors, and the CPU
+time the server's processes used per request (from /proc: raymlops counts every process of
+its Ray head, the bare server its one process). Then the ratios (a)/(b).
+
+    python benchmarks/serve_throughput.py            # 10 s per run
+    python benchmarks/serve_throughput.py --quick    # 4 s per run, under 3 minutes
+
+The last line is one JSON object with `rps_ratio_c32`, `p99_ratio_c32` and `p50_delta_ms_c1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "benchmarks" / ".data"
+BIN = Path(sys.executable).parent
+MODEL = "breast-cancer"
+RUNS = [("c1", 1, 1), ("c8", 8, 1), ("c32", 32, 1), ("c8x256", 8, 256)]
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("RAYMLOPS_BODY"), "r"); wrk.body = f:read("*a"); f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\\"requests\\": %d, \\"seconds\\": %.6f, \\"p50_ms\\": %.3f, \\"p99_ms\\": %.3f, "
+    .. "\\"errors\\": %d, \\"non2xx\\": %d}\\n",
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- model and data
+
+
+def register_model(home: Path) -> None:
+    """Version 1 (champion) of the embedded default, trained briefly in this process."""
+    from raymlops.registry import Registry
+
+    with contextlib.suppress(Exception):
+        if Registry(home=home).alias_target(MODEL, "champion") is not None:
+            return
+    from raymlops.config import load_config
+    from raymlops.data import load_dataset
+    from raymlops.features import Preprocessor
+    from raymlops.train import TrainingArrays, fit, load_best_predictor
+
+    print("training the benchmark model (once) …", file=sys.stderr, flush=True)
+    config = load_config(None, ["train.epochs=5", "train.early_stopping_patience=null"])
+    data, splits, roles = load_dataset(config.data, config.features)
+    prep = Preprocessor.fit(splits.train, roles, config.features)
+    arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+    ckpt = home / "ckpt"
+
+    def keep(metrics: dict[str, float], folder: Path | None) -> None:
+        if folder is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            shutil.copytree(folder, ckpt)
+
+    best = fit(config, arrays, keep)
+    predictor = load_best_predictor(ckpt, config, arrays.preprocessor)
+    registry = Registry(home=home)
+    with registry.pipeline_run(config, "serve-benchmark") as run_id:
+        registry.register(config, run_id, predictor, data, {"val_loss": best["val_loss"]})
+
+
+def payloads(folder: Path) -> dict[int, Path]:
+    """JSON bodies of 1 and 256 rows of the dataset."""
+    from raymlops.data import load_table
+
+    frame = load_table("sklearn:breast_cancer").to_pandas().drop(columns=["target"])
+    out = {}
+    for rows in (1, 256):
+        path = folder / f"body-{rows}.json"
+        path.write_text(json.dumps({"instances": frame.head(rows).to_dict(orient="records")}))
+        out[rows] = path
+    return out
+
+
+# --------------------------------------------------------------------------- (b) bare server
+
+
+def bare_server(port: int, home: str) -> None:
+    """(b): FastAPI + uvicorn in one process, calling the same Predictor."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from raymlops.registry import Registry
+
+    torch.set_num_threads(1)
+    predictor = Registry(home=home).load_predictor(MODEL, "champion")
+    app = FastAPI()
+
+    class PredictRequest(BaseModel):
+        instances: list[dict[str, float | str | None]]
+
+    async def predict(request: PredictRequest) -> dict[str, Any]:
+        prediction = predictor.predict(request.instances)
+        assert prediction.probabilities is not None
+        return {
+            "predictions": prediction.predictions.tolist(),
+            "probabilities": prediction.probabilities.tolist(),
+            "classes": prediction.classes,
+            "model": MODEL,
+            "version": 1,
+        }
+
+    # Real annotation objects: the model is local, so FastAPI cannot resolve the string.
+    predict.__annotations__ = {"request": PredictRequest, "return": dict[str, Any]}
+    app.post("/predict")(predict)
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def _wrk(url: str, body: Path, concurrency: int, seconds: float, script: Path) -> dict[str, Any]:
+    threads = 1 if concurrency == 1 else 2
+    proc = subprocess.run(
+        [
+            "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s",
+            "-s", str(script), f"{url}/predict",
+        ],
+        capture_output=True, text=True, env={**os.environ, "RAYMLOPS_BODY": str(body)},
+    )  # fmt: skip
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    data: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+    data["rps"] = data["requests"] / data["seconds"]
+    data["errors"] += data["non2xx"]
+    return data
+
+
+def _python_load(url: str, body: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    import aiohttp
+
+    payload = body.read_bytes()
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker(session: aiohttp.ClientSession, deadline: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                async with session.post(
+                    f"{url}/predict", data=payload, headers={"content-type": "application/json"}
+                ) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    async def main() -> float:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            started = time.perf_counter()
+            deadline = started + seconds
+            await asyncio.gather(*(worker(session, deadline) for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+    }
+
+
+def measure(
+    url: str, bodies: dict[int, Path], seconds: float, pids: Any, script: Path | None
+) -> dict[str, dict[str, Any]]:
+    """Every run against one server; `pids()` lists the server's processes for CPU time."""
+    results: dict[str, dict[str, Any]] = {}
+    warm = _wrk if script is not None else None
+    if warm is not None and script is not None:
+        warm(url, bodies[1], 8, 2, script)
+    else:
+        _python_load(url, bodies[1], 8, 2)
+    for name, concurrency, rows in RUNS:
+        before = _cpu_seconds(pids())
+        if script is not None:
+            result = _wrk(url, bodies[rows], concurrency, seconds, script)
+        else:
+            result = _python_load(url, bodies[rows], concurrency, seconds)
+        used = _cpu_seconds(pids()) - before
+        result["rows_per_s"] = result["rps"] * rows
+        result["cpu_ms_per_request"] = 1000 * used / max(result["requests"], 1)
+        results[name] = result
+        print(
+            f"  {name:<7} {result['rps']:>9.1f} req/s {result['rows_per_s']:>10.1f} rows/s "
+            f"p50 {result['p50_ms']:>7.2f} ms  p99 {result['p99_ms']:>8.2f} ms  "
+            f"errors {result['errors']}  server CPU {result['cpu_ms_per_request']:.3f} ms/req",
+            flush=True,
+        )
+    return results
+
+
+def _wait_ready(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/readyz", timeout=2) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} never became ready")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 s per run (< 3 minutes)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per run")
+    parser.add_argument("--home", default=None, help="registry home (default benchmarks/.data)")
+    parser.add_argument("--python-load", action="store_true", help="asyncio client, not wrk")
+    parser.add_argument("--only", choices=["raymlops", "bare"], default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "HOME"), help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.bare_server:
+        bare_server(int(opts.bare_server[0]), opts.bare_server[1])
+        return
+    seconds = opts.seconds or (4.0 if opts.quick else 10.0)
+    home = Path(opts.home) if opts.home else DATA / "serve-home"
+    home.mkdir(parents=True, exist_ok=True)
+    register_model(home)
+    work = Path(tempfile.mkdtemp(prefix="rmo-serve-bench-"))
+    bodies = payloads(work)
+    script: Path | None = None
+    if shutil.which("wrk") and not opts.python_load:
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+    print(f"load generator: {'wrk' if script else 'python asyncio (aiohttp)'}; {seconds:g} s/run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    env["RAYMLOPS_HOME"] = str(home)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+
+    if opts.only in (None, "bare"):
+        port = _free_port()
+        print(f"(b) bare FastAPI + uvicorn on :{port}", flush=True)
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--bare-server", str(port), str(home)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url)
+            results["bare"] = measure(url, bodies, seconds, lambda: [server.pid], script)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    if opts.only in (None, "raymlops"):
+        port = _free_port()
+        sets = ["--set", f"serve.port={port}", "--set", "serve.prediction_log.enabled=true"]
+        for item in opts.overrides:
+            sets += ["--set", item]
+        raymlops = str(BIN / "raymlops")
+        print(f"(a) raymlops serve on :{port}", flush=True)
+        started = time.monotonic()
+        deploy = subprocess.run(
+            [raymlops, "serve", "--json", *sets], env=env, capture_output=True, text=True
+        )
+        if deploy.returncode != 0:
+            raise SystemExit(f"raymlops serve failed:\n{deploy.stderr[-3000:]}")
+        deployed = json.loads(deploy.stdout)
+        print(f"  deployed in {time.monotonic() - started:.1f} s ({deployed['proxy']} proxy)")
+        state = json.loads((home / "serve" / "ray-head.json").read_text())
+        try:
+            url = deployed["url"]
+            results["raymlops"] = measure(
+                url, bodies, seconds, lambda: _session_pids(state["session_id"]), script
+            )
+        finally:
+            subprocess.run([raymlops, "serve", "stop", *sets], env=env, capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+    figures: dict[str, Any] = {"load_generator": "wrk" if script else "python", "seconds": seconds}
+    for side, runs in results.items():
+        for name, result in runs.items():
+            for key in ("rps", "rows_per_s", "p50_ms", "p99_ms", "errors", "cpu_ms_per_request"):
+                figures[f"{side}_{name}_{key}"] = round(float(result[key]), 3)
+    if "bare" in results and "raymlops" in results:
+        a, b = results["raymlops"], results["bare"]
+        print("ratios (a)/(b):")
+        for name, _, _ in RUNS:
+            rps = a[name]["rps"] / b[name]["rps"]
+            p99 = a[name]["p99_ms"] / b[name]["p99_ms"]
+            print(f"  {name:<7} requests/s {rps:6.2f}   p99 {p99:6.2f}")
+            figures[f"rps_ratio_{name}"] = round(rps, 3)
+            figures[f"p99_ratio_{name}"] = round(p99, 3)
+        figures["p50_delta_ms_c1"] = round(a["c1"]["p50_ms"] - b["c1"]["p50_ms"], 3)
+        print(
+            f"goals: c32 rps ratio {figures['rps_ratio_c32']:.2f} (>= 1.5), "
+            f"c32 p99 ratio {figures['p99_ratio_c32']:.2f} (<= 1.0), "
+            f"c1 p50 delta {figures['p50_delta_ms_c1']:+.2f} ms (<= +3)"
+        )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

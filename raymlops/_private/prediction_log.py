@@ -1,0 +1,302 @@
+"""The prediction log: every served prediction appended to Parquet, off the response path.
+
+Layout (fixed; monitoring reads it):
+
+    <root>/<model_name>/date=YYYY-MM-DD/version=<N>/part-<uuid>.parquet
+
+Columns, in order: request_id (string), timestamp (timestamp[us, tz=UTC]), model_name
+(string), model_version (int64), role (string: champion|challenger|shadow), latency_ms
+(float64), one column per raw input feature under its own name (numeric float64,
+categorical string, null where the request sent null), prediction (string label or float64
+value) and proba_<class> (float64) per class for classification. A request of n rows gives
+n log rows with its request_id, in request order.
+
+The request path only appends column arrays to an in-memory buffer (no per-row Python
+work); a background thread writes whatever is buffered every `flush_interval_s`, or as soon
+as `max_rows_per_flush` rows wait. A crash loses at most that window. Memory is bounded by
+`max_buffered_rows`: beyond it rows are dropped and counted, never blocking a response.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["LogChunk", "PredictionLogWriter", "log_schema", "model_log_root", "read_log"]
+
+logger = logging.getLogger(__name__)
+
+BASE_COLUMNS = ("request_id", "timestamp", "model_name", "model_version", "role", "latency_ms")
+
+
+def log_schema(numeric: list[str], categorical: list[str], classes: list[str] | None) -> pa.Schema:
+    """The Parquet schema of one model version's log files."""
+    fields = [
+        pa.field("request_id", pa.string()),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.int64()),
+        pa.field("role", pa.string()),
+        pa.field("latency_ms", pa.float64()),
+    ]
+    fields += [pa.field(name, pa.float64()) for name in numeric]
+    fields += [pa.field(name, pa.string()) for name in categorical]
+    if classes is not None:
+        fields.append(pa.field("prediction", pa.string()))
+        fields += [pa.field(f"proba_{c}", pa.float64()) for c in classes]
+    else:
+        fields.append(pa.field("prediction", pa.float64()))
+    return pa.schema(fields)
+
+
+def model_log_root(root: str, model_name: str) -> str:
+    """The folder or URI of one model's log under the configured root."""
+    return f"{root.rstrip('/')}/{model_name}"
+
+
+@dataclass
+class LogChunk:
+    """The rows of one answered request (or one shadow answer) for one model version."""
+
+    request_id: str
+    timestamp: float
+    version: int
+    role: str
+    latency_ms: float
+    columns: dict[str, np.ndarray]
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.predictions)
+
+
+@dataclass
+class _VersionLayout:
+    numeric: list[str]
+    categorical: list[str]
+    classes: list[str] | None
+    schema: pa.Schema
+
+
+class PredictionLogWriter:
+    """Buffers LogChunks and writes them as Parquet files from a background thread."""
+
+    def __init__(
+        self,
+        root: str,
+        model_name: str,
+        *,
+        flush_interval_s: float = 1.0,
+        max_rows_per_flush: int = 10_000,
+        max_buffered_rows: int = 200_000,
+        on_dropped: Callable[[int], None] | None = None,
+        on_flushed: Callable[[int], None] | None = None,
+    ) -> None:
+        from pyarrow import fs as pafs
+
+        self.model_name = model_name
+        self.root = model_log_root(root, model_name)
+        self.filesystem, self._base = pafs.FileSystem.from_uri(self.root)
+        self.flush_interval_s = flush_interval_s
+        self.max_rows_per_flush = max_rows_per_flush
+        self.max_buffered_rows = max_buffered_rows
+        self._on_dropped = on_dropped
+        self._on_flushed = on_flushed
+        self._layouts: dict[int, _VersionLayout] = {}
+        self._buffer: list[LogChunk] = []
+        self._buffered_rows = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._write_lock = threading.Lock()
+        self.dropped_rows = 0
+        self.written_rows = 0
+        self.failed_writes = 0
+        self._thread = threading.Thread(
+            target=self._run, name="raymlops-prediction-log", daemon=True
+        )
+        self._thread.start()
+
+    def register_version(
+        self, version: int, numeric: list[str], categorical: list[str], classes: list[str] | None
+    ) -> None:
+        """Declare the columns of a version before its first append."""
+        with self._lock:
+            self._layouts[version] = _VersionLayout(
+                list(numeric), list(categorical), classes, log_schema(numeric, categorical, classes)
+            )
+
+    def append(self, chunk: LogChunk) -> bool:
+        """Queue a chunk for writing; False (and counted) if the buffer is full."""
+        rows = chunk.rows
+        full = False
+        with self._lock:
+            if self._buffered_rows + rows > self.max_buffered_rows:
+                self.dropped_rows += rows
+                dropped = True
+            else:
+                self._buffer.append(chunk)
+                self._buffered_rows += rows
+                dropped = False
+                full = self._buffered_rows >= self.max_rows_per_flush
+        if dropped:
+            if self._on_dropped is not None:
+                self._on_dropped(rows)
+            return False
+        if full:
+            self._wake.set()
+        return True
+
+    def flush(self) -> int:
+        """Write everything buffered now (in the caller's thread); returns rows written."""
+        with self._lock:
+            chunks, self._buffer, self._buffered_rows = self._buffer, [], 0
+        if not chunks:
+            return 0
+        with self._write_lock:
+            return self._write(chunks)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread and write what is left (called on replica shutdown)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        self.flush()
+
+    # ------------------------------------------------------------------ internals
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # never let the writer die; the rows are counted as lost
+                logger.exception("prediction log: flush failed")
+
+    def _write(self, chunks: list[LogChunk]) -> int:
+        groups: dict[tuple[str, int], list[LogChunk]] = {}
+        for chunk in chunks:
+            day = dt.datetime.fromtimestamp(chunk.timestamp, dt.timezone.utc).date().isoformat()
+            groups.setdefault((day, chunk.version), []).append(chunk)
+        written = 0
+        for (day, version), group in groups.items():
+            rows = sum(c.rows for c in group)
+            try:
+                table = self._table(version, group)
+                folder = f"{self._base}/date={day}/version={version}"
+                self.filesystem.create_dir(folder, recursive=True)
+                path = f"{folder}/part-{uuid.uuid4().hex}.parquet"
+                import pyarrow.parquet as pq
+
+                pq.write_table(table, path, filesystem=self.filesystem)
+                written += rows
+            except Exception:
+                self.failed_writes += 1
+                self.dropped_rows += rows
+                logger.exception("prediction log: writing %d rows of v%d failed", rows, version)
+                if self._on_dropped is not None:
+                    self._on_dropped(rows)
+        self.written_rows += written
+        if written and self._on_flushed is not None:
+            self._on_flushed(written)
+        return written
+
+    def _table(self, version: int, chunks: list[LogChunk]) -> pa.Table:
+        layout = self._layouts[version]
+        repeat = np.repeat
+        counts = np.array([c.rows for c in chunks])
+        arrays: list[pa.Array] = [
+            pa.array(repeat(np.array([c.request_id for c in chunks], dtype=object), counts)),
+            pa.array(
+                repeat(
+                    np.array([int(c.timestamp * 1_000_000) for c in chunks], dtype=np.int64),
+                    counts,
+                ),
+                type=pa.int64(),
+            ).cast(pa.timestamp("us", tz="UTC")),
+            pa.array(np.full(int(counts.sum()), self.model_name, dtype=object)),
+            pa.array(np.full(int(counts.sum()), version, dtype=np.int64)),
+            pa.array(repeat(np.array([c.role for c in chunks], dtype=object), counts)),
+            pa.array(repeat(np.array([c.latency_ms for c in chunks], dtype=np.float64), counts)),
+        ]
+        for name in layout.numeric:
+            values = np.concatenate([c.columns[name] for c in chunks])
+            arrays.append(pa.array(values, type=pa.float64(), from_pandas=True))
+        for name in layout.categorical:
+            values = np.concatenate([c.columns[name] for c in chunks])
+            arrays.append(pa.array(values, type=pa.string(), from_pandas=True))
+        predictions = np.concatenate([c.predictions for c in chunks])
+        if layout.classes is not None:
+            arrays.append(pa.array(predictions.astype(str).astype(object), type=pa.string()))
+            probabilities = np.concatenate(
+                [
+                    c.probabilities
+                    if c.probabilities is not None
+                    else np.full((c.rows, len(layout.classes)), np.nan)
+                    for c in chunks
+                ]
+            )
+            arrays += [
+                pa.array(probabilities[:, j].astype(np.float64)) for j in range(len(layout.classes))
+            ]
+        else:
+            arrays.append(pa.array(predictions.astype(np.float64)))
+        return pa.Table.from_arrays(arrays, schema=layout.schema)
+
+
+def read_log(root: str, since: dt.datetime | float | None = None) -> pa.Table:
+    """One model's prediction log (`<root>/<model_name>`) as one table, oldest first.
+
+    Files of versions with other columns are combined (missing columns are null); the
+    Hive partition keys stay in the path, the table has the columns above. `since` (a
+    datetime, or a POSIX timestamp) keeps the rows logged at or after it.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    from pyarrow import fs as pafs
+
+    filesystem, base = pafs.FileSystem.from_uri(root)
+    info = filesystem.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        return pa.table({})
+    files = [
+        f.path
+        for f in filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+    ]
+    if not files:
+        return pa.table({})
+    # One schema per version folder: every file of a version has the same columns.
+    firsts: dict[str, str] = {}
+    for path in files:
+        firsts.setdefault(path.rsplit("/", 1)[0], path)
+    schema = pa.unify_schemas(
+        [
+            ds.dataset(path, filesystem=filesystem, format="parquet").schema
+            for path in firsts.values()
+        ]
+    )
+    dataset = ds.dataset(files, schema=schema, filesystem=filesystem, format="parquet")
+    expression = None
+    if since is not None:
+        moment = (
+            since
+            if isinstance(since, dt.datetime)
+            else dt.datetime.fromtimestamp(float(since), dt.timezone.utc)
+        )
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        expression = pc.field("timestamp") >= pa.scalar(moment, type=pa.timestamp("us", tz="UTC"))
+    table = dataset.to_table(filter=expression)
+    if table.num_rows:
+        table = table.sort_by([("timestamp", "ascending")])
+    return table

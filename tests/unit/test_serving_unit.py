@@ -1,0 +1,249 @@
+"""Serving pieces that need no Ray: the `serve` config section, the Client's retries against
+a local HTTP server, the HAProxy bind wrapper, and `raymlops serve config`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from raymlops._private.serve_head import haproxy_wrapper, serve_env
+from raymlops.config import ServeConfig, load_config
+from raymlops.errors import ConfigError, UserInputError
+from raymlops.serving import Client, ServingError, application_args, serve_config_yaml
+
+# --------------------------------------------------------------------------- config
+
+
+def test_serve_defaults_keep_existing_configs_valid() -> None:
+    config = load_config(None)
+    serve = config.serve
+    assert (serve.host, serve.port, serve.route_prefix) == ("127.0.0.1", 8000, "/")
+    assert serve.max_body_bytes == 1024 * 1024
+    assert serve.prediction_log.flush_interval_s == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "text"),
+    [
+        ("serve.autoscaling.initial_replicas=5", "min (1) <= initial (5) <= max (2)"),
+        ("serve.autoscaling.min_replicas=3", "min (3) <= initial (2) <= max (2)"),
+        ("serve.canary.percent=120", "serve.canary.percent"),
+        ("serve.canary.error_rate_margin=-0.1", "serve.canary.error_rate_margin"),
+        ("serve.max_batch_size=1000", "cannot exceed max_ongoing_requests"),
+        ("serve.port=0", "serve.port"),
+        ("serve.route_prefix=predict", "serve.route_prefix"),
+        ("serve.prediction_log.max_buffered_rows=10", "max_buffered_rows must be >="),
+        ("serve.proxy=nginx", "serve.proxy"),
+        ("serve.colour=blue", "serve.colour: unknown key"),
+        ("serve.token=short", "serve.token"),
+    ],
+)
+def test_impossible_serve_settings_are_rejected(override: str, text: str) -> None:
+    with pytest.raises(ConfigError, match="invalid config") as info:
+        load_config(None, [override])
+    assert text in str(info.value)
+
+
+def test_canary_shares_cannot_exceed_everything() -> None:
+    with pytest.raises(ValueError, match="cannot exceed 100"):
+        ServeConfig.model_validate({"canary": {"percent": 60, "shadow_percent": 50}})
+
+
+def test_every_serve_field_has_a_description() -> None:
+    from raymlops.config import ServeAutoscalingConfig, ServeCanaryConfig, ServePredictionLogConfig
+
+    for model in (ServeConfig, ServeAutoscalingConfig, ServeCanaryConfig, ServePredictionLogConfig):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name}"
+
+
+def test_application_args_carry_only_a_token_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYMLOPS_SERVE_TOKEN", "s3cret-token")
+    config = load_config(None)
+    args = application_args(config, 3, home="/tmp/h")
+    assert "s3cret-token" not in json.dumps(args)
+    assert args["token_sha256"] and len(args["token_sha256"]) == 64
+    assert (args["version"], args["app_name"], args["model_name"]) == (3, config.name, config.name)
+    assert args["log_root"] == "/tmp/h/predictions"
+    monkeypatch.delenv("RAYMLOPS_SERVE_TOKEN")
+    assert application_args(config, 3, home="/tmp/h")["token_sha256"] is None
+
+
+def test_serve_config_yaml_is_a_serve_deploy_file() -> None:
+    text = serve_config_yaml(None, ["serve.port=9100"], version=2)
+    document = yaml.safe_load(text)
+    assert document["http_options"] == {"host": "127.0.0.1", "port": 9100}
+    [app] = document["applications"]
+    assert app["import_path"] == "raymlops.serving:app_builder"
+    assert app["args"] == {"config": None, "overrides": ["serve.port=9100"], "version": 2}
+    assert "&id" not in text  # no YAML anchors
+
+
+def test_serve_env_per_proxy(tmp_path: Path) -> None:
+    default = serve_env("default", "127.0.0.1", tmp_path)
+    assert default["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert default["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    haproxy = serve_env("haproxy", "127.0.0.1", tmp_path)
+    assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ports = {haproxy[k] for k in haproxy if k.endswith("_PORT")}
+    assert len(ports) == 3 and "8404" not in ports and "9101" not in ports
+
+
+# --------------------------------------------------------------------------- HAProxy wrapper
+
+
+def test_haproxy_wrapper_binds_stats_and_metrics_to_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text('#!/bin/sh\necho "ARGS $*"\nprev=""\nfor a in "$@"; do\n'
+                    '  if [ "$prev" = "-f" ]; then cat "$a"; fi\n  prev="$a"\ndone\n')  # fmt: skip
+    fake.chmod(0o755)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake))
+    wrapper = haproxy_wrapper(tmp_path / "home", "127.0.0.1")
+    assert wrapper is not None and wrapper != str(fake) and os.access(wrapper, os.X_OK)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
+        "    bind 127.0.0.1:8000\nlisten stats\n  bind *:8404\n"
+    )
+    out = subprocess.run(
+        [wrapper, "-db", "-f", str(config), "-sf", "12"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"ARGS -db -f {config}.raymlops -sf 12" in out
+    assert "bind 127.0.0.1:9101" in out
+    assert "bind 127.0.0.1:8404" in out
+    assert "bind 127.0.0.1:8000" in out
+    assert "bind :" not in out and "bind *" not in out
+    # Every interface asked for: the real binary, unwrapped.
+    assert haproxy_wrapper(tmp_path / "home", "0.0.0.0") == str(fake)
+
+
+# --------------------------------------------------------------------------- client
+
+
+class _Script:
+    """Responses a test server gives in order (status, body, headers)."""
+
+    def __init__(self, responses: list[tuple[int, dict[str, Any] | str, dict[str, str]]]) -> None:
+        self.responses = list(responses)
+        self.requests: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, _Script]]:
+    script = _Script([])
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            script.requests.append(
+                {"path": self.path, "body": json.loads(body), "headers": dict(self.headers)}
+            )
+            status, payload, headers = script.responses.pop(0)
+            data = (json.dumps(payload) if isinstance(payload, dict) else payload).encode()
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/app", script
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+_OK = {"predictions": ["a"], "model": "m", "version": 2, "role": "champion", "request_id": "r"}
+_OURS = {"x-raymlops": "1", "content-type": "application/json"}
+
+
+def test_client_retries_overload_and_proxy_failures(server: tuple[str, _Script]) -> None:
+    url, script = server
+    script.responses = [
+        (503, "Request dropped due to backpressure", {}),
+        (500, "Internal Server Error", {}),  # a proxy's page: the replica died mid-request
+        (502, "bad gateway", {}),
+        (200, _OK, _OURS),
+    ]
+    client = Client(url, token="t0ken-value", backoff_s=0.001)
+    result = client.predict({"x": 1.0}, request_id="abc")
+    assert (result.version, result.predictions, client.retries) == (2, ["a"], 3)
+    assert script.requests[0]["path"] == "/app/predict"
+    assert script.requests[0]["body"] == {"instances": [{"x": 1.0}]}
+    headers = {k.lower(): v for k, v in script.requests[-1]["headers"].items()}
+    assert headers["authorization"] == "Bearer t0ken-value"
+    assert headers["x-request-id"] == "abc"
+
+
+def test_client_does_not_retry_request_errors(server: tuple[str, _Script]) -> None:
+    url, script = server
+    error = {"error": "instances[0].x must be a number", "field": "instances[0].x"}
+    error["request_id"] = "q"
+    script.responses = [(422, error, _OURS)]
+    client = Client(url, backoff_s=0.001)
+    with pytest.raises(ServingError) as info:
+        client.predict([{"x": "no"}])
+    failure = info.value
+    assert (failure.status, failure.field, failure.request_id) == (422, "instances[0].x", "q")
+    assert client.retries == 0
+
+
+def test_client_does_not_retry_the_apps_own_500(server: tuple[str, _Script]) -> None:
+    url, script = server
+    script.responses = [(500, {"error": "prediction failed (RuntimeError)"}, _OURS)]
+    with pytest.raises(ServingError, match="prediction failed"):
+        Client(url, backoff_s=0.001).predict([{"x": 1}])
+
+
+def test_client_gives_up_after_max_retries(server: tuple[str, _Script]) -> None:
+    url, script = server
+    script.responses = [(503, "busy", {})] * 3
+    with pytest.raises(ServingError, match="after 3 attempts") as info:
+        Client(url, max_retries=2, backoff_s=0.001).predict([{"x": 1}])
+    assert info.value.status == 503
+
+
+def test_client_retries_connection_errors_then_reports_them() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = Client(f"http://127.0.0.1:{port}", max_retries=2, backoff_s=0.001)
+    with pytest.raises(ServingError, match="ConnectionRefusedError") as info:
+        client.predict([{"x": 1}])
+    assert info.value.status is None and client.retries == 2
+
+
+def test_client_sends_dataframe_nan_as_null(server: tuple[str, _Script]) -> None:
+    import pandas as pd
+
+    url, script = server
+    script.responses = [(200, _OK, _OURS)]
+    Client(url).predict(pd.DataFrame({"x": [1.0, float("nan")], "c": ["a", "b"]}))
+    assert script.requests[0]["body"]["instances"] == [{"x": 1.0, "c": "a"}, {"x": None, "c": "b"}]
+
+
+def test_client_rejects_a_non_http_url() -> None:
+    with pytest.raises(UserInputError):
+        Client("ftp://example.com")
