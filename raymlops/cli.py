@@ -6,6 +6,7 @@ work itself fails, printing one clear line instead of a traceback (RAYMLOPS_DEBU
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -160,6 +161,17 @@ _working_dir_option = click.option(
 @_home_option
 @click.option("--address", default=None, help=_ADDRESS_HELP)
 @click.option("--samples", default=5, show_default=True, help="Rows to predict at the end.")
+@click.option(
+    "--train-only",
+    is_flag=True,
+    help="Only train → register → champion → sample predictions (no serving, batch, "
+    "monitoring or retraining).",
+)
+@click.option(
+    "--keep-serving",
+    is_flag=True,
+    help="Leave the endpoint up at the end, serving in the foreground until Ctrl-C.",
+)
 @_retries_option
 @_working_dir_option
 @_handle_errors
@@ -169,15 +181,22 @@ def run(
     home: str | None,
     address: str | None,
     samples: int,
+    train_only: bool,
+    keep_serving: bool,
     max_retries: int,
     working_dir: str,
 ) -> None:
-    """Run the whole pipeline: train → register → champion → sample predictions.
+    """Run the main job: the whole lifecycle on one local Ray, narrated step by step.
+
+    train (Tune) → register → gate → promote → batch inference (Ray Data) → serve (Ray
+    Serve) and answer HTTP requests → simulated traffic with drift → monitor detects it →
+    retrain → gate → canary → promote → summary with the model card, the drift report and
+    the MLflow UI command. Leaves nothing running unless --keep-serving.
 
     \b
     Example:
       raymlops run
-      raymlops run -c examples/synthetic.yaml --set tune.num_samples=4
+      raymlops run --train-only -c examples/synthetic.yaml --set tune.num_samples=4
       raymlops run --address http://127.0.0.1:8265    # each step as a Ray job
     """
     from raymlops.launcher import is_job_address, run_pipeline_as_jobs
@@ -198,7 +217,17 @@ def run(
         _report_jobs(outcomes)
         click.echo(f"registered as {config.registry.model_name}: raymlops models list")
         return
-    result = run_pipeline(config, address=address, home=home, samples=samples)
+    result = run_pipeline(
+        config,
+        address=address,
+        home=home,
+        samples=samples,
+        full=not train_only,
+        keep_serving=keep_serving,
+    )
+    if not train_only:
+        click.echo(result.summary())
+        return
     click.echo(result.train.summary())
     click.echo(
         f"\nsample predictions from {config.registry.model_name} v{result.champion} "
@@ -277,8 +306,31 @@ def _job_address_option(func: F) -> F:
     )(func)
 
 
+def _step_args(step: str, step_args: tuple[str, ...]) -> list[str]:
+    """A step's own arguments for its job; for batch, --input/--output are required and
+    local paths made absolute (the job runs in a copy of the working dir, where a relative
+    output would be lost)."""
+    args = list(step_args)
+    if step != "batch":
+        return args
+    for i, arg in enumerate(args):
+        for name in ("--input", "--output"):
+            if arg == name and i + 1 < len(args) and "://" not in args[i + 1]:
+                args[i + 1] = str(Path(args[i + 1]).expanduser().resolve())
+            elif arg.startswith(name + "=") and "://" not in arg:
+                args[i] = f"{name}={Path(arg.split('=', 1)[1]).expanduser().resolve()}"
+    for name in ("--input", "--output"):
+        if not any(a == name or a.startswith(name + "=") for a in args):
+            raise click.UsageError(
+                f"submit batch needs {name} after `--`, e.g. "
+                "raymlops submit batch -- --input data/ --output preds/"
+            )
+    return args
+
+
 @cli.command()
-@click.argument("step", type=click.Choice(["train", "run"]))
+@click.argument("step", type=click.Choice(["train", "run", "batch", "monitor", "serve"]))
+@click.argument("step_args", nargs=-1, metavar="[-- STEP ARGS]")
 @_config_options
 @_home_option
 @_job_address_option
@@ -296,6 +348,7 @@ def _job_address_option(func: F) -> F:
 @_handle_errors
 def submit(
     step: str,
+    step_args: tuple[str, ...],
     config_path: str | None,
     overrides: tuple[str, ...],
     home: str | None,
@@ -312,6 +365,10 @@ def submit(
     Example:
       raymlops submit train -c examples/synthetic.yaml --address http://127.0.0.1:8265
       raymlops submit train --no-wait && raymlops jobs list
+      raymlops submit batch -- --input s3://bucket/in/ --output s3://bucket/out/ --gpus 1
+
+    The step's own options follow `--` (batch: --input and --output, which must be paths
+    or URIs the cluster can reach; local paths are made absolute).
     """
     from raymlops.launcher import JobLauncher
 
@@ -319,6 +376,7 @@ def submit(
     args = _forward_args(config_path, overrides, working_dir)
     if resume:
         args.append("--resume")
+    args += _step_args(step, step_args)
     launcher = JobLauncher(address, home)
     outcome = launcher.submit(
         step,
@@ -630,6 +688,369 @@ def models_show(
     click.echo("  environment:   " + ", ".join(f"{k} {v}" for k, v in env.items()))
 
 
+# --------------------------------------------------------------------------- gate / promotion
+
+
+def _tracking_option(func: F) -> F:
+    return click.option(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: embedded)."
+    )(func)
+
+
+def _policy_options(func: F) -> F:
+    func = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a value of that config, e.g. --set gate.latency.p95_ms=20 (repeatable).",
+    )(func)
+    func = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config whose gate/promotion sections apply; default: the config the version "
+        "was trained with (recorded with it).",
+    )(func)
+    return func
+
+
+def _governed(
+    name: str,
+    version: str,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    tracking_uri: str | None,
+    home: str | None,
+) -> tuple[Any, Any]:
+    """The registry and the policy config: -c FILE, else the version's recorded config
+    (with --set applied to it), else None (the recorded config, read by the callee)."""
+    from raymlops.registry import Registry
+
+    if config_path is not None:
+        config = _load(config_path, overrides)
+        return Registry(tracking_uri or config.registry.tracking_uri, home), config
+    registry = Registry(tracking_uri, home)
+    if not overrides:
+        return registry, None
+    from pydantic import ValidationError
+
+    from raymlops.config import PipelineConfig, apply_overrides
+    from raymlops.errors import ConfigError
+    from raymlops.gate import recorded_config
+
+    recorded = recorded_config(registry, name, version).model_dump(mode="json")
+    try:
+        return registry, PipelineConfig.model_validate(apply_overrides(recorded, list(overrides)))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(
+            f"invalid --set for {name} v{version}'s config: {where}: {message}"
+        ) from None
+
+
+def _version_arg(version: str) -> int | str:
+    return int(version) if version.isdigit() else version
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@_policy_options
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    help="Held-out rows (Parquet/CSV file or folder with the label column) instead of the "
+    "version's re-created test split.",
+)
+@click.option("--by", default=None, help="Who runs the gate (default $RAYMLOPS_USER or login).")
+@click.option("--no-record", is_flag=True, help="Only evaluate: log, tag and record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@_home_option
+@_tracking_option
+@_handle_errors
+def gate(
+    name: str,
+    version: str,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    data_path: str | None,
+    by: str | None,
+    no_record: bool,
+    as_json: bool,
+    home: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Gate a version on held-out rows: thresholds, champion, behaviour, fairness, latency.
+
+    Exit 0 when every check passes, 1 when one fails, 2 on bad input. The result is logged
+    to MLflow and attached to the version (`raymlops promote` requires a pass).
+
+    \b
+    Example:
+      raymlops gate breast-cancer 2
+      raymlops gate breast-cancer 2 -c examples/ci/pipeline.yaml --json
+      raymlops gate synthetic challenger --data data/holdout.parquet
+    """
+    from raymlops.gate import run_gate
+
+    registry, config = _governed(name, version, config_path, overrides, tracking_uri, home)
+    result = run_gate(
+        registry,
+        config,
+        name,
+        _version_arg(version),
+        data_path,
+        record=not no_record,
+        by=by,
+        echo=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.table())
+    if not result.passed:
+        failed = result.failed_checks
+        _fail(
+            f"gate failed: {len(failed)} of {len(result.checks)} checks failed ("
+            + ", ".join(f"{c.kind} {c.name}" for c in failed[:3])
+            + (", …" if len(failed) > 3 else "")
+            + ")",
+            1,
+        )
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why (recorded in the history).")
+@click.option("--alias", default="champion", show_default=True, help="Alias to move.")
+@click.option("--by", default=None, help="Who promotes (default $RAYMLOPS_USER or login).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even without a passed gate or approvals (recorded as forced).",
+)
+@_policy_options
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded event as JSON.")
+@_home_option
+@_tracking_option
+@_handle_errors
+def promote(
+    name: str,
+    version: str,
+    reason: str,
+    alias: str,
+    by: str | None,
+    force: bool,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+    home: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Point an alias (champion) at a version that passed the gate; exit 1 if refused.
+
+    Refused unless the version's latest gate passed against the current champion and, with
+    `promotion: manual`, it has been approved (`raymlops approve`); --force overrides and is
+    recorded as forced. Serving follows the champion alias, so this is a deployment.
+
+    \b
+    Example:
+      raymlops promote breast-cancer 2 --reason "better recall on the Q3 data" --by alice
+      raymlops promote breast-cancer 3 --reason "hotfix" --force
+    """
+    from raymlops import governance
+
+    if not version.isdigit():
+        raise click.BadParameter("give a version number", param_hint="VERSION")
+    registry, config = _governed(name, version, config_path, overrides, tracking_uri, home)
+    if registry.version_info(name, int(version)).version == registry.alias_target(name, alias):
+        # Idempotent for pipelines: a first version is champion from registration on.
+        click.echo(f"{alias} of {name} already points to v{version}; nothing to do")
+        return
+    event = governance.promote(
+        registry, name, int(version), reason=reason, by=by, alias=alias, force=force, config=config
+    )
+    if as_json:
+        click.echo(json.dumps(event.to_dict(), indent=2))
+        return
+    was = f"v{event.from_version}" if event.from_version is not None else "nothing"
+    click.echo(f"{alias} of {name}: {was} → v{event.to_version} (promoted by {event.by})")
+    if event.details.get("forced"):
+        click.echo("FORCED past: " + "; ".join(event.details.get("force_overrode", [])))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--by", required=True, help="Who approves.")
+@click.option("--reason", default="", help="Why (recorded in the history).")
+@click.option("--alias", default="champion", show_default=True, help="Alias the approval is for.")
+@_home_option
+@_tracking_option
+@_handle_errors
+def approve(
+    name: str,
+    version: str,
+    by: str,
+    reason: str,
+    alias: str,
+    home: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Approve a gated version for promotion (needed when `promotion: manual`).
+
+    \b
+    Example:
+      raymlops approve breast-cancer 2 --by carol --reason "reviewed the model card"
+    """
+    from raymlops import governance
+    from raymlops.registry import Registry
+
+    if not version.isdigit():
+        raise click.BadParameter("give a version number", param_hint="VERSION")
+    registry = Registry(tracking_uri, home)
+    event = governance.approve(registry, name, int(version), by=by, reason=reason, alias=alias)
+    approvers = governance.approvals_for(registry.alias_history(name), int(version), alias)
+    click.echo(
+        f"{name} v{event.to_version} approved for {alias} by {event.by} "
+        f"({len(approvers)} approval(s) since its latest gate: {', '.join(approvers)})"
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded in the history).")
+@click.option("--alias", default="champion", show_default=True, help="Alias to roll back.")
+@click.option("--by", default=None, help="Who rolls back (default $RAYMLOPS_USER or login).")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded event as JSON.")
+@_home_option
+@_tracking_option
+@_handle_errors
+def rollback(
+    name: str,
+    reason: str,
+    alias: str,
+    by: str | None,
+    as_json: bool,
+    home: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Return an alias (champion) to the version it pointed to before, from the history.
+
+    \b
+    Example:
+      raymlops rollback breast-cancer --reason "error rate up after v3"
+    """
+    from raymlops import governance
+    from raymlops.registry import Registry
+
+    event = governance.rollback(
+        Registry(tracking_uri, home), name, reason=reason, by=by, alias=alias
+    )
+    if as_json:
+        click.echo(json.dumps(event.to_dict(), indent=2))
+        return
+    click.echo(
+        f"{alias} of {name}: v{event.from_version} → v{event.to_version} "
+        f"(rolled back by {event.by})"
+    )
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--alias", default=None, help="Only this alias's events.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per event).")
+@_home_option
+@_tracking_option
+@_handle_errors
+def models_history(
+    name: str, alias: str | None, as_json: bool, home: str | None, tracking_uri: str | None
+) -> None:
+    """Every alias change and lifecycle decision of a model: when, who, from→to, why, gate.
+
+    Append-only (runs of the MLflow experiment raymlops-audit), in the order they happened;
+    includes approvals, gate results and automatic rollbacks from serving.
+
+    \b
+    Example:
+      raymlops models history breast-cancer
+      raymlops models history breast-cancer --alias champion --json
+    """
+    from raymlops import governance
+    from raymlops.registry import Registry
+
+    events = governance.model_history(Registry(tracking_uri, home), name, alias)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in events], indent=2))
+        return
+    if not events:
+        click.echo(f"{name}: no alias changes recorded")
+        return
+    click.echo(
+        f"{'#':>4}  {'TIME (UTC)':<19}  {'ALIAS':<11} {'ACTION':<16} {'FROM → TO':<11} "
+        f"{'BY':<12} {'GATE':<7} REASON"
+    )
+    for e in events:
+        action = e.action + (" (forced)" if e.details.get("forced") else "")
+        moved = (
+            f"{'v' + str(e.from_version) if e.from_version is not None else '-'} → "
+            f"{'v' + str(e.to_version) if e.to_version is not None else '-'}"
+        )
+        gate_status = e.details.get("gate") or e.details.get("status") or "-"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.timestamp))
+        click.echo(
+            f"{e.sequence:>4}  {when:<19}  {e.alias:<11} {action:<16} {moved:<11} "
+            f"{e.by:<12.12} {gate_status!s:<7.7} {e.reason}"
+        )
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html"]),
+    default="md",
+    show_default=True,
+    help="Markdown or a self-contained HTML page.",
+)
+@click.option("--out", "out", default=None, help="Write to this file instead of stdout.")
+@_home_option
+@_tracking_option
+@_handle_errors
+def card(
+    name: str, version: str, fmt: str, out: str | None, home: str | None, tracking_uri: str | None
+) -> None:
+    """Print or write a version's model card (use, data, search, metrics, gate, history).
+
+    \b
+    Example:
+      raymlops card breast-cancer champion
+      raymlops card breast-cancer 2 --format html --out card.html
+    """
+    from raymlops.cards import render_card
+    from raymlops.registry import Registry
+
+    text = render_card(
+        Registry(tracking_uri, home),
+        name,
+        _version_arg(version),
+        cast(Literal["md", "html"], fmt),
+    )
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {target}")
+
+
 # --------------------------------------------------------------------------- predict
 
 
@@ -669,9 +1090,592 @@ def predict(
     click.echo(frame.to_string(float_format=lambda v: f"{v:.4f}"))
 
 
+# --------------------------------------------------------------------------- batch
+
+
+@cli.command()
+@_config_options
+@_home_option
+@click.option(
+    "--input", "input_path", required=True, help="Parquet/CSV file, folder or URI (s3://…)."
+)
+@click.option(
+    "--output", "output_path", required=True, help="Folder or URI that receives the predictions."
+)
+@click.option(
+    "--version", "version", default=None, help="Version number or alias (default: champion)."
+)
+@click.option(
+    "--gpus",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="GPUs per actor (0.5 shares a GPU between two actors); default batch.gpus_per_actor.",
+)
+@click.option(
+    "--on-bad-rows",
+    type=click.Choice(["fail", "skip"]),
+    default=None,
+    help="A non-numeric value in a numeric feature: fail (exit 2, default "
+    "batch.on_bad_rows) or skip the row into OUTPUT/_rejects/ with its reason.",
+)
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def batch(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    input_path: str,
+    output_path: str,
+    version: str | None,
+    gpus: float | None,
+    on_bad_rows: str | None,
+    address: str | None,
+    as_json: bool,
+) -> None:
+    """Predict every row of Parquet/CSV input with a registered model on Ray Data.
+
+    Output: one Parquet file per work unit (pass-through ids, prediction, proba_<class>,
+    model name and version), written exactly once; run the same command again after a
+    crash to finish the rest, or on a finished output to be told it is complete.
+
+    \b
+    Example:
+      raymlops batch --input data/ --output preds/      # champion of the configured model
+      raymlops batch -c my.yaml --input s3://bucket/in/ --output s3://bucket/out/ \\
+          --version 4 --gpus 1 --on-bad-rows skip
+    """
+    from raymlops.batch import run_batch
+    from raymlops.launcher import is_job_address
+
+    config = _load(config_path, overrides)
+    if is_job_address(address):
+        raise click.UsageError(
+            f"--address {address} is a job API: use `raymlops submit batch --address {address} "
+            "-- --input … --output …`"
+        )
+    ref: str | int | None = int(version) if version is not None and version.isdigit() else version
+    # Ray prints its notices (a worker that died, …) on stdout; they belong with the
+    # progress on stderr, so that stdout holds the summary or the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_batch(
+            config,
+            input_path,
+            output_path,
+            version=ref,
+            gpus=gpus,
+            on_bad_rows=on_bad_rows,
+            address=address,
+            home=home,
+        )
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    global _exit_fast
+    _exit_fast = True
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+@cli.command()
+@_config_options
+@_home_option
+@click.option(
+    "--since",
+    default=None,
+    help="Only rows at or after: a duration back from now (2h, 1d) or an ISO date/time "
+    "(UTC); default monitor.since (the whole log).",
+)
+@click.option(
+    "--source",
+    default=None,
+    help="'prediction-log' (the model's log) or a Parquet/CSV file, folder or URI; "
+    "default monitor.source.",
+)
+@click.option(
+    "--version", "version", default=None, help="Version number or alias (default: champion)."
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="Parquet/CSV with request_id and the label: performance per time window.",
+)
+@click.option(
+    "--report",
+    default=None,
+    help="Where the HTML report goes (the JSON result beside it); default "
+    "<home>/reports/<model>/monitor-v<N>-<time>.html.",
+)
+@click.option(
+    "--fail-on-drift",
+    is_flag=True,
+    help="Exit 1 when the dataset drifts (for CI and schedulers); default exit 0 either way.",
+)
+@click.option("--no-mlflow", is_flag=True, help="Do not record the run in MLflow.")
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result instead of a table.")
+@_handle_errors
+def monitor(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    since: str | None,
+    source: str | None,
+    version: str | None,
+    labels: str | None,
+    report: str | None,
+    fail_on_drift: bool,
+    no_mlflow: bool,
+    address: str | None,
+    as_json: bool,
+) -> None:
+    """Compare recent traffic with the training profile: drift, KPIs, an HTML report.
+
+    Reads the prediction log (or any Parquet/CSV dataset) with Ray Data. Numeric features:
+    Wasserstein distance / training std (drift at 0.1) on 1000+ rows, KS test (p < 0.05)
+    below; categorical: Jensen–Shannon distance (0.1), chi-square below; no verdict under
+    100 rows; the dataset drifts when half of its features do (all in the `monitor` section).
+    Exit 0 whatever the verdict (1 on drift with --fail-on-drift), 2 on bad input.
+
+    \b
+    Example:
+      raymlops monitor --since 1d
+      raymlops monitor -c my.yaml --source traffic.parquet --version 3 --fail-on-drift
+      raymlops monitor --since 2024-05-01 --labels labels.parquet --report drift.html --json
+    """
+    from raymlops.launcher import is_job_address
+    from raymlops.monitor import run_monitor
+
+    config = _load(config_path, overrides)
+    if is_job_address(address):
+        raise click.UsageError(
+            f"--address {address} is a job API: use `raymlops submit monitor --address {address}`"
+        )
+    ref: str | int | None = int(version) if version is not None and version.isdigit() else version
+    result = run_monitor(
+        config,
+        since=since,
+        source=source,
+        version=ref,
+        labels=labels,
+        report=report,
+        home=home,
+        address=address,
+        log_to_mlflow=False if no_mlflow else None,
+        echo=not as_json,
+    )
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if fail_on_drift and result.drift_detected:
+        drifted = ", ".join(result.dataset.drifted_features)
+        _fail(f"drift detected in {result.model_name} v{result.version}: {drifted}", 1)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _serve_target_options(func: F) -> F:
+    func = click.option(
+        "--app", default=None, help="Serve application name; default: serve.app_name or the model."
+    )(func)
+    func = click.option(
+        "--address",
+        default=None,
+        help="Ray cluster that serves (ray://head:10001, auto, host:port); default: "
+        "$RAY_ADDRESS, else the local head that `raymlops serve` started.",
+    )(func)
+    return _home_option(_config_options(func))
+
+
+def _check_serve_address(address: str | None) -> None:
+    from raymlops.launcher import is_job_address
+
+    if is_job_address(address):
+        raise click.UsageError(
+            f"--address {address} is a job API: use `raymlops submit serve --address {address}`"
+        )
+
+
+def _print_serve_status(status: Any, as_json: bool) -> None:
+    click.echo(json.dumps(status.to_dict(), indent=2, default=str) if as_json else status.summary())
+
+
+@cli.group(invoke_without_command=True)
+@_config_options
+@_home_option
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to deploy on (ray://head:10001, auto, host:port); default: $RAY_ADDRESS, "
+    "else a local Ray head that raymlops starts once in the background.",
+)
+@click.option(
+    "--version", "version", default=None, help="Version number or alias; default: the champion."
+)
+@click.option(
+    "--blocking",
+    is_flag=True,
+    help="Run Ray inside this process and serve in the foreground until Ctrl-C or SIGTERM "
+    "(containers); without it the endpoint keeps running after the command returns.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the deployed status as JSON.")
+@click.pass_context
+@_handle_errors
+def serve(
+    ctx: click.Context,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    version: str | None,
+    blocking: bool,
+    as_json: bool,
+) -> None:
+    """Serve the champion over HTTP on Ray Serve (HAProxy ingress, batching, canary).
+
+    Without a subcommand, deploys and prints the URL; the endpoint keeps running.
+
+    \b
+    Example:
+      raymlops serve                                 # the embedded default's champion
+      curl -X POST http://127.0.0.1:8000/predict -H 'content-type: application/json' \\
+           -d '{"instances": [{"mean_radius": 14.1, "...": 0}]}'
+      raymlops serve status
+      raymlops serve canary --version 3 --percent 10
+      raymlops serve promote      # or: raymlops serve rollback
+      raymlops serve config > serve.yaml             # for `serve deploy` on a cluster
+      raymlops serve stop
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from raymlops.serving import serve_model
+
+    _check_serve_address(address)
+    config = _load(config_path, overrides)
+    ref: int | str | None = _version_arg(version) if version is not None else None
+    status = serve_model(config, version=ref, address=address, home=home, blocking=blocking)
+    if blocking:
+        return
+    _print_serve_status(status, as_json)
+    if not as_json:
+        click.echo(
+            f"\nPOST {status.url}/predict   docs: {status.url}/docs   stop: raymlops serve stop"
+        )
+
+
+@serve.command("status")
+@_serve_target_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def serve_status(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    as_json: bool,
+) -> None:
+    """Show the application, its replicas, the traffic split and per-version figures.
+
+    \b
+    Example:
+      raymlops serve status --json
+    """
+    from raymlops.serving import serve_status as status_of
+
+    _check_serve_address(address)
+    status = status_of(_load(config_path, overrides), app=app, address=address, home=home)
+    _print_serve_status(status, as_json)
+
+
+@serve.command("canary")
+@_serve_target_options
+@click.option("--version", "version", required=True, type=int, help="Challenger version.")
+@click.option(
+    "--percent",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Share of requests the challenger answers; default serve.canary.percent.",
+)
+@click.option(
+    "--shadow",
+    "shadow",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Share of requests mirrored to the challenger (logged, never returned).",
+)
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_handle_errors
+def serve_canary(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    version: int,
+    percent: float | None,
+    shadow: float | None,
+    reason: str,
+    by: str | None,
+) -> None:
+    """Put a challenger version on a share of live traffic (rolled back automatically if
+    its error rate or p95 latency is worse than the champion's by the configured margins).
+
+    \b
+    Example:
+      raymlops serve canary --version 3 --percent 10
+      raymlops serve canary --version 3 --percent 0 --shadow 50     # shadow only
+    """
+    from raymlops.serving import serve_canary as start_canary
+
+    _check_serve_address(address)
+    status = start_canary(
+        _load(config_path, overrides),
+        version,
+        percent=percent,
+        shadow_percent=shadow,
+        reason=reason,
+        by=by,
+        app=app,
+        address=address,
+        home=home,
+    )
+    _print_serve_status(status, False)
+
+
+@serve.command("promote")
+@_serve_target_options
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_handle_errors
+def serve_promote(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    reason: str,
+    by: str | None,
+) -> None:
+    """Make the canary's challenger the champion: registry alias, then all traffic.
+
+    \b
+    Example:
+      raymlops serve promote --reason "canary clean for 24 h"
+    """
+    from raymlops.serving import serve_promote as promote_canary
+
+    _check_serve_address(address)
+    status = promote_canary(
+        _load(config_path, overrides), reason=reason, by=by, app=app, address=address, home=home
+    )
+    _print_serve_status(status, False)
+
+
+@serve.command("rollback")
+@_serve_target_options
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_handle_errors
+def serve_rollback(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    reason: str,
+    by: str | None,
+) -> None:
+    """Stop the canary; without one, return traffic and the champion alias to the previous
+    champion.
+
+    \b
+    Example:
+      raymlops serve rollback --reason "p95 too high"
+    """
+    from raymlops.serving import serve_rollback as rollback_serving
+
+    _check_serve_address(address)
+    status = rollback_serving(
+        _load(config_path, overrides), reason=reason, by=by, app=app, address=address, home=home
+    )
+    _print_serve_status(status, False)
+
+
+@serve.command("config")
+@_config_options
+@_home_option
+@click.option("--version", "version", type=int, default=None, help="Pin a version.")
+@_handle_errors
+def serve_config(
+    config_path: str | None, overrides: tuple[str, ...], home: str | None, version: int | None
+) -> None:
+    """Print a Ray Serve config (YAML) for `serve deploy` on a cluster.
+
+    \b
+    Example:
+      raymlops serve config -c examples/synthetic.yaml > serve.yaml
+      serve deploy serve.yaml --address http://127.0.0.1:8265
+    """
+    from raymlops.serving import serve_config_yaml
+
+    click.echo(
+        serve_config_yaml(config_path, list(overrides), version=version, home=home), nl=False
+    )
+
+
+@serve.command("stop")
+@_serve_target_options
+@_handle_errors
+def serve_stop(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+) -> None:
+    """Delete the application, and stop the local Ray head raymlops started for it (only
+    that head, by its recorded processes) when nothing else is served there.
+
+    \b
+    Example:
+      raymlops serve stop
+    """
+    from raymlops.serving import serve_stop as stop_serving
+
+    _check_serve_address(address)
+    stopped = stop_serving(_load(config_path, overrides), app=app, address=address, home=home)
+    click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+#: Set by a command that ends with every file closed and Ray stopped (batch): main() then
+#: skips the interpreter's teardown, which takes 1-2 s once torch and MLflow are loaded.
+_exit_fast = False
+
+
+@cli.command()
+@_config_options
+@_home_option
+@click.option("--force", is_flag=True, help="Retrain even when no trigger fires.")
+@click.option(
+    "--since",
+    default=None,
+    help="Monitor only traffic after this (2h, 1d, an ISO time); default monitor.since.",
+)
+@click.option(
+    "--recent-data",
+    default=None,
+    help="Recent labelled rows added to the training set; default retrain.recent_data.",
+)
+@click.option(
+    "--no-canary",
+    is_flag=True,
+    help="Skip the canary even when the model is being served (promote after the gate).",
+)
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def retrain(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    force: bool,
+    since: str | None,
+    recent_data: str | None,
+    no_canary: bool,
+    address: str | None,
+    as_json: bool,
+) -> None:
+    """Apply the retrain policy once: monitor, and on drift, decay or schedule train a
+    candidate, gate it against the champion, canary it on the live endpoint (when one
+    serves the model), then promote or roll back — every step in the alias history.
+
+    Exit 0 when nothing was needed or the candidate was promoted (or awaits approval), 1
+    when it was rejected by the gate or rolled back during its canary.
+
+    \b
+    Example:
+      raymlops retrain                                # decide from the prediction log
+      raymlops retrain --force --recent-data labelled.parquet
+    """
+    from raymlops.lifecycle import ServingCanary, retrain_once
+
+    config = _load(config_path, overrides)
+    canary = None if no_canary else ServingCanary.if_serving(config, home=home, address=address)
+    result = retrain_once(
+        config,
+        force=force,
+        since=since,
+        canary=canary,
+        recent_data=recent_data,
+        home=home,
+        address=address,
+        echo=not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        click.echo(result.summary())
+    if result.outcome in ("rejected", "rolled-back"):
+        sys.exit(1)
+
+
+@cli.command()
+@_config_options
+@_home_option
+@click.option(
+    "--interval",
+    default=None,
+    help="Time between passes (30m, 1h…); default retrain.watch_interval.",
+)
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Stop after N passes.")
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@_handle_errors
+def watch(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    interval: str | None,
+    iterations: int | None,
+    address: str | None,
+) -> None:
+    """Run monitor → retrain on an interval, as a long-running job (Ctrl-C stops).
+
+    \b
+    Example:
+      raymlops watch --interval 1h
+      ray job submit --working-dir . -- python jobs/lifecycle.py --interval 1h
+    """
+    from raymlops.lifecycle import ServingCanary
+    from raymlops.lifecycle import watch as watch_loop
+
+    config = _load(config_path, overrides)
+    canary = ServingCanary.if_serving(config, home=home, address=address)
+    try:
+        results = watch_loop(
+            config,
+            interval=interval,
+            iterations=iterations,
+            canary=canary,
+            home=home,
+            address=address,
+        )
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+        return
+    for result in results:
+        click.echo(result.summary())
+
+
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="raymlops")
+    try:
+        cli(prog_name="raymlops")
+    except SystemExit as exc:
+        if _exit_fast and not exc.code:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def cluster_resources() -> dict[str, float]:
 #: Steps of `raymlops run` when it runs as a chain of Ray jobs (grows with the pipeline).
 PIPELINE_STEPS: tuple[str, ...] = ("train",)
 #: Steps that `raymlops submit` accepts: a `raymlops <step>` command run as a Ray job.
-SUBMITTABLE_STEPS: tuple[str, ...] = ("train", "run")
+#: (batch is not a pipeline step: it needs an input and an output of its own.)
+SUBMITTABLE_STEPS: tuple[str, ...] = ("train", "run", "batch", "monitor", "serve")
 #: Environment variable through which a job learns its own submission id (recorded in MLflow).
 SUBMISSION_ID_ENV = "RAYMLOPS_SUBMISSION_ID"
 _FORWARDED_ENV = (

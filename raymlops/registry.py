@@ -115,6 +115,7 @@ class AliasEvent:
     sequence: int
     details: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    moved: bool = False  # True when the event moved (or cleared) the MLflow alias
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +130,7 @@ class AliasEvent:
             "reason": self.reason,
             "details": self.details,
             "run_id": self.run_id,
+            "moved": self.moved,
         }
 
 
@@ -548,7 +550,9 @@ class Registry:
             else:
                 self._resolve(name, version)
                 self.client.set_registered_model_alias(name, alias, str(version))
-            return self._append_event(name, alias, action, current, version, reason, by, details)
+            return self._append_event(
+                name, alias, action, current, version, reason, by, details, moved=True
+            )
 
     def record_event(
         self,
@@ -579,6 +583,7 @@ class Registry:
         reason: str,
         by: str | None,
         details: dict[str, Any] | None,
+        moved: bool = False,
     ) -> AliasEvent:
         client = self.client
         sequence = len(self.alias_history(name)) + 1
@@ -594,6 +599,7 @@ class Registry:
             f"{_AUDIT_TAG}reason": reason,
             f"{_AUDIT_TAG}sequence": str(sequence),
             f"{_AUDIT_TAG}details": json.dumps(details or {}, sort_keys=True, default=str),
+            f"{_AUDIT_TAG}moved": "true" if moved else "false",
             "mlflow.user": actor,
         }
         run = client.create_run(
@@ -615,6 +621,7 @@ class Registry:
             sequence,
             dict(details or {}),
             run.info.run_id,
+            moved,
         )
 
     def alias_history(self, name: str) -> list[AliasEvent]:
@@ -645,6 +652,7 @@ class Registry:
                 sequence=int(r.data.tags.get(f"{_AUDIT_TAG}sequence", "0")),
                 details=json.loads(r.data.tags.get(f"{_AUDIT_TAG}details", "{}")),
                 run_id=r.info.run_id,
+                moved=r.data.tags.get(f"{_AUDIT_TAG}moved") == "true",
             )
             for r in runs
         ]

@@ -76,7 +76,14 @@ def trained(
     """`raymlops run` on the embedded default, shrunk to 2 trials × 3 epochs."""
     home = tmp_path_factory.mktemp("run")
     proc = raymlops(
-        "run", "--set", "tune.num_samples=2", "--set", "train.epochs=3", home=home, timeout=400
+        "run",
+        "--train-only",
+        "--set",
+        "tune.num_samples=2",
+        "--set",
+        "train.epochs=3",
+        home=home,
+        timeout=400,
     )
     return home, proc
 
