@@ -218,6 +218,8 @@ def run_pipeline(
     → promote — with every step recorded in MLflow and the alias history."""
     if not full:
         return _train_and_sample(config, address=address, home=home, echo=echo, samples=samples)
+    # Bad data fails here, in one line, before a Ray is started for the loop.
+    load_dataset(config.data, config.features)
     with ray_session(address):
         return _closed_loop(config, home=home, echo=echo, samples=samples, keep=keep_serving)
 
