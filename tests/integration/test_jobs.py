@@ -55,7 +55,13 @@ def _session_processes(sid: int) -> list[int]:
 
 
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    # RAY_AUTH_*: what an in-process test may have left in this process's environment (Ray
+    # sets RAY_AUTH_MODE once it finds a token); each test here says what it wants.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "MLFLOW_", "RAY_AUTH_"))
+    }
     env.pop("RAYMLOPS_HOME", None)
     env.pop("RAYMLOPS_TUNE_STORAGE", None)
     # As in an activated virtual environment: a job's `python` is this environment's.
