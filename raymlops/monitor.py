@@ -910,19 +910,24 @@ def _read_unit(unit: _Unit, filesystem: Any, fmt: str) -> pa.Table:
 
     try:
         if fmt == "parquet":
-            footer = pq.ParquetFile(unit.file, filesystem=filesystem)
-            schema = footer.schema_arrow
-            columns = [c for c in unit.columns if c in schema.names]
-            # Low-cardinality strings (categories, classes, roles) stay dictionary-encoded:
-            # no string is materialised, and counting them is counting indices.
-            strings = [
-                c
-                for c in columns
-                if c not in _PLAIN_STRINGS and pa.types.is_string(schema.field(c).type)
-            ]
-            parquet = pq.ParquetFile(
-                unit.file, filesystem=filesystem, read_dictionary=strings, metadata=footer.metadata
-            )
+            # Strings stay dictionary-encoded (read_dictionary applies to string columns
+            # only): categories, classes and roles are never materialised, and counting them
+            # is counting indices. One open when the file has every column asked for; else
+            # its footer says which it has.
+            wanted = [c for c in unit.columns if c not in _PLAIN_STRINGS]
+            try:
+                parquet = pq.ParquetFile(unit.file, filesystem=filesystem, read_dictionary=wanted)
+            except KeyError:
+                footer = pq.ParquetFile(unit.file, filesystem=filesystem)
+                names = set(footer.schema_arrow.names)
+                parquet = pq.ParquetFile(
+                    unit.file,
+                    filesystem=filesystem,
+                    read_dictionary=[c for c in wanted if c in names],
+                    metadata=footer.metadata,
+                )
+            present = set(parquet.schema_arrow.names)
+            columns = [c for c in unit.columns if c in present]
             if unit.row_groups is not None:
                 return parquet.read_row_groups(unit.row_groups, columns, use_threads=False)
             return parquet.read(columns=columns, use_threads=False)
