@@ -25,6 +25,7 @@ import math
 import os
 import random
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -339,20 +340,39 @@ def _http_url(route_prefix: str) -> str:
     return f"http://{host}:{options.port}{route_prefix.rstrip('/')}"
 
 
-def _wait_ready(url: str, timeout_s: float = 90.0) -> None:
-    """Until GET <url>/readyz answers 200 (HAProxy picks up new replicas after a reload)."""
+def _wait_ready(url: str, deploy_id: str | None = None, timeout_s: float = 90.0) -> None:
+    """Until GET <url>/readyz answers 200 from this deployment (HAProxy picks up new
+    replicas after a reload; during a redeploy old replicas answer for a while)."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         try:
             status, _, body = _http("GET", f"{url}/readyz", timeout_s=5)
             if status == 200:
-                return
-            last = f"{status} {body[:100]!r}"
-        except OSError as exc:
+                answered = json.loads(body).get("deployment") if body.startswith(b"{") else None
+                if deploy_id is None or answered == deploy_id:
+                    return
+                last = f"an older deployment ({answered}) answers"
+            else:
+                last = f"{status} {body[:100]!r}"
+        except (OSError, ValueError) as exc:
             last = str(exc)
         time.sleep(0.25)
     raise RaymlopsError(f"the endpoint {url} did not become ready in {timeout_s:.0f} s ({last})")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Before Serve starts: a port taken by another program would leave the endpoint dead."""
+    bind_host = "127.0.0.1" if host in ("localhost",) else host
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((bind_host, port))
+        except OSError as exc:
+            raise UserInputError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} "
+                "(another program has it: choose serve.port)"
+            ) from None
 
 
 def _coordinator(app: str) -> Any:
@@ -445,6 +465,8 @@ def serve_model(
         address, home_path, start=True, proxy=proxy, host=cfg.host, in_process=blocking
     ) as session:
         running = _running_proxy()
+        if running is None and _cluster_is_local():
+            _check_port_free(cfg.host, cfg.port)
         if running in ("haproxy", "default") and running != proxy:
             say(f"  Serve already runs in this cluster with the {running} proxy: using it")
             proxy = running
@@ -467,7 +489,7 @@ def serve_model(
             route_prefix=cfg.route_prefix,
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
         )
-        _wait_ready(url)
+        _wait_ready(url, args["deploy_id"])
         status = _collect_status(app, session)
         say(f"  ready: {url}/predict")
         if blocking:

@@ -489,6 +489,7 @@ class Ingress:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.loaded: dict[int, _Loaded] = {}
         self.load_errors: dict[int, str] = {}
+        self.ongoing = 0  # /predict requests in this replica now
         self.stats = StatsBook()
         self.pending = _PendingMetrics()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -555,7 +556,11 @@ class Ingress:
             return
         if path == "/readyz":
             ready = self.routing.champion in self.loaded
-            body = {"status": "ready" if ready else "loading", "version": self.routing.champion}
+            body = {
+                "status": "ready" if ready else "loading",
+                "version": self.routing.champion,
+                "deployment": self.args["deploy_id"],
+            }
             await _send(send, 200 if ready else 503, json.dumps(body).encode())
             return
         if self.token_digest is not None and not self._authorized(scope):
@@ -613,6 +618,13 @@ class Ingress:
 
     # ------------------------------------------------------------------ /predict
     async def _predict(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.ongoing += 1
+        try:
+            await self._predict_one(scope, receive, send)
+        finally:
+            self.ongoing -= 1
+
+    async def _predict_one(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         request_id = self._request_id(scope)
         try:
@@ -643,7 +655,11 @@ class Ingress:
                         answer, columns = challenger, item.columns
             if outcome is None:
                 role = CHAMPION
-                outcome = await self._champion_batch(_Item(champion, columns, parsed.rows))
+                item = _Item(champion, columns, parsed.rows)
+                if self.ongoing == 1:  # alone in this replica: nothing to batch with
+                    outcome = self._run_batch([item])[0]
+                else:
+                    outcome = await self._champion_batch(item)
             if isinstance(outcome, BaseException):
                 elapsed = (time.perf_counter() - started) * 1000
                 self._record(champion.version, CHAMPION, elapsed, error=True)

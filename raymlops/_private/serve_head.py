@@ -136,7 +136,8 @@ def serve_env(proxy: str, host: str, home: Path | None) -> dict[str, str]:
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
         }
     )
-    if home is not None:
+    if home is not None:  # a cluster on this machine
+        env["RAY_SERVE_HAPROXY_NBTHREAD"] = str(min(4, os.cpu_count() or 1))
         wrapper = haproxy_wrapper(home, host)
         if wrapper is not None:
             env["RAY_SERVE_HAPROXY_BINARY_PATH"] = wrapper
@@ -160,11 +161,14 @@ class OwnedHead:
     env: dict[str, str]
 
     def alive(self) -> bool:
+        """Its processes run and its GCS accepts connections (three tries)."""
         if not _session_processes(self.session_id):
             return False
         host, port = self.address.rsplit(":", 1)
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 2):
-            return True
+        for _ in range(3):
+            with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 5):
+                return True
+            time.sleep(0.5)
         return False
 
 
@@ -184,6 +188,9 @@ def load_owned_head(home: Path) -> OwnedHead | None:
         return None
     if head.alive():
         return head
+    # What is left of a head that died (a Ray process killed, an HAProxy orphaned) is ours:
+    # stop it before a new head wants the same ports.
+    _kill_session(head.session_id)
     path.unlink(missing_ok=True)
     return None
 
@@ -283,15 +290,19 @@ def _session_processes(sid: int) -> list[int]:
     return pids
 
 
-def _kill_session(sid: int) -> bool:
+def _kill_session(sid: int, term_s: float = 10.0, kill_s: float = 20.0) -> bool:
+    """Signal every process of session `sid` until none is left: SIGTERM for `term_s`, then
+    SIGKILL. Each round lists the session again, so a process started while the others go
+    down (HAProxy respawned by its dying manager) is caught too."""
     found = bool(_session_processes(sid))
-    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-        for pid in _session_processes(sid):
+    started = time.monotonic()
+    while time.monotonic() - started < term_s + kill_s:
+        pids = _session_processes(sid)
+        if not pids:
+            break
+        sig = signal.SIGTERM if time.monotonic() - started < term_s else signal.SIGKILL
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while _session_processes(sid) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        if not _session_processes(sid):
-            break
+        time.sleep(0.3)
     return found
