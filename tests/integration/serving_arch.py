@@ -15,7 +15,7 @@ from raymlops.models import MLP, MLPParams, register_architecture
 
 RAISING = "tests.integration.serving_arch:raising"
 SLOW = "tests.integration.serving_arch:slow"
-SLOW_SECONDS = 0.12
+SLOW_SECONDS = 0.3
 
 
 @register_architecture(RAISING, MLPParams)

@@ -110,7 +110,13 @@ def _config(data: Path, port: int, **serve: Any) -> PipelineConfig:
                 "max_body_bytes": 64 * 1024,
                 "autoscaling": {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 2},
                 "alias_poll_interval_s": 0.5,
-                "canary": {"min_requests": 20, "error_rate_margin": 0.05},
+                # Margins wide enough that a loaded machine does not roll a healthy
+                # challenger back; SLOW (0.3 s a batch) still crosses them.
+                "canary": {
+                    "min_requests": 40,
+                    "error_rate_margin": 0.05,
+                    "p95_latency_margin_ms": 150,
+                },
                 "prediction_log": {"flush_interval_s": 0.2},
                 **serve,
             },
