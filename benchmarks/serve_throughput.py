@@ -18,12 +18,16 @@ concurrency 8 with 256-row requests. Without wrk, an asyncio client (aiohttp) ru
 being Python, it then competes with the servers for the 2 cores and the figures are lower.
 On a 2-core machine the load generator shares the CPUs with both servers equally.
 
-Printed per run: requests/s, rows/s, p50 and p99 latency (client side), errors, and the CPU
-time the server's processes used per request (from /proc: raymlops counts every process of
-its Ray head, the bare server its one process). Then the ratios (a)/(b).
+Both servers are started first and stay up; each run is then measured against one and then
+the other (the order alternating between repetitions), so that background load on a shared
+machine falls on both alike. While the bare server is measured the idle Ray head costs about
+5% of one core. Printed per run: requests/s, rows/s, p50 and p99 latency (client side),
+errors, and the CPU time the server's processes used per request (from /proc: raymlops counts
+every process of its Ray head, the bare server its one process); then the medians over the
+repetitions and the ratios (a)/(b) of the medians.
 
-    python benchmarks/serve_throughput.py            # 10 s per run
-    python benchmarks/serve_throughput.py --quick    # 4 s per run, under 3 minutes
+    python benchmarks/serve_throughput.py            # 3 repetitions, 8 s per run
+    python benchmarks/serve_throughput.py --quick    # 1 repetition, 4 s per run, < 3 minutes
 
 The last line is one JSON object with `rps_ratio_c32`, `p99_ratio_c32` and `p50_delta_ms_c1`.
 """
@@ -37,6 +41,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,32 +247,32 @@ def _python_load(url: str, body: Path, concurrency: int, seconds: float) -> dict
 
 
 def measure(
-    url: str, bodies: dict[int, Path], seconds: float, pids: Any, script: Path | None
-) -> dict[str, dict[str, Any]]:
-    """Every run against one server; `pids()` lists the server's processes for CPU time."""
-    results: dict[str, dict[str, Any]] = {}
-    warm = _wrk if script is not None else None
-    if warm is not None and script is not None:
-        warm(url, bodies[1], 8, 2, script)
+    url: str,
+    body: Path,
+    rows: int,
+    concurrency: int,
+    seconds: float,
+    pids: Any,
+    script: Path | None,
+) -> dict[str, Any]:
+    """One run against one server; `pids()` lists the server's processes for CPU time."""
+    before = _cpu_seconds(pids())
+    if script is not None:
+        result = _wrk(url, body, concurrency, seconds, script)
     else:
-        _python_load(url, bodies[1], 8, 2)
-    for name, concurrency, rows in RUNS:
-        before = _cpu_seconds(pids())
-        if script is not None:
-            result = _wrk(url, bodies[rows], concurrency, seconds, script)
-        else:
-            result = _python_load(url, bodies[rows], concurrency, seconds)
-        used = _cpu_seconds(pids()) - before
-        result["rows_per_s"] = result["rps"] * rows
-        result["cpu_ms_per_request"] = 1000 * used / max(result["requests"], 1)
-        results[name] = result
-        print(
-            f"  {name:<7} {result['rps']:>9.1f} req/s {result['rows_per_s']:>10.1f} rows/s "
-            f"p50 {result['p50_ms']:>7.2f} ms  p99 {result['p99_ms']:>8.2f} ms  "
-            f"errors {result['errors']}  server CPU {result['cpu_ms_per_request']:.3f} ms/req",
-            flush=True,
-        )
-    return results
+        result = _python_load(url, body, concurrency, seconds)
+    used = _cpu_seconds(pids()) - before
+    result["rows_per_s"] = result["rps"] * rows
+    result["cpu_ms_per_request"] = 1000 * used / max(result["requests"], 1)
+    return result
+
+
+def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the median over repetitions."""
+    return {
+        key: statistics.median(float(r[key]) for r in results)
+        for key in ("rps", "rows_per_s", "p50_ms", "p99_ms", "errors", "cpu_ms_per_request")
+    }
 
 
 def _wait_ready(url: str, timeout_s: float = 120) -> None:
@@ -290,6 +295,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 s per run (< 3 minutes)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per run")
+    parser.add_argument("--repetitions", type=int, default=None, help="default 3 (quick: 1)")
     parser.add_argument("--home", default=None, help="registry home (default benchmarks/.data)")
     parser.add_argument("--python-load", action="store_true", help="asyncio client, not wrk")
     parser.add_argument("--only", choices=["raymlops", "bare"], default=None)
@@ -299,7 +305,8 @@ def main() -> None:
     if opts.bare_server:
         bare_server(int(opts.bare_server[0]), opts.bare_server[1])
         return
-    seconds = opts.seconds or (4.0 if opts.quick else 10.0)
+    seconds = opts.seconds or (4.0 if opts.quick else 8.0)
+    repetitions = opts.repetitions or (1 if opts.quick else 3)
     home = Path(opts.home) if opts.home else DATA / "serve-home"
     home.mkdir(parents=True, exist_ok=True)
     register_model(home)
@@ -309,54 +316,87 @@ def main() -> None:
     if shutil.which("wrk") and not opts.python_load:
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-    print(f"load generator: {'wrk' if script else 'python asyncio (aiohttp)'}; {seconds:g} s/run")
+    print(
+        f"load generator: {'wrk' if script else 'python asyncio (aiohttp)'}; {seconds:g} s/run, "
+        f"{repetitions} repetition(s), the two servers alternating"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
     env["RAYMLOPS_HOME"] = str(home)
-    results: dict[str, dict[str, dict[str, Any]]] = {}
 
-    if opts.only in (None, "bare"):
-        port = _free_port()
-        print(f"(b) bare FastAPI + uvicorn on :{port}", flush=True)
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--bare-server", str(port), str(home)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
+    servers: dict[str, tuple[str, Any]] = {}
+    bare: subprocess.Popen[bytes] | None = None
+    raymlops = str(BIN / "raymlops")
+    sets: list[str] = []
+    try:
+        if opts.only in (None, "bare"):
+            port = _free_port()
+            print(f"(b) bare FastAPI + uvicorn on :{port}", flush=True)
+            bare = subprocess.Popen(
+                [sys.executable, __file__, "--bare-server", str(port), str(home)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            process = bare
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url)
-            results["bare"] = measure(url, bodies, seconds, lambda: [server.pid], script)
-        finally:
-            server.terminate()
-            server.wait(30)
-
-    if opts.only in (None, "raymlops"):
-        port = _free_port()
-        sets = ["--set", f"serve.port={port}", "--set", "serve.prediction_log.enabled=true"]
-        for item in opts.overrides:
-            sets += ["--set", item]
-        raymlops = str(BIN / "raymlops")
-        print(f"(a) raymlops serve on :{port}", flush=True)
-        started = time.monotonic()
-        deploy = subprocess.run(
-            [raymlops, "serve", "--json", *sets], env=env, capture_output=True, text=True
-        )
-        if deploy.returncode != 0:
-            raise SystemExit(f"raymlops serve failed:\n{deploy.stderr[-3000:]}")
-        deployed = json.loads(deploy.stdout)
-        print(f"  deployed in {time.monotonic() - started:.1f} s ({deployed['proxy']} proxy)")
-        state = json.loads((home / "serve" / "ray-head.json").read_text())
-        try:
-            url = deployed["url"]
-            results["raymlops"] = measure(
-                url, bodies, seconds, lambda: _session_pids(state["session_id"]), script
+            servers["bare"] = (url, lambda: [process.pid])
+        if opts.only in (None, "raymlops"):
+            port = _free_port()
+            sets = ["--set", f"serve.port={port}"]
+            for item in opts.overrides:
+                sets += ["--set", item]
+            print(f"(a) raymlops serve on :{port}", flush=True)
+            started = time.monotonic()
+            deploy = subprocess.run(
+                [raymlops, "serve", "--json", *sets], env=env, capture_output=True, text=True
             )
-        finally:
+            if deploy.returncode != 0:
+                raise SystemExit(f"raymlops serve failed:\n{deploy.stderr[-3000:]}")
+            deployed = json.loads(deploy.stdout)
+            print(f"  deployed in {time.monotonic() - started:.1f} s ({deployed['proxy']} proxy)")
+            sid = json.loads((home / "serve" / "ray-head.json").read_text())["session_id"]
+            servers["raymlops"] = (deployed["url"], lambda: _session_pids(sid))
+        for url, pids in servers.values():  # warm-up: connections, first calls
+            measure(url, bodies[1], 1, 8, 2, pids, script)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {side: {} for side in servers}
+        for rep in range(repetitions):
+            for name, concurrency, rows in RUNS:
+                # Alternate which server goes first, so drifting background load is shared.
+                order = list(servers) if rep % 2 == 0 else list(reversed(servers))
+                for side in order:
+                    url, pids = servers[side]
+                    result = measure(url, bodies[rows], rows, concurrency, seconds, pids, script)
+                    runs[side].setdefault(name, []).append(result)
+                    print(
+                        f"  rep {rep + 1} {side:<8} {name:<7} {result['rps']:>8.1f} req/s "
+                        f"{result['rows_per_s']:>9.1f} rows/s  p50 {result['p50_ms']:>6.2f} ms  "
+                        f"p99 {result['p99_ms']:>7.2f} ms  errors {result['errors']}  "
+                        f"server CPU {result['cpu_ms_per_request']:.3f} ms/req",
+                        flush=True,
+                    )
+    finally:
+        if bare is not None:
+            bare.terminate()
+            bare.wait(30)
+        if "raymlops" in servers:
             subprocess.run([raymlops, "serve", "stop", *sets], env=env, capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
+    results = {side: {name: _median_run(r) for name, r in by.items()} for side, by in runs.items()}
+    print(f"medians over {repetitions} repetition(s):")
+    for side, by in results.items():
+        for name, result in by.items():
+            print(
+                f"  {side:<8} {name:<7} {result['rps']:>8.1f} req/s {result['rows_per_s']:>9.1f} "
+                f"rows/s  p50 {result['p50_ms']:>6.2f} ms  p99 {result['p99_ms']:>7.2f} ms  "
+                f"server CPU {result['cpu_ms_per_request']:.3f} ms/req"
+            )
 
-    figures: dict[str, Any] = {"load_generator": "wrk" if script else "python", "seconds": seconds}
-    for side, runs in results.items():
-        for name, result in runs.items():
+    figures: dict[str, Any] = {
+        "load_generator": "wrk" if script else "python",
+        "seconds": seconds,
+        "repetitions": repetitions,
+    }
+    for side, by_run in results.items():
+        for name, result in by_run.items():
             for key in ("rps", "rows_per_s", "p50_ms", "p99_ms", "errors", "cpu_ms_per_request"):
                 figures[f"{side}_{name}_{key}"] = round(float(result[key]), 3)
     if "bare" in results and "raymlops" in results:
