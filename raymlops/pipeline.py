@@ -386,7 +386,14 @@ def _closed_loop(
             )
             background.stop()
             _echo(echo, retrained.summary())
+            # Replicas pick up a routing change within a sync interval: ask until the
+            # endpoint answers with the champion (or 30 s have passed).
+            expected = registry.alias_target(name, CHAMPION)
+            deadline = time.monotonic() + 30
             after = client.predict(rows[features].head(1))
+            while after.version != expected and time.monotonic() < deadline:
+                time.sleep(0.5)
+                after = client.predict(rows[features].head(1))
             _echo(echo, f"  the endpoint now answers with v{after.version}")
     finally:
         if served and not keep:
