@@ -194,10 +194,19 @@ class PredictionLogWriter:
                 table = self._table(version, group)
                 folder = f"{self._base}/date={day}/version={version}"
                 self.filesystem.create_dir(folder, recursive=True)
-                path = f"{folder}/part-{uuid.uuid4().hex}.parquet"
+                name = f"part-{uuid.uuid4().hex}.parquet"
                 import pyarrow.parquet as pq
+                from pyarrow import fs as pafs
 
-                pq.write_table(table, path, filesystem=self.filesystem)
+                # Dictionary encoding pays for the string columns only (floats rarely repeat).
+                options = {"use_dictionary": self._string_columns(version)}
+                if isinstance(self.filesystem, pafs.LocalFileSystem):
+                    # Readers never see half a file: written under a hidden name, then renamed.
+                    hidden = f"{folder}/.{name}.tmp"
+                    pq.write_table(table, hidden, filesystem=self.filesystem, **options)
+                    self.filesystem.move(hidden, f"{folder}/{name}")
+                else:  # object stores publish an object only once it is complete
+                    pq.write_table(table, f"{folder}/{name}", filesystem=self.filesystem, **options)
                 written += rows
             except Exception:
                 self.failed_writes += 1
@@ -210,23 +219,26 @@ class PredictionLogWriter:
             self._on_flushed(written)
         return written
 
-    def _table(self, version: int, chunks: list[LogChunk]) -> pa.Table:
+    def _string_columns(self, version: int) -> list[str]:
         layout = self._layouts[version]
-        repeat = np.repeat
+        names = ["request_id", "model_name", "role", *layout.categorical]
+        return names + (["prediction"] if layout.classes is not None else [])
+
+    def _table(self, version: int, chunks: list[LogChunk]) -> pa.Table:
+        """One version's chunks as one table. Per-request values are expanded to rows with
+        Arrow's `take` (no Python objects per row); feature columns are concatenated."""
+        layout = self._layouts[version]
         counts = np.array([c.rows for c in chunks])
+        total = int(counts.sum())
+        index = pa.array(np.repeat(np.arange(len(chunks)), counts))
+        stamps = np.array([int(c.timestamp * 1_000_000) for c in chunks], dtype=np.int64)
         arrays: list[pa.Array] = [
-            pa.array(repeat(np.array([c.request_id for c in chunks], dtype=object), counts)),
-            pa.array(
-                repeat(
-                    np.array([int(c.timestamp * 1_000_000) for c in chunks], dtype=np.int64),
-                    counts,
-                ),
-                type=pa.int64(),
-            ).cast(pa.timestamp("us", tz="UTC")),
-            pa.array(np.full(int(counts.sum()), self.model_name, dtype=object)),
-            pa.array(np.full(int(counts.sum()), version, dtype=np.int64)),
-            pa.array(repeat(np.array([c.role for c in chunks], dtype=object), counts)),
-            pa.array(repeat(np.array([c.latency_ms for c in chunks], dtype=np.float64), counts)),
+            pa.array([c.request_id for c in chunks], type=pa.string()).take(index),
+            pa.array(stamps, type=pa.timestamp("us", tz="UTC")).take(index),
+            pa.array([self.model_name], type=pa.string()).take(pa.array(np.zeros(total, int))),
+            pa.array(np.full(total, version, dtype=np.int64)),
+            pa.array([c.role for c in chunks], type=pa.string()).take(index),
+            pa.array(np.array([c.latency_ms for c in chunks], dtype=np.float64)).take(index),
         ]
         for name in layout.numeric:
             values = np.concatenate([c.columns[name] for c in chunks])
@@ -236,7 +248,7 @@ class PredictionLogWriter:
             arrays.append(pa.array(values, type=pa.string(), from_pandas=True))
         predictions = np.concatenate([c.predictions for c in chunks])
         if layout.classes is not None:
-            arrays.append(pa.array(predictions.astype(str).astype(object), type=pa.string()))
+            arrays.append(pa.array(predictions, type=pa.string()))  # labels: str objects
             probabilities = np.concatenate(
                 [
                     c.probabilities
@@ -246,7 +258,8 @@ class PredictionLogWriter:
                 ]
             )
             arrays += [
-                pa.array(probabilities[:, j].astype(np.float64)) for j in range(len(layout.classes))
+                pa.array(np.ascontiguousarray(probabilities[:, j], dtype=np.float64))
+                for j in range(len(layout.classes))
             ]
         else:
             arrays.append(pa.array(predictions.astype(np.float64)))
@@ -271,7 +284,9 @@ def read_log(root: str, since: dt.datetime | float | None = None) -> pa.Table:
     files = [
         f.path
         for f in filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
-        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        if f.type == pafs.FileType.File
+        and f.path.endswith(".parquet")
+        and not f.base_name.startswith((".", "_"))
     ]
     if not files:
         return pa.table({})

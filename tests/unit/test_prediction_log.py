@@ -131,3 +131,15 @@ def test_close_writes_what_is_left(tmp_path: Path) -> None:
 
 def test_missing_log_reads_as_an_empty_table(tmp_path: Path) -> None:
     assert read_prediction_log(tmp_path / "nothing").num_rows == 0
+
+
+def test_files_being_written_are_hidden_from_readers(
+    tmp_path: Path, writer: PredictionLogWriter
+) -> None:
+    writer.append(_chunk("r1"))
+    writer.flush()
+    [folder] = {f.parent for f in (tmp_path / "predictions" / "m").rglob("part-*.parquet")}
+    assert not list(folder.glob(".*"))  # the writer's temporary name is gone
+    (folder / ".part-unfinished.parquet").write_bytes(b"PAR1 half a file")
+    (folder / "_part-other.parquet").write_bytes(b"")
+    assert read_prediction_log(tmp_path / "predictions" / "m").num_rows == 1
