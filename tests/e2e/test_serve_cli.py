@@ -119,3 +119,13 @@ def test_serve_commands_without_a_running_endpoint_exit_2(tmp_path: Path) -> Non
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error: nothing is being served from"), proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_jobs_serve_entrypoint_is_raymlops_serve(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "jobs" / "serve.py"), "--help"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: jobs/serve.py") and "canary" in proc.stdout

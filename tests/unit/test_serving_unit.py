@@ -86,6 +86,9 @@ def test_serve_config_yaml_is_a_serve_deploy_file() -> None:
     assert app["import_path"] == "raymlops.serving:app_builder"
     assert app["args"] == {"config": None, "overrides": ["serve.port=9100"], "version": 2}
     assert "&id" not in text  # no YAML anchors
+    from ray.serve.schema import ServeDeploySchema  # what `serve deploy` validates against
+
+    assert ServeDeploySchema.model_validate(document).applications[0].name == "breast-cancer"
 
 
 def test_serve_env_per_proxy(tmp_path: Path) -> None:
