@@ -19,6 +19,8 @@ from typing import Any, Literal, TypeVar, cast
 
 import click
 
+from raymlops.launcher import PIPELINE_STEPS
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -174,6 +176,8 @@ _working_dir_option = click.option(
 )
 @_retries_option
 @_working_dir_option
+@click.option("--step", type=click.Choice(PIPELINE_STEPS), default=None, hidden=True)
+@click.option("--work", default=None, hidden=True)
 @_handle_errors
 def run(
     config_path: str | None,
@@ -185,6 +189,8 @@ def run(
     keep_serving: bool,
     max_retries: int,
     working_dir: str,
+    step: str | None,
+    work: str | None,
 ) -> None:
     """Run the main job: the whole lifecycle on one local Ray, narrated step by step.
 
@@ -198,24 +204,41 @@ def run(
       raymlops run
       raymlops run --train-only -c examples/synthetic.yaml --set tune.num_samples=4
       raymlops run --address http://127.0.0.1:8265    # each step as a Ray job
+
+    With a job address, each step (train, gate, promote, batch, serve, traffic, monitor,
+    retrain, finish) runs as its own Ray job; they hand over through a run folder under
+    --home, which the cluster's nodes must see (on a remote cluster: shared storage, and
+    MLFLOW_TRACKING_URI set to the cluster's MLflow server).
     """
     from raymlops.launcher import is_job_address, run_pipeline_as_jobs
-    from raymlops.pipeline import run_pipeline
+    from raymlops.pipeline import run_loop_step, run_pipeline
 
     config = _load(config_path, overrides)
+    if step is not None:  # one step of a job chain (what each Ray job runs)
+        if work is None or address is not None:
+            raise click.UsageError("--step needs --work and runs where it is started")
+        run_loop_step(config, step, work, home=home, keep_serving=keep_serving)
+        return
     if is_job_address(address):
         assert address is not None
         args = _forward_args(config_path, overrides, working_dir)
         outcomes = run_pipeline_as_jobs(
             address,
             args,
+            config=config,
             home=home,
             working_dir=working_dir,
             max_retries=max_retries,
-            tracking_uri=config.registry.tracking_uri,
+            train_only=train_only,
+            keep_serving=keep_serving,
         )
         _report_jobs(outcomes)
-        click.echo(f"registered as {config.registry.model_name}: raymlops models list")
+        from raymlops.registry import Registry
+
+        champion = Registry.from_config(config, home).alias_target(
+            config.registry.model_name, "champion"
+        )
+        click.echo(f"champion now: {config.registry.model_name} v{champion}")
         return
     result = run_pipeline(
         config,

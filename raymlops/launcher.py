@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import click
 
 from raymlops._private.home import home_dir
 from raymlops.errors import UserInputError
+
+if TYPE_CHECKING:
+    from raymlops.config import PipelineConfig
 
 __all__ = [
     "PIPELINE_STEPS",
@@ -84,11 +87,30 @@ def cluster_resources() -> dict[str, float]:
 
 # --------------------------------------------------------------------------- Ray jobs
 
-#: Steps of `raymlops run` when it runs as a chain of Ray jobs (grows with the pipeline).
-PIPELINE_STEPS: tuple[str, ...] = ("train",)
+#: The main job's steps, in order: `raymlops run` runs them in one process, `raymlops run
+#: --address http://…` each as a Ray job (`raymlops run --step STEP --work FOLDER`).
+PIPELINE_STEPS: tuple[str, ...] = (
+    "train",
+    "gate",
+    "promote",
+    "batch",
+    "serve",
+    "traffic",
+    "monitor",
+    "retrain",
+    "finish",
+)
 #: Steps that `raymlops submit` accepts: a `raymlops <step>` command run as a Ray job.
 #: (batch is not a pipeline step: it needs an input and an output of its own.)
-SUBMITTABLE_STEPS: tuple[str, ...] = ("train", "run", "batch", "monitor", "serve")
+SUBMITTABLE_STEPS: tuple[str, ...] = (
+    "train",
+    "run",
+    "batch",
+    "monitor",
+    "serve",
+    "retrain",
+    "watch",
+)
 #: Environment variable through which a job learns its own submission id (recorded in MLflow).
 SUBMISSION_ID_ENV = "RAYMLOPS_SUBMISSION_ID"
 _FORWARDED_ENV = (
@@ -211,10 +233,12 @@ class JobLauncher:
         ship_raymlops: bool = True,
         tracking_uri: str | None = None,
         echo: bool = True,
+        label: str | None = None,
     ) -> JobOutcome:
         """Run `raymlops STEP ARGS` as a Ray job; with `wait`, stream its logs and return
         its final status, resubmitting (new submission id) up to `max_retries` times.
-        `tracking_uri` is the config's registry.tracking_uri, if it sets one."""
+        `tracking_uri` is the config's registry.tracking_uri, if it sets one; `label` names
+        the job (submission id, metadata, outcome) when it is not the step itself."""
         if step not in SUBMITTABLE_STEPS:
             raise UserInputError(
                 f"unknown step '{step}' (submittable: {', '.join(SUBMITTABLE_STEPS)})"
@@ -222,26 +246,27 @@ class JobLauncher:
         self._check_store_is_shared(tracking_uri)
         # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
         entrypoint = shlex.join(["python", "-m", "raymlops.cli", step, *args])
+        label = label or step
         ids: list[str] = []
         outcome: JobOutcome | None = None
         for attempt in range(1, max_retries + 2):
-            submission_id = f"raymlops-{step}-{uuid.uuid4().hex[:10]}"
+            submission_id = f"raymlops-{label}-{uuid.uuid4().hex[:10]}"
             self.client.submit_job(
                 entrypoint=entrypoint,
                 submission_id=submission_id,
                 runtime_env=self.runtime_env(working_dir, submission_id, ship_raymlops),
-                metadata={"raymlops_step": step, "attempt": str(attempt)},
+                metadata={"raymlops_step": label, "attempt": str(attempt)},
             )
             ids.append(submission_id)
             if echo:
                 click.echo(
-                    f"▸ submitted {step} as Ray job {submission_id} to {self.address}", err=True
+                    f"▸ submitted {label} as Ray job {submission_id} to {self.address}", err=True
                 )
             if not wait:
-                return JobOutcome(step, submission_id, "PENDING", attempt, "", ids)
+                return JobOutcome(label, submission_id, "PENDING", attempt, "", ids)
             status = self.wait(submission_id, stream=stream and echo)
             tail = "" if status == "SUCCEEDED" else self.log_tail(submission_id)
-            outcome = JobOutcome(step, submission_id, status, attempt, tail, list(ids))
+            outcome = JobOutcome(label, submission_id, status, attempt, tail, list(ids))
             if outcome.succeeded:
                 break
             if echo and attempt <= max_retries:
@@ -307,26 +332,95 @@ def run_pipeline_as_jobs(
     address: str,
     args: list[str],
     *,
+    config: PipelineConfig,
     home: str | Path | None = None,
     working_dir: str | Path | None = ".",
     max_retries: int = 0,
-    tracking_uri: str | None = None,
+    train_only: bool = False,
+    keep_serving: bool = False,
     echo: bool = True,
 ) -> list[JobOutcome]:
-    """`raymlops run --address`: each pipeline step as its own Ray job, in order, stopping
-    at the first failure (whose log tail the outcome carries)."""
+    """`raymlops run --address http://…`: each step of the main job as its own Ray job, in
+    order, stopping at the first failure (whose log tail the outcome carries). The steps hand
+    their results over in a run folder under the home folder (storage the cluster shares);
+    every job id is recorded on an MLflow run. After a failure, an endpoint the chain started
+    is stopped by one more job (unless `keep_serving`)."""
     launcher = JobLauncher(address, home)
-    outcomes = []
-    for step in PIPELINE_STEPS:
-        outcome = launcher.submit(
-            step,
-            args,
-            working_dir=working_dir,
-            max_retries=max_retries,
-            tracking_uri=tracking_uri,
-            echo=echo,
-        )
-        outcomes.append(outcome)
-        if not outcome.succeeded:
-            break
+    tracking_uri = config.registry.tracking_uri
+    if train_only:
+        steps: list[tuple[str, str, list[str]]] = [("train", "train", args)]
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        work = launcher.home.resolve() / "runs" / f"{config.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+        keep = ["--keep-serving"] if keep_serving else []
+        steps = [
+            (
+                step,
+                "run",
+                ["--step", step, "--work", str(work), *args, *(keep * (step == "finish"))],
+            )
+            for step in PIPELINE_STEPS
+        ]
+    launcher._check_store_is_shared(tracking_uri)
+    record = _ChainRecord(config, launcher.home, address)
+    outcomes: list[JobOutcome] = []
+    try:
+        for label, step, step_args in steps:
+            outcome = launcher.submit(
+                step,
+                step_args,
+                working_dir=working_dir,
+                max_retries=max_retries,
+                tracking_uri=tracking_uri,
+                echo=echo,
+                label=label,
+            )
+            outcomes.append(outcome)
+            record.job(outcome)
+            if not outcome.succeeded:
+                break
+        failed = bool(outcomes) and not outcomes[-1].succeeded
+        served = any(o.step == "serve" and o.succeeded for o in outcomes)
+        if failed and served and not keep_serving and outcomes[-1].step != "finish":
+            if echo:
+                click.echo("▸ stopping the endpoint this chain deployed", err=True)
+            cleanup = launcher.submit(
+                "run", steps[-1][2], working_dir=working_dir, tracking_uri=tracking_uri,
+                echo=echo, label="finish",
+            )  # fmt: skip
+            record.job(cleanup)
+    finally:
+        record.close(bool(outcomes) and all(o.succeeded for o in outcomes))
     return outcomes
+
+
+class _ChainRecord:
+    """The MLflow run of one job chain: every step's submission ids and status as tags."""
+
+    def __init__(self, config: PipelineConfig, home: Path, address: str) -> None:
+        from raymlops.registry import Registry
+
+        self.registry = Registry.from_config(config, home)
+        run = self.registry.client.create_run(
+            self.registry.experiment_id(config.registry.experiment),
+            run_name=f"{config.name}-jobs-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "raymlops.kind": "job-chain",
+                "raymlops.job_address": address,
+                "raymlops.model": config.registry.model_name,
+            },
+        )
+        self.run_id: str = run.info.run_id
+
+    def job(self, outcome: JobOutcome) -> None:
+        """Tag the run with one step's submission ids and final status."""
+        client = self.registry.client
+        client.set_tag(
+            self.run_id, f"raymlops.job.{outcome.step}", ",".join(outcome.submission_ids)
+        )
+        client.set_tag(self.run_id, f"raymlops.job.{outcome.step}.status", outcome.status)
+
+    def close(self, succeeded: bool) -> None:
+        self.registry.client.set_terminated(
+            self.run_id, status="FINISHED" if succeeded else "FAILED"
+        )

@@ -6,10 +6,10 @@ The CLI and the `jobs/` entrypoints are thin shells over these two functions.
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,19 @@ from raymlops.config import PipelineConfig, config_hash
 from raymlops.data import DatasetVersion, load_dataset
 from raymlops.errors import UserInputError
 from raymlops.features import Preprocessor
-from raymlops.launcher import ray_session
+from raymlops.launcher import PIPELINE_STEPS, ray_session
 from raymlops.registry import CHAMPION, ModelVersionInfo, Registry
 from raymlops.train import TrainingArrays, evaluate, load_best_predictor
 
-__all__ = ["RunResult", "TrainResult", "run_pipeline", "train_and_register"]
+__all__ = [
+    "LOOP_STEPS",
+    "LoopState",
+    "RunResult",
+    "TrainResult",
+    "run_loop_step",
+    "run_pipeline",
+    "train_and_register",
+]
 
 
 @dataclass
@@ -117,16 +125,33 @@ def train_and_register(
     home_path = home_dir(home)
     registry = Registry.from_config(config, home_path)
     _echo(echo, f"▸ loading {config.data.path}")
-    dataset, splits, roles = load_dataset(config.data, config.features)
+    arrays: Any
+    if config.data.streaming:
+        from raymlops._private.streaming import scan_dataset
+
+        # One streaming pass: the data is never loaded whole, here or in the trials.
+        arrays = scan_dataset(config.data, config.features)
+        dataset = arrays.version
+        test_metrics_of: Any = arrays.evaluate
+    else:
+        dataset, splits, roles = load_dataset(config.data, config.features)
+        prep = Preprocessor.fit(splits.train, roles, config.features)
+        arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+
+        def test_metrics_of(predictor: Any) -> dict[str, float]:
+            return evaluate(
+                predictor,
+                prep.transform(splits.test),
+                prep.encode_target(splits.test.column(roles.label)),
+            )
+
     _echo(
         echo,
-        f"  {dataset.num_rows} rows, {len(roles.features)} features, {roles.task}"
-        + (f" ({len(roles.classes or [])} classes)" if roles.classes else "")
+        f"  {dataset.num_rows} rows, {len(dataset.features)} features, {dataset.task}"
+        + (f" ({len(dataset.classes or [])} classes)" if dataset.classes else "")
         + f", split {dataset.split['train']}/{dataset.split['validation']}/{dataset.split['test']}"
         f", sha256:{dataset.digest[:12]}…",
     )
-    prep = Preprocessor.fit(splits.train, roles, config.features)
-    arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
     registry.experiment_id(config.registry.experiment)  # fail fast on a bad tracking URI
 
     resume_path: str | None = resume if isinstance(resume, str) and resume else None
@@ -143,9 +168,7 @@ def train_and_register(
 
     trial_config = config.apply_trial(outcome.best_params)
     predictor = load_best_predictor(outcome.best_checkpoint, trial_config, arrays.preprocessor)
-    test_metrics = evaluate(
-        predictor, prep.transform(splits.test), prep.encode_target(splits.test.column(roles.label))
-    )
+    test_metrics = test_metrics_of(predictor)
     metrics = {
         **{k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
         **{f"test_{k}": v for k, v in test_metrics.items()},
@@ -253,23 +276,371 @@ def _sample_rows(config: PipelineConfig, samples: int) -> pd.DataFrame:
     return table.take(picked).to_pandas()
 
 
-class _Step:
-    """Times and announces one step of the main job."""
+#: The steps of the main job's closed loop, in order. Locally they run in one process;
+#: `raymlops run --address http://…` runs each as its own Ray job (`raymlops run --step`).
+LOOP_STEPS: tuple[str, ...] = PIPELINE_STEPS
+_TITLES = {
+    "train": "train: Ray Tune search, best trial registered",
+    "gate": "gate v{version} against thresholds and the champion",
+    "promote": "promote",
+    "batch": "batch inference on Ray Data",
+    "serve": "serve the champion on Ray Serve",
+    "traffic": "simulated production traffic with drift",
+    "monitor": "monitor: drift against the training profile",
+    "retrain": "retrain → gate → canary → promote",
+    "finish": "model card and summary",
+}
+_STATE_FILE = "state.json"
 
-    def __init__(self, steps: list[tuple[str, float]], echo: bool) -> None:
-        self.steps = steps
+
+@dataclass
+class LoopState:
+    """What the steps of one main-job run hand to each other, kept as JSON in the run's
+    folder so that a step running as its own Ray job picks up where the previous one left."""
+
+    work: str
+    started: float = field(default_factory=time.time)
+    version: int | None = None
+    gate_passed: bool | None = None
+    gate_run_id: str | None = None
+    champion: int | None = None
+    batch_output: str | None = None
+    served_url: str | None = None
+    serving: bool = False
+    traffic_since: str | None = None
+    traffic_requests: str | None = None
+    recent_data: str | None = None
+    report_path: str | None = None
+    card_path: str | None = None
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: PipelineConfig, home: str | Path | None) -> LoopState:
+        """A fresh state in a new run folder under the home folder."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        work = home_dir(home) / "runs" / f"{config.name}-{stamp}-{os.urandom(2).hex()}"
+        work.mkdir(parents=True, exist_ok=True)
+        state = cls(str(work.resolve()))
+        state.save()
+        return state
+
+    @classmethod
+    def load(cls, work: str | Path) -> LoopState:
+        path = Path(work) / _STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserInputError(f"no main-job state at {path}") from None
+        data["steps"] = [tuple(s) for s in data.get("steps", [])]
+        return cls(**data)
+
+    def save(self) -> None:
+        path = Path(self.work) / _STATE_FILE
+        hidden = path.with_name(f".{_STATE_FILE}.tmp")
+        hidden.write_text(json.dumps(asdict(self), indent=2))
+        hidden.replace(path)
+
+
+class _Loop:
+    """The closed loop's steps over one `LoopState`; in-process runs also keep the step
+    results (for the RunResult), a step run as a job only what the state file holds."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        state: LoopState,
+        *,
+        home: str | Path | None,
+        echo: bool,
+        samples: int = 5,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.home = home_dir(home)
         self.echo = echo
-        self.count = 0
+        self.samples = samples
+        self.registry = Registry.from_config(config, self.home)
+        self.name = config.registry.model_name
+        self.by = "raymlops-run"
+        self.trained: TrainResult | None = None
+        self.gate: Any = None
+        self.batch: Any = None
+        self.monitored: Any = None
+        self.retrained: Any = None
+        self.shown = pd.DataFrame()
 
-    @contextmanager
-    def __call__(self, title: str) -> Iterator[None]:
-        self.count += 1
-        _echo(self.echo, f"\n[{self.count}] {title}")
+    @property
+    def work(self) -> Path:
+        return Path(self.state.work)
+
+    def say(self, message: str) -> None:
+        _echo(self.echo, message)
+
+    def run_step(self, step: str, number: int | None = None) -> None:
+        """Run one step, announced and timed, and save the state after it."""
+        if step not in LOOP_STEPS:
+            raise UserInputError(f"unknown step '{step}' (steps: {', '.join(LOOP_STEPS)})")
+        title = _TITLES[step].format(version=self.state.version)
+        number = LOOP_STEPS.index(step) + 1 if number is None else number
+        self.say(f"\n[{number}] {title}")
         started = time.monotonic()
         try:
-            yield
+            getattr(self, f"_{step}")()
         finally:
-            self.steps.append((title, time.monotonic() - started))
+            self.state.steps.append((title, time.monotonic() - started))
+            self.state.save()
+
+    # ------------------------------------------------------------------ the steps
+    def _train(self) -> None:
+        self.trained = train_and_register(self.config, home=self.home, echo=self.echo)
+        self.state.version = self.trained.version.version
+
+    def _candidate(self) -> int:
+        if self.state.version is None:
+            raise UserInputError("the train step has not registered a version in this run")
+        return self.state.version
+
+    def _gate(self) -> None:
+        from raymlops.gate import run_gate
+
+        version = self._candidate()
+        self.gate = run_gate(
+            self.registry, self.config, self.name, version, by=self.by, echo=self.say
+        )
+        self.state.gate_passed = bool(self.gate.passed)
+        self.state.gate_run_id = self.gate.run_id
+        self.say(self.gate.table())
+
+    def _promote(self) -> None:
+        from raymlops.governance import promote_if_passed
+
+        version = self._candidate()
+        if self.registry.alias_target(self.name, CHAMPION) == version:
+            self.say(f"  v{version} is the first version: already champion")
+        else:
+            gate = self.gate if self.gate is not None else self._recorded_gate()
+            decision = promote_if_passed(
+                self.registry,
+                self.name,
+                version,
+                gate,
+                config=self.config,
+                reason="passed the gate",
+                by=self.by,
+            )
+            self.say(f"  {'promoted' if decision.promoted else 'kept'}: {decision.reason}")
+        self.state.champion = self.registry.alias_target(self.name, CHAMPION)
+
+    def _recorded_gate(self) -> Any:
+        from raymlops.gate import load_gate_result
+
+        gate = load_gate_result(self.registry, self.state.gate_run_id or "")
+        if gate is None:
+            raise UserInputError("the gate step has not recorded a result in this run")
+        return gate
+
+    def _table(self) -> Any:
+        from raymlops.data import load_table
+
+        return load_table(self.config.data.path, self.config.data.format)
+
+    def _features(self, table: Any) -> list[str]:
+        return [c for c in table.column_names if c != self.config.data.label]
+
+    def _batch(self) -> None:
+        import pyarrow.parquet as pq
+
+        from raymlops.batch import run_batch
+
+        table = self._table()
+        batch_in = self.work / "batch-input.parquet"
+        pq.write_table(table.drop_columns([self.config.data.label]), batch_in)
+        output = self.work / "batch-output"
+        self.batch = run_batch(self.config, str(batch_in), str(output), home=self.home)
+        self.state.batch_output = str(output)
+        self.say(self.batch.summary())
+
+    def _client(self) -> Any:
+        from raymlops.serving import Client
+
+        if self.state.served_url is None:
+            raise UserInputError("the serve step has not deployed an endpoint in this run")
+        return Client(self.state.served_url, token=self.config.serve.token)
+
+    def _serve(self) -> None:
+        from raymlops.serving import serve_model
+
+        status = serve_model(_sharing_serve(self.config), home=self.home, echo=self.echo)
+        self.state.served_url = status.url
+        self.state.serving = True
+        self.state.save()  # a failure below still leaves the endpoint to stop
+        rows = _sample_rows(self.config, self.samples)
+        features = self._features(self._table())
+        answer = self._client().predict(rows[features])
+        self.shown = pd.concat(
+            [rows[[self.config.data.label]].reset_index(drop=True), answer.to_frame()], axis=1
+        )
+        self.say(f"  POST {status.url}/predict → v{answer.version} ({answer.role}):")
+        self.say(self.shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+    def _traffic(self) -> None:
+        from raymlops._private.simulate import drifted_traffic
+
+        table = self._table()
+        self.state.traffic_since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+        traffic = drifted_traffic(
+            table,
+            self.config.data.label,
+            self._features(table),
+            rows=600,
+            shift_std=1.0,
+            share=0.5,
+            seed=self.config.data.split.seed,
+        )
+        sent = _send(self._client(), traffic.requests, batch_rows=4)
+        recent = self.work / "recent-labelled.parquet"
+        traffic.labelled.to_parquet(recent, index=False)
+        requests = self.work / "traffic-requests.parquet"
+        traffic.requests.to_parquet(requests, index=False)
+        self.state.recent_data = str(recent)
+        self.state.traffic_requests = str(requests)
+        self.say(
+            f"  {sent} requests ({len(traffic.requests)} rows); shifted by "
+            f"{traffic.shift_std:g} std: {', '.join(traffic.shifted[:6])}"
+            + ("…" if len(traffic.shifted) > 6 else "")
+        )
+        # What the replicas buffer reaches the prediction log within a flush interval.
+        time.sleep(self.config.serve.prediction_log.flush_interval_s + 1.0)
+
+    def _monitor(self) -> None:
+        from raymlops.monitor import monitor
+
+        self.monitored = monitor(
+            self.config,
+            since=self.state.traffic_since,
+            home=self.home,
+            report=self.work / "drift-report.html",
+        )
+        report = self.monitored.report_path
+        self.state.report_path = str(report) if report else None
+        self.say(self.monitored.summary())
+
+    def _retrain(self) -> None:
+        from raymlops.lifecycle import ServingCanary, retrain, retrain_once
+
+        client = self._client()
+        if self.state.traffic_requests is None:
+            raise UserInputError("the traffic step has not run in this run")
+        background = _Background(client, pd.read_parquet(self.state.traffic_requests))
+        canary = ServingCanary(
+            self.config,
+            home=self.home,
+            by="raymlops-retrain",
+            on_start=background.start,
+            on_end=background.stop,
+        )
+        try:
+            if self.monitored is not None:
+                self.retrained = retrain(
+                    self.config,
+                    monitored=self.monitored,
+                    canary=canary,
+                    recent_data=self.state.recent_data,
+                    home=self.home,
+                    echo=self.echo,
+                )
+            else:  # a step of its own (a Ray job): the policy monitors the same window
+                self.retrained = retrain_once(
+                    self.config,
+                    since=self.state.traffic_since,
+                    canary=canary,
+                    recent_data=self.state.recent_data,
+                    home=self.home,
+                    echo=self.echo,
+                )
+        finally:
+            background.stop()
+        self.say(self.retrained.summary())
+        # Replicas pick up a routing change within a sync interval: ask until the endpoint
+        # answers with the champion (or 30 s have passed).
+        expected = self.registry.alias_target(self.name, CHAMPION)
+        probe = _sample_rows(self.config, 1)[self._features(self._table())]
+        deadline = time.monotonic() + 30
+        after = client.predict(probe)
+        while after.version != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+            after = client.predict(probe)
+        self.say(f"  the endpoint now answers with v{after.version}")
+
+    def _finish(self) -> None:
+        champion = self.registry.alias_target(self.name, CHAMPION)
+        self.state.champion = champion
+        if champion is not None:
+            from raymlops.cards import render_card
+
+            card = self.work / "model-card.md"
+            card.write_text(render_card(self.registry, self.name, champion, fmt="md"))
+            self.state.card_path = str(card)
+            self.say(f"  model card of v{champion}: {card}")
+
+    def stop_serving(self) -> None:
+        """Delete the endpoint this run deployed (if it did)."""
+        from raymlops.serving import serve_stop
+
+        if self.state.serving:
+            serve_stop(self.config, home=self.home)
+            self.state.serving = False
+            self.state.save()
+
+    def summary(self) -> str:
+        """The closing lines: step timings and where each result lives."""
+        state = self.state
+        lines = ["", "summary"]
+        lines += [f"  {name:<34} {seconds:6.1f} s" for name, seconds in state.steps]
+        lines.append(f"  {'total':<34} {time.time() - state.started:6.1f} s")
+        lines.append(f"  champion now: {self.name} v{state.champion}")
+        for label, value in (
+            ("model card:  ", state.card_path),
+            ("drift report:", state.report_path),
+            ("batch output:", state.batch_output),
+        ):
+            if value:
+                lines.append(f"  {label} {value}")
+        lines.append(f"  browse runs:  mlflow ui --backend-store-uri {self.registry.tracking_uri}")
+        return "\n".join(lines)
+
+
+def run_loop_step(
+    config: PipelineConfig,
+    step: str,
+    work: str | Path,
+    *,
+    home: str | Path | None = None,
+    keep_serving: bool = False,
+    echo: bool = True,
+) -> LoopState:
+    """One step of the main job, in the run folder `work` that earlier steps left (what
+    `raymlops run --address http://…` runs as each Ray job). The finish step also stops the
+    endpoint unless `keep_serving`, and prints the summary."""
+    folder = Path(work)
+    if step == LOOP_STEPS[0] and not (folder / _STATE_FILE).exists():
+        folder.mkdir(parents=True, exist_ok=True)  # the chain's first job starts the run
+        state = LoopState(str(folder.resolve()))
+        state.save()
+    else:
+        state = LoopState.load(folder)
+    loop = _Loop(config, state, home=home, echo=echo)
+    with ray_session(None):
+        if step == "finish":
+            try:
+                loop.run_step(step)
+            finally:
+                if not keep_serving:
+                    loop.stop_serving()
+            click.echo(loop.summary())
+        else:
+            loop.run_step(step)
+    return loop.state
 
 
 def _closed_loop(
@@ -280,148 +651,33 @@ def _closed_loop(
     samples: int,
     keep: bool,
 ) -> RunResult:
-    import pyarrow.parquet as pq
-
-    from raymlops._private.simulate import drifted_traffic
-    from raymlops.batch import run_batch
-    from raymlops.data import load_table
-    from raymlops.gate import run_gate
-    from raymlops.governance import promote_if_passed
-    from raymlops.lifecycle import ServingCanary, retrain
-    from raymlops.monitor import monitor
-    from raymlops.serving import Client, serve_model, serve_stop
-
-    started = time.monotonic()
-    steps: list[tuple[str, float]] = []
-    step = _Step(steps, echo)
-    home_path = home_dir(home)
-    registry = Registry.from_config(config, home_path)
-    name = config.registry.model_name
-    work = home_path / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    work.mkdir(parents=True, exist_ok=True)
-    by = "raymlops-run"
-
-    with step("train: Ray Tune search, best trial registered"):
-        trained = train_and_register(config, home=home_path, echo=echo)
-        version = trained.version.version
-    with step(f"gate v{version} against thresholds and the champion"):
-        gate = run_gate(registry, config, name, version, by=by, echo=lambda m: _echo(echo, m))
-        _echo(echo, gate.table())
-    with step("promote"):
-        if registry.alias_target(name, CHAMPION) == version:
-            _echo(echo, f"  v{version} is the first version: already champion")
-        else:
-            decision = promote_if_passed(
-                registry, name, version, gate, config=config, reason="passed the gate", by=by
-            )
-            _echo(echo, f"  {'promoted' if decision.promoted else 'kept'}: {decision.reason}")
-    champion = registry.alias_target(name, CHAMPION)
-    table = load_table(config.data.path, config.data.format)
-    features = [c for c in table.column_names if c not in (config.data.label,)]
-
-    with step("batch inference on Ray Data"):
-        batch_in = work / "batch-input.parquet"
-        pq.write_table(table.drop_columns([config.data.label]), batch_in)
-        batch = run_batch(config, str(batch_in), str(work / "batch-output"), home=home_path)
-        _echo(echo, batch.summary())
-
-    served = False
+    state = LoopState.create(config, home)
+    loop = _Loop(config, state, home=home, echo=echo, samples=samples)
     try:
-        with step("serve the champion on Ray Serve"):
-            status = serve_model(_sharing_serve(config), home=home_path, echo=echo)
-            served = True
-            client = Client(status.url, token=config.serve.token)
-            rows = _sample_rows(config, samples)
-            answer = client.predict(rows[features])
-            shown = pd.concat(
-                [rows[[config.data.label]].reset_index(drop=True), answer.to_frame()], axis=1
-            )
-            _echo(echo, f"  POST {status.url}/predict → v{answer.version} ({answer.role}):")
-            _echo(echo, shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-
-        with step("simulated production traffic with drift"):
-            traffic_since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
-            traffic = drifted_traffic(
-                table,
-                config.data.label,
-                features,
-                rows=600,
-                shift_std=1.0,
-                share=0.5,
-                seed=config.data.split.seed,
-            )
-            sent = _send(client, traffic.requests, batch_rows=4)
-            recent = work / "recent-labelled.parquet"
-            traffic.labelled.to_parquet(recent, index=False)
-            _echo(
-                echo,
-                f"  {sent} requests ({len(traffic.requests)} rows); shifted by "
-                f"{traffic.shift_std:g} std: {', '.join(traffic.shifted[:6])}"
-                + ("…" if len(traffic.shifted) > 6 else ""),
-            )
-            time.sleep(config.serve.prediction_log.flush_interval_s + 1.0)
-
-        with step("monitor: drift against the training profile"):
-            monitored = monitor(
-                config, since=traffic_since, home=home_path, report=work / "drift-report.html"
-            )
-            _echo(echo, monitored.summary())
-
-        with step("retrain → gate → canary → promote"):
-            background = _Background(client, traffic.requests)
-            canary = ServingCanary(
-                config,
-                home=home_path,
-                by="raymlops-retrain",
-                on_start=background.start,
-                on_end=background.stop,
-            )
-            retrained = retrain(
-                config,
-                monitored=monitored,
-                canary=canary,
-                recent_data=str(recent),
-                home=home_path,
-                echo=echo,
-            )
-            background.stop()
-            _echo(echo, retrained.summary())
-            # Replicas pick up a routing change within a sync interval: ask until the
-            # endpoint answers with the champion (or 30 s have passed).
-            expected = registry.alias_target(name, CHAMPION)
-            deadline = time.monotonic() + 30
-            after = client.predict(rows[features].head(1))
-            while after.version != expected and time.monotonic() < deadline:
-                time.sleep(0.5)
-                after = client.predict(rows[features].head(1))
-            _echo(echo, f"  the endpoint now answers with v{after.version}")
+        for step in LOOP_STEPS:
+            loop.run_step(step)
     finally:
-        if served and not keep:
-            serve_stop(config, home=home_path)
-    champion = registry.alias_target(name, CHAMPION) or champion
-    card = work / "model-card.md"
-    if champion is not None:
-        from raymlops.cards import render_card
-
-        card.write_text(render_card(registry, name, champion, fmt="md"))
+        if not keep:
+            loop.stop_serving()
+    assert loop.trained is not None and state.version is not None
     result = RunResult(
-        trained,
-        int(champion or version),
-        shown,
-        gate=gate,
-        served_url=status.url,
-        batch=batch,
-        monitored=monitored,
-        retrained=retrained,
-        card_path=card if champion is not None else None,
-        report_path=monitored.report_path,
-        wall_time_s=time.monotonic() - started,
-        steps=steps,
+        loop.trained,
+        int(state.champion or state.version),
+        loop.shown,
+        gate=loop.gate,
+        served_url=state.served_url,
+        batch=loop.batch,
+        monitored=loop.monitored,
+        retrained=loop.retrained,
+        card_path=Path(state.card_path) if state.card_path else None,
+        report_path=Path(state.report_path) if state.report_path else None,
+        wall_time_s=time.time() - state.started,
+        steps=list(state.steps),
     )
     if keep:
-        _echo(echo, f"\nserving {status.url} until Ctrl-C")
+        _echo(echo, f"\nserving {state.served_url} until Ctrl-C")
         _wait_for_interrupt()
-        serve_stop(config, home=home_path)
+        loop.stop_serving()
     return result
 
 

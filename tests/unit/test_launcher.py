@@ -68,3 +68,41 @@ def test_remote_cluster_with_the_embedded_registry_is_refused(
     remote._check_store_is_shared("http://mlflow:5000")  # a tracking server in the config
     _offline_launcher("http://127.0.0.1:8265", tmp_path)._check_store_is_shared(None)
     _offline_launcher("http://localhost:8265", tmp_path)._check_store_is_shared(None)
+
+
+def test_the_loop_state_survives_a_process_boundary(tmp_path: Path) -> None:
+    """What one step's job saves is what the next step's job loads."""
+    from raymlops.pipeline import LoopState
+
+    state = LoopState(str(tmp_path), version=3, gate_passed=True, served_url="http://h:1/m")
+    state.steps.append(("train: Ray Tune search", 12.5))
+    state.save()
+    loaded = LoopState.load(tmp_path)
+    assert loaded == state
+    assert not list(tmp_path.glob(".*"))  # saved under a hidden name, then renamed
+
+
+def test_a_step_without_its_run_folder_is_refused(tmp_path: Path) -> None:
+    from raymlops.pipeline import LoopState
+
+    with pytest.raises(UserInputError, match="no main-job state"):
+        LoopState.load(tmp_path / "missing")
+
+
+def test_each_pipeline_step_is_a_loop_method() -> None:
+    from raymlops.launcher import PIPELINE_STEPS
+    from raymlops.pipeline import _TITLES, _Loop
+
+    assert PIPELINE_STEPS[0] == "train" and PIPELINE_STEPS[-1] == "finish"
+    for step in PIPELINE_STEPS:
+        assert callable(getattr(_Loop, f"_{step}")), step
+        assert step in _TITLES
+
+
+def test_run_step_needs_a_work_folder() -> None:
+    from click.testing import CliRunner
+
+    from raymlops.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "--step", "gate"])
+    assert result.exit_code == 2 and "--step needs --work" in result.output
