@@ -40,7 +40,7 @@ from tests.integration.test_jobs import (  # noqa: E402
     _start_node,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 
 ROWS, FILES = 8_000, 8
 
