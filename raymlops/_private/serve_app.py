@@ -489,7 +489,6 @@ class Ingress:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.loaded: dict[int, _Loaded] = {}
         self.load_errors: dict[int, str] = {}
-        self.ongoing = 0  # /predict requests in this replica now
         self.stats = StatsBook()
         self.pending = _PendingMetrics()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -618,13 +617,6 @@ class Ingress:
 
     # ------------------------------------------------------------------ /predict
     async def _predict(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        self.ongoing += 1
-        try:
-            await self._predict_one(scope, receive, send)
-        finally:
-            self.ongoing -= 1
-
-    async def _predict_one(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         request_id = self._request_id(scope)
         try:
@@ -655,11 +647,13 @@ class Ingress:
                         answer, columns = challenger, item.columns
             if outcome is None:
                 role = CHAMPION
-                item = _Item(champion, columns, parsed.rows)
-                if self.ongoing == 1:  # alone in this replica: nothing to batch with
-                    outcome = self._run_batch([item])[0]
-                else:
-                    outcome = await self._champion_batch(item)
+                # Always through the batch queue, even alone in the replica: the await is
+                # where Serve's admission control (max_ongoing_requests, then
+                # max_queued_requests → 503) sees this request as ongoing. Predicting inline
+                # here ran each request from admission to answer without yielding, so
+                # requests arriving one loop turn apart were all admitted and served
+                # serially (a burst of 16 past a queue of 1: no 503, the last after 16x).
+                outcome = await self._champion_batch(_Item(champion, columns, parsed.rows))
             if isinstance(outcome, BaseException):
                 elapsed = (time.perf_counter() - started) * 1000
                 self._record(champion.version, CHAMPION, elapsed, error=True)

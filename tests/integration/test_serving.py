@@ -396,7 +396,12 @@ def test_bad_inputs_get_their_status_codes(served: Served) -> None:
 
 def test_overload_gets_503_quickly(served: Served) -> None:
     """A one-replica application of the slow version that takes one request at a time and
-    queues one more: a burst gets fast 503s, and the client's retries still get through."""
+    queues one more: a burst gets fast 503s, and the client's retries still get through.
+
+    The burst is the first traffic on fresh HAProxy-to-replica connections, so requests reach
+    the replica's event loop one loop turn apart: a replica that answers a request without
+    yielding between Serve's admission and its answer (an inline prediction) admits every
+    one of them and serves them serially — all 200, the last after 16 x 0.3 s."""
     tight = served.config.model_copy(deep=True)
     tight.serve = tight.serve.model_copy(
         update={
@@ -658,3 +663,11 @@ def test_cli_status_canary_promote_rollback(served: Served) -> None:
     assert result.exit_code == 0 and "champion v1" in result.output
     result = runner.invoke(cli, ["serve", "rollback", *base])
     assert result.exit_code == 2 and "nothing to roll back" in result.output
+
+    # What `serve deploy` would import: the application built from the same config.
+    from ray.serve.deployment import Application
+
+    from raymlops.serving import app_builder
+
+    app = app_builder({"config": str(config_file), "home": str(served.home)})
+    assert isinstance(app, Application)
