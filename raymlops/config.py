@@ -107,6 +107,22 @@ class DataConfig(_Section):
     split: SplitConfig = Field(
         default_factory=lambda: SplitConfig(), description="Train/validation/test split."
     )
+    streaming: bool = Field(
+        False,
+        description=(
+            "Never load the data whole: digest, checks, profile and the preprocessing fit come "
+            "from one streaming pass (profile and fit on a uniform sample of "
+            "`stream_sample_rows` training rows), each row's split is decided by a seeded hash "
+            "of its content (no stratification), and trials read their shards batch by batch "
+            "through Ray Data. For Parquet/CSV larger than memory."
+        ),
+    )
+    stream_sample_rows: int = Field(
+        100_000,
+        ge=100,
+        description="Streaming: training rows (a uniform sample) that fit the preprocessing "
+        "and make the profile.",
+    )
 
 
 class FeaturesConfig(_Section):
@@ -181,6 +197,38 @@ class TrainConfig(_Section):
         description="Save a Tune checkpoint every N epochs, for resuming after a crash; the "
         "epochs where a trial can stop (the last, early stopping, ASHA's rungs) always "
         "checkpoint, so the registered weights are always the best epoch's.",
+    )
+    num_workers: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Data-parallel workers per trial. 1 trains in the trial's own process (no "
+        "process group); more runs each trial as a Ray Train TorchTrainer (DDP: gloo on CPU, "
+        "nccl on GPU) whose workers each reserve cpus_per_worker/gpus_per_worker, and "
+        "tune.cpus_per_trial/gpus_per_trial then go unused.",
+    )
+    use_gpu: bool = Field(
+        False,
+        description="Train on GPUs: each worker reserves gpus_per_worker (num_workers: 1 — the "
+        "trial reserves that many unless tune.gpus_per_trial says more).",
+    )
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs reserved by each Ray Train worker (num_workers > 1)."
+    )
+    gpus_per_worker: float = Field(
+        1.0, gt=0, description="GPUs reserved by each worker when use_gpu is true."
+    )
+    ingest_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs reserved by each Ray Data task that reads and preprocesses a "
+        "worker's stream; 0 shares the workers' cores (never starves on a small machine).",
+    )
+    stream_memory_mb: int | None = Field(
+        None,
+        ge=8,
+        description="Cap on the object-store memory Ray Data may hold for one trial's input "
+        "streams (back-pressure: reading waits while workers catch up); unset = Ray's default.",
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "evaluate",
     "fit",
     "load_best_predictor",
+    "metrics_from_outputs",
 ]
 
 Reporter = Callable[[dict[str, float], Path | None], None]
@@ -78,8 +79,14 @@ def architecture_spec(config: PipelineConfig, prep: Preprocessor) -> dict[str, A
 
 def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Loss and task metrics of a predictor on a preprocessed matrix and encoded targets."""
-    outputs = predictor.predict_matrix(x)
-    prep = predictor.preprocessor
+    return metrics_from_outputs(predictor.preprocessor, predictor.predict_matrix(x), y)
+
+
+def metrics_from_outputs(
+    prep: Preprocessor, outputs: np.ndarray, y: np.ndarray
+) -> dict[str, float]:
+    """Loss and task metrics from `Predictor.predict_matrix` outputs and encoded targets
+    (what data-parallel workers compute once they have gathered every worker's outputs)."""
     if prep.classes is not None:
         result = classification_metrics(y, outputs, len(prep.classes))
         result["loss"] = result["log_loss"]
@@ -173,7 +180,6 @@ def fit(
     n = len(x_train)
     generator = torch.Generator().manual_seed(t.seed)
     eval_predictor = Predictor(model, prep, {}, device=device)
-    decisions = decision_epochs(config)
 
     for epoch in range(start_epoch, t.epochs):
         generator.manual_seed(t.seed * 100_003 + epoch)
@@ -212,29 +218,20 @@ def fit(
         stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
         metrics["best_" + metric] = best if best is not None else float("nan")
         metrics["early_stopped"] = float(stop)
-        if stop or (epoch + 1) in decisions or (epoch + 1) % t.checkpoint_every == 0:
+        if should_checkpoint(config, epoch + 1, stop):
             with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
                 folder = Path(tmp)
-                save_file(
-                    {k: v.cpu().contiguous() for k, v in model.state_dict().items()},
-                    str(folder / _LAST),
-                )
-                save_file(
-                    {k: v.cpu().contiguous() for k, v in best_state.items()}, str(folder / _BEST)
-                )
-                tensors, meta = flatten_optimizer_state(optimizer.state_dict())
-                save_file(tensors, str(folder / _OPTIM))
-                save_file({"cpu": torch.get_rng_state()}, str(folder / _RNG))
-                (folder / CHECKPOINT_STATE).write_text(
-                    json.dumps(
-                        {
-                            "epoch": epoch + 1,
-                            "best": best,
-                            "best_metrics": best_metrics,
-                            "stale": stale,
-                            "optimizer": meta,
-                        }
-                    )
+                write_checkpoint(
+                    folder,
+                    model,
+                    best_state,
+                    optimizer,
+                    {
+                        "epoch": epoch + 1,
+                        "best": best,
+                        "best_metrics": best_metrics,
+                        "stale": stale,
+                    },
                 )
                 report(metrics, folder)
         else:
@@ -242,6 +239,43 @@ def fit(
         if stop:
             break
     return best_metrics
+
+
+def should_checkpoint(config: PipelineConfig, epoch: int, stop: bool) -> bool:
+    """Whether the loop checkpoints after `epoch` (1-based): where a trial may stop, and
+    every `train.checkpoint_every` epochs."""
+    return stop or epoch in decision_epochs(config) or epoch % config.train.checkpoint_every == 0
+
+
+def write_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    best_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> None:
+    """Save a resumable checkpoint (safetensors + JSON, no pickles) into `folder`:
+    latest and best weights, optimizer state, the global torch RNG and the loop's state."""
+    save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / _LAST))
+    save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, str(folder / _BEST))
+    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(folder / _OPTIM))
+    save_file({"cpu": torch.get_rng_state()}, str(folder / _RNG))
+    (folder / CHECKPOINT_STATE).write_text(json.dumps({**state, "optimizer": meta}))
+
+
+def read_checkpoint(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: str = "cpu"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load `write_checkpoint`'s files into `model` and `optimizer`; return the loop state
+    and the best weights."""
+    state: dict[str, Any] = json.loads((folder / CHECKPOINT_STATE).read_text())
+    model.load_state_dict(load_file(str(folder / _LAST), device=device))
+    best_state = load_file(str(folder / _BEST), device=device)
+    optimizer.load_state_dict(
+        unflatten_optimizer_state(load_file(str(folder / _OPTIM)), state["optimizer"])
+    )
+    return state, best_state
 
 
 def load_best_predictor(

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from raymlops.errors import ResourceError, TrainingError
 from raymlops.registry import TrialRecord
 from raymlops.train import CHECKPOINT_STATE, TrainingArrays
 
+if TYPE_CHECKING:
+    from raymlops._private.streaming import StreamingData
+
 __all__ = [
     "SearchOutcome",
     "latest_experiment",
@@ -29,6 +32,7 @@ __all__ = [
     "run_search",
     "trial_count",
     "trial_resources",
+    "uses_train_run",
 ]
 
 
@@ -63,22 +67,56 @@ def _domain(spec: SearchSpec) -> Any:
     return tune.randint(int(spec.low), int(spec.high))
 
 
+def uses_train_run(config: PipelineConfig) -> bool:
+    """Whether each trial is a Ray Train run (data-parallel workers fed by Ray Data) rather
+    than a loop in the trial's own process: with several workers, or streaming data."""
+    return config.train.num_workers > 1 or config.data.streaming
+
+
+def _trial_demand(config: PipelineConfig) -> tuple[float, float, str, str]:
+    """CPUs and GPUs one trial needs, and how to name each demand in an error."""
+    t, tr = config.tune, config.train
+    if uses_train_run(config):
+        from raymlops._private.dist_train import per_trial_demand
+
+        cpus, gpus = per_trial_demand(config)
+        workers = f"train.num_workers={tr.num_workers} × "
+        cpu_text = f"{workers}train.cpus_per_worker={tr.cpus_per_worker:g}" + (
+            f" + train.ingest_cpus={tr.ingest_cpus:g}" if tr.ingest_cpus else ""
+        )
+        gpu_text = f"{workers}train.gpus_per_worker={tr.gpus_per_worker:g}"
+        return cpus, gpus, f"{cpu_text} = {cpus:g} CPUs", f"{gpu_text} = {gpus:g} GPUs"
+    gpus = _single_process_gpus(config)
+    gpu_text = (
+        f"tune.gpus_per_trial={gpus:g}"
+        if gpus == t.gpus_per_trial
+        else f"train.use_gpu with train.gpus_per_worker={gpus:g}"
+    )
+    return t.cpus_per_trial, gpus, f"tune.cpus_per_trial={t.cpus_per_trial:g}", gpu_text
+
+
+def _single_process_gpus(config: PipelineConfig) -> float:
+    """GPUs a single-process trial reserves: tune.gpus_per_trial, at least gpus_per_worker
+    when train.use_gpu is set."""
+    gpus = config.tune.gpus_per_trial
+    if config.train.use_gpu:
+        gpus = max(gpus, config.train.gpus_per_worker)
+    return gpus
+
+
 def plan_concurrency(config: PipelineConfig, resources: dict[str, float]) -> int:
     """Trials that can run at once on this cluster; ResourceError if one can never run."""
     t = config.tune
     cpus = resources.get("CPU", 0.0)
     gpus = resources.get("GPU", 0.0)
-    if t.cpus_per_trial > cpus:
-        raise ResourceError(
-            f"tune.cpus_per_trial={t.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs"
-        )
-    if t.gpus_per_trial > gpus:
-        raise ResourceError(
-            f"tune.gpus_per_trial={t.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs"
-        )
-    limit = math.floor(cpus / t.cpus_per_trial + 1e-9)
-    if t.gpus_per_trial > 0:
-        limit = min(limit, math.floor(gpus / t.gpus_per_trial + 1e-9))
+    need_cpus, need_gpus, cpu_text, gpu_text = _trial_demand(config)
+    if need_cpus > cpus + 1e-9:
+        raise ResourceError(f"{cpu_text} but the Ray cluster has {cpus:g} CPUs")
+    if need_gpus > gpus + 1e-9:
+        raise ResourceError(f"{gpu_text} but the Ray cluster has {gpus:g} GPUs")
+    limit = math.floor(cpus / need_cpus + 1e-9) if need_cpus > 0 else trial_count(config)
+    if need_gpus > 0:
+        limit = min(limit, math.floor(gpus / need_gpus + 1e-9))
     if t.max_concurrent_trials is not None:
         limit = min(limit, t.max_concurrent_trials)
     return max(1, min(limit, trial_count(config)))
@@ -92,12 +130,24 @@ def trial_count(config: PipelineConfig) -> int:
 
 
 def trial_resources(config: PipelineConfig) -> dict[str, float]:
-    """The Ray resources one trial reserves (what `tune.with_resources` is given)."""
-    return {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial}
+    """The Ray resources one trial reserves (what `tune.with_resources` is given).
+
+    A Ray Train trial's own process only waits for its workers, which reserve their CPUs and
+    GPUs themselves: it takes a token amount of memory, the smallest request Tune accepts,
+    so that no CPU is held twice (concurrency comes from `plan_concurrency` instead)."""
+    if uses_train_run(config):
+        return {"cpu": 0.0, "gpu": 0.0, "memory": 1.0}
+    return {"cpu": config.tune.cpus_per_trial, "gpu": _single_process_gpus(config)}
 
 
-def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: TrainingArrays) -> None:
-    """A Tune function trainable: one trial of `raymlops.train.fit`."""
+def _trainable(
+    overrides: dict[str, Any],
+    base: dict[str, Any],
+    arrays: Any,
+    experiment_path: str = "",
+) -> None:
+    """A Tune function trainable: one trial of `raymlops.train.fit`, or of a Ray Train run
+    when the trial is data-parallel or streams its data."""
     import tempfile
 
     import ray
@@ -107,6 +157,12 @@ def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: Training
     from raymlops.train import fit
 
     config = PipelineConfig.model_validate(base).apply_trial(overrides)
+    if uses_train_run(config):
+        from raymlops._private.dist_train import run_trial, trial_storage
+
+        trial_id = tune.get_context().get_trial_id()
+        run_trial(config, arrays, trial_storage(experiment_path, trial_id))
+        return
     resources = tune.get_context().get_trial_resources().required_resources
     threads = config.train.torch_threads or max(1, int(resources.get("CPU", 1)))
     torch.set_num_threads(threads)
@@ -130,6 +186,23 @@ def _trainable(overrides: dict[str, Any], base: dict[str, Any], arrays: Training
             fit(config, arrays, report, checkpoint_dir=restored, device=device)
     else:
         fit(config, arrays, report, device=device)
+
+
+def _result_checkpoint(result: Any) -> Path | None:
+    """The folder of a trial's latest checkpoint: Tune's own, or for a Ray Train trial the
+    rank-0 checkpoint its last report named."""
+    from raymlops._private.dist_train import CHECKPOINT_PATH_KEY
+
+    if result.checkpoint is not None:
+        return Path(result.checkpoint.to_directory())
+    path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+    if isinstance(path, str) and path:
+        if "://" in path:
+            from ray.train import Checkpoint
+
+            return Path(Checkpoint(path).to_directory())
+        return Path(path)
+    return None
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -244,7 +317,7 @@ def latest_experiment(
 
 def run_search(
     config: PipelineConfig,
-    arrays: TrainingArrays,
+    arrays: TrainingArrays | StreamingData,
     home: Path,
     resume: str | None = None,
     echo: bool = True,
@@ -262,8 +335,16 @@ def run_search(
     t = config.tune
     metric, mode = t.resolved_metric()
     concurrency = plan_concurrency(config, cluster_resources())
+    name = f"{t.experiment_name or config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    storage = experiment_storage(config, home)
+    experiment_path = resume or f"{storage.rstrip('/')}/{name}"
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=config.model_dump(mode="json"), arrays=arrays),
+        tune.with_parameters(
+            _trainable,
+            base=config.model_dump(mode="json"),
+            arrays=arrays,
+            experiment_path=experiment_path,
+        ),
         trial_resources(config),
     )
     total = trial_count(config)
@@ -276,7 +357,6 @@ def run_search(
         tuner = tune.Tuner.restore(
             resume, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        experiment_path = resume
     else:
         scheduler: Any
         if t.scheduler == "asha":
@@ -288,9 +368,6 @@ def run_search(
             )
         else:
             scheduler = FIFOScheduler()
-        name = f"{t.experiment_name or config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        storage = experiment_storage(config, home)
-        experiment_path = f"{storage.rstrip('/')}/{name}"
         tuner = tune.Tuner(
             trainable,
             param_space={path: _domain(spec) for path, spec in t.search_space.items()},
@@ -300,7 +377,9 @@ def run_search(
                 scheduler=scheduler,
                 search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency),
                 num_samples=t.num_samples,
-                reuse_actors=t.reuse_actors,
+                # A Ray Train trial owns its controller and workers: a reused trial process
+                # would keep a stopped trial's run alive.
+                reuse_actors=t.reuse_actors and not uses_train_run(config),
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
@@ -322,10 +401,16 @@ def run_search(
             ),
         )
     if echo:
+        need_cpus, need_gpus, _, _ = _trial_demand(config)
+        workers = (
+            f"{config.train.num_workers} worker{'s' if config.train.num_workers > 1 else ''}, "
+            if uses_train_run(config)
+            else ""
+        )
         click.echo(
             f"▸ tuning {total} trials × ≤{config.train.epochs} epochs, {concurrency} at a time "
-            f"({t.scheduler.upper()}, metric {metric} {mode}, "
-            f"{t.cpus_per_trial:g} CPU{f' + {t.gpus_per_trial:g} GPU' if t.gpus_per_trial else ''}"
+            f"({t.scheduler.upper()}, metric {metric} {mode}, {workers}"
+            f"{need_cpus:g} CPU{f' + {need_gpus:g} GPU' if need_gpus else ''}"
             " per trial)",
             err=True,
         )
@@ -355,18 +440,18 @@ def run_search(
                 else repr(result.error)
             )
         trials.append(TrialRecord(trial_id, params, history, status, error))
-    ok = [r for r in results if r.error is None and r.checkpoint is not None and r.metrics]
+    ok = [r for r in results if r.error is None and _result_checkpoint(r) and r.metrics]
     if not ok:
         first = next((t.error for t in trials if t.error), "no trial reported a metric")
         raise TrainingError(f"every trial failed ({len(trials)} trials); first error: {first}")
     best = results.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
-    if best.checkpoint is None or best.error is not None:
+    if best.error is not None or _result_checkpoint(best) is None:
         best = min(
             ok,
             key=lambda r: r.metrics.get("best_" + metric, math.inf) * (1 if mode == "min" else -1),
         )
-    assert best.checkpoint is not None
-    best_dir = Path(best.checkpoint.to_directory())
+    best_dir = _result_checkpoint(best)
+    assert best_dir is not None
     best_id = str(best.metrics.get("trial_id"))
     state = json.loads((best_dir / CHECKPOINT_STATE).read_text())
     best_metrics = {k: float(v) for k, v in state["best_metrics"].items()}

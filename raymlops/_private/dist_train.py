@@ -1,0 +1,329 @@
+"""One trial as a Ray Train run: `num_workers` data-parallel workers (DDP) fed by Ray Data.
+
+Used when `train.num_workers > 1` or `data.streaming` is on; otherwise a trial trains in its
+own process (`raymlops.train.fit`). Ray Train V2 (Ray's default) runs inside a Tune trial the
+way Ray recommends: the Tune function trainable launches a `TorchTrainer` and waits for it,
+and a callback in the Train controller forwards each report — with the path of the rank-0
+checkpoint — to the trial, so Tune still schedules, early-stops and ranks the trials.
+
+The loop mirrors `raymlops.train.fit` (same seeding of the weights, same checkpoint files,
+same early stopping and checkpoint epochs) so the registered artifact is the same kind.
+Each worker reads its own shard of the training and validation streams; the training loss
+is all-reduced and the validation metrics are computed from every worker's outputs, so the
+metrics are the whole validation split's, not rank 0's shard's.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raymlops.config import PipelineConfig
+
+__all__ = [
+    "CHECKPOINT_PATH_KEY",
+    "memory_datasets",
+    "per_trial_demand",
+    "run_trial",
+    "train_loop_per_worker",
+    "trial_storage",
+]
+
+#: Metric key under which a report carries the trial's latest checkpoint folder.
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: Rows a worker's local shuffle buffer holds (on top of one batch).
+_SHUFFLE_ROWS = 16_384
+_MEMORY_BLOCK_ROWS = 16_384
+
+
+def memory_datasets(arrays: Any) -> dict[str, Any]:
+    """Ray Data datasets (`x`, `y` columns) of in-memory `TrainingArrays`, in blocks that
+    `streaming_split` can hand to different workers."""
+    import ray.data
+
+    from raymlops._private.streaming import arrays_to_table
+
+    out = {}
+    for name, x, y in (
+        ("train", arrays.x_train, arrays.y_train),
+        ("validation", arrays.x_val, arrays.y_val),
+    ):
+        blocks = [
+            arrays_to_table(x[i : i + _MEMORY_BLOCK_ROWS], y[i : i + _MEMORY_BLOCK_ROWS])
+            for i in range(0, max(len(x), 1), _MEMORY_BLOCK_ROWS)
+        ]
+        out[name] = ray.data.from_arrow(blocks)
+    return out
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The training loop each Ray Train worker runs (rank 0 checkpoints)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from raymlops._private.streaming import batch_to_arrays
+    from raymlops.features import Preprocessor
+    from raymlops.models import build_model
+    from raymlops.train import (
+        _is_better,
+        _optimizer,
+        metrics_from_outputs,
+        read_checkpoint,
+        should_checkpoint,
+        write_checkpoint,
+    )
+
+    config = PipelineConfig.model_validate(loop_config["config"])
+    prep = Preprocessor.from_dict(loop_config["preprocessor"])
+    t = config.train
+    metric, mode = config.tune.resolved_metric()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+
+    torch.manual_seed(t.seed)  # the same initial weights as the single-process loop
+    base = build_model(
+        config.model.architecture, config.model.params, prep.n_outputs, prep.n_targets
+    ).to(device)
+    optimizer = _optimizer(config, base)
+    loss_fn: nn.Module = nn.CrossEntropyLoss() if prep.classes is not None else nn.MSELoss()
+    has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in base.modules())
+
+    start_epoch, best, best_metrics, stale = 0, None, {}, 0
+    best_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state, best_state = read_checkpoint(Path(folder), base, optimizer, str(device))
+        start_epoch, best, best_metrics, stale = (
+            state["epoch"],
+            state["best"],
+            state["best_metrics"],
+            state["stale"],
+        )
+    model = ray.train.torch.prepare_model(base, move_to_device=False) if distributed else base
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+    per_worker_batch = max(1, t.batch_size // world)
+    width = prep.n_outputs
+
+    def all_sum(values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(tensor)
+        return [float(v) for v in tensor.cpu()]
+
+    for epoch in range(start_epoch, t.epochs):
+        # Dropout draws from the global RNG: a seed per (epoch, rank) makes a resumed run
+        # repeat exactly what an uninterrupted one would have done.
+        torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + rank)
+        model.train()
+        total, rows = 0.0, 0
+        for batch in train_shard.iter_batches(
+            batch_size=per_worker_batch,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=max(_SHUFFLE_ROWS, 4 * per_worker_batch),
+            local_shuffle_seed=t.seed * 100_003 + epoch * 7 + rank,
+            prefetch_batches=2,
+        ):
+            x_np, y_np = batch_to_arrays(batch, width)
+            if len(x_np) < 2 and has_batchnorm:
+                continue  # BatchNorm cannot normalise a batch of one
+            x = torch.from_numpy(x_np).to(device)
+            y = torch.from_numpy(y_np).to(device)
+            if prep.classes is None:
+                y = y.unsqueeze(1)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(x_np)
+            rows += len(x_np)
+        loss_sum, row_sum = all_sum([total, float(rows)])
+
+        model.eval()
+        outputs, targets = [], []
+        with torch.inference_mode():
+            for batch in val_shard.iter_batches(
+                batch_size=max(1024, per_worker_batch), batch_format="pyarrow"
+            ):
+                x_np, y_np = batch_to_arrays(batch, width)
+                out = base(torch.from_numpy(x_np).to(device))
+                if prep.classes is not None:
+                    outputs.append(torch.softmax(out, dim=1).cpu().numpy())
+                else:
+                    values = out.squeeze(1).cpu().numpy().astype(np.float64)
+                    outputs.append(prep.decode_regression(values))
+                targets.append(y_np)
+        local = (
+            np.concatenate(outputs) if outputs else np.zeros((0, prep.n_targets)),
+            np.concatenate(targets) if targets else np.zeros(0),
+        )
+        gathered: list[Any] = [local]
+        if distributed:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, local)
+        all_outputs = np.concatenate([g[0] for g in gathered])
+        all_targets = np.concatenate([g[1] for g in gathered])
+        if prep.classes is None:
+            all_outputs = all_outputs.reshape(-1)
+        val = {
+            f"val_{k}": v for k, v in metrics_from_outputs(prep, all_outputs, all_targets).items()
+        }
+        peak = torch.tensor([_peak_rss_mb()], dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        metrics: dict[str, float] = {
+            "epoch": float(epoch + 1),
+            "train_loss": loss_sum / max(row_sum, 1.0),
+            "train_rows": row_sum,
+            "train_worker_peak_rss_mb": float(peak.item()),
+            **val,
+        }
+        if metric not in metrics:
+            raise ValueError(
+                f"tune.metric '{metric}' is not reported; available: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[metric]
+        if _is_better(value, best, mode):
+            best, best_metrics, stale = value, dict(metrics), 0
+            best_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        else:
+            stale += 1
+        stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
+        metrics["best_" + metric] = best if best is not None else float("nan")
+        metrics["early_stopped"] = float(stop)
+        if should_checkpoint(config, epoch + 1, stop):
+            with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
+                saved = None
+                if rank == 0:
+                    write_checkpoint(
+                        Path(tmp),
+                        base,
+                        best_state,
+                        optimizer,
+                        {
+                            "epoch": epoch + 1,
+                            "best": best,
+                            "best_metrics": best_metrics,
+                            "stale": stale,
+                        },
+                    )
+                    saved = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=saved)
+        else:
+            ray.train.report(metrics)
+        if stop:
+            break
+
+
+def _forward_callback() -> Any:
+    """A Ray Train callback that hands each report of rank 0 to the enclosing Tune trial,
+    with the folder of the latest checkpoint under `CHECKPOINT_PATH_KEY`.
+
+    Ray's own `TuneReportCallback` forwards only the checkpoint of the report it is called
+    for; here every report carries the latest one, so the trial's last result always names
+    the checkpoint that holds its best weights."""
+    from ray.train._internal.session import get_session
+    from ray.train.v2.api.callback import UserCallback
+
+    class _Forward(UserCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.queue = get_session()._get_or_create_inter_actor_queue()
+            self.latest: str | None = None
+
+        def after_report(
+            self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+        ) -> None:
+            result = dict(metrics[0])
+            if checkpoint is not None:
+                self.latest = str(checkpoint.path)
+            if self.latest is not None:
+                result[CHECKPOINT_PATH_KEY] = self.latest
+            self.queue.put(result)
+
+    return _Forward()
+
+
+def run_trial(config: PipelineConfig, data: Any, storage: str) -> None:
+    """Run one trial's Ray Train run from inside a Tune function trainable.
+
+    `data` is `TrainingArrays` (in memory) or `StreamingData`. The run is named after the
+    trial and stored under `storage`, so a Tune retry or `--resume` of the same trial finds
+    Ray Train's snapshot and continues from the latest rank-0 checkpoint; a worker lost
+    mid-run is restarted by Ray Train itself (train's FailureConfig) from that checkpoint."""
+    import ray.train
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raymlops._private.streaming import StreamingData
+
+    t = config.train
+    if isinstance(data, StreamingData):
+        concurrency = max(1, t.num_workers)
+        datasets = {
+            split: data.ray_dataset(split, t.ingest_cpus, concurrency)
+            for split in ("train", "validation")
+        }
+    else:
+        datasets = memory_datasets(data)
+    options = ExecutionOptions()
+    if t.stream_memory_mb is not None:
+        options.resource_limits = ExecutionResources(
+            object_store_memory=t.stream_memory_mb * 1024 * 1024
+        )
+    resources: dict[str, float] = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "preprocessor": data.preprocessor,
+        },
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all", execution_options=options),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=config.tune.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.tune.keep_checkpoints),
+            callbacks=[_forward_callback()],
+        ),
+    )
+    trainer.fit()
+
+
+def trial_storage(experiment_path: str, trial_id: str) -> str:
+    """Where a trial's Ray Train run keeps its checkpoints: inside the Tune experiment."""
+    if "://" in experiment_path:
+        return f"{experiment_path.rstrip('/')}/{trial_id}"
+    return os.path.join(experiment_path, trial_id)
+
+
+def per_trial_demand(config: PipelineConfig) -> tuple[float, float]:
+    """CPUs and GPUs one data-parallel trial reserves: its workers', plus one ingest task's
+    `ingest_cpus` (the Tune trial's own driver and the Train controller reserve none)."""
+    t = config.train
+    cpus = t.num_workers * t.cpus_per_worker + t.ingest_cpus
+    gpus = t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0
+    return cpus, gpus
