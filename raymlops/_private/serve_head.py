@@ -132,8 +132,11 @@ def serve_env(proxy: str, host: str, home: Path | None) -> dict[str, str]:
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port(host)),
             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response response-timeout",
             # A stopping replica stays reachable this long so HAProxy's reload drops it
-            # first (Ray's default is 30 s, which makes every `serve stop` take that long).
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+            # first (Ray's default is 30 s, which makes every `serve stop` take that long);
+            # a value already in the environment wins (tests take replicas down faster).
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5"
+            ),
         }
     )
     if home is not None:  # a cluster on this machine

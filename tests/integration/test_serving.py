@@ -164,6 +164,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
         mp.syspath_prepend(str(REPO_ROOT))
         mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        # Replicas leave within 1 s of `serve.delete`/shutdown instead of 5 (no traffic then).
+        mp.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
         home = tmp_path_factory.mktemp("serve-home")
         data = home / "data.parquet"
         synth_dataset(str(data), rows=600, features=4, categorical=1, seed=0)

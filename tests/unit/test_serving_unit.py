@@ -91,7 +91,8 @@ def test_serve_config_yaml_is_a_serve_deploy_file() -> None:
     assert ServeDeploySchema.model_validate(document).applications[0].name == "breast-cancer"
 
 
-def test_serve_env_per_proxy(tmp_path: Path) -> None:
+def test_serve_env_per_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
     default = serve_env("default", "127.0.0.1", tmp_path)
     assert default["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert default["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
@@ -99,6 +100,10 @@ def test_serve_env_per_proxy(tmp_path: Path) -> None:
     assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ports = {haproxy[k] for k in haproxy if k.endswith("_PORT")}
     assert len(ports) == 3 and "8404" not in ports and "9101" not in ports
+    assert haproxy["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "5"
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0.5")
+    faster = serve_env("haproxy", "127.0.0.1", tmp_path)
+    assert faster["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0.5"
 
 
 # --------------------------------------------------------------------------- HAProxy wrapper
