@@ -45,6 +45,7 @@ def log_schema(numeric: list[str], categorical: list[str], classes: list[str] | 
         pa.field("model_version", pa.int64()),
         pa.field("role", pa.string()),
         pa.field("latency_ms", pa.float64()),
+        pa.field("error", pa.string()),  # null when answered; why not, when the model failed
     ]
     fields += [pa.field(name, pa.float64()) for name in numeric]
     fields += [pa.field(name, pa.string()) for name in categorical]
@@ -63,7 +64,8 @@ def model_log_root(root: str, model_name: str) -> str:
 
 @dataclass
 class LogChunk:
-    """The rows of one answered request (or one shadow answer) for one model version."""
+    """The rows of one answered request (or one shadow answer) for one model version; a
+    request the model failed on carries its `error` and no predictions (the error-rate KPI)."""
 
     request_id: str
     timestamp: float
@@ -73,6 +75,7 @@ class LogChunk:
     columns: dict[str, np.ndarray]
     predictions: np.ndarray
     probabilities: np.ndarray | None
+    error: str | None = None
 
     @property
     def rows(self) -> int:
@@ -239,6 +242,7 @@ class PredictionLogWriter:
             pa.array(np.full(total, version, dtype=np.int64)),
             pa.array([c.role for c in chunks], type=pa.string()).take(index),
             pa.array(np.array([c.latency_ms for c in chunks], dtype=np.float64)).take(index),
+            pa.array([c.error for c in chunks], type=pa.string()).take(index),
         ]
         for name in layout.numeric:
             values = np.concatenate([c.columns[name] for c in chunks])

@@ -472,6 +472,24 @@ class Coordinator:
 # --------------------------------------------------------------------------- ingress
 
 
+def _failed_chunk(
+    request_id: str,
+    loaded: _Loaded,
+    columns: dict[str, np.ndarray],
+    elapsed: float,
+    error: str,
+    role: str,
+) -> LogChunk:
+    """The prediction-log rows of a request the model failed on: inputs, no predictions."""
+    rows = len(next(iter(columns.values()))) if columns else 0
+    empty = np.full(rows, None if loaded.classes is not None else np.nan, dtype=object)
+    if loaded.classes is None:
+        empty = empty.astype(np.float64)
+    return LogChunk(
+        request_id, time.time(), loaded.version, role, elapsed, columns, empty, None, error
+    )
+
+
 class Ingress:
     """HTTP endpoint and model replica in one process (see the module docstring)."""
 
@@ -642,6 +660,14 @@ class Ingress:
                         elapsed = (time.perf_counter() - started) * 1000
                         self._record(challenger.version, CHALLENGER, elapsed, error=True)
                         self.stats.get(challenger.version, CHALLENGER).fallbacks += 1
+                        if self.log is not None:  # the challenger's error rate, per version
+                            message = f"prediction failed ({type(outcome).__name__})"
+                            self.log.append(
+                                _failed_chunk(
+                                    request_id, challenger, item.columns, elapsed, message,
+                                    CHALLENGER,
+                                )
+                            )  # fmt: skip
                         outcome = None
                     else:
                         answer, columns = challenger, item.columns
@@ -660,6 +686,10 @@ class Ingress:
                 logger.error("raymlops: v%s failed: %r", champion.version, outcome)
                 message = f"prediction failed ({type(outcome).__name__})"
                 await _send(send, 500, _error_body(message, request_id))
+                if self.log is not None:  # the failed rows count in the error-rate KPI
+                    self.log.append(
+                        _failed_chunk(request_id, champion, columns, elapsed, message, CHAMPION)
+                    )
                 return
             response: dict[str, Any] = {
                 "predictions": outcome.predictions.tolist(),

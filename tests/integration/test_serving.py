@@ -559,6 +559,15 @@ def test_broken_challenger_is_rolled_back_automatically(served: Served) -> None:
     rows = {(r["version"], r["role"]): r for r in status.details["since_deploy"]}
     assert rows[(3, "challenger")]["errors"] >= 20
     assert rows[(3, "challenger")]["fallbacks"] == rows[(3, "challenger")]["errors"]
+    # The failed rows are in the prediction log (the monitor's error rate), without answers.
+    def failed_rows() -> pd.DataFrame:
+        log = read_prediction_log(prediction_log_root(served.config, served.home)).to_pandas()
+        return log[(log.model_version == 3) & (log.role == "challenger")]
+
+    _wait_for(lambda: len(failed_rows()) > 0, 20, "the failed rows in the prediction log")
+    failed = failed_rows()
+    assert failed.error.str.startswith("prediction failed").all()
+    assert failed.prediction.isna().all()
     _wait_for(lambda: len(_auto_rollback_events(served, 3)) > before, 20, "the event")
     event = _auto_rollback_events(served, 3)[-1]
     assert (event.alias, event.to_version) == ("challenger", 1)

@@ -3,6 +3,7 @@ request path, the memory bound and the flush window."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_layout_schema_and_round_trip(tmp_path: Path, writer: PredictionLogWrite
     schema = pq.read_schema(files[0])
     assert schema.names == [
         "request_id", "timestamp", "model_name", "model_version", "role", "latency_ms",
-        "a", "colour", "prediction", "proba_no", "proba_yes",
+        "error", "a", "colour", "prediction", "proba_no", "proba_yes",
     ]  # fmt: skip
     assert schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     assert schema.field("model_version").type == pa.int64()
@@ -143,3 +144,29 @@ def test_files_being_written_are_hidden_from_readers(
     (folder / ".part-unfinished.parquet").write_bytes(b"PAR1 half a file")
     (folder / "_part-other.parquet").write_bytes(b"")
     assert read_prediction_log(tmp_path / "predictions" / "m").num_rows == 1
+
+
+def test_a_failed_request_is_logged_with_its_error(
+    tmp_path: Path, writer: PredictionLogWriter
+) -> None:
+    """Rows the model failed on keep their inputs and the error, with no prediction: what
+    the monitor's error-rate KPI counts."""
+    writer.append(_chunk("ok", rows=2))
+    failed = LogChunk(
+        request_id="bad",
+        timestamp=time.time(),
+        version=1,
+        role="champion",
+        latency_ms=3.0,
+        columns={"a": np.array([7.0]), "colour": np.array(["blue"], dtype=object)},
+        predictions=np.array([None], dtype=object),
+        probabilities=None,
+        error="prediction failed (RuntimeError)",
+    )
+    writer.append(failed)
+    writer.flush()
+    table = read_prediction_log(tmp_path / "predictions" / "m")
+    assert table.column("error").to_pylist() == [None, None, "prediction failed (RuntimeError)"]
+    assert table.column("prediction").to_pylist() == ["yes", "yes", None]
+    assert math.isnan(table.column("proba_yes").to_pylist()[2])
+    assert table.column("a").to_pylist()[2] == 7.0
