@@ -58,6 +58,7 @@ from raymlops._private.batch_plan import (
     plan_resources,
     plan_units,
     scan_input,
+    usable_resources,
 )
 from raymlops._private.batch_worker import OutputFolder, UnitActor, WorkerSpec, read_unit_stats
 from raymlops.errors import DataError, RaymlopsError, UserInputError
@@ -506,8 +507,13 @@ def run_batch(
                 + f", from {len(files)} file(s) → {output}",
             )
             out.clean_temp()
+            import ray
+
+            resources, note = usable_resources(cluster_resources(), ray.available_resources())
+            if note:
+                _echo(echo, f"▸ {note}")
             plan = plan_resources(
-                cluster_resources(),
+                resources,
                 len(pending),
                 actors=settings.actors,
                 cpus_per_actor=settings.cpus_per_actor,

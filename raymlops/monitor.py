@@ -1072,14 +1072,18 @@ def run_pass(
     }
     units = _units(source, columns, tasks or 2 * cpus)
     n_tasks = min(len(units), tasks or 2 * cpus)
+    task_cpus = _task_cpus(show_progress)
     ds = ray.data.read_datasource(
-        _log_datasource(units, source.filesystem, source.format), override_num_blocks=n_tasks
+        _log_datasource(units, source.filesystem, source.format),
+        override_num_blocks=n_tasks,
+        ray_remote_args={"num_cpus": task_cpus},
     ).map_batches(
         _summarise_batch,
         batch_format="pyarrow",
         batch_size=None,
         zero_copy_batch=True,
         fn_kwargs={"plan": plan},
+        num_cpus=task_cpus,
     )
     merged = _Partial()
     with _quiet_data_context(show_progress):
@@ -1090,6 +1094,25 @@ def run_pass(
                     raise summary
                 merged.merge(summary)
     return merged
+
+
+def _task_cpus(echo: bool) -> float:
+    """CPUs each Ray Data task reserves: one, unless the cluster has less than one free
+    (Serve replicas beside us hold the rest); then none, so that monitoring shares the cores
+    with mostly idle replicas instead of waiting for a CPU that is never released."""
+    import ray
+
+    free = float(ray.available_resources().get("CPU", 0.0))
+    if free >= 1.0:
+        return 1.0
+    if echo:
+        total = float(ray.cluster_resources().get("CPU", 0.0))
+        click.echo(
+            f"▸ {free:g} of {total:g} CPUs free (the rest reserved, e.g. by Serve replicas): "
+            "monitoring runs its tasks without a CPU reservation",
+            err=True,
+        )
+    return 0.0
 
 
 # --------------------------------------------------------------------------- monitor()

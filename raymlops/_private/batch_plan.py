@@ -44,6 +44,7 @@ __all__ = [
     "plan_resources",
     "plan_units",
     "scan_input",
+    "usable_resources",
 ]
 
 #: The manifest of an output folder: what run wrote it (fingerprint) and its work units.
@@ -449,6 +450,25 @@ def plan_resources(
     threads = torch_threads or max(1, math.floor(cpus / count + 1e-9))
     size = gpu_batch_size if gpus_per_actor > 0 else batch_size
     return ResourcePlan(count, cpus_per_actor, float(gpus_per_actor), threads, size)
+
+
+def usable_resources(
+    total: dict[str, float], available: dict[str, float]
+) -> tuple[dict[str, float], str | None]:
+    """What the actor pool may plan with: the cluster's resources, or only the free CPUs when
+    other work (Serve replicas, a Tune run) holds some, so that the pool never waits for
+    CPUs that are not released; a note saying so, or ResourceError when none is free."""
+    cpus = float(total.get("CPU", 0.0))
+    free = float(available.get("CPU", 0.0))
+    if cpus <= 0 or free >= cpus - 1e-9:
+        return dict(total), None
+    if free < 0.05:
+        raise ResourceError(
+            f"none of the Ray cluster's {cpus:g} CPUs is free (other work, such as Serve "
+            "replicas, reserves them all); free some or add a node"
+        )
+    usable = {**total, "CPU": free}
+    return usable, f"{free:g} of {cpus:g} CPUs free: the actor pool is sized to them"
 
 
 def parse_csv_column_error(message: str, names: list[str]) -> str | None:

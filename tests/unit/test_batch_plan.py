@@ -488,3 +488,18 @@ def test_a_regression_unit_writes_the_predicted_values(tmp_path: Path) -> None:
     assert written.column_names == ["id", "prediction", "model_name", "model_version"]
     expected = predictor.predict(table).predictions
     np.testing.assert_allclose(written.column("prediction").to_numpy(), expected, rtol=1e-6)
+
+
+def test_the_pool_plans_with_the_free_cpus_only() -> None:
+    """Serve replicas (or a Tune run) holding CPUs: the pool is sized to what is free, so its
+    actors never wait for CPUs that are not released; nothing free → one clear error."""
+    from raymlops._private.batch_plan import usable_resources
+
+    total = {"CPU": 4.0, "memory": 1e9}
+    assert usable_resources(total, {"CPU": 4.0}) == (total, None)
+    usable, note = usable_resources(total, {"CPU": 1.5})
+    assert usable == {"CPU": 1.5, "memory": 1e9}
+    assert note == "1.5 of 4 CPUs free: the actor pool is sized to them"
+    assert plan_resources(usable, 10).actors == 1
+    with pytest.raises(ResourceError, match="none of the Ray cluster's 4 CPUs is free"):
+        usable_resources(total, {"CPU": 0.0})
