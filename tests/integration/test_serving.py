@@ -559,6 +559,7 @@ def test_broken_challenger_is_rolled_back_automatically(served: Served) -> None:
     rows = {(r["version"], r["role"]): r for r in status.details["since_deploy"]}
     assert rows[(3, "challenger")]["errors"] >= 20
     assert rows[(3, "challenger")]["fallbacks"] == rows[(3, "challenger")]["errors"]
+
     # The failed rows are in the prediction log (the monitor's error rate), without answers.
     def failed_rows() -> pd.DataFrame:
         log = read_prediction_log(prediction_log_root(served.config, served.home)).to_pandas()
