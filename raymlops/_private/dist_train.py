@@ -120,6 +120,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     per_worker_batch = max(1, t.batch_size // world)
+    # What this worker held before it read any data: the baseline of the memory check.
+    start_peak = _peak_rss_mb()
     width = prep.n_outputs
 
     def all_sum(values: list[float]) -> list[float]:
@@ -185,14 +187,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         val = {
             f"val_{k}": v for k, v in metrics_from_outputs(prep, all_outputs, all_targets).items()
         }
-        peak = torch.tensor([_peak_rss_mb()], dtype=torch.float64, device=device)
+        peak_now = _peak_rss_mb()
+        peak = torch.tensor([peak_now, peak_now - start_peak], dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         metrics: dict[str, float] = {
             "epoch": float(epoch + 1),
             "train_loss": loss_sum / max(row_sum, 1.0),
             "train_rows": row_sum,
-            "train_worker_peak_rss_mb": float(peak.item()),
+            # Peak resident memory of the largest worker, and how far reading data has
+            # raised it: bounded by the stream's buffers, not by the data's size.
+            "train_worker_peak_rss_mb": float(peak[0]),
+            "train_worker_rss_growth_mb": float(peak[1]),
             **val,
         }
         if metric not in metrics:

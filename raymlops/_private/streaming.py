@@ -182,14 +182,18 @@ def batch_to_arrays(batch: pa.Table, width: int) -> tuple[np.ndarray, np.ndarray
 
 def _scan(files: list[str], fmt: str, filesystem: Any) -> Iterator[pa.RecordBatch]:
     """Record batches of every file in order, one at a time."""
+    yield from _scan_files(files, fmt, filesystem)
+
+
+def _scan_files(files: list[str], fmt: str, filesystem: Any) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     for file in files:
         try:
             if fmt == "parquet":
-                with pq.ParquetFile(file, filesystem=filesystem) as reader:
-                    yield from reader.iter_batches(batch_size=_SCAN_BATCH_ROWS)
+                with pq.ParquetFile(file, filesystem=filesystem, pre_buffer=False) as reader:
+                    yield from reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, use_threads=False)
             else:
                 delimiter = "\t" if file.lower().endswith(".tsv") else ","
                 with filesystem.open_input_stream(file) as stream:

@@ -1,0 +1,280 @@
+"""Data-parallel trials (Ray Train inside Tune) and streaming data, on a real local Ray
+(2 CPUs, one per module) and a real MLflow SQLite store under tmp_path.
+
+Each test trains through `raymlops.pipeline.train_and_register` or the CLI in-process, so
+all of them share the module's Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from raymlops.cli import cli
+from raymlops.config import PipelineConfig
+from raymlops.data import load_dataset, synth_dataset
+from raymlops.errors import ResourceError
+from raymlops.pipeline import train_and_register
+from raymlops.predictor import Predictor
+from raymlops.registry import Registry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KILL_LOG_ENV = "RAYMLOPS_TEST_KILL_LOG"  # same as tests.integration.killed_worker_arch
+KILLED_WORKER = "tests.integration.killed_worker_arch:killed_worker"
+SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+
+
+@pytest.fixture(scope="module")
+def kill_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kill") / "kills.log"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(kill_log: Path) -> Iterator[dict[str, float]]:
+    """One local Ray (2 CPUs) for the module; workers inherit PYTHONPATH (for the test
+    architecture) and the kill log's path from this process's environment at ray.init."""
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in SCRUBBED_ENV:
+            mp.delenv(name, raising=False)
+        pythonpath = os.environ.get("PYTHONPATH")
+        mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
+        mp.syspath_prepend(str(REPO_ROOT))
+        mp.setenv(KILL_LOG_ENV, str(kill_log))
+        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
+        mp.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        try:
+            yield {k: float(v) for k, v in ray.cluster_resources().items()}
+        finally:
+            ray.shutdown()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SCRUBBED_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6000 rows: id, f0..f7 (numeric), c0 (categorical), label (0/1)."""
+    path = tmp_path_factory.mktemp("data") / "synth.parquet"
+    synth_dataset(str(path), rows=6000, features=8, categorical=1, seed=3)
+    return path
+
+
+def make_config(name: str, data: Path, *, epochs: int = 4, **train: Any) -> PipelineConfig:
+    """One trial (no search space), FIFO, a fixed number of epochs."""
+    return PipelineConfig.model_validate(
+        {
+            "name": name,
+            "data": {"path": str(data), "label": "label", "id_columns": ["id"]},
+            "model": {"params": {"depth": 2, "width": 32, "dropout": 0.0}},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 64,
+                "learning_rate": 3e-3,
+                "early_stopping_patience": None,
+                **train,
+            },
+            "tune": {"num_samples": 1, "scheduler": "fifo", "max_failures": 1},
+            "registry": {"model_name": name, "experiment": name},
+        }
+    )
+
+
+def _epochs_reported(experiment_path: str) -> list[int]:
+    """The epoch of each result Tune received for the (single) trial, in order."""
+    [progress] = Path(experiment_path).glob("*/progress.csv")
+    return [int(e) for e in pd.read_csv(progress)["epoch"]]
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+#: Two workers see the same rows in a different order (each its own shard, shuffled
+#: locally), so their trajectory differs from one worker's by sampling noise only: on these
+#: 6000 rows, 4 epochs, the gap measured 0.005–0.02 in accuracy. The bounds leave room for
+#: that noise and would catch a real defect (a worker training on half the data without
+#: gradient sync, metrics of one shard, a per-worker batch that doubles the global one).
+ACCURACY_TOLERANCE = 0.03
+LOSS_TOLERANCE = 0.05
+
+
+def test_two_workers_reach_the_validation_metric_of_one(tmp_path: Path, synth_data: Path) -> None:
+    one = train_and_register(make_config("dp-one", synth_data), home=tmp_path, echo=False)
+    two = train_and_register(
+        make_config("dp-two", synth_data, num_workers=2), home=tmp_path, echo=False
+    )
+    base = make_config("x", synth_data)
+    _, splits, _ = load_dataset(base.data, base.features)
+    assert two.dataset.split == one.dataset.split
+    v1, v2 = one.validation_metrics, two.validation_metrics
+    assert abs(v1["val_accuracy"] - v2["val_accuracy"]) <= ACCURACY_TOLERANCE, (v1, v2)
+    assert abs(v1["val_loss"] - v2["val_loss"]) <= LOSS_TOLERANCE, (v1, v2)
+    assert v2["val_accuracy"] > 0.8
+    # Training covered the whole train split (both shards), not one worker's half (equal
+    # shards: Ray's streaming_split drops fewer than num_workers rows an epoch).
+    progress = next(Path(two.experiment_path).glob("*/progress.csv"))
+    seen = int(pd.read_csv(progress)["train_rows"].iloc[-1])
+    assert 0 <= splits.train.num_rows - seen < 2
+    # The registered artifact is the same kind as one worker's: safetensors and JSON only.
+    folder, _ = Registry(home=tmp_path).download("dp-two", 1)
+    suffixes = {p.suffix for p in folder.rglob("*") if p.is_file()}
+    assert suffixes == {".json", ".safetensors"}, suffixes
+    predictor = Predictor.from_registry("dp-two", "champion", home=tmp_path)
+    assert len(predictor.predict(splits.test.slice(0, 5).to_pandas()).predictions) == 5
+
+
+# --------------------------------------------------------------------------- worker loss
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(
+    tmp_path: Path, synth_data: Path, kill_log: Path
+) -> None:
+    config = make_config(
+        "dp-kill",
+        synth_data,
+        epochs=4,
+        num_workers=2,
+        checkpoint_every=1,
+    )
+    config.model.architecture = KILLED_WORKER
+    result = train_and_register(config, home=tmp_path, echo=False)
+    assert kill_log.read_text().startswith("killed "), "the worker was never killed"
+    assert result.failed_trials == 0
+    # Epochs 1–2 before the kill, then 3–4 after restoring epoch 2's checkpoint: a restart
+    # from scratch would report epochs 1 and 2 again.
+    assert _epochs_reported(result.experiment_path) == [1, 2, 3, 4]
+    assert result.version.version == 1
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+STREAM_ROWS = 1_600_000
+STREAM_CAP_MB = 8
+
+
+@pytest.fixture(scope="module")
+def big_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A Parquet folder 15x the stream's memory cap once decoded, and that size."""
+    folder = tmp_path_factory.mktemp("big") / "parts"
+    synth_dataset(str(folder), rows=STREAM_ROWS, features=16, chunk_rows=100_000, seed=5)
+    decoded = sum(pq.read_metadata(p).num_rows for p in folder.iterdir()) * (16 * 4 + 8 + 8)
+    return folder, decoded / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def test_data_larger_than_the_memory_cap_streams_with_bounded_memory(
+    tmp_path: Path, big_data: tuple[Path, float], synth_data: Path
+) -> None:
+    folder, data_mb = big_data
+    assert data_mb > 12 * STREAM_CAP_MB
+    config = make_config(
+        "dp-stream",
+        folder,
+        epochs=1,
+        num_workers=2,
+        stream_memory_mb=STREAM_CAP_MB,
+        batch_size=4096,
+    )
+    config.data.streaming = True
+    config.data.stream_sample_rows = 20_000
+    # A first (small, in-memory) run loads what any training loads into this process —
+    # MLflow, Tune's controller, torch — so that what follows measures the data's share.
+    train_and_register(make_config("dp-warm", synth_data, epochs=1), home=tmp_path, echo=False)
+    driver_before = _peak_rss_mb()
+    result = train_and_register(config, home=tmp_path, echo=False)
+    driver_growth = _peak_rss_mb() - driver_before
+    # Every row was seen once: the split sizes add up, training covered the train split.
+    assert sum(result.dataset.split[k] for k in ("train", "validation", "test")) == STREAM_ROWS
+    progress = next(Path(result.experiment_path).glob("*/progress.csv"))
+    last = pd.read_csv(progress).iloc[-1]
+    # (Equal shards: Ray's streaming_split drops fewer than num_workers rows an epoch.)
+    assert 0 <= result.dataset.split["train"] - int(last["train_rows"]) < 2
+    # Neither the driver nor a worker ever held the data: each grew by less than the data
+    # itself (holding it, as the in-memory path does, takes all of it plus split copies).
+    # Measured: +100 MiB each for 122 MiB of data: a file's decoded batches, Arrow's
+    # allocator cache, the bounded sample (driver), mapped object-store blocks (worker).
+    print(
+        f"data {data_mb:.0f} MiB, cap {STREAM_CAP_MB} MiB: driver +{driver_growth:.0f} MiB, "
+        f"worker +{last['train_worker_rss_growth_mb']:.0f} MiB "
+        f"(peak {last['train_worker_peak_rss_mb']:.0f} MiB)"
+    )
+    assert driver_growth < data_mb, (driver_growth, data_mb)
+    assert float(last["train_worker_rss_growth_mb"]) < data_mb, (last.to_dict(), data_mb)
+    assert result.test_metrics["accuracy"] > 0.8
+    assert result.dataset.profile["sampled_rows"] <= config.data.stream_sample_rows
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def test_more_workers_than_the_cluster_has_cpus_fails_fast(
+    tmp_path: Path, synth_data: Path
+) -> None:
+    config = make_config("dp-too-many", synth_data, num_workers=3)
+    with pytest.raises(ResourceError, match=r"num_workers=3 × train.cpus_per_worker=1 = 3 CPUs"):
+        train_and_register(config, home=tmp_path, echo=False)
+    assert not (tmp_path / "tune").exists()
+
+
+def test_cli_names_the_impossible_gpu_request_in_one_line_with_exit_code_2(
+    tmp_path: Path, synth_data: Path, ray_cluster: dict[str, float]
+) -> None:
+    if ray_cluster.get("GPU", 0) >= 2:
+        pytest.skip("this Ray cluster has GPUs")
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(
+        f"name: dp-cli\n"
+        f"data: {{path: {synth_data}, label: label, id_columns: [id]}}\n"
+        f"tune: {{num_samples: 1}}\n"
+        f"registry: {{model_name: dp-cli}}\n"
+    )
+    args = ["train", "-c", str(config_file), "--home", str(tmp_path)]
+    sets = ["--set", "train.num_workers=2", "--set", "train.use_gpu=true"]
+    result = CliRunner().invoke(cli, [*args, *sets])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "train.num_workers=2 × train.gpus_per_worker=1 = 2 GPUs" in errors[0]
+    assert "Traceback" not in result.output
+    assert Registry(home=tmp_path).list_models() == []
+
+
+@pytest.mark.gpu
+def test_a_one_gpu_ray_train_trial_registers_a_version(tmp_path: Path, synth_data: Path) -> None:
+    config = make_config("dp-gpu", synth_data, epochs=2, use_gpu=True)
+    config.data.streaming = True  # a Ray Train trial (TorchTrainer, nccl) with 1 GPU worker
+    result = train_and_register(config, home=tmp_path, echo=False)
+    assert result.failed_trials == 0
+    predictor = Predictor.from_registry("dp-gpu", "champion", home=tmp_path)
+    assert len(predictor.predict(pd.read_parquet(synth_data).head(5)).predictions) == 5
