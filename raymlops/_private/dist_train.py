@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import resource
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start_peak = _peak_rss_mb()
     width = prep.n_outputs
 
+    def read_shard(shard: Any) -> tuple[np.ndarray, np.ndarray]:
+        parts = [
+            batch_to_arrays(b, width)
+            for b in shard.iter_batches(batch_size=65_536, batch_format="pyarrow")
+        ]
+        if not parts:
+            return np.zeros((0, width), np.float32), np.zeros(0)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    # Data that fits in memory (not data.streaming) is read from Ray Data once and kept as
+    # this worker's tensors: per-step batches then cost what they cost in one process
+    # (Ray Data's per-batch conversion and local shuffle made an epoch several times slower;
+    # see benchmarks/RESULTS.md). Streaming data is read from its shard every epoch.
+    cached: tuple[Any, Any] | None = None
+    cached_val: tuple[np.ndarray, np.ndarray] | None = None
+    if loop_config.get("in_memory"):
+        x_all, y_all = read_shard(train_shard)
+        cached = (torch.from_numpy(x_all).to(device), torch.from_numpy(y_all).to(device))
+        cached_val = read_shard(val_shard)
+
+    def train_batches(epoch: int) -> Any:
+        if cached is None:
+            for batch in train_shard.iter_batches(
+                batch_size=per_worker_batch,
+                batch_format="pyarrow",
+                local_shuffle_buffer_size=max(_SHUFFLE_ROWS, 4 * per_worker_batch),
+                local_shuffle_seed=t.seed * 100_003 + epoch * 7 + rank,
+                prefetch_batches=2,
+            ):
+                x_np, y_np = batch_to_arrays(batch, width)
+                yield torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
+            return
+        generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch * 7 + rank)
+        order = torch.randperm(len(cached[0]), generator=generator).to(device)
+        for start in range(0, len(order), per_worker_batch):
+            idx = order[start : start + per_worker_batch]
+            yield cached[0][idx], cached[1][idx]
+
+    def val_batches() -> Any:
+        if cached_val is not None:
+            step = max(1024, per_worker_batch)
+            for start in range(0, len(cached_val[0]), step):
+                yield cached_val[0][start : start + step], cached_val[1][start : start + step]
+            return
+        for batch in val_shard.iter_batches(
+            batch_size=max(1024, per_worker_batch), batch_format="pyarrow"
+        ):
+            yield batch_to_arrays(batch, width)
+
     def all_sum(values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         if distributed:
@@ -136,36 +186,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + rank)
         model.train()
         total, rows = 0.0, 0
-        for batch in train_shard.iter_batches(
-            batch_size=per_worker_batch,
-            batch_format="pyarrow",
-            local_shuffle_buffer_size=max(_SHUFFLE_ROWS, 4 * per_worker_batch),
-            local_shuffle_seed=t.seed * 100_003 + epoch * 7 + rank,
-            prefetch_batches=2,
-        ):
-            x_np, y_np = batch_to_arrays(batch, width)
-            if len(x_np) < 2 and has_batchnorm:
+        epoch_started = time.perf_counter()
+        for x, y in train_batches(epoch):
+            if len(x) < 2 and has_batchnorm:
                 continue  # BatchNorm cannot normalise a batch of one
-            x = torch.from_numpy(x_np).to(device)
-            y = torch.from_numpy(y_np).to(device)
             if prep.classes is None:
                 y = y.unsqueeze(1)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(x_np)
-            rows += len(x_np)
+            total += float(loss.detach()) * len(x)
+            rows += len(x)
         loss_sum, row_sum = all_sum([total, float(rows)])
+        train_s = time.perf_counter() - epoch_started  # after the sum: the slowest worker's
 
         model.eval()
         outputs, targets = [], []
         with torch.inference_mode():
-            for batch in val_shard.iter_batches(
-                batch_size=max(1024, per_worker_batch), batch_format="pyarrow"
-            ):
-                x_np, y_np = batch_to_arrays(batch, width)
-                out = base(torch.from_numpy(x_np).to(device))
+            for x_np, y_np in val_batches():
+                out = base(torch.from_numpy(np.ascontiguousarray(x_np)).to(device))
                 if prep.classes is not None:
                     outputs.append(torch.softmax(out, dim=1).cpu().numpy())
                 else:
@@ -195,6 +235,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch": float(epoch + 1),
             "train_loss": loss_sum / max(row_sum, 1.0),
             "train_rows": row_sum,
+            "train_epoch_s": train_s,
             # Peak resident memory of the largest worker, and how far reading data has
             # raised it: bounded by the stream's buffers, not by the data's size.
             "train_worker_peak_rss_mb": float(peak[0]),
@@ -301,6 +342,7 @@ def run_trial(config: PipelineConfig, data: Any, storage: str) -> None:
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "preprocessor": data.preprocessor,
+            "in_memory": not isinstance(data, StreamingData),
         },
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
