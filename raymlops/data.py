@@ -156,19 +156,25 @@ def _load_with_digest(path: str, fmt: str) -> tuple[pa.Table, str]:
     tables = []
     prefix = _common_prefix(source.files)
     for file in source.files:
-        digest.update(file[len(prefix) :].encode() + b"\0")
-        try:
-            with source.filesystem.open_input_stream(file) as stream:
-                for chunk in iter(lambda: stream.read(1 << 22), b""):
-                    digest.update(chunk)
-        except OSError as exc:
-            raise DataError(f"cannot read {file}: {exc}") from None
+        _hash_file(digest, source.filesystem, file, prefix)
         tables.append(_read_file(source.filesystem, file, source.format))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:
         raise DataError(f"files under {path} have incompatible schemas: {exc}") from None
     return table, digest.hexdigest()
+
+
+def _hash_file(digest: Any, filesystem: pafs.FileSystem, file: str, prefix: str) -> None:
+    """Add one file to a dataset digest: its path below the common prefix, then its bytes
+    (read in 4 MiB chunks), so a renamed or edited file changes the digest."""
+    digest.update(file[len(prefix) :].encode() + b"\0")
+    try:
+        with filesystem.open_input_stream(file) as stream:
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"cannot read {file}: {exc}") from None
 
 
 def _common_prefix(files: list[str]) -> str:

@@ -210,19 +210,13 @@ def _files_digest(source: _Source) -> str:
     """The same SHA-256 as `load_dataset` computes: relative names and bytes of each file."""
     import hashlib
 
-    from raymlops.data import _common_prefix
+    from raymlops.data import _common_prefix, _hash_file
 
     assert source.filesystem is not None
     digest = hashlib.sha256()
     prefix = _common_prefix(source.files)
     for file in source.files:
-        digest.update(file[len(prefix) :].encode() + b"\0")
-        try:
-            with source.filesystem.open_input_stream(file) as stream:
-                for chunk in iter(lambda: stream.read(1 << 22), b""):
-                    digest.update(chunk)
-        except OSError as exc:
-            raise DataError(f"cannot read {file}: {exc}") from None
+        _hash_file(digest, source.filesystem, file, prefix)
     return digest.hexdigest()
 
 
