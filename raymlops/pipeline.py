@@ -267,10 +267,12 @@ def _train_and_sample(
     return RunResult(result, int(predictor.metadata["version"]), shown)
 
 
-def _sample_rows(config: PipelineConfig, samples: int) -> pd.DataFrame:
+def _sample_rows(config: PipelineConfig, samples: int, table: Any = None) -> pd.DataFrame:
+    """`samples` rows of the config's data (`table`, when already loaded), seeded."""
     from raymlops.data import load_table
 
-    table = load_table(config.data.path, config.data.format)
+    if table is None:
+        table = load_table(config.data.path, config.data.format)
     rng = np.random.default_rng(config.data.split.seed)
     picked = np.sort(rng.choice(table.num_rows, size=min(samples, table.num_rows), replace=False))
     return table.take(picked).to_pandas()
@@ -368,6 +370,7 @@ class _Loop:
         self.monitored: Any = None
         self.retrained: Any = None
         self.shown = pd.DataFrame()
+        self._loaded: Any = None
 
     @property
     def work(self) -> Path:
@@ -440,9 +443,12 @@ class _Loop:
         return gate
 
     def _table(self) -> Any:
+        """The config's data, loaded once per step process (several steps read it)."""
         from raymlops.data import load_table
 
-        return load_table(self.config.data.path, self.config.data.format)
+        if self._loaded is None:
+            self._loaded = load_table(self.config.data.path, self.config.data.format)
+        return self._loaded
 
     def _features(self, table: Any) -> list[str]:
         return [c for c in table.column_names if c != self.config.data.label]
@@ -474,7 +480,7 @@ class _Loop:
         self.state.served_url = status.url
         self.state.serving = True
         self.state.save()  # a failure below still leaves the endpoint to stop
-        rows = _sample_rows(self.config, self.samples)
+        rows = _sample_rows(self.config, self.samples, self._table())
         features = self._features(self._table())
         answer = self._client().predict(rows[features])
         self.shown = pd.concat(
@@ -564,7 +570,7 @@ class _Loop:
         # Replicas pick up a routing change within a sync interval: ask until the endpoint
         # answers with the champion (or 30 s have passed).
         expected = self.registry.alias_target(self.name, CHAMPION)
-        probe = _sample_rows(self.config, 1)[self._features(self._table())]
+        probe = _sample_rows(self.config, 1, self._table())[self._features(self._table())]
         deadline = time.monotonic() + 30
         after = client.predict(probe)
         while after.version != expected and time.monotonic() < deadline:
