@@ -145,7 +145,6 @@ def fit(
     when given. Returns the metrics of the best epoch.
     """
     t = config.train
-    metric, mode = config.tune.resolved_metric()
     prep = Preprocessor.from_dict(arrays.preprocessor)
     torch.manual_seed(t.seed)
     model = build_model(
@@ -154,24 +153,12 @@ def fit(
     optimizer = _optimizer(config, model)
     loss_fn: nn.Module = nn.CrossEntropyLoss() if prep.classes is not None else nn.MSELoss()
 
-    start_epoch, best, best_metrics, stale = 0, None, {}, 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    book = EpochBook(config, model)
     if checkpoint_dir is not None:
-        state = json.loads((checkpoint_dir / CHECKPOINT_STATE).read_text())
-        model.load_state_dict(load_file(str(checkpoint_dir / _LAST)))
-        best_state = load_file(str(checkpoint_dir / _BEST))
-        optimizer.load_state_dict(
-            unflatten_optimizer_state(load_file(str(checkpoint_dir / _OPTIM)), state["optimizer"])
-        )
+        book.restore(checkpoint_dir, optimizer, device)
         # Dropout draws from the global RNG: restore it so a resumed trial matches an
         # uninterrupted one exactly.
         torch.set_rng_state(load_file(str(checkpoint_dir / _RNG))["cpu"])
-        start_epoch, best, best_metrics, stale = (
-            state["epoch"],
-            state["best"],
-            state["best_metrics"],
-            state["stale"],
-        )
 
     x_train = torch.from_numpy(arrays.x_train).to(device)
     y_train = torch.from_numpy(arrays.y_train).to(device)
@@ -181,7 +168,7 @@ def fit(
     generator = torch.Generator().manual_seed(t.seed)
     eval_predictor = Predictor(model, prep, {}, device=device)
 
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(book.start_epoch, t.epochs):
         generator.manual_seed(t.seed * 100_003 + epoch)
         model.train()
         order = torch.randperm(n, generator=generator).to(device)
@@ -204,41 +191,93 @@ def fit(
             f"val_{k}": v for k, v in evaluate(eval_predictor, arrays.x_val, arrays.y_val).items()
         }
         metrics = {"epoch": float(epoch + 1), "train_loss": total / max(n, 1), **val}
-        if metric not in metrics:
-            raise ValueError(
-                f"tune.metric '{metric}' is not reported; available: {', '.join(sorted(metrics))}"
-            )
-        value = metrics[metric]
-        improved = _is_better(value, best, mode)
-        if improved:
-            best, best_metrics, stale = value, dict(metrics), 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
-        metrics["best_" + metric] = best if best is not None else float("nan")
-        metrics["early_stopped"] = float(stop)
-        if should_checkpoint(config, epoch + 1, stop):
+        stop, save = book.end_epoch(epoch + 1, metrics)
+        if save:
             with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
                 folder = Path(tmp)
-                write_checkpoint(
-                    folder,
-                    model,
-                    best_state,
-                    optimizer,
-                    {
-                        "epoch": epoch + 1,
-                        "best": best,
-                        "best_metrics": best_metrics,
-                        "stale": stale,
-                    },
-                )
+                book.save(folder, optimizer)
                 report(metrics, folder)
         else:
             report(metrics, None)
         if stop:
             break
-    return best_metrics
+    return book.best_metrics
+
+
+class EpochBook:
+    """The per-epoch bookkeeping of a trial's training loop, kept in one place so that the
+    single-process loop (`fit`) and the data-parallel workers' loop
+    (`raymlops._private.dist_train`) stop, rank and checkpoint a trial the same way.
+
+    It tracks the best value of `tune.metric` with that epoch's metrics and weights and the
+    epochs since it improved (early-stopping patience); adds the `best_<metric>` and
+    `early_stopped` metrics every epoch reports; says which epochs checkpoint
+    (`should_checkpoint`); and writes and restores that state with the checkpoint's files.
+    """
+
+    def __init__(self, config: PipelineConfig, model: nn.Module) -> None:
+        self.config = config
+        self.model = model  # the bare module (not a DDP wrapper): its weights are saved
+        self.metric, self.mode = config.tune.resolved_metric()
+        #: Epochs already trained (0, or the restored checkpoint's epoch).
+        self.start_epoch = 0
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.stale = 0
+        self.best_state = _state_copy(model)
+
+    def restore(self, folder: Path, optimizer: torch.optim.Optimizer, device: str) -> None:
+        """Continue from a `write_checkpoint` folder: load the model's latest weights and the
+        optimizer, and take the best epoch, patience count and epoch reached from it."""
+        state, self.best_state = read_checkpoint(folder, self.model, optimizer, device)
+        self.start_epoch = self.epoch = int(state["epoch"])
+        self.best, self.best_metrics, self.stale = (
+            state["best"],
+            state["best_metrics"],
+            state["stale"],
+        )
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> tuple[bool, bool]:
+        """Record epoch `epoch`'s (1-based) metrics, adding `best_<metric>` and
+        `early_stopped` to `metrics`; return whether the trial stops early here and whether
+        this epoch writes a checkpoint."""
+        metric = self.metric
+        if metric not in metrics:
+            raise ValueError(
+                f"tune.metric '{metric}' is not reported; available: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[metric]
+        if _is_better(value, self.best, self.mode):
+            self.best, self.best_metrics, self.stale = value, dict(metrics), 0
+            self.best_state = _state_copy(self.model)
+        else:
+            self.stale += 1
+        self.epoch = epoch
+        patience = self.config.train.early_stopping_patience
+        stop = patience is not None and self.stale >= patience
+        metrics["best_" + metric] = self.best if self.best is not None else float("nan")
+        metrics["early_stopped"] = float(stop)
+        return stop, should_checkpoint(self.config, epoch, stop)
+
+    def save(self, folder: Path, optimizer: torch.optim.Optimizer) -> None:
+        """Write a resumable checkpoint of the epoch last recorded into `folder`."""
+        write_checkpoint(
+            folder,
+            self.model,
+            self.best_state,
+            optimizer,
+            {
+                "epoch": self.epoch,
+                "best": self.best,
+                "best_metrics": self.best_metrics,
+                "stale": self.stale,
+            },
+        )
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def should_checkpoint(config: PipelineConfig, epoch: int, stop: bool) -> bool:

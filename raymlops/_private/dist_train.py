@@ -6,8 +6,9 @@ way Ray recommends: the Tune function trainable launches a `TorchTrainer` and wa
 and a callback in the Train controller forwards each report — with the path of the rank-0
 checkpoint — to the trial, so Tune still schedules, early-stops and ranks the trials.
 
-The loop mirrors `raymlops.train.fit` (same seeding of the weights, same checkpoint files,
-same early stopping and checkpoint epochs) so the registered artifact is the same kind.
+The loop mirrors `raymlops.train.fit` (same seeding of the weights; the same
+`raymlops.train.EpochBook` for early stopping, best weights and checkpoint epochs and files)
+so the registered artifact is the same kind.
 Each worker reads its own shard of the training and validation streams; the training loss
 is all-reduced and the validation metrics are computed from every worker's outputs, so the
 metrics are the whole validation split's, not rank 0's shard's.
@@ -78,19 +79,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raymlops._private.streaming import batch_to_arrays
     from raymlops.features import Preprocessor
     from raymlops.models import build_model
-    from raymlops.train import (
-        _is_better,
-        _optimizer,
-        metrics_from_outputs,
-        read_checkpoint,
-        should_checkpoint,
-        write_checkpoint,
-    )
+    from raymlops.train import EpochBook, _optimizer, metrics_from_outputs
 
     config = PipelineConfig.model_validate(loop_config["config"])
     prep = Preprocessor.from_dict(loop_config["preprocessor"])
     t = config.train
-    metric, mode = config.tune.resolved_metric()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
@@ -105,18 +98,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loss_fn: nn.Module = nn.CrossEntropyLoss() if prep.classes is not None else nn.MSELoss()
     has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in base.modules())
 
-    start_epoch, best, best_metrics, stale = 0, None, {}, 0
-    best_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    book = EpochBook(config, base)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state, best_state = read_checkpoint(Path(folder), base, optimizer, str(device))
-        start_epoch, best, best_metrics, stale = (
-            state["epoch"],
-            state["best"],
-            state["best_metrics"],
-            state["stale"],
-        )
+            book.restore(Path(folder), optimizer, str(device))
     model = ray.train.torch.prepare_model(base, move_to_device=False) if distributed else base
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
@@ -180,7 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             dist.all_reduce(tensor)
         return [float(v) for v in tensor.cpu()]
 
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(book.start_epoch, t.epochs):
         # Dropout draws from the global RNG: a seed per (epoch, rank) makes a resumed run
         # repeat exactly what an uninterrupted one would have done.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + rank)
@@ -242,35 +228,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_worker_rss_growth_mb": float(peak[1]),
             **val,
         }
-        if metric not in metrics:
-            raise ValueError(
-                f"tune.metric '{metric}' is not reported; available: {', '.join(sorted(metrics))}"
-            )
-        value = metrics[metric]
-        if _is_better(value, best, mode):
-            best, best_metrics, stale = value, dict(metrics), 0
-            best_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
-        else:
-            stale += 1
-        stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
-        metrics["best_" + metric] = best if best is not None else float("nan")
-        metrics["early_stopped"] = float(stop)
-        if should_checkpoint(config, epoch + 1, stop):
+        stop, save = book.end_epoch(epoch + 1, metrics)
+        if save:
             with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
                 saved = None
                 if rank == 0:
-                    write_checkpoint(
-                        Path(tmp),
-                        base,
-                        best_state,
-                        optimizer,
-                        {
-                            "epoch": epoch + 1,
-                            "best": best,
-                            "best_metrics": best_metrics,
-                            "stale": stale,
-                        },
-                    )
+                    book.save(Path(tmp), optimizer)
                     saved = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=saved)
         else:
