@@ -267,7 +267,7 @@ class _Progress:
                 self.best = max(self.best, float(value))
         if not self.echo:
             return
-        epochs = int(last.get("training_iteration", 0))
+        epochs = int(last.get("epoch", last.get("training_iteration", 0)))
         best = f"{self.best:.4g}" if self.best is not None else "-"
         if how == "error":
             note = "error"
@@ -361,7 +361,10 @@ def run_search(
         scheduler: Any
         if t.scheduler == "asha":
             scheduler = ASHAScheduler(
-                time_attr="training_iteration",
+                # The epoch, not Tune's iteration count: a data-parallel trial resumed from
+                # its Ray Train checkpoint counts iterations from 1 again, but its epochs
+                # (and so ASHA's rungs, where the loop checkpoints) carry on.
+                time_attr="epoch",
                 max_t=config.train.epochs,
                 grace_period=min(t.grace_period, config.train.epochs),
                 reduction_factor=t.reduction_factor,
@@ -425,10 +428,13 @@ def run_search(
                 for c in frame.columns
                 if c.startswith(("val_", "train_", "best_")) or c == "epoch"
             ]
-            history = [
-                {k: float(v) for k, v in row.items() if v == v}
-                for row in frame[keep].to_dict("records")
-            ]
+            # One row per epoch, the last reported: a trial resumed from a checkpoint
+            # reports again the epochs it had trained past it before the crash.
+            by_epoch: dict[float, dict[str, float]] = {}
+            for i, row in enumerate(frame[keep].to_dict("records")):
+                clean = {k: float(v) for k, v in row.items() if v == v}
+                by_epoch[clean.get("epoch", float(i + 1))] = clean
+            history = [by_epoch[e] for e in sorted(by_epoch)]
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
         params = {k: v for k, v in (result.config or {}).items()}
         status = "ERROR" if result.error else "TERMINATED"

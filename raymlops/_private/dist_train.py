@@ -36,8 +36,11 @@ __all__ = [
     "trial_storage",
 ]
 
-#: Metric key under which a report carries the trial's latest checkpoint folder.
+#: Metric key under which a report carries the trial's latest checkpoint folder ("" while
+#: the trial has none).
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: Key under which workers name the checkpoint their attempt restored ("" for none).
+RESTORED_PATH_KEY = "_restored_checkpoint"
 #: Rows a worker's local shuffle buffer holds (on top of one batch).
 _SHUFFLE_ROWS = 16_384
 _MEMORY_BLOCK_ROWS = 16_384
@@ -100,7 +103,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     book = EpochBook(config, base)
     checkpoint = ray.train.get_checkpoint()
+    # Where the checkpoint this attempt started from is stored, for `_forward_callback`
+    # (which only sees the checkpoints reported since the Train run started).
+    restored_from = ""
     if checkpoint is not None:
+        restored_from = str(checkpoint.path)
         with checkpoint.as_directory() as folder:
             book.restore(Path(folder), optimizer, str(device))
     model = ray.train.torch.prepare_model(base, move_to_device=False) if distributed else base
@@ -235,9 +242,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if rank == 0:
                     book.save(Path(tmp), optimizer)
                     saved = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=saved)
+                ray.train.report({**metrics, RESTORED_PATH_KEY: restored_from}, checkpoint=saved)
         else:
-            ray.train.report(metrics)
+            ray.train.report({**metrics, RESTORED_PATH_KEY: restored_from})
         if stop:
             break
 
@@ -248,7 +255,10 @@ def _forward_callback() -> Any:
 
     Ray's own `TuneReportCallback` forwards only the checkpoint of the report it is called
     for; here every report carries the latest one, so the trial's last result always names
-    the checkpoint that holds its best weights."""
+    the checkpoint that holds its best weights. After `--resume` (a new Train run continuing
+    from the run's stored snapshot) the latest is the one the workers restored until they
+    report a new one. Every result has the key, so a resumed trial's results have the same
+    columns as before the crash (Tune appends them to the trial's progress.csv)."""
     from ray.train._internal.session import get_session
     from ray.train.v2.api.callback import UserCallback
 
@@ -261,10 +271,12 @@ def _forward_callback() -> Any:
             self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
         ) -> None:
             result = dict(metrics[0])
+            restored = result.pop(RESTORED_PATH_KEY, "")
             if checkpoint is not None:
                 self.latest = str(checkpoint.path)
-            if self.latest is not None:
-                result[CHECKPOINT_PATH_KEY] = self.latest
+            elif self.latest is None and restored:
+                self.latest = str(restored)
+            result[CHECKPOINT_PATH_KEY] = self.latest or ""
             self.queue.put(result)
 
     return _Forward()

@@ -1,5 +1,6 @@
 """Resume after a hard crash: `raymlops train` is SIGKILLed mid-search, then
-`raymlops train --resume` finishes the same Tune experiment and registers the model.
+`raymlops train --resume` finishes the same Tune experiment and registers the model — for
+single-process trials and for a data-parallel trial (a Ray Train run inside the trial).
 
 Both runs are CLI subprocesses with their own local Ray; this module starts no Ray in the
 test process, so killing the first run's Ray processes cannot touch a shared one.
@@ -17,9 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from raymlops.data import synth_dataset
+from raymlops.predictor import Predictor
 from raymlops.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -187,3 +190,132 @@ def test_resume_after_sigkill_completes_the_experiment(tmp_path: Path, sessions:
     assert again.returncode == 2, again.stderr
     assert again.stderr.strip().splitlines()[-1].startswith("error: nothing to resume")
     assert [v.version for v in Registry(home=home).list_versions("resume-test")] == [1]
+
+
+# --------------------------------------------------------------------------- data-parallel
+
+DP_EPOCHS = 8
+
+
+def _train_run_checkpoints(home: Path) -> list[tuple[int, str]]:
+    """Epoch and folder name of each checkpoint the trial's Ray Train run has registered,
+    oldest first.
+
+    Read from Ray Train's checkpoint-manager snapshot, which lists a checkpoint only once it
+    has been persisted in full: it is what a restored run resumes from."""
+    found: list[tuple[int, str]] = []
+    for snapshot in home.glob("tune/dp-resume-*/*/train/checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+            found = [(int(r["metrics"]["epoch"]), r["checkpoint_dir_name"]) for r in results]
+    return found
+
+
+def test_resume_after_sigkill_continues_a_data_parallel_trial(
+    tmp_path: Path, sessions: list[int]
+) -> None:
+    home = tmp_path / "home"
+    data = tmp_path / "data.parquet"
+    synth_dataset(str(data), rows=6000, features=4, categorical=1, seed=3)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "name: dp-resume\n"
+        f"data: {{path: {data}, label: label, id_columns: [id]}}\n"
+        "model: {params: {depth: 1, width: 16}}\n"
+        f"train: {{epochs: {DP_EPOCHS}, batch_size: 64, early_stopping_patience: null}}\n"
+        "tune: {num_samples: 1, scheduler: fifo}\n"
+        "registry: {model_name: dp-resume, experiment: dp-resume}\n"
+    )
+    # Two Ray Train workers (DDP over gloo), a checkpoint every second epoch: the first
+    # epoch after the restored checkpoint writes none, so its result must name the restored
+    # checkpoint as the trial's latest.
+    sets = ["--set", "train.num_workers=2", "--set", "train.checkpoint_every=2"]
+    command = [RAYMLOPS, "train", "-c", str(config), "--home", str(home), "--json", *sets]
+
+    # 1. SIGKILL the whole run once the trial's Train run has a persisted checkpoint.
+    log = tmp_path / "first-run.log"
+    with log.open("wb") as sink:
+        first = subprocess.Popen(
+            command, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    sessions.append(first.pid)
+    deadline = time.monotonic() + 300
+    try:
+        while not _train_run_checkpoints(home):
+            if first.poll() is not None:
+                pytest.fail(f"the run ended before it was killed:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint within 300 s:\n{log.read_text()}")
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    _kill_session(first.pid)  # the Ray processes, Train workers included
+
+    restored_epoch, restored_dir = _train_run_checkpoints(home)[-1]
+    assert restored_epoch < DP_EPOCHS, "the trial finished before it was killed"
+    [experiment] = sorted((home / "tune").glob("dp-resume-*"))
+    assert Registry(home=home).list_models() == [], "the killed run registered a model"
+
+    # 2. Resume: the same trial continues from its checkpoint's epoch, not from epoch 1.
+    second = subprocess.Popen(
+        [*command, "--resume"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    sessions.append(second.pid)
+    try:
+        stdout, stderr = second.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        stdout, stderr = second.communicate()
+        pytest.fail(f"raymlops train --resume did not finish within 400 s:\n{stderr[-4000:]}")
+    assert second.returncode == 0, stderr[-4000:]
+    assert "Traceback" not in stderr
+    assert f"resuming Tune experiment {experiment}" in stderr
+    result = json.loads(stdout)
+    assert result["trials"] == 1
+    assert result["failed_trials"] == 0
+    assert result["version"] == 1
+
+    assert sorted((home / "tune").glob("dp-resume-*")) == [experiment]  # no new experiment
+    # The trial's results since the restart (Tune counts iterations from 1 again): epoch 1
+    # would come first had the trial started over. Results of the killed run past its
+    # checkpoint are in progress.csv only if Tune had synced the file before the kill.
+    [progress] = experiment.glob("*/progress.csv")
+    frame = pd.read_csv(progress)
+    restart = max(i for i, n in enumerate(frame["iterations_since_restore"]) if n == 1)
+    resumed = [int(e) for e in frame["epoch"]][restart:]
+    assert resumed == list(range(restored_epoch + 1, DP_EPOCHS + 1)), (restored_epoch, resumed)
+    # Every row's columns line up with the header (a resumed trial's first result has the
+    # same keys as the first run's, in the same order).
+    assert set(frame["trial_id"]) == {progress.parent.name}
+    assert frame["train_rows"].notna().all() and frame["val_loss"].notna().all()
+    # Each result names the trial's latest checkpoint: the restored one until a new one.
+    assert Path(frame["checkpoint_path"].iloc[restart]).name == restored_dir
+    final_epoch, final_dir = _train_run_checkpoints(home)[-1]
+    assert final_epoch == DP_EPOCHS
+    assert Path(frame["checkpoint_path"].iloc[-1]).name == final_dir
+
+    registry = Registry(home=home)
+    versions = registry.list_versions("dp-resume")
+    assert [v.version for v in versions] == [1]
+    # The trial's MLflow history has each epoch it holds once, the resumed ones included.
+    [child] = registry.client.search_runs(
+        [registry.experiment_id("dp-resume")],
+        filter_string=f"tags.`mlflow.parentRunId` = '{versions[0].run_id}'",
+    )
+    steps = [m.step for m in registry.client.get_metric_history(child.info.run_id, "val_loss")]
+    assert len(steps) == len(set(steps)), sorted(steps)
+    assert (
+        set(range(restored_epoch + 1, DP_EPOCHS + 1)) <= set(steps) <= set(range(1, DP_EPOCHS + 1))
+    )
+    # The registered artifact loads and predicts.
+    predictor = Predictor.from_registry("dp-resume", 1, home=home)
+    rows = pd.read_parquet(data).head(5)
+    assert len(predictor.predict(rows).predictions) == 5
