@@ -253,6 +253,7 @@ def _execute(
     ds = ray.data.from_items(
         [{"unit": u.to_json()} for u in pending], override_num_blocks=len(pending)
     )
+    options = plan.actor_options()
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for bounding task retries; its default retries a
         # unit whose actor keeps dying (out of memory on every attempt) for ever.
@@ -273,8 +274,8 @@ def _execute(
                 plan.device,
                 plan.torch_threads,
             ),
-            num_cpus=plan.cpus_per_actor,
-            num_gpus=plan.gpus_per_actor or None,
+            num_cpus=options["num_cpus"],
+            num_gpus=options["num_gpus"],
             max_restarts=-1,
             max_task_retries=max_retries,
         )
@@ -282,7 +283,8 @@ def _execute(
     total = sum(u.num_rows or 0 for u in pending) if known_rows else len(pending)
     results: list[dict[str, Any]] = []
     failure: dict[str, Any] | None = None
-    label = f"predicting {total:,} {'rows' if known_rows else 'units'}"
+    noun = "row" if known_rows else "unit"
+    label = f"predicting {total:,} {noun}{'' if total == 1 else 's'}"
     try:
         with contextlib.ExitStack() as stack:
             # click's bar (as `raymlops data synth`): drawn on a terminal, one line in logs.

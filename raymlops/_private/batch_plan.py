@@ -382,6 +382,12 @@ class ResourcePlan:
     def device(self) -> str:
         return "cuda" if self.gpus_per_actor > 0 else "cpu"
 
+    def actor_options(self) -> dict[str, float | None]:
+        """What each actor of the pool asks Ray for (`map_batches`' num_cpus/num_gpus): the
+        GPU request is what puts an actor on a GPU, so it comes from the plan and is unit
+        tested with it (no GPU needed)."""
+        return {"num_cpus": self.cpus_per_actor, "num_gpus": self.gpus_per_actor or None}
+
     def describe(self) -> str:
         gpu = f", {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
         threads = "thread" if self.torch_threads == 1 else "threads"

@@ -98,6 +98,17 @@ def test_gpu_actors_take_one_gpu_each_and_a_larger_batch() -> None:
     assert "1 GPU" in custom.describe()
 
 
+def test_gpu_plans_ask_ray_for_gpus_and_cpu_plans_do_not() -> None:
+    """What map_batches requests per actor: --gpus 1 becomes num_gpus=1 (and a CUDA device),
+    a CPU plan asks for no GPU at all (num_gpus=None, not 0, so Ray's default stands)."""
+    gpu = plan_resources({"CPU": 8.0, "GPU": 2.0}, pending_units=10, gpus_per_actor=1.0)
+    assert gpu.actor_options() == {"num_cpus": 1.0, "num_gpus": 1.0} and gpu.device == "cuda"
+    shared = plan_resources({"CPU": 4.0, "GPU": 1.0}, pending_units=10, gpus_per_actor=0.25)
+    assert shared.actors == 4 and shared.actor_options() == {"num_cpus": 0.9, "num_gpus": 0.25}
+    cpu = plan_resources({"CPU": 2.0}, pending_units=10)
+    assert cpu.actor_options() == {"num_cpus": 0.9, "num_gpus": None} and cpu.device == "cpu"
+
+
 def test_gpus_the_cluster_lacks_are_a_resource_error() -> None:
     with pytest.raises(ResourceError, match=r"1 GPU.* per actor .* the Ray cluster has 0 GPUs"):
         plan_resources({"CPU": 2.0}, pending_units=4, gpus_per_actor=1.0)
