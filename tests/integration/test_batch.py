@@ -1,6 +1,8 @@
 """Batch inference on a real local Ray (one per module, 2 CPUs) and a real MLflow SQLite store:
 every row exactly once, the Predictor's own predictions, resume after a crash, a killed
-actor, schema and corrupt-file errors, bad rows.
+actor, schema and corrupt-file errors, bad rows, and an input several times larger than the
+object store (which the module's Ray keeps at Ray's minimum size) through a `raymlops batch`
+that joins this Ray with --address, its driver's peak memory measured.
 
 Models are registered in seconds by training in this process (tests.integration.
 batch_support); runs that must be interrupted use its slow architecture in a `raymlops batch`
@@ -12,11 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +59,11 @@ from tests.integration.batch_support import (  # noqa: E402
 RAYMLOPS = str(Path(sys.executable).with_name("raymlops"))
 SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 ROWS, FILES = 12_000, 6
+#: The module's Ray keeps a small object store (Ray accepts no less than 75 MiB), so that a
+#: 520 MB input is six times larger than it.
+OBJECT_STORE_BYTES = 80 * 1024**2
+#: The large input: id + 64 float64 features, 10 files of 100k rows (520 MB decoded).
+WIDE, WIDE_FILES, WIDE_FILE_ROWS = 64, 10, 100_000
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -63,7 +73,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray (2 CPUs) for the module; workers find tests.integration on PYTHONPATH."""
+    """One local Ray (2 CPUs, an object store of OBJECT_STORE_BYTES) for the module; workers
+    find tests.integration on PYTHONPATH."""
     import ray
 
     mp = pytest.MonkeyPatch()
@@ -76,6 +87,7 @@ def ray_cluster() -> Iterator[None]:
         ray.init(
             address="local",
             num_cpus=2,
+            object_store_memory=OBJECT_STORE_BYTES,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,
@@ -130,6 +142,85 @@ def finished(
     """One complete run of 'bm' over `data`."""
     out = tmp_path_factory.mktemp("finished") / "preds"
     return out, run_batch(model, str(data), str(out), home=home, echo=False)
+
+
+@pytest.fixture(scope="module")
+def wide_model(home: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
+    """'bw': an MLP over 64 numeric features f0…f63, trained on 2,000 synthetic rows."""
+    sample = tmp_path_factory.mktemp("wide") / "train.parquet"
+    synth_dataset(str(sample), rows=2_000, features=WIDE, categorical=0, seed=4)
+    config = batch_config("bw", sample)
+    register_model(config, home)
+    return config
+
+
+def write_wide_input(folder: Path, files: int, rows_per_file: int) -> int:
+    """Parquet files of `id` and f0…f63 as float64; returns the input's decoded size (the
+    bytes of its Arrow tables). Values come from 64 levels, so Parquet's dictionary encoding
+    keeps the files about 8× smaller on disk than decoded (quick to write and read)."""
+    rng = np.random.default_rng(11)
+    folder.mkdir(parents=True)
+    decoded = 0
+    for i in range(files):
+        columns: dict[str, np.ndarray] = {
+            "id": np.arange(i * rows_per_file, (i + 1) * rows_per_file, dtype=np.int64)
+        }
+        for j in range(WIDE):
+            columns[f"f{j}"] = rng.integers(-32, 32, rows_per_file) / 8.0
+        table = pa.table(columns)
+        decoded += table.nbytes
+        pq.write_table(table, folder / f"part-{i:05d}.parquet", row_group_size=50_000)
+    return decoded
+
+
+def object_store_totals() -> tuple[int, int]:
+    """Bytes ever created in this module's object store, and ever spilled from it (the
+    raylet's cumulative counters, as `ray memory --stats-only` reads them)."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+    stats = get_memory_info_reply(state).store_stats
+    return int(stats.cumulative_created_bytes), int(stats.spilled_bytes_total)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of a live process: the peak resident memory of what it runs now (ru_maxrss
+    from wait4 would not do: it also counts the forking parent's memory before the exec)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    lines = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(lines[0].split()[1]) / 1024 if lines else None
+
+
+def run_joined(home: Path, config: Path, source: Path, out: Path) -> tuple[dict[str, Any], float]:
+    """`raymlops batch --address <this module's Ray> --json` as a process of its own; returns
+    its JSON result and its peak resident memory in MB (VmHWM, read every 20 ms until it
+    exits: the peak is monotonic, so only its last moments could go unseen)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env["RAYMLOPS_HOME"] = str(home)
+    address = ray.get_runtime_context().gcs_address
+    command = [RAYMLOPS, "batch", "-c", str(config), "--input", str(source)]
+    command += ["--output", str(out), "--address", address, "--json"]
+    logs = out.with_name(out.name + ".out"), out.with_name(out.name + ".err")
+    peak = 0.0
+    with open(logs[0], "w") as stdout, open(logs[1], "w") as stderr:
+        proc = subprocess.Popen(command, env=env, cwd=home, stdout=stdout, stderr=stderr)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None:
+            peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"raymlops batch on {source} did not finish in 300 s")
+            time.sleep(0.02)
+    assert proc.returncode == 0, logs[1].read_text()[-3000:]
+    assert peak > 0
+    return json.loads(logs[0].read_text()), peak
 
 
 def config_file(folder: Path, config: PipelineConfig) -> Path:
@@ -216,7 +307,10 @@ def test_every_row_once_with_the_predictions_of_the_predictor(
     assert run.data.tags["raymlops.step"] == "batch"
     assert run.data.tags["raymlops.model_version"] == "1"
     assert run.data.tags["raymlops.input_digest"] == result.input_digest
-    assert run.data.metrics["rows_out"] == ROWS and run.data.metrics["rows_per_s"] > 0
+    assert run.data.tags["raymlops.input"] == str(data)
+    metrics = run.data.metrics
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (ROWS, ROWS, 0)
+    assert metrics["rows_per_s"] == pytest.approx(result.rows_per_s) and metrics["rows_per_s"] > 0
     assert run.data.params["actors"] == "2"
 
 
@@ -255,6 +349,48 @@ def test_other_arguments_on_an_existing_output_are_refused(
     assert "on_bad_rows 'fail' → 'skip'" in line
     code, _, stderr = invoke(*args, "--version", "7")
     assert code == 2 and "model 'bm' has no version 7" in error_line(stderr)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_an_input_six_times_the_object_store_streams_with_a_bounded_driver(
+    tmp_path: Path, home: Path, wide_model: PipelineConfig
+) -> None:
+    """520 MB of decoded input through an 80 MiB object store, by a `raymlops batch` that
+    joins this Ray with --address: every row once, next to nothing created in (let alone
+    spilled from) the object store, and the driver's peak memory no higher than on a
+    one-file input of 10,000 rows."""
+    import ray
+
+    assert ray.cluster_resources()["object_store_memory"] <= OBJECT_STORE_BYTES
+    large = tmp_path / "large"
+    decoded = write_wide_input(large, WIDE_FILES, WIDE_FILE_ROWS)
+    assert decoded > 6 * OBJECT_STORE_BYTES
+    small = tmp_path / "small"
+    write_wide_input(small, 1, 10_000)
+    config = config_file(tmp_path, wide_model)
+
+    small_result, small_peak_mb = run_joined(home, config, small, tmp_path / "small-out")
+    assert small_result["rows_out"] == 10_000
+    created, spilled = object_store_totals()
+    result, peak_mb = run_joined(home, config, large, tmp_path / "large-out")
+    created_after, spilled_after = object_store_totals()
+
+    rows = WIDE_FILES * WIDE_FILE_ROWS
+    assert (result["rows_in"], result["rows_out"], result["units_run"]) == (rows, rows, WIDE_FILES)
+    assert result["actors"] == 2 and len(result["nodes"]) == 1
+    ids = pq.read_table(tmp_path / "large-out", columns=["id"]).column("id").to_numpy()
+    assert len(ids) == rows and np.array_equal(np.sort(ids), np.arange(rows))
+    # Rows never pass through the object store: what the run put there (unit descriptions,
+    # one line of statistics per unit, Ray Data's bookkeeping) is a sliver of the input
+    # (measured: 1.3 MB of 520 MB; a pipeline of rows would put all 520 MB there).
+    assert spilled_after == spilled
+    assert created_after - created < decoded / 50, (created_after - created, decoded)
+    # The driver holds units and statistics, never rows: 100× the input, the same peak
+    # (measured: 483 MB both, +0.6 MB; holding the input, or even one of its files, would
+    # add 52-520 MB).
+    assert peak_mb - small_peak_mb < 40, (small_peak_mb, peak_mb)
 
 
 # --------------------------------------------------------------------------- crashes
@@ -368,8 +504,12 @@ def test_bad_rows_go_to_rejects_with_their_reason_or_fail_with_exit_2(
         *args, "--output", str(tmp_path / "skip"), "--on-bad-rows", "skip"
     )
     assert code == 0, stderr
+    # The summary: counts, throughput, where the output (and the rejects) went.
     assert "2,000 in, 1,998 out, 2 rejected" in stdout and "_rejects" in stdout
-    assert "predicting" in stderr  # the progress bar's label
+    assert f"batch bm v1 → {tmp_path / 'skip'}" in stdout
+    assert re.search(r"throughput: [\d,]+ rows/s \(2,000 rows in", stdout), stdout
+    # The progress bar, counting units: a CSV file's rows are unknown until it is read.
+    assert re.search(r"predicting 1 unit\b", stderr), stderr
     written = read_output(tmp_path / "skip")
     assert len(written) == 1998 and not (
         {int(frame["id"][5]), int(frame["id"][700])} & set(written["id"])
@@ -387,6 +527,47 @@ def test_bad_rows_go_to_rejects_with_their_reason_or_fail_with_exit_2(
     assert f"{source}: row 5: column 'f1': 'oops' is not a number" in line
     assert "--on-bad-rows skip" in line
     assert not list((tmp_path / "fail").glob("part-*.parquet"))
+
+
+def test_file_uris_for_input_and_output(
+    tmp_path: Path,
+    home: Path,
+    data: Path,
+    model: PipelineConfig,
+    finished: tuple[Path, BatchResult],
+) -> None:
+    """A file:// URI of one file in, a file:// URI of a folder out (the pyarrow file system
+    path that s3:// and gs:// take too): the same predictions as the folder run."""
+    source = data / "part-00003.parquet"
+    out = tmp_path / "uri"
+    result = run_batch(model, source.as_uri(), out.as_uri(), home=home, echo=False)
+    assert (result.rows_in, result.rows_out, result.units_total) == (2_000, 2_000, 1)
+    rows = read_output(out).sort_values("id").reset_index(drop=True)
+    ids = set(pq.read_table(source, columns=["id"]).column("id").to_pylist())
+    before = read_output(finished[0])
+    before = before[before["id"].isin(ids)].sort_values("id").reset_index(drop=True)
+    assert rows["id"].tolist() == before["id"].tolist() and len(rows) == 2_000
+    assert rows["prediction"].tolist() == before["prediction"].tolist()
+    manifest = json.loads((out / "_raymlops_batch.json").read_text())
+    assert manifest["complete"] and manifest["fingerprint"]["input"] == source.as_uri()
+
+
+def test_gpus_the_cluster_lacks_exit_2_before_any_compute(
+    tmp_path: Path, home: Path, data: Path, model: PipelineConfig
+) -> None:
+    """--gpus (or batch.gpus_per_actor) reaches the actor pool's plan: on this CPU-only Ray a
+    GPU per actor is one error line, exit 2, and nothing is computed."""
+    args = ["-c", str(config_file(tmp_path, model)), "--home", str(home), "--input", str(data)]
+    code, _, stderr = invoke(*args, "--output", str(tmp_path / "o1"), "--gpus", "1")
+    assert code == 2
+    assert "1 GPU(s) per actor (--gpus / batch.gpus_per_actor) but the Ray cluster has 0 GPUs" in (
+        error_line(stderr)
+    )
+    code, _, stderr = invoke(
+        *args, "--output", str(tmp_path / "o2"), "--set", "batch.gpus_per_actor=0.5"
+    )
+    assert code == 2 and "0.5 GPU(s) per actor" in error_line(stderr)
+    assert not list(tmp_path.glob("o*/part-*.parquet"))
 
 
 def test_output_inside_input_or_a_foreign_folder_is_refused(
