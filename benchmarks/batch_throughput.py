@@ -26,8 +26,8 @@ Prints rows/s of each, the ratio (a)/(b) and the driver's peak memory (VmHWM of 
 and with `--two-node` (a) on a local cluster of two `ray start` nodes.
 
     python benchmarks/batch_throughput.py            # 3 repetitions, both datasets, (c)
-    python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric data, < 3 min
-                                                     # (first run: + ~70 s per dataset)
+    python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric data: ~50 s
+                                                     # (first run: + 40-70 s per dataset)
 
 The last line is one JSON object with at least `ratio` and `driver_peak_mb`.
 """
