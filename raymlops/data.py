@@ -29,11 +29,15 @@ __all__ = [
     "ColumnRoles",
     "DatasetSplits",
     "DatasetVersion",
+    "check_source",
     "describe_path",
     "infer_roles",
+    "iter_tables",
     "load_dataset",
     "load_table",
     "profile_table",
+    "sample_table",
+    "scan_files",
     "split_table",
     "synth_dataset",
 ]
@@ -144,6 +148,85 @@ def load_table(path: str, fmt: str = "auto") -> pa.Table:
     """Read a Parquet/CSV file, folder or URI (or a bundled dataset) into one Arrow table."""
     table, _ = _load_with_digest(path, fmt)
     return table
+
+
+_STREAM_BATCH_ROWS = 65_536
+
+
+def scan_files(
+    files: list[str], fmt: str, filesystem: pafs.FileSystem, batch_rows: int = _STREAM_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of every Parquet/CSV file in order, one at a time: memory is bounded by
+    a batch, not by the data. A file that cannot be read is named in the DataError."""
+    for file in files:
+        try:
+            if fmt == "parquet":
+                with pq.ParquetFile(file, filesystem=filesystem, pre_buffer=False) as reader:
+                    yield from reader.iter_batches(batch_size=batch_rows, use_threads=False)
+            else:
+                delimiter = "\t" if file.lower().endswith(".tsv") else ","
+                with filesystem.open_input_stream(file) as stream:
+                    yield from pacsv.open_csv(
+                        stream, parse_options=pacsv.ParseOptions(delimiter=delimiter)
+                    )
+        except (pa.ArrowException, OSError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"cannot read {file}: {message}") from None
+
+
+def iter_tables(path: str, fmt: str = "auto", *, per_file: int | None = None) -> Iterator[pa.Table]:
+    """The rows of a Parquet/CSV file, folder or URI (or a bundled dataset) as a stream of
+    Arrow tables, every one cast to the first one's schema: for data that may not fit in
+    memory. `per_file` stops reading each file after that many rows (a spread sample)."""
+    source = _resolve_source(path, fmt)
+    if source.format == "sklearn":  # bundled datasets are small
+        table = _load_sklearn(source.uri.split(":", 1)[1])
+        yield table if per_file is None else table.slice(0, per_file)
+        return
+    assert source.filesystem is not None
+    schema: pa.Schema | None = None
+    for file in source.files:
+        left = per_file
+        batch_rows = _STREAM_BATCH_ROWS if per_file is None else max(1, min(per_file, 65_536))
+        for batch in scan_files([file], source.format, source.filesystem, batch_rows):
+            table = pa.Table.from_batches([batch])
+            if left is not None:
+                table = table.slice(0, left)
+                left -= table.num_rows
+            if schema is None:
+                schema = table.schema
+            elif table.schema != schema:
+                try:
+                    table = table.select(schema.names).cast(schema)
+                except (pa.ArrowException, ValueError, KeyError) as exc:
+                    raise DataError(
+                        f"files under {path} have incompatible schemas: {exc}"
+                    ) from None
+            yield table
+            if left is not None and left <= 0:
+                break
+
+
+def sample_table(path: str, fmt: str = "auto", rows: int = 20_000) -> pa.Table:
+    """At most `rows` rows of the data, taken from the start of every file in turn (each file
+    contributes its share): a bounded stand-in for the whole table where a few thousand
+    representative rows are enough, read without loading the data whole."""
+    source = _resolve_source(path, fmt)
+    share = max(1, math.ceil(rows / max(1, len(source.files))))
+    tables = list(iter_tables(path, fmt, per_file=share))
+    if not tables:
+        raise DataError(f"{path} has no rows")
+    return pa.concat_tables(tables).slice(0, rows).combine_chunks()
+
+
+def check_source(data: DataConfig, features: FeaturesConfig) -> ColumnRoles:
+    """The checks a streaming run can make before any compute starts: the data resolves,
+    its first rows read, and their columns have the roles the config asks for (one line on
+    failure). The full pass comes later, in training."""
+    for table in iter_tables(data.path, data.format):
+        if table.num_rows:
+            return infer_roles(table, data, features, source=data.path)
+    raise DataError(f"{data.path} has no rows")
 
 
 def _load_with_digest(path: str, fmt: str) -> tuple[pa.Table, str]:

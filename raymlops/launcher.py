@@ -43,9 +43,16 @@ def is_job_address(address: str | None) -> bool:
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, *, dashboard: bool = False
+) -> Iterator[None]:
     """Connect to Ray for the block: reuse a running session, join `address`, or start a
-    local Ray sized to this machine and shut it down afterwards."""
+    local Ray sized to this machine and shut it down afterwards.
+
+    A local Ray runs without its dashboard (faster to start) unless `dashboard`: Ray Train
+    runs inside Tune trials need it, because Ray Train frees the placement group of a trial
+    that Tune stopped through the dashboard's state API; without it the stopped trial's
+    CPUs stay reserved and the next trials wait for them forever."""
     import ray
 
     if ray.is_initialized():
@@ -69,7 +76,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
+            include_dashboard=dashboard,
             **kwargs,
         )
     try:

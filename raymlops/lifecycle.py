@@ -291,36 +291,63 @@ def _higher_is_better(metric: str) -> bool:
 
 def build_training_data(config: PipelineConfig, home: Path, recent: str | None) -> tuple[str, int]:
     """The new training set: the reference data (if configured) plus recent labelled rows,
-    aligned to the reference's columns, written as one Parquet file under home."""
+    aligned to the reference's columns, written as one Parquet file under home. The
+    reference is copied batch by batch, so data too large for memory (`data.streaming`)
+    stays so."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raymlops.data import load_table
+    from raymlops.data import iter_tables, load_table
 
     policy = config.retrain
-    tables: list[pa.Table] = []
-    reference = load_table(config.data.path, config.data.format)
-    if policy.include_reference:
-        tables.append(reference)
-    if recent:
-        fresh = load_table(recent)
-        missing = [c for c in reference.column_names if c not in fresh.column_names]
-        if missing:
-            raise UserInputError(
-                f"recent data {recent} lacks column(s) {', '.join(missing)} of the training data"
-            )
-        fresh = fresh.select(reference.column_names).cast(reference.schema, safe=False)
-        tables.append(fresh)
-    if not tables:
+    if not policy.include_reference and not recent:
         raise UserInputError(
             "retrain has no data: set retrain.recent_data or retrain.include_reference"
         )
-    combined = pa.concat_tables(tables, promote_options="permissive")
     folder = home / "retrain" / config.registry.model_name / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "train.parquet"
-    pq.write_table(combined, target)
-    return str(target), combined.num_rows
+    hidden = folder / ".train.parquet.tmp"
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    try:
+        schema = None
+        for table in iter_tables(config.data.path, config.data.format):
+            schema = table.schema
+            if not policy.include_reference:
+                break  # only its columns are needed
+            if writer is None:
+                writer = pq.ParquetWriter(hidden, schema)
+            writer.write_table(table)
+            rows += table.num_rows
+        if schema is None:
+            raise UserInputError(f"the training data {config.data.path} has no rows")
+        if recent:
+            fresh = load_table(recent)
+            unlearned = {*config.data.id_columns, *config.data.drop_columns}
+            missing = [c for c in schema.names if c not in fresh.column_names]
+            lacking = [c for c in missing if c not in unlearned]
+            if lacking:
+                raise UserInputError(
+                    f"recent data {recent} lacks column(s) {', '.join(lacking)} of the "
+                    "training data"
+                )
+            for name in missing:  # ids and dropped columns are never learned: left empty
+                fresh = fresh.append_column(name, pa.nulls(fresh.num_rows, schema.field(name).type))
+            fresh = fresh.select(schema.names).cast(schema, safe=False)
+            if writer is None:
+                writer = pq.ParquetWriter(hidden, schema)
+            writer.write_table(fresh)
+            rows += fresh.num_rows
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        hidden.unlink(missing_ok=True)
+        raise
+    assert writer is not None  # the reference or the recent rows were written
+    writer.close()
+    hidden.replace(target)
+    return str(target), rows
 
 
 # --------------------------------------------------------------------------- the policy
@@ -421,7 +448,9 @@ def retrain(
         config, home_path, recent_data if recent_data is not None else policy.recent_data
     )
     say(f"training set: {rows} rows → {data_path}")
-    overrides: dict[str, Any] = {"data": {**config.data.model_dump(), "path": data_path}}
+    overrides: dict[str, Any] = {
+        "data": {**config.data.model_dump(), "path": data_path, "format": "parquet"}
+    }
     if policy.num_samples is not None:
         overrides["tune"] = {**config.tune.model_dump(), "num_samples": policy.num_samples}
     new_config = type(config).model_validate({**config.model_dump(), **overrides})

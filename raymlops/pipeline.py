@@ -19,12 +19,13 @@ import pandas as pd
 
 from raymlops._private.home import home_dir
 from raymlops.config import PipelineConfig, config_hash
-from raymlops.data import DatasetVersion, load_dataset
+from raymlops.data import DatasetVersion, check_source, load_dataset
 from raymlops.errors import UserInputError
 from raymlops.features import Preprocessor
 from raymlops.launcher import PIPELINE_STEPS, ray_session
 from raymlops.registry import CHAMPION, ModelVersionInfo, Registry
 from raymlops.train import TrainingArrays, evaluate, load_best_predictor
+from raymlops.tune import uses_train_run
 
 __all__ = [
     "LOOP_STEPS",
@@ -163,7 +164,7 @@ def train_and_register(
                 f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
                 f"{experiment_storage(config, home_path)} (finished ones are registered)"
             )
-    with ray_session(address):
+    with ray_session(address, dashboard=uses_train_run(config)):
         outcome = run_search(config, arrays, home_path, resume=resume_path, echo=echo)
 
     trial_config = config.apply_trial(outcome.best_params)
@@ -241,9 +242,13 @@ def run_pipeline(
     → promote — with every step recorded in MLflow and the alias history."""
     if not full:
         return _train_and_sample(config, address=address, home=home, echo=echo, samples=samples)
-    # Bad data fails here, in one line, before a Ray is started for the loop.
-    load_dataset(config.data, config.features)
-    with ray_session(address):
+    # Bad data fails here, in one line, before a Ray is started for the loop (streaming
+    # data: the checks its first rows allow; it is never loaded whole).
+    if config.data.streaming:
+        check_source(config.data, config.features)
+    else:
+        load_dataset(config.data, config.features)
+    with ray_session(address, dashboard=uses_train_run(config)):
         return _closed_loop(config, home=home, echo=echo, samples=samples, keep=keep_serving)
 
 
@@ -267,12 +272,21 @@ def _train_and_sample(
     return RunResult(result, int(predictor.metadata["version"]), shown)
 
 
+def _rows_of(config: PipelineConfig) -> Any:
+    """The config's data as one Arrow table, for steps that need rows of it; with
+    `data.streaming` a bounded sample spread over its files, never the whole data."""
+    from raymlops.data import load_table, sample_table
+
+    data = config.data
+    if data.streaming:
+        return sample_table(data.path, data.format, min(data.stream_sample_rows, _LOOP_ROWS))
+    return load_table(data.path, data.format)
+
+
 def _sample_rows(config: PipelineConfig, samples: int, table: Any = None) -> pd.DataFrame:
     """`samples` rows of the config's data (`table`, when already loaded), seeded."""
-    from raymlops.data import load_table
-
     if table is None:
-        table = load_table(config.data.path, config.data.format)
+        table = _rows_of(config)
     rng = np.random.default_rng(config.data.split.seed)
     picked = np.sort(rng.choice(table.num_rows, size=min(samples, table.num_rows), replace=False))
     return table.take(picked).to_pandas()
@@ -293,6 +307,8 @@ _TITLES = {
     "finish": "model card and summary",
 }
 _STATE_FILE = "state.json"
+#: Rows of streaming data the loop's traffic and sample steps read (a bounded sample).
+_LOOP_ROWS = 20_000
 
 
 @dataclass
@@ -443,26 +459,32 @@ class _Loop:
         return gate
 
     def _table(self) -> Any:
-        """The config's data, loaded once per step process (several steps read it)."""
-        from raymlops.data import load_table
-
+        """The config's data, loaded once per step process (several steps read it). With
+        `data.streaming` a bounded sample spread over its files: the steps that read this
+        table (sample requests, simulated traffic) need rows, not all of them."""
         if self._loaded is None:
-            self._loaded = load_table(self.config.data.path, self.config.data.format)
+            self._loaded = _rows_of(self.config)
         return self._loaded
 
     def _features(self, table: Any) -> list[str]:
-        return [c for c in table.column_names if c != self.config.data.label]
+        """The columns a request carries: not the label, ids or dropped columns."""
+        data = self.config.data
+        excluded = {data.label, *data.id_columns, *data.drop_columns}
+        return [c for c in table.column_names if c not in excluded]
 
     def _batch(self) -> None:
         import pyarrow.parquet as pq
 
         from raymlops.batch import run_batch
 
-        table = self._table()
-        batch_in = self.work / "batch-input.parquet"
-        pq.write_table(table.drop_columns([self.config.data.label]), batch_in)
+        if self.config.data.streaming:  # batch streams too: the data as it is, label and all
+            batch_in = self.config.data.path
+        else:
+            written = self.work / "batch-input.parquet"
+            pq.write_table(self._table().drop_columns([self.config.data.label]), written)
+            batch_in = str(written)
         output = self.work / "batch-output"
-        self.batch = run_batch(self.config, str(batch_in), str(output), home=self.home)
+        self.batch = run_batch(self.config, batch_in, str(output), home=self.home)
         self.state.batch_output = str(output)
         self.say(self.batch.summary())
 
@@ -502,6 +524,7 @@ class _Loop:
             shift_std=1.0,
             share=0.5,
             seed=self.config.data.split.seed,
+            keep=list(self.config.data.id_columns),
         )
         sent = _send(self._client(), traffic.requests, batch_rows=4)
         recent = self.work / "recent-labelled.parquet"
@@ -636,7 +659,7 @@ def run_loop_step(
     else:
         state = LoopState.load(folder)
     loop = _Loop(config, state, home=home, echo=echo)
-    with ray_session(None):
+    with ray_session(None, dashboard=uses_train_run(config)):
         if step == "finish":
             try:
                 loop.run_step(step)

@@ -30,10 +30,12 @@ def drifted_traffic(
     shift_std: float,
     share: float,
     seed: int,
+    keep: list[str] | None = None,
 ) -> Traffic:
     """`rows` rows resampled from `table`, with `share` of the numeric features moved by
     `shift_std` of their standard deviation (so drift against the training profile is real
-    and its size is known)."""
+    and its size is known). The labelled rows also carry the `keep` columns (ids), so that
+    they line up with the training data's columns."""
     frame = table.to_pandas()
     rng = np.random.default_rng(seed)
     picked = frame.iloc[rng.integers(0, len(frame), size=rows)].reset_index(drop=True)
@@ -43,4 +45,5 @@ def drifted_traffic(
     for column in shifted:
         std = float(frame[column].std()) or 1.0
         picked[column] = picked[column].astype("float64") + shift_std * std
-    return Traffic(picked[features], picked[[*features, label]], shifted, shift_std)
+    labelled = picked[[*(keep or []), *features, label]]
+    return Traffic(picked[features], labelled, shifted, shift_std)
