@@ -9,7 +9,11 @@ Ray Data shards):
 (a) this machine: 1 worker × 2 torch threads (2 CPUs) vs 2 workers × 1 thread (1 CPU each);
 (b) a local two-node Ray (`ray start --head` + `ray start --address`, 1 CPU each, temp dirs
     and ports of their own, stopped by their PIDs): 1 worker × 1 thread (one node) vs
-    2 workers (one per node).
+    2 workers (one per node);
+(c) a reference without Ray: the same MLP, data and global batch in plain PyTorch — one
+    process × 2 threads, 2 processes under DDP over gloo × 1 thread, and 2 processes that skip
+    the gradient all-reduce (`no_sync`, the compute alone) — so the account of where the
+    efficiency goes can separate Ray's share from DDP's and the hardware's.
 
 Samples/s counts training rows per second of the epochs after the first (the first pays
 the workers' start, the process group and Ray Data's first blocks); an epoch's time
@@ -18,7 +22,7 @@ speed-up ÷ workers. The last line is one JSON object with `efficiency_2_workers
 machine) and `efficiency_2_nodes`.
 
     python benchmarks/train_scaling.py            # 240k rows, 4 epochs
-    python benchmarks/train_scaling.py --quick    # 120k rows, 3 epochs, under 3 minutes
+    python benchmarks/train_scaling.py --quick    # 100k rows, 3 epochs, under 3 minutes
 """
 
 from __future__ import annotations
@@ -182,13 +186,113 @@ def _two_nodes() -> tuple[str, list[_Node]]:
     raise RuntimeError("the two-node Ray did not come up within 90 s")
 
 
+# --------------------------------------------------------------------------- plain PyTorch
+# The same MLP, data and global batch trained by plain PyTorch processes without Ray: what DDP
+# over gloo itself gives on this machine, so the account of the missing efficiency can tell
+# Ray's share from the hardware's.
+
+
+def _plain_net(inputs: int) -> Any:
+    import torch.nn as nn
+
+    layers: list[Any] = []
+    width = inputs
+    for _ in range(3):
+        layers += [nn.Linear(width, 256), nn.ReLU()]
+        width = 256
+    return nn.Sequential(*layers, nn.Linear(width, 2))
+
+
+def _plain_epochs(net: Any, x: Any, y: Any, batch: int, epochs: int, sync: bool) -> float:
+    """Seconds of the epochs after the first (the first excluded, as above)."""
+    import contextlib
+
+    import torch
+
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    timed = 0.0
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), batch):
+            rows = order[i : i + batch]
+            optimizer.zero_grad(set_to_none=True)
+            guard = contextlib.nullcontext() if sync else net.no_sync()
+            with guard:
+                loss_fn(net(x[rows]), y[rows]).backward()
+            optimizer.step()
+        if epoch:
+            timed += time.perf_counter() - started
+    return timed
+
+
+def _plain_worker(rank: int, port: int, x: Any, y: Any, batch: int, epochs: int,
+                  out: Any) -> None:  # fmt: skip
+    """One of 2 DDP processes: timed epochs with the gradient all-reduce, then without it
+    (`no_sync`), then one all-reduce of the gradients' size alone."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    net = torch.nn.parallel.DistributedDataParallel(_plain_net(x.shape[1]))
+    x, y = x[rank::2], y[rank::2]
+    dist.barrier()
+    synced = _plain_epochs(net, x, y, batch // 2, epochs, True)
+    dist.barrier()
+    alone = _plain_epochs(net, x, y, batch // 2, epochs, False)
+    grads = torch.zeros(sum(p.numel() for p in net.parameters()))
+    dist.barrier()
+    started = time.perf_counter()
+    for _ in range(100):
+        dist.all_reduce(grads)
+    out.put((synced, alone, (time.perf_counter() - started) / 100))
+    dist.destroy_process_group()
+
+
+def _plain_pytorch(arrays: TrainingArrays, batch: int, epochs: int) -> dict[str, float]:
+    """Samples/s of 1 process × 2 threads, 2 DDP processes × 1 thread, and the same 2
+    processes skipping the gradient all-reduce (`no_sync`: the compute alone), plus one
+    all-reduce's time."""
+    import torch
+    import torch.multiprocessing as mp
+
+    x = torch.from_numpy(arrays.x_train.astype("float32"))
+    y = torch.from_numpy(arrays.y_train.astype("int64"))
+    samples = (epochs - 1) * len(x)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    single = samples / _plain_epochs(_plain_net(x.shape[1]), x, y, batch, epochs, True)
+    context = mp.get_context("spawn")
+    out = context.Queue()
+    port = _free_port()
+    workers = [
+        context.Process(target=_plain_worker, args=(r, port, x, y, batch, epochs, out))
+        for r in range(2)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    return {
+        "plain_1_process_2_threads": single,
+        "plain_2_ddp_processes": samples / max(r[0] for r in results),
+        "plain_2_processes_no_sync": samples / max(r[1] for r in results),
+        "plain_all_reduce_ms": 1000 * max(r[2] for r in results),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller data, fewer epochs")
     parser.add_argument("--no-cluster", action="store_true", help="skip the two-node part")
     parser.add_argument("--batch-size", type=int, default=256, help="global batch (256)")
     args = parser.parse_args()
-    rows, epochs = (120_000, 3) if args.quick else (240_000, 4)
+    rows, epochs = (100_000, 3) if args.quick else (240_000, 4)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     figures: dict[str, Any] = {"rows": rows, "epochs": epochs}
     with tempfile.TemporaryDirectory(prefix="train-scaling-") as tmp:
@@ -214,6 +318,24 @@ def main() -> None:
         print(f"this machine: 1 worker × 2 threads {one:,.0f} samples/s, "
               f"2 workers × 1 thread {two:,.0f} samples/s → speed-up {two / one:.2f}, "
               f"efficiency {two / one / 2:.2f}  [{time.monotonic() - started:.0f}s]")  # fmt: skip
+
+        started = time.monotonic()
+        plain = _plain_pytorch(arrays, args.batch_size, epochs)
+        single, ddp = plain["plain_1_process_2_threads"], plain["plain_2_ddp_processes"]
+        no_sync = plain["plain_2_processes_no_sync"]
+        figures.update(
+            samples_per_s_plain_1_process_2_threads=round(single),
+            samples_per_s_plain_2_ddp_processes=round(ddp),
+            samples_per_s_plain_2_processes_no_sync=round(no_sync),
+            plain_all_reduce_ms=round(plain["plain_all_reduce_ms"], 2),
+            efficiency_plain_ddp=round(ddp / single / 2, 3),
+            efficiency_plain_no_sync=round(no_sync / single / 2, 3),
+        )
+        print(f"plain PyTorch, no Ray: 1 process × 2 threads {single:,.0f} samples/s, "
+              f"2 DDP processes × 1 thread {ddp:,.0f} (efficiency {ddp / single / 2:.2f}; "
+              f"one gradient all-reduce {plain['plain_all_reduce_ms']:.2f} ms), "
+              f"2 processes without the all-reduce {no_sync:,.0f} (efficiency "
+              f"{no_sync / single / 2:.2f})  [{time.monotonic() - started:.0f}s]")  # fmt: skip
 
         if not args.no_cluster:
             started = time.monotonic()
