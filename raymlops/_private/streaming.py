@@ -28,6 +28,7 @@ from raymlops.data import (
     _Source,
     infer_roles,
     profile_table,
+    scan_files,
 )
 from raymlops.errors import DataError
 from raymlops.features import Preprocessor
@@ -182,28 +183,7 @@ def batch_to_arrays(batch: pa.Table, width: int) -> tuple[np.ndarray, np.ndarray
 
 def _scan(files: list[str], fmt: str, filesystem: Any) -> Iterator[pa.RecordBatch]:
     """Record batches of every file in order, one at a time."""
-    yield from _scan_files(files, fmt, filesystem)
-
-
-def _scan_files(files: list[str], fmt: str, filesystem: Any) -> Iterator[pa.RecordBatch]:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    for file in files:
-        try:
-            if fmt == "parquet":
-                with pq.ParquetFile(file, filesystem=filesystem, pre_buffer=False) as reader:
-                    yield from reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, use_threads=False)
-            else:
-                delimiter = "\t" if file.lower().endswith(".tsv") else ","
-                with filesystem.open_input_stream(file) as stream:
-                    reader = pacsv.open_csv(
-                        stream, parse_options=pacsv.ParseOptions(delimiter=delimiter)
-                    )
-                    yield from reader
-        except (pa.ArrowException, OSError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"cannot read {file}: {message}") from None
+    yield from scan_files(files, fmt, filesystem, _SCAN_BATCH_ROWS)
 
 
 def _files_digest(source: _Source) -> str:

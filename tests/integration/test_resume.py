@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -79,6 +80,65 @@ def sessions() -> Iterator[list[int]]:
         _kill_session(sid)
 
 
+def _run_then_kill(
+    command: list[str],
+    cwd: Path,
+    sessions: list[int],
+    ready: Callable[[], bool],
+    *,
+    timeout_s: float,
+    waiting_for: str,
+) -> None:
+    """Start `command` in a session of its own and SIGKILL the whole session (the driver and
+    every Ray process it started) as soon as `ready()` holds: a crash at that point."""
+    log = cwd / "first-run.log"
+    with log.open("wb") as sink:
+        first = subprocess.Popen(
+            command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    sessions.append(first.pid)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ready():
+            if first.poll() is not None:
+                pytest.fail(f"the run ended before it was killed:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {waiting_for} within {timeout_s:g} s:\n{log.read_text()}")
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    # Ray workers leave the process group but not the session: kill them by PID.
+    _kill_session(first.pid)
+
+
+def _resume(command: list[str], cwd: Path, sessions: list[int], experiment: Path) -> dict[str, Any]:
+    """Run `command --resume` to the end; it must resume `experiment` and succeed. Its
+    `--json` result."""
+    second = subprocess.Popen(
+        [*command, "--resume"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    sessions.append(second.pid)
+    try:
+        stdout, stderr = second.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        stdout, stderr = second.communicate()
+        pytest.fail(f"raymlops train --resume did not finish within 400 s:\n{stderr[-4000:]}")
+    assert second.returncode == 0, stderr[-4000:]
+    assert "Traceback" not in stderr
+    assert f"resuming Tune experiment {experiment}" in stderr
+    result: dict[str, Any] = json.loads(stdout)
+    return result
+
+
 def _finished_trials(home: Path) -> list[str]:
     """Trial folders of the pipeline's experiment holding their last epoch's checkpoint."""
     finished = []
@@ -111,28 +171,15 @@ def test_resume_after_sigkill_completes_the_experiment(tmp_path: Path, sessions:
     command = [RAYMLOPS, "train", "-c", str(config), "--home", str(home), "--json"]
 
     # 1. Start a search and SIGKILL its whole session once two trials have finished.
-    log = tmp_path / "first-run.log"
-    with log.open("wb") as sink:
-        first = subprocess.Popen(
-            command, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    sessions.append(first.pid)
-    deadline = time.monotonic() + 240
-    try:
-        while len(_finished_trials(home)) < 2:
-            if first.poll() is not None:
-                pytest.fail(f"the run ended before it was killed:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no two trials finished within 240 s:\n{log.read_text()}")
-            time.sleep(0.1)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
+    _run_then_kill(
+        command,
+        tmp_path,
+        sessions,
+        lambda: len(_finished_trials(home)) >= 2,
+        timeout_s=240,
+        waiting_for="two trials to finish",
+    )
     finished_at_kill = _finished_trials(home)
-    assert first.returncode == -signal.SIGKILL
-    # Ray workers leave the process group but not the session: kill them by PID.
-    _kill_session(first.pid)
 
     experiments = sorted((home / "tune").glob("resume-test-*"))
     assert len(experiments) == 1
@@ -140,25 +187,7 @@ def test_resume_after_sigkill_completes_the_experiment(tmp_path: Path, sessions:
     assert Registry(home=home).list_models() == [], "the killed run registered a model"
 
     # 2. Resume it; the same experiment is completed and the best trial registered.
-    second = subprocess.Popen(
-        [*command, "--resume"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    sessions.append(second.pid)
-    try:
-        stdout, stderr = second.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(second.pid, signal.SIGKILL)
-        stdout, stderr = second.communicate()
-        pytest.fail(f"raymlops train --resume did not finish within 400 s:\n{stderr[-4000:]}")
-    assert second.returncode == 0, stderr[-4000:]
-    assert "Traceback" not in stderr
-    assert f"resuming Tune experiment {experiments[0]}" in stderr
-    result = json.loads(stdout)
+    result = _resume(command, tmp_path, sessions, experiments[0])
     assert result["trials"] == NUM_SAMPLES
     assert result["failed_trials"] == 0
     assert result["version"] == 1
@@ -233,26 +262,14 @@ def test_resume_after_sigkill_continues_a_data_parallel_trial(
     command = [RAYMLOPS, "train", "-c", str(config), "--home", str(home), "--json", *sets]
 
     # 1. SIGKILL the whole run once the trial's Train run has a persisted checkpoint.
-    log = tmp_path / "first-run.log"
-    with log.open("wb") as sink:
-        first = subprocess.Popen(
-            command, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    sessions.append(first.pid)
-    deadline = time.monotonic() + 300
-    try:
-        while not _train_run_checkpoints(home):
-            if first.poll() is not None:
-                pytest.fail(f"the run ended before it was killed:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no checkpoint within 300 s:\n{log.read_text()}")
-            time.sleep(0.05)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    assert first.returncode == -signal.SIGKILL
-    _kill_session(first.pid)  # the Ray processes, Train workers included
+    _run_then_kill(
+        command,
+        tmp_path,
+        sessions,
+        lambda: bool(_train_run_checkpoints(home)),
+        timeout_s=300,
+        waiting_for="a checkpoint",
+    )
 
     restored_epoch, restored_dir = _train_run_checkpoints(home)[-1]
     assert restored_epoch < DP_EPOCHS, "the trial finished before it was killed"
@@ -260,25 +277,7 @@ def test_resume_after_sigkill_continues_a_data_parallel_trial(
     assert Registry(home=home).list_models() == [], "the killed run registered a model"
 
     # 2. Resume: the same trial continues from its checkpoint's epoch, not from epoch 1.
-    second = subprocess.Popen(
-        [*command, "--resume"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    sessions.append(second.pid)
-    try:
-        stdout, stderr = second.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(second.pid, signal.SIGKILL)
-        stdout, stderr = second.communicate()
-        pytest.fail(f"raymlops train --resume did not finish within 400 s:\n{stderr[-4000:]}")
-    assert second.returncode == 0, stderr[-4000:]
-    assert "Traceback" not in stderr
-    assert f"resuming Tune experiment {experiment}" in stderr
-    result = json.loads(stdout)
+    result = _resume(command, tmp_path, sessions, experiment)
     assert result["trials"] == 1
     assert result["failed_trials"] == 0
     assert result["version"] == 1
