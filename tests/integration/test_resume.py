@@ -240,6 +240,7 @@ def _train_run_checkpoints(home: Path) -> list[tuple[int, str]]:
     return found
 
 
+@pytest.mark.long  # about 2 minutes: run in CI's second pass, to keep `pytest` under 15
 def test_resume_after_sigkill_continues_a_data_parallel_trial(
     tmp_path: Path, sessions: list[int]
 ) -> None:
