@@ -30,6 +30,7 @@ SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "
 ROWS = 6_000
 
 
+@pytest.mark.timeout(1000)  # the run's own limit is 900 s (it took about 5 minutes)
 def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
     tmp_path: Path,
 ) -> None:
