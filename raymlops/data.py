@@ -187,7 +187,7 @@ def iter_tables(path: str, fmt: str = "auto", *, per_file: int | None = None) ->
     schema: pa.Schema | None = None
     for file in source.files:
         left = per_file
-        batch_rows = _STREAM_BATCH_ROWS if per_file is None else max(1, min(per_file, 65_536))
+        batch_rows = min(per_file or _STREAM_BATCH_ROWS, _STREAM_BATCH_ROWS)
         for batch in scan_files([file], source.format, source.filesystem, batch_rows):
             table = pa.Table.from_batches([batch])
             if left is not None:
