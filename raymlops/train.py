@@ -22,7 +22,7 @@ from torch import nn
 from raymlops._private.artifacts import flatten_optimizer_state, unflatten_optimizer_state
 from raymlops.config import PipelineConfig
 from raymlops.features import Preprocessor
-from raymlops.metrics import classification_metrics, regression_metrics
+from raymlops.metrics import MetricAccumulator, classification_metrics, regression_metrics
 from raymlops.models import build_model
 from raymlops.predictor import Predictor
 
@@ -34,6 +34,7 @@ __all__ = [
     "evaluate",
     "fit",
     "load_best_predictor",
+    "metric_accumulator",
     "metrics_from_outputs",
 ]
 
@@ -95,6 +96,15 @@ def metrics_from_outputs(
     result = regression_metrics(truth, outputs)
     result["loss"] = float(np.mean(((outputs - prep.target_mean) / prep.target_std - y) ** 2))
     return result
+
+
+def metric_accumulator(prep: Preprocessor) -> MetricAccumulator:
+    """An empty `MetricAccumulator` for `prep`'s task, fed `Predictor.predict_matrix`
+    outputs and encoded targets: `metrics_from_outputs` in fixed memory, for splits seen in
+    pieces (data-parallel workers, streamed evaluation)."""
+    if prep.classes is not None:
+        return MetricAccumulator(len(prep.classes))
+    return MetricAccumulator(None, center=prep.target_mean, scale=prep.target_std)
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:

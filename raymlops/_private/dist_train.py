@@ -10,8 +10,9 @@ The loop mirrors `raymlops.train.fit` (same seeding of the weights; the same
 `raymlops.train.EpochBook` for early stopping, best weights and checkpoint epochs and files)
 so the registered artifact is the same kind.
 Each worker reads its own shard of the training and validation streams; the training loss
-is all-reduced and the validation metrics are computed from every worker's outputs, so the
-metrics are the whole validation split's, not rank 0's shard's.
+and the validation metrics' sums and counts (`raymlops.metrics.MetricAccumulator`) are
+all-reduced, so the metrics are the whole validation split's, not rank 0's shard's, and no
+worker holds per-row outputs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ RESTORED_PATH_KEY = "_restored_checkpoint"
 #: Rows a worker's local shuffle buffer holds (on top of one batch).
 _SHUFFLE_ROWS = 16_384
 _MEMORY_BLOCK_ROWS = 16_384
+#: Training steps between two samples of a worker's private memory.
+_MEMORY_SAMPLE_STEPS = 16
 
 
 def memory_datasets(arrays: Any) -> dict[str, Any]:
@@ -71,6 +74,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _private_mb() -> float:
+    """Private resident memory of this process in MiB (Linux's RssAnon): what the process
+    holds itself. Its RSS also counts the pages of Ray's shared object store that reading
+    blocks maps into it; those stay mapped, and counted, after the blocks are freed, so RSS
+    grows with the store's pages a worker has touched, up to the store's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The training loop each Ray Train worker runs (rank 0 checkpoints)."""
     import ray.train
@@ -82,7 +100,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raymlops._private.streaming import batch_to_arrays
     from raymlops.features import Preprocessor
     from raymlops.models import build_model
-    from raymlops.train import EpochBook, _optimizer, metrics_from_outputs
+    from raymlops.train import EpochBook, _optimizer, metric_accumulator
 
     config = PipelineConfig.model_validate(loop_config["config"])
     prep = Preprocessor.from_dict(loop_config["preprocessor"])
@@ -116,6 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     per_worker_batch = max(1, t.batch_size // world)
     # What this worker held before it read any data: the baseline of the memory check.
     start_peak = _peak_rss_mb()
+    start_private = private_peak = _private_mb()
     width = prep.n_outputs
 
     def read_shard(shard: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +199,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.train()
         total, rows = 0.0, 0
         epoch_started = time.perf_counter()
-        for x, y in train_batches(epoch):
+        for step, (x, y) in enumerate(train_batches(epoch)):
+            if step % _MEMORY_SAMPLE_STEPS == 0:
+                private_peak = max(private_peak, _private_mb())
             if len(x) < 2 and has_batchnorm:
                 continue  # BatchNorm cannot normalise a batch of one
             if prep.classes is None:
@@ -195,33 +216,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_s = time.perf_counter() - epoch_started  # after the sum: the slowest worker's
 
         model.eval()
-        outputs, targets = [], []
+        scores = metric_accumulator(prep)
         with torch.inference_mode():
             for x_np, y_np in val_batches():
                 out = base(torch.from_numpy(np.ascontiguousarray(x_np)).to(device))
                 if prep.classes is not None:
-                    outputs.append(torch.softmax(out, dim=1).cpu().numpy())
+                    scores.update(torch.softmax(out, dim=1).cpu().numpy(), y_np)
                 else:
                     values = out.squeeze(1).cpu().numpy().astype(np.float64)
-                    outputs.append(prep.decode_regression(values))
-                targets.append(y_np)
-        local = (
-            np.concatenate(outputs) if outputs else np.zeros((0, prep.n_targets)),
-            np.concatenate(targets) if targets else np.zeros(0),
-        )
-        gathered: list[Any] = [local]
-        if distributed:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, local)
-        all_outputs = np.concatenate([g[0] for g in gathered])
-        all_targets = np.concatenate([g[1] for g in gathered])
-        if prep.classes is None:
-            all_outputs = all_outputs.reshape(-1)
-        val = {
-            f"val_{k}": v for k, v in metrics_from_outputs(prep, all_outputs, all_targets).items()
-        }
+                    scores.update(prep.decode_regression(values), y_np)
+        if distributed:  # every worker's sums: the whole validation split's metrics
+            summed = torch.from_numpy(scores.state).to(device)
+            dist.all_reduce(summed)
+            scores.state = summed.cpu().numpy()
+        val = {f"val_{k}": v for k, v in scores.result().items()}
         peak_now = _peak_rss_mb()
-        peak = torch.tensor([peak_now, peak_now - start_peak], dtype=torch.float64, device=device)
+        private_peak = max(private_peak, _private_mb())
+        peak = torch.tensor(
+            [peak_now, peak_now - start_peak, private_peak - start_private],
+            dtype=torch.float64,
+            device=device,
+        )
         if distributed:
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         metrics: dict[str, float] = {
@@ -230,9 +245,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_rows": row_sum,
             "train_epoch_s": train_s,
             # Peak resident memory of the largest worker, and how far reading data has
-            # raised it: bounded by the stream's buffers, not by the data's size.
+            # raised it (shared object-store pages included), and its private memory's
+            # growth (sampled): a fixed overhead, not a share of the data (streaming).
             "train_worker_peak_rss_mb": float(peak[0]),
             "train_worker_rss_growth_mb": float(peak[1]),
+            "train_worker_private_growth_mb": float(peak[2]),
             **val,
         }
         stop, save = book.end_epoch(epoch + 1, metrics)

@@ -14,7 +14,7 @@ from torch import nn
 from raymlops import models
 from raymlops.config import ModelConfig, PipelineConfig, load_config
 from raymlops.errors import ConfigError
-from raymlops.metrics import classification_metrics, regression_metrics
+from raymlops.metrics import MetricAccumulator, classification_metrics, regression_metrics, roc_auc
 from raymlops.models import (
     MLP,
     build_model,
@@ -69,6 +69,80 @@ def test_f1_macro_counts_absent_predicted_classes() -> None:
     assert result["accuracy"] == pytest.approx(0.5)
     # Class 0: precision 0.5, recall 1 -> F1 2/3; classes 1 and 2: 0.
     assert result["f1_macro"] == pytest.approx((2 / 3) / 3)
+
+
+def _in_pieces(acc_args: dict[str, Any], outputs: np.ndarray, targets: np.ndarray) -> dict:
+    """Metrics of three accumulators over uneven pieces (one empty), merged as workers do."""
+    cuts = [0, 0, len(targets) // 3, len(targets)]
+    workers = [MetricAccumulator(**acc_args) for _ in range(3)]
+    for acc, start, stop in zip(workers, cuts[:-1], cuts[1:], strict=True):
+        for lo in range(start, stop, 97):  # batch by batch
+            hi = min(lo + 97, stop)
+            acc.update(outputs[lo:hi], targets[lo:hi])
+    for other in workers[1:]:
+        workers[0].merge(other.state)
+    assert workers[0].rows == len(targets)
+    return workers[0].result() | {"bound": workers[0].auc_error_bound()}
+
+
+def test_accumulated_binary_metrics_equal_the_whole_splits() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=5000)
+    logits = rng.normal(0, 1.5, size=5000) + 1.2 * y
+    p1 = 1 / (1 + np.exp(-logits))
+    probs = np.stack([1 - p1, p1], axis=1)
+    exact = classification_metrics(y, probs)
+    got = _in_pieces({"n_classes": 2}, probs, y)
+    for key in ("accuracy", "f1_macro", "log_loss"):
+        assert got[key] == pytest.approx(exact[key], rel=1e-12), key
+    assert got["loss"] == got["log_loss"]
+    # The binned AUC is within its stated bound of the exact one, and the bound is small.
+    assert 0 < got["bound"] < 1e-3
+    assert abs(got["roc_auc"] - exact["roc_auc"]) <= got["bound"]
+
+
+def test_accumulated_auc_counts_same_bin_pairs_as_ties() -> None:
+    acc = MetricAccumulator(2, auc_bins=4)
+    # Scores 0.6 and 0.7 share a bin (logits 0.41 and 0.85 of a 4-bin histogram over ±16).
+    acc.update(np.array([[0.3, 0.7], [0.4, 0.6], [0.99, 0.01]]), np.array([1, 0, 0]))
+    exact = roc_auc(np.array([1, 0, 0]), np.array([0.7, 0.6, 0.01]))
+    assert exact == 1.0
+    assert acc.result()["roc_auc"] == pytest.approx(0.75)  # the tied pair counts 1/2
+    assert acc.auc_error_bound() == pytest.approx(0.25)
+
+
+def test_accumulated_multiclass_metrics_and_empty_state() -> None:
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet([1, 1, 1], size=700)
+    y = rng.integers(0, 3, size=700)
+    exact = classification_metrics(y, probs, 3)
+    got = _in_pieces({"n_classes": 3}, probs, y)
+    assert "roc_auc" not in got and got["bound"] == 0.0
+    for key in ("accuracy", "f1_macro", "log_loss"):
+        assert got[key] == pytest.approx(exact[key], rel=1e-12), key
+    empty = MetricAccumulator(3).result()
+    assert math.isnan(empty["accuracy"]) and math.isnan(empty["loss"])
+    with pytest.raises(ValueError, match="state of shape"):
+        MetricAccumulator(3).merge(MetricAccumulator(2).state)
+
+
+def test_accumulated_regression_metrics_equal_the_whole_splits() -> None:
+    rng = np.random.default_rng(5)
+    mean, std = 1e6, 40.0  # a large offset: the sums are kept around the target's mean
+    truth = rng.normal(mean, std, size=3000)
+    pred = truth + rng.normal(0, 5, size=3000)
+    z = (truth - mean) / std
+    exact = regression_metrics(truth, pred)
+    got = _in_pieces({"n_classes": None, "center": mean, "scale": std}, pred, z)
+    for key in ("rmse", "mae", "r2"):
+        assert got[key] == pytest.approx(exact[key], rel=1e-9), key
+    assert got["loss"] == pytest.approx(np.mean(((pred - mean) / std - z) ** 2), rel=1e-9)
+    constant = MetricAccumulator(None, center=2.0, scale=1.0)
+    constant.update(np.array([3.0, 3.0]), np.array([1.0, 1.0]))  # truth 3, 3; exact fit
+    assert constant.result()["r2"] == 1.0
+    single = MetricAccumulator(None)
+    single.update(np.array([1.0]), np.array([0.0]))
+    assert math.isnan(single.result()["r2"])
 
 
 def test_regression_metrics_match_numpy() -> None:
