@@ -610,6 +610,12 @@ class GateConfig(_Section):
     )
     latency: LatencyBudget | None = Field(None, description="p95 single-row latency budget.")
     seed: int = Field(0, description="Seed of the random perturbations (shuffle, noise).")
+    max_rows: int = Field(
+        200_000,
+        ge=100,
+        description="data.streaming: the gate scores a uniform sample of at most this many "
+        "rows of the test split, read in one streaming pass (in-memory data: the whole split).",
+    )
 
     @field_validator("thresholds")
     @classmethod

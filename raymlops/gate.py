@@ -35,7 +35,6 @@ from raymlops.config import (
     PipelineConfig,
 )
 from raymlops.errors import ConfigError, DataError
-from raymlops.metrics import classification_metrics, regression_metrics
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -175,15 +174,9 @@ def _fmt(value: float) -> str:
 def task_metrics(predictor: Predictor, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
     """The registered metrics (as `raymlops.train.evaluate` computes them) from encoded
     targets and `Predictor.predict_matrix` outputs; works on any subset of rows."""
-    prep = predictor.preprocessor
-    if prep.classes is not None:
-        result = classification_metrics(y, outputs, len(prep.classes))
-        result["loss"] = result["log_loss"]
-        return result
-    truth = prep.decode_regression(y.astype(np.float64))
-    result = regression_metrics(truth, outputs)
-    result["loss"] = float(np.mean(((outputs - prep.target_mean) / prep.target_std - y) ** 2))
-    return result
+    from raymlops.train import metrics_from_outputs
+
+    return metrics_from_outputs(predictor.preprocessor, outputs, y)
 
 
 def group_rates(
@@ -727,8 +720,46 @@ def recorded_gate(info: ModelVersionInfo) -> dict[str, str]:
     return info.tags_under(_GATE_TAG)
 
 
+def _changed_data(name: str, info: ModelVersionInfo, path: str, digest: str, recorded: str) -> str:
+    return (
+        f"the data at {path} changed since {name} v{info.version} was trained "
+        f"(sha256 {digest[:12]}… ≠ recorded {recorded[:12]}…); pass the held-out rows with "
+        "--data PATH"
+    )
+
+
+def _held_out_sample(
+    name: str, info: ModelVersionInfo, trained: PipelineConfig, recorded: str | None, rows: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Streaming data: a bounded uniform sample of the test split, never the whole data."""
+    from raymlops._private.streaming import held_out_sample
+
+    try:
+        table, digest, total = held_out_sample(trained.data, rows)
+    except DataError as exc:
+        raise DataError(
+            f"cannot re-create the test split of {name} v{info.version}: {exc}; "
+            "pass the held-out rows with --data PATH"
+        ) from None
+    if recorded and digest != recorded:
+        raise DataError(_changed_data(name, info, trained.data.path, digest, recorded))
+    return table.to_pandas(), {
+        "source": trained.data.path,
+        "digest": digest,
+        "split": "test",
+        "seed": trained.data.split.seed,
+        "test_rows": total,
+        "sampled_rows": table.num_rows,
+    }
+
+
 def _held_out_rows(
-    registry: Registry, name: str, info: ModelVersionInfo, trained: PipelineConfig, data: str | None
+    registry: Registry,
+    name: str,
+    info: ModelVersionInfo,
+    trained: PipelineConfig,
+    data: str | None,
+    max_rows: int,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     from raymlops.data import _load_with_digest, load_dataset
 
@@ -737,6 +768,8 @@ def _held_out_rows(
         frame = table.to_pandas()
         return frame, {"source": data, "digest": digest, "split": "file"}
     recorded = info.tags.get("raymlops.dataset_digest")
+    if trained.data.streaming:
+        return _held_out_sample(name, info, trained, recorded, max_rows)
     try:
         dataset, splits, _ = load_dataset(trained.data, trained.features)
     except DataError as exc:
@@ -745,11 +778,7 @@ def _held_out_rows(
             "pass the held-out rows with --data PATH"
         ) from None
     if recorded and dataset.digest != recorded:
-        raise DataError(
-            f"the data at {trained.data.path} changed since {name} v{info.version} was trained "
-            f"(sha256 {dataset.digest[:12]}… ≠ recorded {recorded[:12]}…); "
-            "pass the held-out rows with --data PATH"
-        )
+        raise DataError(_changed_data(name, info, trained.data.path, dataset.digest, recorded))
     return splits.test.to_pandas(), {
         "source": trained.data.path,
         "digest": dataset.digest,
@@ -857,7 +886,7 @@ def run_gate(
     policy = config if config is not None else trained
     gate = policy.gate
     say(f"▸ loading the held-out rows of {name} v{info.version}")
-    frame, data_info = _held_out_rows(registry, name, info, trained, data)
+    frame, data_info = _held_out_rows(registry, name, info, trained, data, gate.max_rows)
     candidate = registry.load_predictor(name, info.version)
     champion: Predictor | None = None
     champion_version: int | None = None
@@ -870,7 +899,12 @@ def run_gate(
             champion = registry.load_predictor(name, champion_version)
         else:
             skip_reason = f"no '{gate.champion.alias}' to compare with"
-    say(f"▸ running {_count_checks(gate)} checks on {len(frame)} rows")
+    sampled = (
+        f" (a uniform sample of the {data_info['test_rows']} test rows)"
+        if "sampled_rows" in data_info and data_info["sampled_rows"] < data_info["test_rows"]
+        else ""
+    )
+    say(f"▸ running {_count_checks(gate)} checks on {len(frame)} rows{sampled}")
     result = evaluate_gate(
         gate,
         candidate,

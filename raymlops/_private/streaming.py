@@ -40,7 +40,9 @@ __all__ = [
     "SPLIT_CODES",
     "StreamingData",
     "batch_to_arrays",
+    "held_out_sample",
     "scan_dataset",
+    "select_split",
     "split_codes",
     "transform_batch",
 ]
@@ -78,6 +80,17 @@ def split_codes(
     return codes
 
 
+def select_split(
+    table: pa.Table, label: str, seed: int, validation: float, test: float, split: str
+) -> pa.Table:
+    """The rows of `table` with a label that belong to `split` (see `split_codes`)."""
+    table = table.filter(pc.is_valid(table.column(label)))
+    if table.num_rows == 0:
+        return table
+    keep = split_codes(table, seed, validation, test) == SPLIT_CODES[split]
+    return table.filter(pa.array(keep))
+
+
 @dataclass
 class StreamingData:
     """What trials need to stream their data: the files, the split rule and the fitted
@@ -96,11 +109,7 @@ class StreamingData:
 
     def select(self, table: pa.Table, split: str) -> pa.Table:
         """The rows of `table` (labelled rows only) that belong to `split`."""
-        table = table.filter(pc.is_valid(table.column(self.label)))
-        if table.num_rows == 0:
-            return table
-        keep = split_codes(table, self.seed, self.validation, self.test) == SPLIT_CODES[split]
-        return table.filter(pa.array(keep))
+        return select_split(table, self.label, self.seed, self.validation, self.test, split)
 
     def batches(self, split: str) -> Iterator[pa.Table]:
         """The rows of one split, batch by batch, read in the driver (bounded memory)."""
@@ -110,17 +119,19 @@ class StreamingData:
                 yield rows
 
     def evaluate(self, predictor: Predictor, split: str = "test") -> dict[str, float]:
-        """Metrics of `predictor` on a whole split, streamed: only its outputs are kept."""
-        from raymlops.train import metrics_from_outputs
+        """Metrics of `predictor` on a whole split, streamed: only their sums are kept."""
+        from raymlops.train import metric_accumulator
 
         prep = predictor.preprocessor
-        outputs, targets = [], []
+        scores = metric_accumulator(prep)
         for rows in self.batches(split):
-            outputs.append(predictor.predict_matrix(prep.transform(rows)))
-            targets.append(prep.encode_target(rows.column(self.label)))
-        if not outputs:
+            scores.update(
+                predictor.predict_matrix(prep.transform(rows)),
+                prep.encode_target(rows.column(self.label)),
+            )
+        if not scores.rows:
             raise DataError(f"the {split} split of {self.version.source} is empty")
-        return metrics_from_outputs(prep, np.concatenate(outputs), np.concatenate(targets))
+        return scores.result()
 
     def ray_dataset(self, split: str, ingest_cpus: float, concurrency: int) -> Any:
         """A lazy Ray Data stream of one split, preprocessed in the stream into the columns
@@ -219,6 +230,29 @@ class _BottomK:
             keep = np.sort(np.argpartition(keys, self.k - 1)[: self.k])
             table, keys = table.take(pa.array(keep)), keys[keep]
         self.table, self.keys = table.combine_chunks(), keys
+
+
+def held_out_sample(data: DataConfig, rows: int) -> tuple[pa.Table, str, int]:
+    """A uniform sample of at most `rows` rows of the test split, the data's digest and the
+    test split's size: what the gate scores for streaming data, read in one pass that holds
+    one batch and the sample."""
+    source = _resolve_source(data.path, data.format)
+    if source.format == "sklearn":
+        raise DataError(f"data.streaming reads Parquet or CSV files, not {data.path}")
+    digest = _files_digest(source)
+    split = data.split
+    sample = _BottomK(rows, split.seed * 2 + 11)
+    total = 0
+    for batch in _scan(source.files, source.format, source.filesystem):
+        table = pa.Table.from_batches([batch])
+        if data.label not in table.column_names:
+            raise DataError(f"{data.path} has no label column '{data.label}'")
+        test = select_split(table, data.label, split.seed, split.validation, split.test, "test")
+        total += test.num_rows
+        sample.add(test)
+    if sample.table is None:
+        raise DataError(f"the test split of {data.path} is empty")
+    return sample.table, digest, total
 
 
 def scan_dataset(data: DataConfig, features: FeaturesConfig) -> StreamingData:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymlops.data import synth_dataset
+from raymlops.gate import load_gate_result, recorded_gate
 from raymlops.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
@@ -53,6 +54,7 @@ def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
         "tune.num_samples=4",  # 2 waves of 2 on 2 CPUs
         "train.epochs=3",
         "retrain.canary_requests=60",
+        "gate.max_rows=300",  # the gate scores a bounded sample of the test split
         f"serve.port={port}",
     ]
     command = [RAYMLOPS, "run", *[arg for o in overrides for arg in ("--set", o)]]
@@ -64,6 +66,8 @@ def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
 
     # Both searches (the first and the retraining) ran all four trials.
     assert len(re.findall(r"trial +4/4 ", out)) == 2, out[-4000:]
+    # The gate scored a sample of the test split, not all of it (v2's gate: below).
+    assert re.search(r"checks on 300 rows \(a uniform sample of the \d+ test rows\)", out), out
     # Batch read the folder in place: every input row once, no copy of the input.
     [work] = (home / "runs").iterdir()
     assert not (work / "batch-input.parquet").exists()
@@ -75,3 +79,9 @@ def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
     assert registry.alias_target("streamed", "champion") == 2
     v2 = registry.client.get_model_version("streamed", "2")
     assert v2.tags["raymlops.dataset_source"].endswith("train.parquet")
+    for version in (1, 2):
+        gate = load_gate_result(
+            registry, recorded_gate(registry.version_info("streamed", version))["run_id"]
+        )
+        assert gate is not None and gate.passed, version
+        assert gate.data["sampled_rows"] == 300 < gate.data["test_rows"], gate.data

@@ -136,3 +136,32 @@ def test_a_failed_retraining_set_leaves_no_file(tmp_path: Path, folder: Path) ->
     with pytest.raises(Exception, match="lacks column"):
         build_training_data(_config(folder), tmp_path / "home", str(recent))
     assert not [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+
+
+def test_the_gate_sample_is_a_bounded_uniform_share_of_the_test_split(
+    folder: Path, no_whole_reads: None
+) -> None:
+    from raymlops._private.streaming import held_out_sample, scan_dataset, select_split
+
+    config = _config(folder)
+    scanned = scan_dataset(config.data, config.features)
+    sample, digest, total = held_out_sample(config.data, 5_000)
+    assert digest == scanned.version.digest
+    assert total == scanned.version.split["test"]
+    assert sample.num_rows == 5_000 < total
+    # Only test rows, no row twice, drawn from every file (ids 0–69,999 are file 0, …).
+    split = config.data.split
+    again = select_split(sample, "y", split.seed, split.validation, split.test, "test")
+    assert again.num_rows == sample.num_rows
+    ids = sample.column("id").to_numpy()
+    assert len(np.unique(ids)) == len(ids)
+    assert set(np.unique(ids // ROWS_PER_FILE)) == set(range(FILES))
+    whole, _, _ = held_out_sample(config.data, 10**6)
+    assert whole.num_rows == total
+
+
+def test_the_gate_sample_names_a_missing_label(folder: Path) -> None:
+    from raymlops._private.streaming import held_out_sample
+
+    with pytest.raises(DataError, match="no label column 'nope'"):
+        held_out_sample(_config(folder, "data.label=nope").data, 100)
