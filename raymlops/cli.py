@@ -1103,11 +1103,16 @@ def predict(
     Example:
       raymlops predict breast-cancer --input data.parquet --limit 5
     """
-    from raymlops.data import load_table
+    from raymlops.data import iter_tables
+    from raymlops.errors import DataError
     from raymlops.registry import Registry
 
     predictor = Registry(tracking_uri, home).load_predictor(name, version)
-    rows = load_table(input_path).slice(0, limit)
+    # The first rows only: the input may be a folder larger than memory.
+    rows = next((t for t in iter_tables(input_path) if t.num_rows), None)
+    if rows is None:
+        raise DataError(f"{input_path} has no rows")
+    rows = rows.slice(0, limit)
     frame = predictor.predict(rows).to_frame()
     click.echo(f"{name} v{predictor.metadata['version']}:")
     click.echo(frame.to_string(float_format=lambda v: f"{v:.4f}"))
