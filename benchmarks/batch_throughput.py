@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -49,6 +48,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from raymlops._private.sessions import stop_session
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "benchmarks" / ".data"
@@ -262,18 +263,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop_session(sid: int) -> None:
-    """SIGTERM, then SIGKILL, every live process of session `sid` (never `ray stop`)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            pid, session, stat = line.split()
-            if int(session) == sid and not stat.startswith("Z"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), sig)
-        time.sleep(3 if sig == signal.SIGTERM else 1)
-
-
 @contextlib.contextmanager
 def two_nodes(cpus_each: int) -> Any:
     """A head and a second node of `cpus_each` CPUs on this machine, each in a temp dir of
@@ -317,7 +306,7 @@ def two_nodes(cpus_each: int) -> Any:
         yield gcs
     finally:
         for proc, temp in reversed(nodes):
-            _stop_session(proc.pid)
+            stop_session(proc.pid, term_s=3.0)
             shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -15,11 +15,9 @@ The last line is one JSON object with `submit_vs_inprocess` ((a)/(b) wall time, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +27,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from raymlops._private.sessions import stop_session
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -60,18 +60,6 @@ def _wait_for(address: str, head: subprocess.Popen[bytes], timeout_s: float = 12
         except OSError:
             time.sleep(0.5)
     sys.exit(f"the Ray head at {address} did not come up")
-
-
-def _stop_session(sid: int) -> None:
-    """SIGTERM, then SIGKILL, every live process of session `sid`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            pid, session, stat = line.split()
-            if int(session) == sid and not stat.startswith("Z"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), sig)
-        time.sleep(5 if sig == signal.SIGTERM else 1)
 
 
 def _timed(command: list[str], home: Path) -> float:
@@ -123,7 +111,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        _stop_session(head.pid)
+        stop_session(head.pid, term_s=5.0)
         shutil.rmtree(temp, ignore_errors=True)
     ratios = [s / i for s, i in zip(submitted, inprocess, strict=True)]
     figures = {

@@ -50,6 +50,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from raymlops._private.sessions import session_processes
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "benchmarks" / ".data"
 BIN = Path(sys.executable).parent
@@ -175,11 +177,6 @@ def _cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
-
-
-def _session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
 
 
 def _wrk(url: str, body: Path, concurrency: int, seconds: float, script: Path) -> dict[str, Any]:
@@ -354,7 +351,7 @@ def main() -> None:
             deployed = json.loads(deploy.stdout)
             print(f"  deployed in {time.monotonic() - started:.1f} s ({deployed['proxy']} proxy)")
             sid = json.loads((home / "serve" / "ray-head.json").read_text())["session_id"]
-            servers["raymlops"] = (deployed["url"], lambda: _session_pids(sid))
+            servers["raymlops"] = (deployed["url"], lambda: list(session_processes(sid)))
         for url, pids in servers.values():  # warm-up: connections, first calls
             measure(url, bodies[1], 1, 8, 2, pids, script)
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {side: {} for side in servers}

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from raymlops._private.sessions import stop_session
 from raymlops.config import PipelineConfig, load_config
 from raymlops.data import load_dataset, synth_dataset
 from raymlops.features import Preprocessor
@@ -103,16 +103,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
-    pids = []
-    for line in out.stdout.splitlines():
-        pid, session, stat = line.split()
-        if int(session) == sid and not stat.startswith("Z") and int(pid) != os.getpid():
-            pids.append(int(pid))
-    return pids
-
-
 class _Node:
     """One `ray start --block` in a session of its own; stopped by PID (never `ray stop`)."""
 
@@ -125,14 +115,7 @@ class _Node:
         )  # fmt: skip
 
     def stop(self) -> None:
-        sid = self.process.pid
-        for sig, wait_s in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 10.0)):
-            for pid in _session_pids(sid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while _session_pids(sid) and time.monotonic() < deadline:
-                time.sleep(0.3)
+        stop_session(self.process.pid, term_s=8.0, kill_s=10.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         shutil.rmtree(self.temp, ignore_errors=True)

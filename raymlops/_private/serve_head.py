@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -28,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from raymlops._private.sessions import session_processes, stop_session
 from raymlops.errors import RaymlopsError
 
 __all__ = [
@@ -165,7 +165,7 @@ class OwnedHead:
 
     def alive(self) -> bool:
         """Its processes run and its GCS accepts connections (three tries)."""
-        if not _session_processes(self.session_id):
+        if not session_processes(self.session_id):
             return False
         host, port = self.address.rsplit(":", 1)
         for _ in range(3):
@@ -193,7 +193,7 @@ def load_owned_head(home: Path) -> OwnedHead | None:
         return head
     # What is left of a head that died (a Ray process killed, an HAProxy orphaned) is ours:
     # stop it before a new head wants the same ports.
-    _kill_session(head.session_id)
+    stop_session(head.session_id)
     path.unlink(missing_ok=True)
     return None
 
@@ -252,7 +252,7 @@ def start_owned_head(
         env=env,
     )
     if code != 0 or not head.alive():
-        _kill_session(process.pid)
+        stop_session(process.pid)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
         raise RaymlopsError(
             "could not start a local Ray head for serving: "
@@ -273,39 +273,6 @@ def stop_owned_head(home: Path) -> bool:
     except (ValueError, TypeError):
         path.unlink(missing_ok=True)
         return False
-    stopped = _kill_session(head.session_id)
+    stopped = bool(stop_session(head.session_id))
     path.unlink(missing_ok=True)
     return stopped
-
-
-def _session_processes(sid: int) -> list[int]:
-    """Live PIDs in process session `sid` (Ray's daemons leave the process group, not the
-    session); zombies and this process are left out."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
-    pids = []
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        pid, session, state = parts[0], parts[1], parts[2]
-        if int(session) == sid and not state.startswith("Z") and int(pid) != os.getpid():
-            pids.append(int(pid))
-    return pids
-
-
-def _kill_session(sid: int, term_s: float = 10.0, kill_s: float = 20.0) -> bool:
-    """Signal every process of session `sid` until none is left: SIGTERM for `term_s`, then
-    SIGKILL. Each round lists the session again, so a process started while the others go
-    down (HAProxy respawned by its dying manager) is caught too."""
-    found = bool(_session_processes(sid))
-    started = time.monotonic()
-    while time.monotonic() - started < term_s + kill_s:
-        pids = _session_processes(sid)
-        if not pids:
-            break
-        sig = signal.SIGTERM if time.monotonic() - started < term_s else signal.SIGKILL
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        time.sleep(0.3)
-    return found

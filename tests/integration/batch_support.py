@@ -8,12 +8,9 @@ must be on PYTHONPATH), like `tests.integration.crashy_arch`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from raymlops._private.sessions import stop_session
 from raymlops.config import PipelineConfig
 from raymlops.data import load_dataset
 from raymlops.features import Preprocessor
@@ -93,28 +91,9 @@ def register_model(config: PipelineConfig, home: Path) -> ModelVersionInfo:
 # --------------------------------------------------------------------------- processes
 
 
-def session_processes(sid: int) -> dict[int, str]:
-    """Live processes of session `sid` (a `start_new_session` subprocess and every Ray
-    process it started), pid → command line; zombies left out."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True)
-    found = {}
-    for line in out.stdout.splitlines():
-        pid, session, stat, *args = line.split(None, 3)
-        if int(session) == sid and not stat.startswith("Z") and int(pid) != os.getpid():
-            found[int(pid)] = args[0] if args else ""
-    return found
-
-
 def kill_session(sid: int) -> None:
     """SIGKILL every process of session `sid`: a crash of the driver and its local Ray."""
-    for _ in range(3):
-        pids = session_processes(sid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+    stop_session(sid, term_s=0.0, kill_s=5.0)
 
 
 def wait_for(condition: Any, timeout_s: float, what: str) -> None:

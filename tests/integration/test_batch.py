@@ -32,6 +32,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from raymlops._private.sessions import session_processes
 from raymlops.batch import BatchResult, run_batch
 from raymlops.cli import cli
 from raymlops.config import PipelineConfig
@@ -51,7 +52,6 @@ from tests.integration.batch_support import (  # noqa: E402
     kill_session,
     read_output,
     register_model,
-    session_processes,
     unit_stats,
     wait_for,
 )

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from raymlops._private.sessions import session_processes, stop_session
 from raymlops.launcher import PIPELINE_STEPS
 from raymlops.registry import Registry
 
@@ -43,18 +43,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _session_processes(sid: int) -> list[int]:
-    """Live PIDs in process session `sid` (Ray's processes leave the process group, not the
-    session); zombies are left out."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True)
-    pids = []
-    for line in out.stdout.splitlines():
-        pid, session, stat = line.split()
-        if int(session) == sid and not stat.startswith("Z") and int(pid) != os.getpid():
-            pids.append(int(pid))
-    return pids
 
 
 def _clean_env() -> dict[str, str]:
@@ -83,16 +71,10 @@ class Node:
         """Stop every process of this node by PID (never `ray stop`, which would also stop
         the other Ray instances on this machine)."""
         sid = self.process.pid
-        for sig, wait_s in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 10.0)):
-            for pid in _session_processes(sid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while _session_processes(sid) and time.monotonic() < deadline:
-                time.sleep(0.3)
+        stop_session(sid, term_s=8.0, kill_s=10.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        assert _session_processes(sid) == [], "Ray processes survived"
+        assert session_processes(sid) == {}, "Ray processes survived"
 
 
 def _start_node(args: list[str], temp: str, env: dict[str, str], ready: str) -> Node:
