@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from raymlops._private.sessions import session_processes, stop_session
 from raymlops.data import synth_dataset
 from raymlops.predictor import Predictor
 from raymlops.registry import Registry
@@ -40,35 +41,12 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def _live_session_processes(sid: int) -> list[str]:
-    """`pid stat args` of the processes of session `sid` that are not zombies.
-
-    A local Ray started by a driver runs in the driver's session; its workers make their
-    own process groups but stay in the session, so the session id finds all of them."""
-    out = subprocess.run(
-        ["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True, check=True
-    ).stdout
-    live = []
-    for line in out.splitlines():
-        parts = line.split(None, 3)
-        if len(parts) >= 3 and parts[1] == str(sid) and not parts[2].startswith("Z"):
-            live.append(line.strip())
-    return live
-
-
-def _kill_session(sid: int, timeout: float = 30.0) -> list[str]:
-    """SIGKILL every live process of session `sid` by PID; return what was still alive."""
-    found = _live_session_processes(sid)
-    deadline = time.monotonic() + timeout
-    remaining = found
-    while remaining and time.monotonic() < deadline:
-        for line in remaining:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line.split()[0]), signal.SIGKILL)
-        time.sleep(0.2)
-        remaining = _live_session_processes(sid)
-    assert remaining == [], f"processes of the killed run survive SIGKILL: {remaining}"
-    return found
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` by PID: a local Ray started by a driver runs
+    in the driver's session, and its workers leave the process group but not the session."""
+    stop_session(sid, term_s=0.0, kill_s=30.0)
+    survivors = session_processes(sid)
+    assert survivors == {}, f"processes of the killed run survive SIGKILL: {survivors}"
 
 
 @pytest.fixture
@@ -78,6 +56,25 @@ def sessions() -> Iterator[list[int]]:
     yield started
     for sid in started:
         _kill_session(sid)
+
+
+def _train_command(tmp_path: Path, name: str, epochs: int, tune: str) -> tuple[Path, list[str]]:
+    """A small classification dataset, a config named `name` training `epochs` epochs with
+    the `tune` section given (YAML flow style), and the `raymlops train --json` command line
+    for it; returns the run's home and the command."""
+    data = tmp_path / "data.parquet"
+    synth_dataset(str(data), rows=6000, features=4, categorical=1, seed=3)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"name: {name}\n"
+        f"data: {{path: {data}, label: label, id_columns: [id]}}\n"
+        "model: {params: {depth: 1, width: 16}}\n"
+        f"train: {{epochs: {epochs}, batch_size: 64, early_stopping_patience: null}}\n"
+        f"tune: {tune}\n"
+        f"registry: {{model_name: {name}, experiment: {name}}}\n"
+    )
+    home = tmp_path / "home"
+    return home, [RAYMLOPS, "train", "-c", str(config), "--home", str(home), "--json"]
 
 
 def _run_then_kill(
@@ -152,23 +149,11 @@ def _finished_trials(home: Path) -> list[str]:
 
 
 def test_resume_after_sigkill_completes_the_experiment(tmp_path: Path, sessions: list[int]) -> None:
-    home = tmp_path / "home"
-    data = tmp_path / "data.parquet"
-    synth_dataset(str(data), rows=6000, features=4, categorical=1, seed=3)
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "name: resume-test\n"
-        f"data: {{path: {data}, label: label, id_columns: [id]}}\n"
-        "model: {params: {depth: 1, width: 16}}\n"
-        f"train: {{epochs: {EPOCHS}, batch_size: 64, early_stopping_patience: null}}\n"
-        "tune:\n"
-        f"  num_samples: {NUM_SAMPLES}\n"
-        "  scheduler: fifo\n"
-        "  search_space:\n"
-        "    train.learning_rate: {type: loguniform, low: 0.001, high: 0.01}\n"
-        "registry: {model_name: resume-test, experiment: resume-test}\n"
+    tune = (
+        f"{{num_samples: {NUM_SAMPLES}, scheduler: fifo, search_space: "
+        "{train.learning_rate: {type: loguniform, low: 0.001, high: 0.01}}}"
     )
-    command = [RAYMLOPS, "train", "-c", str(config), "--home", str(home), "--json"]
+    home, command = _train_command(tmp_path, "resume-test", EPOCHS, tune)
 
     # 1. Start a search and SIGKILL its whole session once two trials have finished.
     _run_then_kill(
@@ -244,23 +229,13 @@ def _train_run_checkpoints(home: Path) -> list[tuple[int, str]]:
 def test_resume_after_sigkill_continues_a_data_parallel_trial(
     tmp_path: Path, sessions: list[int]
 ) -> None:
-    home = tmp_path / "home"
-    data = tmp_path / "data.parquet"
-    synth_dataset(str(data), rows=6000, features=4, categorical=1, seed=3)
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "name: dp-resume\n"
-        f"data: {{path: {data}, label: label, id_columns: [id]}}\n"
-        "model: {params: {depth: 1, width: 16}}\n"
-        f"train: {{epochs: {DP_EPOCHS}, batch_size: 64, early_stopping_patience: null}}\n"
-        "tune: {num_samples: 1, scheduler: fifo}\n"
-        "registry: {model_name: dp-resume, experiment: dp-resume}\n"
+    home, command = _train_command(
+        tmp_path, "dp-resume", DP_EPOCHS, "{num_samples: 1, scheduler: fifo}"
     )
     # Two Ray Train workers (DDP over gloo), a checkpoint every second epoch: the first
     # epoch after the restored checkpoint writes none, so its result must name the restored
     # checkpoint as the trial's latest.
-    sets = ["--set", "train.num_workers=2", "--set", "train.checkpoint_every=2"]
-    command = [RAYMLOPS, "train", "-c", str(config), "--home", str(home), "--json", *sets]
+    command += ["--set", "train.num_workers=2", "--set", "train.checkpoint_every=2"]
 
     # 1. SIGKILL the whole run once the trial's Train run has a persisted checkpoint.
     _run_then_kill(
@@ -317,5 +292,5 @@ def test_resume_after_sigkill_continues_a_data_parallel_trial(
     )
     # The registered artifact loads and predicts.
     predictor = Predictor.from_registry("dp-resume", 1, home=home)
-    rows = pd.read_parquet(data).head(5)
+    rows = pd.read_parquet(tmp_path / "data.parquet").head(5)
     assert len(predictor.predict(rows).predictions) == 5
