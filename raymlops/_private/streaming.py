@@ -40,6 +40,7 @@ __all__ = [
     "SPLIT_CODES",
     "StreamingData",
     "batch_to_arrays",
+    "conform",
     "held_out_sample",
     "scan_dataset",
     "select_split",
@@ -80,10 +81,31 @@ def split_codes(
     return codes
 
 
+def conform(table: pa.Table, schema: pa.Schema | None, source: str) -> pa.Table:
+    """`table` cast to `schema` (the first file's), as every reader of streaming data sees
+    it: files whose inferred types differ (a CSV column of ints in one file, floats in
+    another) would otherwise hash their rows differently and put them in different splits."""
+    if schema is None or table.schema == schema:
+        return table
+    try:
+        return table.cast(schema)
+    except (pa.ArrowException, ValueError) as exc:
+        raise DataError(f"files under {source} have incompatible schemas: {exc}") from None
+
+
 def select_split(
-    table: pa.Table, label: str, seed: int, validation: float, test: float, split: str
+    table: pa.Table,
+    label: str,
+    seed: int,
+    validation: float,
+    test: float,
+    split: str,
+    schema: pa.Schema | None = None,
+    source: str = "the data",
 ) -> pa.Table:
-    """The rows of `table` with a label that belong to `split` (see `split_codes`)."""
+    """The rows of `table` with a label that belong to `split` (see `split_codes`), read as
+    `schema` when given (see `conform`; `source` names the data in its error)."""
+    table = conform(table, schema, source)
     table = table.filter(pc.is_valid(table.column(label)))
     if table.num_rows == 0:
         return table
@@ -106,10 +128,21 @@ class StreamingData:
     test: float
     preprocessor: dict[str, Any]
     version: DatasetVersion = field(repr=False)
+    #: The first file's schema: every batch is read as it (see `conform`).
+    schema: pa.Schema | None = field(default=None, repr=False)
 
     def select(self, table: pa.Table, split: str) -> pa.Table:
         """The rows of `table` (labelled rows only) that belong to `split`."""
-        return select_split(table, self.label, self.seed, self.validation, self.test, split)
+        return select_split(
+            table,
+            self.label,
+            self.seed,
+            self.validation,
+            self.test,
+            split,
+            self.schema,
+            self.version.source,
+        )
 
     def batches(self, split: str) -> Iterator[pa.Table]:
         """The rows of one split, batch by batch, read in the driver (bounded memory)."""
@@ -243,10 +276,14 @@ def held_out_sample(data: DataConfig, rows: int) -> tuple[pa.Table, str, int]:
     split = data.split
     sample = _BottomK(rows, split.seed * 2 + 11)
     total = 0
+    schema: pa.Schema | None = None
     for batch in _scan(source.files, source.format, source.filesystem):
         table = pa.Table.from_batches([batch])
-        if data.label not in table.column_names:
-            raise DataError(f"{data.path} has no label column '{data.label}'")
+        if schema is None:
+            if data.label not in table.column_names:
+                raise DataError(f"{data.path} has no label column '{data.label}'")
+            schema = table.schema
+        table = conform(table, schema, data.path)
         test = select_split(table, data.label, split.seed, split.validation, split.test, "test")
         total += test.num_rows
         sample.add(test)
@@ -275,13 +312,7 @@ def scan_dataset(data: DataConfig, features: FeaturesConfig) -> StreamingData:
         if roles is None:
             schema = table.schema
             roles = infer_roles(table, data, features, source=data.path)
-        elif table.schema != schema:
-            try:
-                table = table.cast(schema)
-            except (pa.ArrowException, ValueError) as exc:
-                raise DataError(
-                    f"files under {data.path} have incompatible schemas: {exc}"
-                ) from None
+        table = conform(table, schema, data.path)
         valid = pc.is_valid(table.column(roles.label))
         dropped += table.num_rows - int(pc.sum(valid).as_py() or 0)
         table = table.filter(valid)
@@ -336,4 +367,5 @@ def scan_dataset(data: DataConfig, features: FeaturesConfig) -> StreamingData:
         test=split.test,
         preprocessor=prep.to_dict(),
         version=version,
+        schema=schema,
     )

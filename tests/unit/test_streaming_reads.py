@@ -165,3 +165,29 @@ def test_the_gate_sample_names_a_missing_label(folder: Path) -> None:
 
     with pytest.raises(DataError, match="no label column 'nope'"):
         held_out_sample(_config(folder, "data.label=nope").data, 100)
+
+
+def test_files_with_different_inferred_types_keep_every_row_in_one_split(
+    tmp_path: Path,
+) -> None:
+    from raymlops._private.streaming import held_out_sample, scan_dataset
+
+    # CSV infers int64 for the first file's `n` and float64 for the second's: the scan casts
+    # to the first file's schema, and so must every later read, or rows hash differently
+    # and change split between the scan, the trials' streams and the test evaluation.
+    root = tmp_path / "csv"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i, values in enumerate((np.arange(3000), np.arange(3000, 6000).astype(float))):
+        frame = pd.DataFrame(
+            {"n": values, "x": rng.normal(size=3000), "y": rng.integers(0, 2, 3000)}
+        )
+        frame.to_csv(root / f"part-{i}.csv", index=False)
+    assert "3000.0" in (root / "part-1.csv").read_text()[:40]
+    config = load_config(None, [f"data.path={root}", "data.label=y", "data.streaming=true"])
+    scanned = scan_dataset(config.data, config.features)
+    for split in ("train", "validation", "test"):
+        rows = sum(t.num_rows for t in scanned.batches(split))
+        assert rows == scanned.version.split[split], split
+    _, _, test_rows = held_out_sample(config.data, 100)
+    assert test_rows == scanned.version.split["test"]
