@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -47,10 +48,26 @@ def _handle_errors(func: F) -> F:
         except Exception as exc:  # the last line of defence: one line, not a traceback
             if os.environ.get("RAYMLOPS_DEBUG"):
                 traceback.print_exc()
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _fail(f"{type(exc).__name__}: {detail} (set RAYMLOPS_DEBUG=1 for the traceback)", 1)
+            _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)", 1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """`Type: message` of an unexpected error on one line. An error raised inside a Ray
+    task or actor names only the task on its first line; what went wrong is the error it
+    wraps (`cause`), shown whole (its lines joined: a crashed HAProxy's alert is on its
+    last one), with the task it came from."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        origin = re.sub(r"\x1b\[[0-9;]*m", "", first).split(" (pid=")[0]  # no colours
+        text = " | ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+        if len(text) > limit:
+            text = text[:limit] + "…"
+        return f"{type(cause).__name__}" + (f" in {origin}" if origin else "") + f": {text}"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {detail}"
 
 
 def _config_options(func: F) -> F:

@@ -384,3 +384,22 @@ def test_help_exits_0_and_shows_an_example(tmp_path: Path, path: tuple[str, ...]
     if _is_group(path):
         assert "Commands:" in proc.stdout
     assert "Example" in proc.stdout
+
+
+def test_an_unexpected_error_in_a_ray_actor_is_shown_by_its_cause_on_one_line() -> None:
+    from ray.exceptions import RayTaskError
+
+    from raymlops.cli import _one_line
+
+    cause = RuntimeError("HAProxy crashed during startup: [NOTICE] starting\n[ALERT] cannot bind")
+    wrapped = RayTaskError(
+        "ready", "Traceback …", cause, proctitle="ray::HAProxyManager.ready", pid=7, ip="10.0.0.1"
+    ).as_instanceof_cause()
+    line = _one_line(wrapped)
+    assert line == (
+        "RuntimeError in ray::HAProxyManager.ready(): HAProxy crashed during startup: "
+        "[NOTICE] starting | [ALERT] cannot bind"
+    )
+    assert _one_line(ValueError("first\nsecond")) == "ValueError: first"
+    assert _one_line(RuntimeError("x" * 1000)).startswith("RuntimeError: x")
+    assert len(_one_line(RayTaskError("f", "", RuntimeError("y" * 1000), "p", 1, "h"))) < 450
