@@ -283,8 +283,9 @@ def held_out_sample(data: DataConfig, rows: int) -> tuple[pa.Table, str, int]:
             if data.label not in table.column_names:
                 raise DataError(f"{data.path} has no label column '{data.label}'")
             schema = table.schema
-        table = conform(table, schema, data.path)
-        test = select_split(table, data.label, split.seed, split.validation, split.test, "test")
+        test = select_split(
+            table, data.label, split.seed, split.validation, split.test, "test", schema, data.path
+        )
         total += test.num_rows
         sample.add(test)
     if sample.table is None:
