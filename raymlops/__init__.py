@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "RegistryError": "raymlops.errors",
     "ResourceError": "raymlops.errors",
     "RunResult": "raymlops.pipeline",
+    "SearchStalledError": "raymlops.errors",
     "ServeStatus": "raymlops.serving",
     "ServingError": "raymlops.serving",
     "TrainResult": "raymlops.pipeline",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
         RaymlopsError,
         RegistryError,
         ResourceError,
+        SearchStalledError,
         TrainingError,
         UserInputError,
     )

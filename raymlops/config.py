@@ -318,6 +318,13 @@ class TuneConfig(_Section):
     reuse_actors: bool = Field(
         True, description="Reuse trial processes between trials (much less per-trial overhead)."
     )
+    stall_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds without any trial progress after which a search whose "
+        "placement groups wait while others hold resources idle is stopped as stuck "
+        "(exit 1, naming them); 0 turns the watch off.",
+    )
     keep_checkpoints: int | None = Field(
         None,
         ge=1,

@@ -14,6 +14,7 @@ __all__ = [
     "RaymlopsError",
     "RegistryError",
     "ResourceError",
+    "SearchStalledError",
     "TrainingError",
     "UserInputError",
 ]
@@ -53,3 +54,7 @@ class ArtifactIntegrityError(RaymlopsError):
 
 class TrainingError(RaymlopsError):
     """Training ran but produced no usable model (every trial failed, for instance)."""
+
+
+class SearchStalledError(TrainingError):
+    """A search stopped because it could make no progress (resources held, trials waiting)."""

@@ -25,7 +25,6 @@ from raymlops.features import Preprocessor
 from raymlops.launcher import PIPELINE_STEPS, ray_session
 from raymlops.registry import CHAMPION, ModelVersionInfo, Registry
 from raymlops.train import TrainingArrays, evaluate, load_best_predictor
-from raymlops.tune import uses_train_run
 
 __all__ = [
     "LOOP_STEPS",
@@ -164,7 +163,7 @@ def train_and_register(
                 f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
                 f"{experiment_storage(config, home_path)} (finished ones are registered)"
             )
-    with ray_session(address, dashboard=uses_train_run(config)):
+    with ray_session(address):
         outcome = run_search(config, arrays, home_path, resume=resume_path, echo=echo)
 
     trial_config = config.apply_trial(outcome.best_params)
@@ -248,7 +247,7 @@ def run_pipeline(
         check_source(config.data, config.features)
     else:
         load_dataset(config.data, config.features)
-    with ray_session(address, dashboard=uses_train_run(config)):
+    with ray_session(address):
         return _closed_loop(config, home=home, echo=echo, samples=samples, keep=keep_serving)
 
 
@@ -659,7 +658,7 @@ def run_loop_step(
     else:
         state = LoopState.load(folder)
     loop = _Loop(config, state, home=home, echo=echo)
-    with ray_session(None, dashboard=uses_train_run(config)):
+    with ray_session(None):
         if step == "finish":
             try:
                 loop.run_step(step)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from raymlops.config import PipelineConfig, SearchSpec
-from raymlops.errors import ResourceError, TrainingError
+from raymlops.errors import ResourceError, SearchStalledError, TrainingError
 from raymlops.registry import TrialRecord
 from raymlops.train import CHECKPOINT_STATE, TrainingArrays
 
@@ -145,6 +145,7 @@ def _trainable(
     base: dict[str, Any],
     arrays: Any,
     experiment_path: str = "",
+    keeper: Any = None,
 ) -> None:
     """A Tune function trainable: one trial of `raymlops.train.fit`, or of a Ray Train run
     when the trial is data-parallel or streams its data."""
@@ -161,7 +162,7 @@ def _trainable(
         from raymlops._private.dist_train import run_trial, trial_storage
 
         trial_id = tune.get_context().get_trial_id()
-        run_trial(config, arrays, trial_storage(experiment_path, trial_id))
+        run_trial(config, arrays, trial_storage(experiment_path, trial_id), keeper, trial_id)
         return
     resources = tune.get_context().get_trial_resources().required_resources
     threads = config.train.torch_threads or max(1, int(resources.get("CPU", 1)))
@@ -330,6 +331,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from raymlops._private.trial_guard import StallWatch, finish_keeper, start_keeper, take_stall
     from raymlops.launcher import cluster_resources
 
     t = config.tune
@@ -338,12 +340,17 @@ def run_search(
     name = f"{t.experiment_name or config.name}-{datetime.now():%Y%m%d-%H%M%S}"
     storage = experiment_storage(config, home)
     experiment_path = resume or f"{storage.rstrip('/')}/{name}"
+    # Ray Train trials' placement groups are freed by a keeper of ours, not Ray Train's
+    # dashboard-dependent cleaner (see raymlops._private.trial_guard).
+    keeper = start_keeper() if uses_train_run(config) else None
+    watch = StallWatch(t.stall_timeout_s)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trainable,
             base=config.model_dump(mode="json"),
             arrays=arrays,
             experiment_path=experiment_path,
+            keeper=keeper,
         ),
         trial_resources(config),
     )
@@ -397,8 +404,10 @@ def run_search(
                 callbacks=[
                     progress.callback,
                     CSVLoggerCallback(),
+                    watch,
                     *(callbacks or []),
                 ],
+                stop=watch.stopper,
                 verbose=0,
                 log_to_file=False,
             ),
@@ -417,7 +426,15 @@ def run_search(
             " per trial)",
             err=True,
         )
-    results = tuner.fit()
+    take_stall()
+    try:
+        results = tuner.fit()
+    finally:
+        if keeper is not None:
+            finish_keeper(keeper)
+    stall = take_stall()
+    if stall:
+        raise SearchStalledError(stall)
     trials: list[TrialRecord] = []
     for result in results:
         history: list[dict[str, float]] = []

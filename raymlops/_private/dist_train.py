@@ -299,18 +299,30 @@ def _forward_callback() -> Any:
     return _Forward()
 
 
-def run_trial(config: PipelineConfig, data: Any, storage: str) -> None:
+def run_trial(
+    config: PipelineConfig,
+    data: Any,
+    storage: str,
+    keeper: Any = None,
+    trial_id: str = "",
+) -> None:
     """Run one trial's Ray Train run from inside a Tune function trainable.
 
     `data` is `TrainingArrays` (in memory) or `StreamingData`. The run is named after the
     trial and stored under `storage`, so a Tune retry or `--resume` of the same trial finds
     Ray Train's snapshot and continues from the latest rank-0 checkpoint; a worker lost
-    mid-run is restarted by Ray Train itself (train's FailureConfig) from that checkpoint."""
+    mid-run is restarted by Ray Train itself (train's FailureConfig) from that checkpoint.
+
+    With a `keeper` (`raymlops._private.trial_guard`), every worker group's placement group
+    is registered with it, and released before this returns, so the trial's CPUs are free
+    for the next trial whether the run finished, failed or Tune killed the trial."""
+    import ray
     import ray.train
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raymlops._private.streaming import StreamingData
+    from raymlops._private.trial_guard import keeper_callback
 
     t = config.train
     if isinstance(data, StreamingData):
@@ -347,10 +359,17 @@ def run_trial(config: PipelineConfig, data: Any, storage: str) -> None:
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=config.tune.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.tune.keep_checkpoints),
-            callbacks=[_forward_callback()],
+            callbacks=[
+                _forward_callback(),
+                *([keeper_callback(keeper, trial_id)] if keeper is not None else []),
+            ],
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if keeper is not None:
+            ray.get(keeper.release.remote(trial_id), timeout=120)
 
 
 def trial_storage(experiment_path: str, trial_id: str) -> str:

@@ -4,9 +4,10 @@ runs fed by Ray Data, batch inference reads the folder in place, traffic and the
 set come from bounded samples and a batch-by-batch copy.
 
 It also guards a hang: more trials than fit at once means each wave of Ray Train runs must
-hand its CPUs to the next after Tune stops it. On a local Ray without the dashboard, Ray
-Train could not tell that a stopped trial's controller had died, kept its placement group,
-and the next trials waited forever (the search, then batch, found no free CPU)."""
+hand its CPUs to the next after Tune stops it. Ray Train's own cleaner could not tell that a
+stopped trial's controller had died (without the dashboard, or after one GCS time-out), kept
+its placement group, and the next trials waited forever (the search, then batch, found no
+free CPU); raymlops' keeper frees them now, and the local Ray runs without a dashboard."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 import shutil
 from collections.abc import Iterator
@@ -306,6 +307,103 @@ def test_cli_names_the_impossible_gpu_request_in_one_line_with_exit_code_2(
     assert "train.num_workers=2 × train.gpus_per_worker=1 = 2 GPUs" in errors[0]
     assert "Traceback" not in result.output
     assert Registry(home=tmp_path).list_models() == []
+
+
+# --------------------------------------------------------------------------- stuck searches
+
+
+def test_a_search_that_can_never_get_its_cpus_stops_with_one_line_and_exit_1(
+    tmp_path: Path, synth_data: Path
+) -> None:
+    """The stuck state of a leaked placement group, provoked: a group that holds both CPUs
+    with nothing in it while the trial's worker group waits. The stall watch ends the
+    search, names both groups and the waiting trial, and nothing is registered."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    hog = placement_group([{"CPU": 2.0}])
+    ray.get(hog.ready(), timeout=60)
+    try:
+        config_file = tmp_path / "pipeline.yaml"
+        config_file.write_text(
+            f"name: dp-stuck\n"
+            f"data: {{path: {synth_data}, label: label, id_columns: [id]}}\n"
+            f"train: {{epochs: 2, num_workers: 2}}\n"
+            f"tune: {{num_samples: 1, stall_timeout_s: 5}}\n"
+            f"registry: {{model_name: dp-stuck}}\n"
+        )
+        result = CliRunner().invoke(cli, ["train", "-c", str(config_file), "--home", str(tmp_path)])
+    finally:
+        remove_placement_group(hog)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "made no progress for" in errors[0], errors[0]
+    assert "wait for 1 CPU" in errors[0], errors[0]
+    held = f"({hog.id.hex()[:12]}… holds 2 CPU)"
+    assert f"1 placement group(s) hold resources with nothing running in them {held}" in errors[0]
+    assert re.search(r"trials waiting: \w+_00000", errors[0]), errors[0]
+    assert "Traceback" not in result.output
+    assert Registry(home=tmp_path).list_models() == []
+    # The stopped trial's own groups are gone: only the test's group was ever left.
+    _wait_for_free_cpus(ray_cpus=2.0)
+
+
+def test_the_keeper_removes_a_placement_group_once_its_creator_is_dead() -> None:
+    """The keeper's own contract, without Tune: a group whose creating actor was killed is
+    removed; a live creator's group is kept until its trial releases it."""
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from raymlops._private.trial_guard import finish_keeper, start_keeper
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def make(self) -> Any:
+            group = placement_group([{"CPU": 1.0}])
+            ray.get(group.ready(), timeout=60)
+            return group
+
+    keeper = start_keeper()
+    alive, doomed = Creator.remote(), Creator.remote()
+    kept, leaked = ray.get([alive.make.remote(), doomed.make.remote()])
+    ray.get(
+        [keeper.register.remote("t1", alive, kept), keeper.register.remote("t2", doomed, leaked)]
+    )
+    ray.kill(doomed)  # as Tune kills a trial and, with it, its Train controller
+    deadline = time.monotonic() + 30
+    while leaked.id.hex() not in ray.get(keeper.removed.remote()):
+        assert time.monotonic() < deadline, ray.get(keeper.held.remote())
+        time.sleep(0.2)
+    assert placement_group_table(leaked)["state"] == "REMOVED"
+    assert ray.get(keeper.held.remote()) == {kept.id.hex(): "t1"}
+    assert placement_group_table(kept)["state"] == "CREATED"
+    assert ray.get(keeper.release.remote("t1")) == [kept.id.hex()]
+    assert placement_group_table(kept)["state"] == "REMOVED"
+    assert finish_keeper(keeper) == []
+    ray.kill(alive)
+    _wait_for_free_cpus(ray_cpus=2.0)
+
+
+def _wait_for_free_cpus(ray_cpus: float, timeout_s: float = 60.0) -> None:
+    """Wait until no placement group holds or waits for resources and every CPU is free."""
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = {
+            k: e["state"] for k, e in placement_group_table().items() if e["state"] != "REMOVED"
+        }
+        free = ray.available_resources().get("CPU", 0.0)
+        if not live and free >= ray_cpus:
+            return
+        assert time.monotonic() < deadline, (live, free)
+        time.sleep(0.5)
 
 
 @pytest.mark.gpu
