@@ -1,6 +1,6 @@
 """Batch inference: `raymlops batch` end to end against a plain single-process loop.
 
-Same Parquet input (5M rows × 64 float features from `raymlops.data.synth_dataset`, 20 files
+Same Parquet input (5M rows × 64 float features from `raymlops.data.dataset.synth_dataset`, 20 files
 of 250k rows; full mode adds a variant with 4 categorical columns) and the same registered
 model (an MLP, depth 2 × width 64, trained for a few epochs on a 20k-row sample of the same
 concept), and the same output columns (id, prediction, proba_<class>):
@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raymlops._private.sessions import stop_session
+from raymlops.core.processes import stop_session
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "benchmarks" / ".data"
@@ -65,7 +65,7 @@ BATCH = 65_536
 
 def dataset(rows: int, categorical: int) -> Path:
     """The benchmark input, generated once and kept under benchmarks/.data/."""
-    from raymlops.data import synth_dataset
+    from raymlops.data.dataset import synth_dataset
 
     target = DATA / f"batch-{rows}x{FEATURES}c{categorical}"
     if not target.is_dir():
@@ -82,11 +82,11 @@ def register(home: Path, name: str, categorical: int) -> Path:
     the best epoch as version 1 (champion); returns the config file for `-c`."""
     import yaml
 
-    from raymlops.config import PipelineConfig
-    from raymlops.data import load_dataset, synth_dataset
-    from raymlops.features import Preprocessor
-    from raymlops.registry import Registry
-    from raymlops.train import TrainingArrays, fit, load_best_predictor
+    from raymlops.core.config import PipelineConfig
+    from raymlops.data.dataset import load_dataset, synth_dataset
+    from raymlops.model.features import Preprocessor
+    from raymlops.registry.store import Registry
+    from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 
     sample = home / f"{name}-train.parquet"
     synth_dataset(str(sample), 20_000, FEATURES, categorical, seed=0)
@@ -130,7 +130,7 @@ def plain_loop(home: Path, name: str, source: Path, out: Path, threads: int) -> 
     import pyarrow.parquet as pq
     import torch
 
-    from raymlops.registry import Registry
+    from raymlops.registry.store import Registry
 
     torch.set_num_threads(threads)
     predictor = Registry(home=home).load_predictor(name, "champion")
@@ -225,7 +225,7 @@ class Predict:
     def __init__(self):
         import torch
         torch.set_num_threads(1)
-        from raymlops.registry import Registry
+        from raymlops.registry.store import Registry
         self.p = Registry(home={str(home)!r}).load_predictor({name!r}, "champion")
     def __call__(self, batch: pa.Table) -> pa.Table:
         pred = self.p.predict(batch)

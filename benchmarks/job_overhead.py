@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from raymlops._private.sessions import stop_session
+from raymlops.core.processes import stop_session
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ challenger (v2) — with 16 numeric and 2 categorical input features, the predic
 class probabilities and the log's meta columns (request id, UTC timestamp, model name and
 version, role, latency). Half of the rows have drifted inputs (`synth --drift 0.3`).
 
-(a) `raymlops.monitor.run_monitor(config, …)`: the function `raymlops monitor` calls, on
+(a) `raymlops.monitor.run.run_monitor(config, …)`: the function `raymlops monitor` calls, on
     a local Ray with 2 CPUs (started once, timed separately), without writing the HTML
     report or logging to MLflow (neither has a counterpart in (b); both are timed once at the
     end). It reads v1's training profile from the registry, scans the log with Ray Data
@@ -16,7 +16,7 @@ version, role, latency). Half of the rows have drifted inputs (`synth --drift 0.
     files and columns, a `since` filter, KPIs with pandas `groupby` (exact latency
     quantiles), per-feature bin counts with `np.histogram` on the profile's bin edges and
     category counts with `value_counts`, then the same scipy-based statistics
-    (`raymlops.drift.numeric_drift` / `categorical_drift`, i.e. scipy's Jensen–Shannon,
+    (`raymlops.monitor.drift.numeric_drift` / `categorical_drift`, i.e. scipy's Jensen–Shannon,
     chi-square and KS distributions) on those counts.
 
 Both get the same `since` (the whole log) and must agree: same verdicts per feature,
@@ -48,9 +48,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymlops.config import PipelineConfig
-from raymlops.data import load_dataset, load_table, synth_dataset
-from raymlops.drift import (
+from raymlops.core.config import PipelineConfig
+from raymlops.data.dataset import load_dataset, load_table, synth_dataset
+from raymlops.monitor.drift import (
     CategoricalReference,
     CategoricalSketch,
     DriftSettings,
@@ -80,11 +80,11 @@ def _config(home: Path) -> PipelineConfig:
 
 def _register(home: Path) -> tuple[PipelineConfig, Any]:
     """Version 1 of the benchmark model (untrained weights: only its profile matters here)."""
-    from raymlops.features import Preprocessor
-    from raymlops.models import build_model
-    from raymlops.predictor import Predictor
-    from raymlops.registry import Registry
-    from raymlops.train import architecture_spec
+    from raymlops.model.architectures import build_model
+    from raymlops.model.features import Preprocessor
+    from raymlops.model.predictor import Predictor
+    from raymlops.registry.store import Registry
+    from raymlops.train.loop import architecture_spec
 
     config = _config(home)
     registry = Registry(home=home)
@@ -238,9 +238,9 @@ def main() -> None:
         f"({time.perf_counter() - t0:.1f} s to prepare)"
     )
 
-    from raymlops.launcher import ray_session
-    from raymlops.monitor import run_monitor
-    from raymlops.registry import Registry
+    from raymlops.cluster.launcher import ray_session
+    from raymlops.monitor.run import run_monitor
+    from raymlops.registry.store import Registry
 
     folder, _ = Registry(home=home).download(MODEL, 1)
     settings = DriftSettings()

@@ -50,7 +50,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from raymlops._private.sessions import session_processes
+from raymlops.core.processes import session_processes
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "benchmarks" / ".data"
@@ -83,15 +83,15 @@ def _free_port() -> int:
 
 def register_model(home: Path) -> None:
     """Version 1 (champion) of the embedded default, trained briefly in this process."""
-    from raymlops.registry import Registry
+    from raymlops.registry.store import Registry
 
     with contextlib.suppress(Exception):
         if Registry(home=home).alias_target(MODEL, "champion") is not None:
             return
-    from raymlops.config import load_config
-    from raymlops.data import load_dataset
-    from raymlops.features import Preprocessor
-    from raymlops.train import TrainingArrays, fit, load_best_predictor
+    from raymlops.core.config import load_config
+    from raymlops.data.dataset import load_dataset
+    from raymlops.model.features import Preprocessor
+    from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 
     print("training the benchmark model (once) …", file=sys.stderr, flush=True)
     config = load_config(None, ["train.epochs=5", "train.early_stopping_patience=null"])
@@ -114,7 +114,7 @@ def register_model(home: Path) -> None:
 
 def payloads(folder: Path) -> dict[int, Path]:
     """JSON bodies of 1 and 256 rows of the dataset."""
-    from raymlops.data import load_table
+    from raymlops.data.dataset import load_table
 
     frame = load_table("sklearn:breast_cancer").to_pandas().drop(columns=["target"])
     out = {}
@@ -135,7 +135,7 @@ def bare_server(port: int, home: str) -> None:
     from fastapi import FastAPI
     from pydantic import BaseModel
 
-    from raymlops.registry import Registry
+    from raymlops.registry.store import Registry
 
     torch.set_num_threads(1)
     predictor = Registry(home=home).load_predictor(MODEL, "champion")

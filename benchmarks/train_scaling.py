@@ -42,13 +42,13 @@ from typing import Any
 
 import pandas as pd
 
-from raymlops._private.sessions import stop_session
-from raymlops.config import PipelineConfig, load_config
-from raymlops.data import load_dataset, synth_dataset
-from raymlops.features import Preprocessor
-from raymlops.launcher import ray_session
-from raymlops.train import TrainingArrays
-from raymlops.tune import run_search
+from raymlops.cluster.launcher import ray_session
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.core.processes import stop_session
+from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.model.features import Preprocessor
+from raymlops.train.loop import TrainingArrays
+from raymlops.train.search import run_search
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -7,7 +7,7 @@ each trial takes a second or two: a real trial, short enough that per-trial over
 (a) N configs × E epochs through raymlops' Tune search (FIFO, 2 trials at a time, 1 CPU
     and 1 torch thread each), against
 (b) the same configs as a plain sequential loop in this process calling the same
-    `raymlops.train.fit` with 2 torch threads (and, outside --quick, with 1 thread; the
+    `raymlops.train.loop.fit` with 2 torch threads (and, outside --quick, with 1 thread; the
     faster of the two is the baseline), and
 (c) ASHA vs FIFO on the same sampled configs: the wall time from the start of the search
     until its best-so-far validation loss first comes within 1% of FIFO's final best.
@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from raymlops.config import PipelineConfig, load_config
-from raymlops.data import load_dataset, synth_dataset
-from raymlops.features import Preprocessor
-from raymlops.launcher import ray_session
-from raymlops.train import TrainingArrays, fit
-from raymlops.tune import run_search
+from raymlops.cluster.launcher import ray_session
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.model.features import Preprocessor
+from raymlops.train.loop import TrainingArrays, fit
+from raymlops.train.search import run_search
 
 
 class _Timeline:

@@ -8,7 +8,7 @@ be paths or URIs that every node of the cluster can reach.
 
 import sys
 
-from raymlops.cli import cli
+from raymlops.cli.main import cli
 
 if __name__ == "__main__":
     cli(["batch", *sys.argv[1:]], prog_name="jobs/batch.py")

@@ -7,7 +7,7 @@ exactly like `raymlops watch`.
 
 import sys
 
-from raymlops.cli import cli
+from raymlops.cli.main import cli
 
 if __name__ == "__main__":
     cli(["watch", *sys.argv[1:]], prog_name="jobs/lifecycle.py")

@@ -7,7 +7,7 @@ instead of starting a local Ray; run directly, it behaves exactly like `raymlops
 
 import sys
 
-from raymlops.cli import cli
+from raymlops.cli.main import cli
 
 if __name__ == "__main__":
     cli(["retrain", *sys.argv[1:]], prog_name="jobs/retrain.py")

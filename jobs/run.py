@@ -8,7 +8,7 @@ instead runs each step as a Ray job of its own: `jobs/run.py --step STEP --work 
 
 import sys
 
-from raymlops.cli import cli
+from raymlops.cli.main import cli
 
 if __name__ == "__main__":
     cli(["run", *sys.argv[1:]], prog_name="jobs/run.py")

@@ -8,7 +8,7 @@ ends. Run directly, it behaves exactly like `raymlops serve`.
 
 import sys
 
-from raymlops.cli import cli
+from raymlops.cli.main import cli
 
 if __name__ == "__main__":
     cli(["serve", *sys.argv[1:]], prog_name="jobs/serve.py")

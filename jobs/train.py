@@ -7,7 +7,7 @@ a local Ray; run directly, it behaves exactly like `raymlops train`.
 
 import sys
 
-from raymlops.cli import cli
+from raymlops.cli.main import cli
 
 if __name__ == "__main__":
     cli(["train", *sys.argv[1:]], prog_name="jobs/train.py")

@@ -12,66 +12,63 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "AliasEvent": "raymlops.registry",
-    "ArtifactIntegrityError": "raymlops.errors",
-    "BatchResult": "raymlops.batch",
-    "Client": "raymlops.serving",
-    "ConfigError": "raymlops.errors",
-    "DataError": "raymlops.errors",
-    "DatasetVersion": "raymlops.data",
-    "FeatureDrift": "raymlops.drift",
-    "GateResult": "raymlops.gate",
-    "ModelVersionInfo": "raymlops.registry",
-    "MonitorResult": "raymlops.monitor",
-    "PipelineConfig": "raymlops.config",
-    "PredictResult": "raymlops.serving",
-    "Prediction": "raymlops.predictor",
-    "Predictor": "raymlops.predictor",
-    "Preprocessor": "raymlops.features",
-    "PromotionDecision": "raymlops.governance",
-    "PromotionError": "raymlops.governance",
-    "RaymlopsError": "raymlops.errors",
-    "Registry": "raymlops.registry",
-    "RegistryError": "raymlops.errors",
-    "ResourceError": "raymlops.errors",
-    "RunResult": "raymlops.pipeline",
-    "SearchStalledError": "raymlops.errors",
-    "ServeStatus": "raymlops.serving",
-    "ServingError": "raymlops.serving",
-    "TrainResult": "raymlops.pipeline",
-    "TrainingError": "raymlops.errors",
-    "UserInputError": "raymlops.errors",
-    "approve": "raymlops.governance",
-    "describe_path": "raymlops.data",
-    "list_architectures": "raymlops.models",
-    "load_config": "raymlops.config",
-    "load_dataset": "raymlops.data",
-    "model_history": "raymlops.governance",
-    "promote": "raymlops.governance",
-    "promote_if_passed": "raymlops.governance",
-    "read_prediction_log": "raymlops.serving",
-    "register_architecture": "raymlops.models",
-    "render_card": "raymlops.cards",
-    "rollback": "raymlops.governance",
-    "run_batch": "raymlops.batch",
-    "run_gate": "raymlops.gate",
-    "run_monitor": "raymlops.monitor",
-    "run_pipeline": "raymlops.pipeline",
-    "serve_model": "raymlops.serving",
-    "store_card": "raymlops.cards",
-    "synth_dataset": "raymlops.data",
-    "train_and_register": "raymlops.pipeline",
+    "AliasEvent": "raymlops.registry.store",
+    "ArtifactIntegrityError": "raymlops.core.errors",
+    "BatchResult": "raymlops.batch.run",
+    "Client": "raymlops.serve.api",
+    "ConfigError": "raymlops.core.errors",
+    "DataError": "raymlops.core.errors",
+    "DatasetVersion": "raymlops.data.dataset",
+    "FeatureDrift": "raymlops.monitor.drift",
+    "GateResult": "raymlops.loop.gate",
+    "ModelVersionInfo": "raymlops.registry.store",
+    "MonitorResult": "raymlops.monitor.run",
+    "PipelineConfig": "raymlops.core.config",
+    "PredictResult": "raymlops.serve.api",
+    "Prediction": "raymlops.model.predictor",
+    "Predictor": "raymlops.model.predictor",
+    "Preprocessor": "raymlops.model.features",
+    "PromotionDecision": "raymlops.loop.governance",
+    "PromotionError": "raymlops.loop.governance",
+    "RaymlopsError": "raymlops.core.errors",
+    "Registry": "raymlops.registry.store",
+    "RegistryError": "raymlops.core.errors",
+    "ResourceError": "raymlops.core.errors",
+    "RunResult": "raymlops.loop.pipeline",
+    "SearchStalledError": "raymlops.core.errors",
+    "ServeStatus": "raymlops.serve.api",
+    "ServingError": "raymlops.serve.api",
+    "TrainResult": "raymlops.loop.pipeline",
+    "TrainingError": "raymlops.core.errors",
+    "UserInputError": "raymlops.core.errors",
+    "approve": "raymlops.loop.governance",
+    "describe_path": "raymlops.data.dataset",
+    "list_architectures": "raymlops.model.architectures",
+    "load_config": "raymlops.core.config",
+    "load_dataset": "raymlops.data.dataset",
+    "model_history": "raymlops.loop.governance",
+    "promote": "raymlops.loop.governance",
+    "promote_if_passed": "raymlops.loop.governance",
+    "read_prediction_log": "raymlops.serve.api",
+    "register_architecture": "raymlops.model.architectures",
+    "render_card": "raymlops.loop.cards",
+    "rollback": "raymlops.loop.governance",
+    "run_batch": "raymlops.batch.run",
+    "run_gate": "raymlops.loop.gate",
+    "run_monitor": "raymlops.monitor.run",
+    "run_pipeline": "raymlops.loop.pipeline",
+    "serve_model": "raymlops.serve.api",
+    "store_card": "raymlops.loop.cards",
+    "synth_dataset": "raymlops.data.dataset",
+    "train_and_register": "raymlops.loop.pipeline",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from raymlops.batch import BatchResult, run_batch
-    from raymlops.cards import render_card, store_card
-    from raymlops.config import PipelineConfig, load_config
-    from raymlops.data import DatasetVersion, describe_path, load_dataset, synth_dataset
-    from raymlops.drift import FeatureDrift
-    from raymlops.errors import (
+    from raymlops.batch.run import BatchResult, run_batch
+    from raymlops.core.config import PipelineConfig, load_config
+    from raymlops.core.errors import (
         ArtifactIntegrityError,
         ConfigError,
         DataError,
@@ -82,9 +79,10 @@ if TYPE_CHECKING:
         TrainingError,
         UserInputError,
     )
-    from raymlops.features import Preprocessor
-    from raymlops.gate import GateResult, run_gate
-    from raymlops.governance import (
+    from raymlops.data.dataset import DatasetVersion, describe_path, load_dataset, synth_dataset
+    from raymlops.loop.cards import render_card, store_card
+    from raymlops.loop.gate import GateResult, run_gate
+    from raymlops.loop.governance import (
         PromotionDecision,
         PromotionError,
         approve,
@@ -93,12 +91,14 @@ if TYPE_CHECKING:
         promote_if_passed,
         rollback,
     )
-    from raymlops.models import list_architectures, register_architecture
-    from raymlops.monitor import MonitorResult, run_monitor
-    from raymlops.pipeline import RunResult, TrainResult, run_pipeline, train_and_register
-    from raymlops.predictor import Prediction, Predictor
-    from raymlops.registry import AliasEvent, ModelVersionInfo, Registry
-    from raymlops.serving import (
+    from raymlops.loop.pipeline import RunResult, TrainResult, run_pipeline, train_and_register
+    from raymlops.model.architectures import list_architectures, register_architecture
+    from raymlops.model.features import Preprocessor
+    from raymlops.model.predictor import Prediction, Predictor
+    from raymlops.monitor.drift import FeatureDrift
+    from raymlops.monitor.run import MonitorResult, run_monitor
+    from raymlops.registry.store import AliasEvent, ModelVersionInfo, Registry
+    from raymlops.serve.api import (
         Client,
         PredictResult,
         ServeStatus,

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from raymlops.data import describe_path, synth_dataset
+from raymlops.data.dataset import describe_path, synth_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,7 @@ def test_models_show_lists_the_aliases_of_each_version(
 def test_predict_a_parquet_file_with_the_champion(
     trained: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    from raymlops.predictor import Predictor
+    from raymlops.model.predictor import Predictor
 
     home, _ = trained
     rows = breast_cancer_rows(8)
@@ -352,7 +352,7 @@ def test_data_synth_then_profile(tmp_path: Path) -> None:
 
 
 def _command_paths() -> list[tuple[str, ...]]:
-    from raymlops.cli import cli
+    from raymlops.cli.main import cli
 
     paths: list[tuple[str, ...]] = []
 
@@ -367,7 +367,7 @@ def _command_paths() -> list[tuple[str, ...]]:
 
 
 def _is_group(path: tuple[str, ...]) -> bool:
-    from raymlops.cli import cli
+    from raymlops.cli.main import cli
 
     command: click.Command = cli
     for name in path:
@@ -389,7 +389,7 @@ def test_help_exits_0_and_shows_an_example(tmp_path: Path, path: tuple[str, ...]
 def test_an_unexpected_error_in_a_ray_actor_is_shown_by_its_cause_on_one_line() -> None:
     from ray.exceptions import RayTaskError
 
-    from raymlops.cli import _one_line
+    from raymlops.cli.main import _one_line
 
     cause = RuntimeError("HAProxy crashed during startup: [NOTICE] starting\n[ALERT] cannot bind")
     wrapped = RayTaskError(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raymlops.registry import Registry
+from raymlops.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from raymlops.serving import Client
+from raymlops.serve.api import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,11 +48,11 @@ def _session_alive(sid: int) -> bool:
 
 def _register_champion(home: Path) -> None:
     """v1 of the embedded default, trained for two epochs in this process (no Ray)."""
-    from raymlops.config import load_config
-    from raymlops.data import load_dataset
-    from raymlops.features import Preprocessor
-    from raymlops.registry import Registry
-    from raymlops.train import TrainingArrays, fit, load_best_predictor
+    from raymlops.core.config import load_config
+    from raymlops.data.dataset import load_dataset
+    from raymlops.model.features import Preprocessor
+    from raymlops.registry.store import Registry
+    from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 
     config = load_config(None, ["train.epochs=2", "train.early_stopping_patience=null"])
     data, splits, roles = load_dataset(config.data, config.features)
@@ -93,7 +93,7 @@ def test_serve_status_stop_with_a_raymlops_owned_head(tmp_path: Path) -> None:
         assert head is not None and _session_alive(head["session_id"])
 
         # The command has returned; the endpoint answers.
-        from raymlops.data import load_table
+        from raymlops.data.dataset import load_table
 
         row = load_table("sklearn:breast_cancer").to_pandas().drop(columns=["target"]).head(2)
         result = Client(status["url"]).predict(row)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raymlops.data import synth_dataset
-from raymlops.gate import load_gate_result, recorded_gate
-from raymlops.registry import Registry
+from raymlops.data.dataset import synth_dataset
+from raymlops.loop.gate import load_gate_result, recorded_gate
+from raymlops.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 

@@ -1,7 +1,7 @@
 """Helpers of the batch-inference tests: a registered model version in seconds (trained in
 this process, no Ray Tune), and architectures that make a run slow enough to interrupt.
 
-The architectures are imported on demand by `raymlops.models` through their
+The architectures are imported on demand by `raymlops.model.architectures` through their
 'package.module:name' names, in the driver and in every Ray worker (the repository root
 must be on PYTHONPATH), like `tests.integration.crashy_arch`.
 """
@@ -20,13 +20,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from raymlops._private.sessions import stop_session
-from raymlops.config import PipelineConfig
-from raymlops.data import load_dataset
-from raymlops.features import Preprocessor
-from raymlops.models import MLP, MLPParams, register_architecture
-from raymlops.registry import ModelVersionInfo, Registry
-from raymlops.train import TrainingArrays, fit, load_best_predictor
+from raymlops.core.config import PipelineConfig
+from raymlops.core.processes import stop_session
+from raymlops.data.dataset import load_dataset
+from raymlops.model.architectures import MLP, MLPParams, register_architecture
+from raymlops.model.features import Preprocessor
+from raymlops.registry.store import ModelVersionInfo, Registry
+from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 
 #: An MLP whose forward pass sleeps $RAYMLOPS_TEST_SLOW_S seconds (default 0): a batch run
 #: with it lasts long enough to be killed midway.
@@ -116,6 +116,6 @@ def read_output(folder: Path) -> pd.DataFrame:
 def unit_stats(folder: Path) -> list[dict[str, Any]]:
     """The statistics each unit recorded in its output file's footer."""
     return [
-        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch"])
+        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch.run"])
         for part in sorted(folder.glob("part-*.parquet"))
     ]

@@ -1,7 +1,7 @@
 """A deliberately useless architecture for the gate tests: it ignores its input and always
 outputs zeros (so a classifier always predicts its first class).
 
-Imported on demand by `raymlops.models` through its 'package.module:name' name, in the
+Imported on demand by `raymlops.model.architectures` through its 'package.module:name' name, in the
 driver and in every Ray worker (the repository root must be on PYTHONPATH).
 """
 
@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from raymlops.models import register_architecture
+from raymlops.model.architectures import register_architecture
 
 CONSTANT = "tests.integration.constant_arch:constant"
 

@@ -1,6 +1,7 @@
 """User architectures that crash on construction, for the trial-retry tests.
 
-Imported on demand by `raymlops.models` through their 'package.module:name' names, in the
+Imported on demand by `raymlops.model.architectures`
+through their 'package.module:name' names, in the
 driver and in every Ray worker (the repository root must be on PYTHONPATH). Each
 construction appends one line `<kind> <pid>` to the file named by $RAYMLOPS_TEST_CRASH_LOG,
 so a test can count attempts across processes.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from raymlops.models import MLP, MLPParams, register_architecture
+from raymlops.model.architectures import MLP, MLPParams, register_architecture
 
 CRASH_LOG_ENV = "RAYMLOPS_TEST_CRASH_LOG"
 CRASH_ONCE = "tests.integration.crashy_arch:crash_once"

@@ -1,7 +1,8 @@
 """An MLP whose data-parallel worker of rank 1 kills its own process once, mid-epoch, for
 the worker-loss test of tests/integration/test_data_parallel.py.
 
-Imported on demand by `raymlops.models` through its 'package.module:name' name in every Ray
+Imported on demand by `raymlops.model.architectures`
+through its 'package.module:name' name in every Ray
 worker (the repository root must be on PYTHONPATH). The first time rank 1 has run
 `KILL_AFTER` training forward passes, it appends `killed <pid>` to the file named by
 $RAYMLOPS_TEST_KILL_LOG and sends itself SIGKILL — a real, unannounced worker death. The log
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from raymlops.models import MLP, MLPParams, register_architecture
+from raymlops.model.architectures import MLP, MLPParams, register_architecture
 
 KILL_LOG_ENV = "RAYMLOPS_TEST_KILL_LOG"
 KILLED_WORKER = "tests.integration.killed_worker_arch:killed_worker"

@@ -1,6 +1,7 @@
 """Challengers that misbehave when served, for the canary tests.
 
-Imported on demand by `raymlops.models` through their 'package.module:name' names, in the
+Imported on demand by `raymlops.model.architectures`
+through their 'package.module:name' names, in the
 test process and in every Serve replica (the repository root must be on PYTHONPATH). Both
 take the MLP's parameters and weights, so a trained champion's state dict loads into them.
 """
@@ -11,7 +12,7 @@ import time
 
 import torch
 
-from raymlops.models import MLP, MLPParams, register_architecture
+from raymlops.model.architectures import MLP, MLPParams, register_architecture
 
 RAISING = "tests.integration.serving_arch:raising"
 SLOW = "tests.integration.serving_arch:slow"

@@ -32,14 +32,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from raymlops._private.sessions import session_processes
-from raymlops.batch import BatchResult, run_batch
-from raymlops.cli import cli
-from raymlops.config import PipelineConfig
-from raymlops.data import synth_dataset
-from raymlops.errors import DataError, UserInputError
-from raymlops.predictor import Predictor
-from raymlops.registry import Registry
+from raymlops.batch.run import BatchResult, run_batch
+from raymlops.cli.main import cli
+from raymlops.core.config import PipelineConfig
+from raymlops.core.errors import DataError, UserInputError
+from raymlops.core.processes import session_processes
+from raymlops.data.dataset import synth_dataset
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # batch_support is imported as tests.integration.batch_support

@@ -86,7 +86,7 @@ def cluster() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A registry home with model 'bc' v1, its config file, and 8 input files."""
-    from raymlops.data import synth_dataset
+    from raymlops.data.dataset import synth_dataset
 
     root = tmp_path_factory.mktemp("cluster")
     data = root / "rows"

@@ -1,7 +1,7 @@
 """Data-parallel trials (Ray Train inside Tune) and streaming data, on a real local Ray
 (2 CPUs, one per module) and a real MLflow SQLite store under tmp_path.
 
-Each test trains through `raymlops.pipeline.train_and_register` or the CLI in-process, so
+Each test trains through `raymlops.loop.pipeline.train_and_register` or the CLI in-process, so
 all of them share the module's Ray.
 """
 
@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from raymlops.cli import cli
-from raymlops.config import PipelineConfig
-from raymlops.data import load_dataset, synth_dataset
-from raymlops.errors import ResourceError
-from raymlops.pipeline import train_and_register
-from raymlops.predictor import Predictor
-from raymlops.registry import Registry
+from raymlops.cli.main import cli
+from raymlops.core.config import PipelineConfig
+from raymlops.core.errors import ResourceError
+from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.loop.pipeline import train_and_register
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILL_LOG_ENV = "RAYMLOPS_TEST_KILL_LOG"  # same as tests.integration.killed_worker_arch
@@ -357,7 +357,7 @@ def test_the_keeper_removes_a_placement_group_once_its_creator_is_dead() -> None
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from raymlops._private.trial_guard import finish_keeper, start_keeper
+    from raymlops.train.guard import finish_keeper, start_keeper
 
     @ray.remote(num_cpus=0)
     class Creator:

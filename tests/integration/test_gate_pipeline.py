@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from raymlops import governance
-from raymlops.cli import cli
-from raymlops.config import PipelineConfig
-from raymlops.data import synth_dataset
-from raymlops.gate import run_gate
-from raymlops.pipeline import TrainResult, train_and_register
-from raymlops.registry import CHAMPION, Registry
+from raymlops.cli.main import cli
+from raymlops.core.config import PipelineConfig
+from raymlops.data.dataset import synth_dataset
+from raymlops.loop import governance
+from raymlops.loop.gate import run_gate
+from raymlops.loop.pipeline import TrainResult, train_and_register
+from raymlops.registry.store import CHAMPION, Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSTANT = "tests.integration.constant_arch:constant"  # same as constant_arch.CONSTANT

@@ -26,9 +26,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raymlops._private.sessions import session_processes, stop_session
-from raymlops.launcher import PIPELINE_STEPS
-from raymlops.registry import Registry
+from raymlops.cluster.launcher import PIPELINE_STEPS
+from raymlops.core.processes import session_processes, stop_session
+from raymlops.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 

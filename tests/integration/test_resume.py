@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from raymlops._private.sessions import session_processes, stop_session
-from raymlops.data import synth_dataset
-from raymlops.predictor import Predictor
-from raymlops.registry import Registry
+from raymlops.core.processes import session_processes, stop_session
+from raymlops.data.dataset import synth_dataset
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

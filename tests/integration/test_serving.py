@@ -30,14 +30,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from raymlops.cli import cli
-from raymlops.config import PipelineConfig
-from raymlops.data import load_dataset, synth_dataset
-from raymlops.features import Preprocessor
-from raymlops.models import build_model
-from raymlops.predictor import Predictor
-from raymlops.registry import Registry
-from raymlops.serving import (
+from raymlops.cli.main import cli
+from raymlops.core.config import PipelineConfig
+from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.model.architectures import build_model
+from raymlops.model.features import Preprocessor
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import Registry
+from raymlops.serve.api import (
     Client,
     ServeStatus,
     ServingError,
@@ -49,7 +49,7 @@ from raymlops.serving import (
     serve_rollback,
     serve_status,
 )
-from raymlops.train import TrainingArrays, fit, load_best_predictor
+from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAISING = "tests.integration.serving_arch:raising"  # same as tests.integration.serving_arch
@@ -679,7 +679,7 @@ def test_cli_status_canary_promote_rollback(served: Served) -> None:
     # What `serve deploy` would import: the application built from the same config.
     from ray.serve.deployment import Application
 
-    from raymlops.serving import app_builder
+    from raymlops.serve.api import app_builder
 
     app = app_builder({"config": str(config_file), "home": str(served.home)})
     assert isinstance(app, Application)

@@ -1,6 +1,6 @@
 """Training end to end on a real local Ray (one per module) and a real MLflow SQLite store.
 
-Every test trains through `raymlops.pipeline.train_and_register` (or the CLI in-process),
+Every test trains through `raymlops.loop.pipeline.train_and_register` (or the CLI in-process),
 which reuses the module's Ray instead of starting its own.
 """
 
@@ -19,14 +19,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from raymlops._private.artifacts import sha256_file
-from raymlops.cli import cli
-from raymlops.config import PipelineConfig, config_hash
-from raymlops.data import load_dataset, synth_dataset
-from raymlops.errors import ArtifactIntegrityError, ResourceError, TrainingError
-from raymlops.pipeline import TrainResult, train_and_register
-from raymlops.predictor import Predictor
-from raymlops.registry import Registry
+from raymlops.cli.main import cli
+from raymlops.core.config import PipelineConfig, config_hash
+from raymlops.core.errors import ArtifactIntegrityError, ResourceError, TrainingError
+from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.loop.pipeline import TrainResult, train_and_register
+from raymlops.model.artifacts import sha256_file
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRASH_LOG_ENV = "RAYMLOPS_TEST_CRASH_LOG"  # same as tests.integration.crashy_arch
@@ -61,7 +61,7 @@ def ray_cluster(crash_log: Path) -> Iterator[dict[str, float]]:
         mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
         mp.syspath_prepend(str(REPO_ROOT))
         mp.setenv(CRASH_LOG_ENV, str(crash_log))
-        # What raymlops.launcher.ray_session sets before it starts a Ray of its own.
+        # What raymlops.cluster.launcher.ray_session sets before it starts a Ray of its own.
         mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         mp.setenv("RAY_AIR_NEW_OUTPUT", "0")

@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from raymlops.config import PipelineConfig
-from raymlops.data import synth_dataset
-from raymlops.pipeline import train_and_register
+from raymlops.core.config import PipelineConfig
+from raymlops.data.dataset import synth_dataset
+from raymlops.loop.pipeline import train_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -177,9 +177,9 @@ def test_batch_and_monitor_beside_serve_replicas_holding_every_cpu_never_hang(
     batch sizes its pool to the freed CPU and predicts every row."""
     from ray import serve
 
-    from raymlops.batch import run_batch
-    from raymlops.errors import ResourceError
-    from raymlops.monitor import run_monitor
+    from raymlops.batch.run import run_batch
+    from raymlops.core.errors import ResourceError
+    from raymlops.monitor.run import run_monitor
 
     config = _config("beside", rows, streaming=False, trials=1)
     config.tune.search_space = {}

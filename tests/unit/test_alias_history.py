@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from raymlops.errors import RegistryError
-from raymlops.registry import CHAMPION, Registry
+from raymlops.core.errors import RegistryError
+from raymlops.registry.store import CHAMPION, Registry
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from raymlops._private import batch_worker
-from raymlops._private.batch_plan import (
+
+from raymlops.batch.plan import (
     InputFile,
     Manifest,
     WorkUnit,
@@ -31,7 +31,7 @@ from raymlops._private.batch_plan import (
     plan_units,
     scan_input,
 )
-from raymlops._private.batch_worker import (
+from raymlops.batch.worker import (
     STATS_KEY,
     OutputFolder,
     WorkerSpec,
@@ -39,12 +39,12 @@ from raymlops._private.batch_worker import (
     process_unit,
     read_unit_stats,
 )
-from raymlops.config import BatchConfig, PipelineConfig
-from raymlops.data import infer_roles
-from raymlops.errors import ConfigError, DataError, ResourceError, UserInputError
-from raymlops.features import Preprocessor
-from raymlops.models import build_model
-from raymlops.predictor import Predictor
+from raymlops.core.config import BatchConfig, PipelineConfig
+from raymlops.core.errors import ConfigError, DataError, ResourceError, UserInputError
+from raymlops.data.dataset import infer_roles
+from raymlops.model.architectures import build_model
+from raymlops.model.features import Preprocessor
+from raymlops.model.predictor import Predictor
 
 # --------------------------------------------------------------------------- resources
 
@@ -135,7 +135,7 @@ def test_batch_section_defaults_and_rejects_typos() -> None:
 
 
 def test_batch_overrides_from_the_command_line(tmp_path: Path) -> None:
-    from raymlops.config import load_config
+    from raymlops.core.config import load_config
 
     path = tmp_path / "p.yaml"
     path.write_text("name: p\ndata: {path: x.parquet, label: y}\nregistry: {model_name: m}\n")
@@ -450,7 +450,7 @@ def test_submit_batch_needs_input_and_output_and_makes_local_paths_absolute(
 ) -> None:
     import click
 
-    from raymlops.cli import _step_args
+    from raymlops.cli.main import _step_args
 
     monkeypatch.chdir(tmp_path)
     args = _step_args("batch", ("--input", "in", "--output=out", "--gpus", "1"))
@@ -465,7 +465,7 @@ def test_submit_batch_needs_input_and_output_and_makes_local_paths_absolute(
 def test_batch_with_a_job_api_address_points_to_submit() -> None:
     from click.testing import CliRunner
 
-    from raymlops.cli import cli
+    from raymlops.cli.main import cli
 
     result = CliRunner().invoke(
         cli, ["batch", "--input", "x", "--output", "y", "--address", "http://127.0.0.1:8265"]
@@ -504,7 +504,7 @@ def test_a_regression_unit_writes_the_predicted_values(tmp_path: Path) -> None:
 def test_the_pool_plans_with_the_free_cpus_only() -> None:
     """Serve replicas (or a Tune run) holding CPUs: the pool is sized to what is free, so its
     actors never wait for CPUs that are not released; nothing free → one clear error."""
-    from raymlops._private.batch_plan import usable_resources
+    from raymlops.batch.plan import usable_resources
 
     total = {"CPU": 4.0, "memory": 1e9}
     assert usable_resources(total, {"CPU": 4.0}) == (total, None)

@@ -11,8 +11,8 @@ from typing import Any
 import click
 import yaml
 
-from raymlops.cli import cli
-from raymlops.config import load_config
+from raymlops.cli.main import cli
+from raymlops.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "examples" / "ci" / "model-ci.yml"

@@ -1,4 +1,4 @@
-"""Tests of raymlops.config: loading, validation errors, overrides, hashing."""
+"""Tests of raymlops.core.config: loading, validation errors, overrides, hashing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from raymlops.config import (
+from raymlops.core.config import (
     PipelineConfig,
     SearchSpec,
     TuneConfig,
@@ -20,7 +20,7 @@ from raymlops.config import (
     default_config_path,
     load_config,
 )
-from raymlops.errors import ConfigError, UserInputError
+from raymlops.core.errors import ConfigError, UserInputError
 
 
 def _default_raw() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests of raymlops.data: reading, digests, roles, splits, profiles and synthetic data."""
+"""Tests of raymlops.data.dataset: reading, digests, roles, splits, profiles and synthetic data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raymlops.config import DataConfig, FeaturesConfig, SplitConfig
-from raymlops.data import (
+from raymlops.core.config import DataConfig, FeaturesConfig, SplitConfig
+from raymlops.core.errors import DataError
+from raymlops.data.dataset import (
     DatasetVersion,
     describe_path,
     infer_roles,
@@ -22,7 +23,6 @@ from raymlops.data import (
     split_table,
     synth_dataset,
 )
-from raymlops.errors import DataError
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

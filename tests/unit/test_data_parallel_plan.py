@@ -10,17 +10,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymlops._private.streaming import (
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.core.errors import DataError, ResourceError
+from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.train.search import plan_concurrency, trial_resources, uses_train_run
+from raymlops.train.streaming import (
     _BottomK,
     arrays_to_table,
     batch_to_arrays,
     scan_dataset,
     split_codes,
 )
-from raymlops.config import PipelineConfig, load_config
-from raymlops.data import load_dataset, synth_dataset
-from raymlops.errors import DataError, ResourceError
-from raymlops.tune import plan_concurrency, trial_resources, uses_train_run
 
 
 def _config(*overrides: str) -> PipelineConfig:
@@ -91,7 +91,7 @@ def test_use_gpu_with_one_worker_reserves_a_gpu_for_the_trial() -> None:
 
 @pytest.mark.parametrize("bad", ["train.num_workers=0", "train.cpus_per_worker=0"])
 def test_worker_counts_and_sizes_are_validated(bad: str) -> None:
-    from raymlops.errors import ConfigError
+    from raymlops.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         _config(bad)

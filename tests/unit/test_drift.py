@@ -1,8 +1,8 @@
-"""Tests of raymlops.drift: every statistic against scipy (or its definition) on raw data,
+"""Tests of raymlops.monitor.drift: every statistic against scipy (or its definition) on raw data,
 mergeability of the summaries, and the verdict's behaviour over repeated seeded draws.
 
 The reference of every comparison is built the way a registered version's is: a table
-profiled by `raymlops.data.profile_table` (the `profile.json` format), read back with
+profiled by `raymlops.data.dataset.profile_table` (the `profile.json` format), read back with
 `NumericReference.from_profile` / `CategoricalReference.from_profile`.
 """
 
@@ -18,8 +18,8 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
-from raymlops.data import ColumnRoles, profile_table
-from raymlops.drift import (
+from raymlops.data.dataset import ColumnRoles, profile_table
+from raymlops.monitor.drift import (
     CategoricalReference,
     CategoricalSketch,
     DriftSettings,

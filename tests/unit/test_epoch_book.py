@@ -1,4 +1,4 @@
-"""Tests of raymlops.train.EpochBook, the per-epoch bookkeeping that the single-process
+"""Tests of raymlops.train.loop.EpochBook, the per-epoch bookkeeping that the single-process
 loop and the data-parallel workers share (no Ray)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from raymlops.config import load_config
-from raymlops.train import EpochBook
+from raymlops.core.config import load_config
+from raymlops.train.loop import EpochBook
 
 
 def _setup() -> tuple[EpochBook, torch.nn.Linear, torch.optim.Optimizer]:

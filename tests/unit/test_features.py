@@ -1,4 +1,4 @@
-"""Tests of raymlops.features.Preprocessor: fitting, transform, persistence, targets."""
+"""Tests of raymlops.model.features.Preprocessor: fitting, transform, persistence, targets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raymlops.config import FeaturesConfig
-from raymlops.data import ColumnRoles
-from raymlops.errors import DataError
-from raymlops.features import Preprocessor, to_columns
+from raymlops.core.config import FeaturesConfig
+from raymlops.core.errors import DataError
+from raymlops.data.dataset import ColumnRoles
+from raymlops.model.features import Preprocessor, to_columns
 
 ROWS = 60
 

@@ -15,11 +15,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raymlops.config import FeaturesConfig, GateConfig, PipelineConfig, load_config
-from raymlops.data import ColumnRoles
-from raymlops.errors import ConfigError
-from raymlops.features import Preprocessor
-from raymlops.gate import (
+from raymlops.core.config import FeaturesConfig, GateConfig, PipelineConfig, load_config
+from raymlops.core.errors import ConfigError
+from raymlops.data.dataset import ColumnRoles
+from raymlops.loop.gate import (
     CheckResult,
     GateResult,
     demographic_parity_difference,
@@ -27,10 +26,11 @@ from raymlops.gate import (
     evaluate_gate,
     group_rates,
 )
-from raymlops.governance import approvals_for, previous_target
-from raymlops.models import build_model
-from raymlops.predictor import Predictor
-from raymlops.registry import AliasEvent
+from raymlops.loop.governance import approvals_for, previous_target
+from raymlops.model.architectures import build_model
+from raymlops.model.features import Preprocessor
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import AliasEvent
 
 # --------------------------------------------------------------------------- fairness metrics
 
@@ -433,7 +433,7 @@ def test_gate_promotion_and_card_defaults() -> None:
 def test_every_gate_field_has_a_description() -> None:
     from pydantic import BaseModel
 
-    import raymlops.config as cfg
+    import raymlops.core.config as cfg
 
     sections: list[type[BaseModel]] = [
         cfg.GateConfig,

@@ -1,6 +1,6 @@
 """Gate, promotion, approval, rollback, history and model cards on a real MLflow SQLite store.
 
-No Ray: the models are trained in this process by `raymlops.train.fit` (the same loop a Tune
+No Ray: the models are trained in this process by `raymlops.train.loop.fit` (the same loop a Tune
 trial runs) and registered with `Registry.register`, as `train_and_register` does after its
 search — so each test gets a fresh store under tmp_path in a second or two. The Tune path
 itself is covered by tests/integration/test_gate_pipeline.py.
@@ -24,19 +24,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from raymlops import governance
-from raymlops.cards import render_card
-from raymlops.cli import cli
-from raymlops.config import PipelineConfig
-from raymlops.data import DatasetSplits, DatasetVersion, load_dataset, synth_dataset
-from raymlops.errors import DataError, RegistryError
-from raymlops.features import Preprocessor
-from raymlops.gate import load_gate_result, recorded_gate, run_gate
-from raymlops.governance import PromotionError
-from raymlops.models import build_model
-from raymlops.predictor import Predictor
-from raymlops.registry import CHAMPION, Registry
-from raymlops.train import TrainingArrays, evaluate, fit, load_best_predictor
+from raymlops.cli.main import cli
+from raymlops.core.config import PipelineConfig
+from raymlops.core.errors import DataError, RegistryError
+from raymlops.data.dataset import DatasetSplits, DatasetVersion, load_dataset, synth_dataset
+from raymlops.loop import governance
+from raymlops.loop.cards import render_card
+from raymlops.loop.gate import load_gate_result, recorded_gate, run_gate
+from raymlops.loop.governance import PromotionError
+from raymlops.model.architectures import build_model
+from raymlops.model.features import Preprocessor
+from raymlops.model.predictor import Predictor
+from raymlops.registry.store import CHAMPION, Registry
+from raymlops.train.loop import TrainingArrays, evaluate, fit, load_best_predictor
 
 SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAYMLOPS_DEBUG", "RAYMLOPS_USER")
 
@@ -111,7 +111,7 @@ def register(
     registry: Registry, trained: Trained, predictor: Predictor, config: PipelineConfig | None = None
 ) -> int:
     """What train_and_register does after the search: test metrics, run, version, card."""
-    from raymlops.cards import refresh_card
+    from raymlops.loop.cards import refresh_card
 
     config = config or trained.config
     test = trained.splits.test
@@ -157,7 +157,7 @@ def test_gate_recreates_the_test_split_and_records_its_result(
     assert gate["champion"] == "none"
     run = registry.client.get_run(gate["run_id"])
     assert run.data.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
-    assert run.data.tags["raymlops.gate.status"] == "passed"
+    assert run.data.tags["raymlops.loop.gate.status"] == "passed"
     stored = load_gate_result(registry, gate["run_id"])
     assert stored is not None and stored.checks == result.checks
 
@@ -333,8 +333,8 @@ def test_rollback_restores_the_previous_champion(registry: Registry, trained: Tr
 
 _WORKER = """
 import json, sys
-from raymlops import governance
-from raymlops.registry import Registry
+from raymlops.loop import governance
+from raymlops.registry.store import Registry
 reg = Registry(home=sys.argv[1])
 done = 0
 for i in range(int(sys.argv[3])):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from raymlops.errors import UserInputError
-from raymlops.launcher import JobLauncher, is_job_address
+from raymlops.cluster.launcher import JobLauncher, is_job_address
+from raymlops.core.errors import UserInputError
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_runtime_env_points_the_job_at_the_same_registry(
     assert runtime["working_dir"] == str(tmp_path)
     assert ".raymlops" in runtime["excludes"] and ".venv" in runtime["excludes"]
     (package,) = runtime["py_modules"]
-    assert Path(package).name == "raymlops" and (Path(package) / "launcher.py").is_file()
+    assert Path(package).name == "raymlops" and (Path(package) / "cluster" / "launcher.py").is_file()
     bare = _offline_launcher("http://127.0.0.1:8265", tmp_path).runtime_env(
         None, "x", ship_raymlops=False
     )
@@ -72,7 +72,7 @@ def test_remote_cluster_with_the_embedded_registry_is_refused(
 
 def test_the_loop_state_survives_a_process_boundary(tmp_path: Path) -> None:
     """What one step's job saves is what the next step's job loads."""
-    from raymlops.pipeline import LoopState
+    from raymlops.loop.pipeline import LoopState
 
     state = LoopState(str(tmp_path), version=3, gate_passed=True, served_url="http://h:1/m")
     state.steps.append(("train: Ray Tune search", 12.5))
@@ -83,15 +83,15 @@ def test_the_loop_state_survives_a_process_boundary(tmp_path: Path) -> None:
 
 
 def test_a_step_without_its_run_folder_is_refused(tmp_path: Path) -> None:
-    from raymlops.pipeline import LoopState
+    from raymlops.loop.pipeline import LoopState
 
     with pytest.raises(UserInputError, match="no main-job state"):
         LoopState.load(tmp_path / "missing")
 
 
 def test_each_pipeline_step_is_a_loop_method() -> None:
-    from raymlops.launcher import PIPELINE_STEPS
-    from raymlops.pipeline import _TITLES, _Loop
+    from raymlops.cluster.launcher import PIPELINE_STEPS
+    from raymlops.loop.pipeline import _TITLES, _Loop
 
     assert PIPELINE_STEPS[0] == "train" and PIPELINE_STEPS[-1] == "finish"
     for step in PIPELINE_STEPS:
@@ -102,7 +102,7 @@ def test_each_pipeline_step_is_a_loop_method() -> None:
 def test_run_step_needs_a_work_folder() -> None:
     from click.testing import CliRunner
 
-    from raymlops.cli import cli
+    from raymlops.cli.main import cli
 
     result = CliRunner().invoke(cli, ["run", "--step", "gate"])
     assert result.exit_code == 2 and "--step needs --work" in result.output

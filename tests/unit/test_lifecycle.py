@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from raymlops.config import PipelineConfig, load_config
-from raymlops.errors import ConfigError, UserInputError
-from raymlops.lifecycle import _watch_canary, build_training_data, retrain_reasons
-from raymlops.registry import CHAMPION, Registry
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.core.errors import ConfigError, UserInputError
+from raymlops.loop.retrain import _watch_canary, build_training_data, retrain_reasons
+from raymlops.registry.store import CHAMPION, Registry
 
 
 def _config(tmp_path: Path, **retrain: Any) -> PipelineConfig:

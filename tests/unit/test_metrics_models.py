@@ -1,4 +1,4 @@
-"""Tests of raymlops.metrics and raymlops.models."""
+"""Tests of raymlops.model.metrics and raymlops.model.architectures."""
 
 from __future__ import annotations
 
@@ -11,16 +11,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from raymlops import models
-from raymlops.config import ModelConfig, PipelineConfig, load_config
-from raymlops.errors import ConfigError
-from raymlops.metrics import MetricAccumulator, classification_metrics, regression_metrics, roc_auc
-from raymlops.models import (
+from raymlops.core.config import ModelConfig, PipelineConfig, load_config
+from raymlops.core.errors import ConfigError
+from raymlops.model import architectures as models
+from raymlops.model.architectures import (
     MLP,
     build_model,
     list_architectures,
     register_architecture,
     validate_params,
+)
+from raymlops.model.metrics import (
+    MetricAccumulator,
+    classification_metrics,
+    regression_metrics,
+    roc_auc,
 )
 
 # --------------------------------------------------------------------------- metrics

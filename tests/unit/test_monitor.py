@@ -1,4 +1,4 @@
-"""Tests of raymlops.monitor without Ray: time arguments, the per-block summary and its
+"""Tests of raymlops.monitor.run without Ray: time arguments, the per-block summary and its
 merging, KPIs, labelled metrics, the result's JSON and terminal forms, the HTML report and
 the `monitor` config section. The Ray Data pass itself is tested in
 tests/integration/test_monitor.py."""
@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymlops._private.monitor_report import render_html
-from raymlops.config import MonitorConfig, load_config
-from raymlops.data import ColumnRoles, profile_table
-from raymlops.drift import CategoricalReference, DriftSettings, NumericReference
-from raymlops.errors import ConfigError, DataError
-from raymlops.metrics import classification_metrics
-from raymlops.monitor import (
+from raymlops.core.config import MonitorConfig, load_config
+from raymlops.core.errors import ConfigError, DataError
+from raymlops.data.dataset import ColumnRoles, profile_table
+from raymlops.model.metrics import classification_metrics
+from raymlops.monitor.drift import CategoricalReference, DriftSettings, NumericReference
+from raymlops.monitor.report import render_html
+from raymlops.monitor.run import (
     MonitorResult,
     _assemble,
     _kpis,
@@ -352,7 +352,7 @@ def test_monitor_config_section_is_validated(tmp_path: Path) -> None:
 def test_few_large_files_are_cut_into_row_group_ranges(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from raymlops.monitor import _list_source, _read_unit, _Unit, _units
+    from raymlops.monitor.run import _list_source, _read_unit, _Unit, _units
 
     table = _log(np.random.default_rng(8), 8000)
     pq.write_table(table, tmp_path / "big.parquet", row_group_size=1000)  # 8 row groups
@@ -377,8 +377,8 @@ def test_few_large_files_are_cut_into_row_group_ranges(tmp_path: Path) -> None:
 
 
 def test_dictionary_encoded_strings_count_like_plain_ones() -> None:
-    from raymlops.drift import CategoricalSketch
-    from raymlops.monitor import _codes
+    from raymlops.monitor.drift import CategoricalSketch
+    from raymlops.monitor.run import _codes
 
     values = ["champion", None, "shadow", "champion", "canary", "challenger"]
     plain = pa.chunked_array([pa.array(values[:3]), pa.array(values[3:])])

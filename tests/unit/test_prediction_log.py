@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raymlops._private.prediction_log import LogChunk, PredictionLogWriter, log_schema, read_log
-from raymlops.serving import read_prediction_log
+from raymlops.serve.api import read_prediction_log
+from raymlops.serve.prediction_log import LogChunk, PredictionLogWriter, log_schema, read_log
 
 
 def _chunk(request_id: str, version: int = 1, rows: int = 1, role: str = "champion") -> LogChunk:

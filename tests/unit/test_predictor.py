@@ -1,4 +1,4 @@
-"""Tests of raymlops.predictor (save/load/verify) and raymlops.train.fit (no Ray)."""
+"""Tests of raymlops.model.predictor (save/load/verify) and raymlops.train.loop.fit (no Ray)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raymlops.config import PipelineConfig, load_config
-from raymlops.data import ColumnRoles, DatasetSplits, load_dataset, synth_dataset
-from raymlops.errors import ArtifactIntegrityError
-from raymlops.features import Preprocessor
-from raymlops.models import build_model
-from raymlops.predictor import Prediction, Predictor
-from raymlops.train import (
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.core.errors import ArtifactIntegrityError
+from raymlops.data.dataset import ColumnRoles, DatasetSplits, load_dataset, synth_dataset
+from raymlops.model.architectures import build_model
+from raymlops.model.features import Preprocessor
+from raymlops.model.predictor import Prediction, Predictor
+from raymlops.train.loop import (
     CHECKPOINT_STATE,
     TrainingArrays,
     architecture_spec,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import raymlops
-from raymlops import errors
+from raymlops.core import errors
 
 
 def test_every_public_name_resolves() -> None:
@@ -50,17 +50,17 @@ def test_import_raymlops_is_lazy() -> None:
 
 
 def test_pipeline_functions_are_not_shadowed_by_submodules() -> None:
-    # The pipeline functions must stay callable after the submodules (raymlops.train,
-    # raymlops.pipeline) have been imported, in whatever order.
+    # The pipeline functions must stay callable after the submodules (raymlops.train.loop,
+    # raymlops.loop.pipeline) have been imported, in whatever order.
     code = (
-        "import raymlops, raymlops.train, raymlops.pipeline; "
+        "import raymlops, raymlops.train.loop, raymlops.loop.pipeline; "
         "print(callable(raymlops.train_and_register), callable(raymlops.run_pipeline), "
         "raymlops.train_and_register.__module__)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert result.stdout.split() == ["True", "True", "raymlops.pipeline"]
+    assert result.stdout.split() == ["True", "True", "raymlops.loop.pipeline"]
 
 
 def test_error_hierarchy_and_exit_codes() -> None:
@@ -83,7 +83,7 @@ def test_error_hierarchy_and_exit_codes() -> None:
 def test_ray_init_is_forbidden_in_unit_tests() -> None:
     import ray
 
-    from raymlops.launcher import ray_session
+    from raymlops.cluster.launcher import ray_session
 
     with pytest.raises(pytest.fail.Exception, match="must not start Ray"):
         ray.init()

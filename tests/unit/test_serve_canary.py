@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from raymlops._private.canary import (
+from raymlops.serve.canary import (
     CHALLENGER,
     CHAMPION,
     SHADOW,

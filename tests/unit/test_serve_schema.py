@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from raymlops._private.serve_schema import RequestError, RequestSchema
-from raymlops.features import Preprocessor
+from raymlops.model.features import Preprocessor
+from raymlops.serve.schema import RequestError, RequestSchema
 
 
 @pytest.fixture

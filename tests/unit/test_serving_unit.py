@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from raymlops._private.serve_head import haproxy_wrapper, serve_env
-from raymlops.config import ServeConfig, load_config
-from raymlops.errors import ConfigError, UserInputError
-from raymlops.serving import Client, ServingError, application_args, serve_config_yaml
+from raymlops.core.config import ServeConfig, load_config
+from raymlops.core.errors import ConfigError, UserInputError
+from raymlops.serve.api import Client, ServingError, application_args, serve_config_yaml
+from raymlops.serve.head import haproxy_wrapper, serve_env
 
 # --------------------------------------------------------------------------- config
 
@@ -59,7 +59,11 @@ def test_canary_shares_cannot_exceed_everything() -> None:
 
 
 def test_every_serve_field_has_a_description() -> None:
-    from raymlops.config import ServeAutoscalingConfig, ServeCanaryConfig, ServePredictionLogConfig
+    from raymlops.core.config import (
+        ServeAutoscalingConfig,
+        ServeCanaryConfig,
+        ServePredictionLogConfig,
+    )
 
     for model in (ServeConfig, ServeAutoscalingConfig, ServeCanaryConfig, ServePredictionLogConfig):
         for name, field in model.model_fields.items():

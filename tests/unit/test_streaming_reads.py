@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import raymlops.data as data_module
-from raymlops.config import PipelineConfig, load_config
-from raymlops.data import check_source, iter_tables, load_table, sample_table
-from raymlops.errors import DataError
-from raymlops.lifecycle import build_training_data
-from raymlops.pipeline import _sample_rows
+import raymlops.data.dataset as data_module
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.core.errors import DataError
+from raymlops.data.dataset import check_source, iter_tables, load_table, sample_table
+from raymlops.loop.pipeline import _sample_rows
+from raymlops.loop.retrain import build_training_data
 
 FILES, ROWS_PER_FILE = 3, 70_000  # more than one stream batch (65,536 rows) per file
 
@@ -141,7 +141,7 @@ def test_a_failed_retraining_set_leaves_no_file(tmp_path: Path, folder: Path) ->
 def test_the_gate_sample_is_a_bounded_uniform_share_of_the_test_split(
     folder: Path, no_whole_reads: None
 ) -> None:
-    from raymlops._private.streaming import held_out_sample, scan_dataset, select_split
+    from raymlops.train.streaming import held_out_sample, scan_dataset, select_split
 
     config = _config(folder)
     scanned = scan_dataset(config.data, config.features)
@@ -161,7 +161,7 @@ def test_the_gate_sample_is_a_bounded_uniform_share_of_the_test_split(
 
 
 def test_the_gate_sample_names_a_missing_label(folder: Path) -> None:
-    from raymlops._private.streaming import held_out_sample
+    from raymlops.train.streaming import held_out_sample
 
     with pytest.raises(DataError, match="no label column 'nope'"):
         held_out_sample(_config(folder, "data.label=nope").data, 100)
@@ -170,7 +170,7 @@ def test_the_gate_sample_names_a_missing_label(folder: Path) -> None:
 def test_files_with_different_inferred_types_keep_every_row_in_one_split(
     tmp_path: Path,
 ) -> None:
-    from raymlops._private.streaming import held_out_sample, scan_dataset
+    from raymlops.train.streaming import held_out_sample, scan_dataset
 
     # CSV infers int64 for the first file's `n` and float64 for the second's: the scan casts
     # to the first file's schema, and so must every later read, or rows hash differently

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from raymlops.config import PipelineConfig, load_config
-from raymlops.errors import ResourceError
-from raymlops.tune import plan_concurrency, trial_resources
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.core.errors import ResourceError
+from raymlops.train.search import plan_concurrency, trial_resources
 
 
 def _config(*overrides: str) -> PipelineConfig:

