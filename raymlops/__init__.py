@@ -20,9 +20,9 @@ _EXPORTS: dict[str, str] = {
     "DataError": "raymlops.core.errors",
     "DatasetVersion": "raymlops.data.dataset",
     "FeatureDrift": "raymlops.monitor.drift",
-    "GateResult": "raymlops.loop.gate",
+    "GateResult": "raymlops.loop.gate_result",
     "ModelVersionInfo": "raymlops.registry.store",
-    "MonitorResult": "raymlops.monitor.run",
+    "MonitorResult": "raymlops.monitor.result",
     "PipelineConfig": "raymlops.core.config",
     "PredictResult": "raymlops.serve.api",
     "Prediction": "raymlops.model.predictor",
@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "SearchStalledError": "raymlops.core.errors",
     "ServeStatus": "raymlops.serve.api",
     "ServingError": "raymlops.serve.api",
-    "TrainResult": "raymlops.loop.pipeline",
+    "TrainResult": "raymlops.loop.training",
     "TrainingError": "raymlops.core.errors",
     "UserInputError": "raymlops.core.errors",
     "approve": "raymlops.loop.governance",
@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "list_architectures": "raymlops.model.architectures",
     "load_config": "raymlops.core.config",
     "load_dataset": "raymlops.data.dataset",
+    "load_predictor": "raymlops.registry.store",
     "model_history": "raymlops.loop.governance",
     "promote": "raymlops.loop.governance",
     "promote_if_passed": "raymlops.loop.governance",
@@ -60,7 +61,7 @@ _EXPORTS: dict[str, str] = {
     "serve_model": "raymlops.serve.api",
     "store_card": "raymlops.loop.cards",
     "synth_dataset": "raymlops.data.dataset",
-    "train_and_register": "raymlops.loop.pipeline",
+    "train_and_register": "raymlops.loop.training",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -81,7 +82,8 @@ if TYPE_CHECKING:
     )
     from raymlops.data.dataset import DatasetVersion, describe_path, load_dataset, synth_dataset
     from raymlops.loop.cards import render_card, store_card
-    from raymlops.loop.gate import GateResult, run_gate
+    from raymlops.loop.gate import run_gate
+    from raymlops.loop.gate_result import GateResult
     from raymlops.loop.governance import (
         PromotionDecision,
         PromotionError,
@@ -91,13 +93,15 @@ if TYPE_CHECKING:
         promote_if_passed,
         rollback,
     )
-    from raymlops.loop.pipeline import RunResult, TrainResult, run_pipeline, train_and_register
+    from raymlops.loop.pipeline import RunResult, run_pipeline
+    from raymlops.loop.training import TrainResult, train_and_register
     from raymlops.model.architectures import list_architectures, register_architecture
     from raymlops.model.features import Preprocessor
     from raymlops.model.predictor import Prediction, Predictor
     from raymlops.monitor.drift import FeatureDrift
-    from raymlops.monitor.run import MonitorResult, run_monitor
-    from raymlops.registry.store import AliasEvent, ModelVersionInfo, Registry
+    from raymlops.monitor.result import MonitorResult
+    from raymlops.monitor.run import run_monitor
+    from raymlops.registry.store import AliasEvent, ModelVersionInfo, Registry, load_predictor
     from raymlops.serve.api import (
         Client,
         PredictResult,

@@ -132,11 +132,11 @@ def scan_input(location: str, fmt: str = "auto") -> tuple[pafs.FileSystem, str, 
     Raises DataError naming the file when a footer or header cannot be read (a corrupt or
     truncated file), before any compute starts.
     """
-    from raymlops.data.dataset import _resolve_source
+    from raymlops.data.dataset import resolve_source
 
     if location.startswith("sklearn:"):
         raise DataError("batch input must be Parquet or CSV files, not a bundled dataset")
-    source = _resolve_source(location, fmt)
+    source = resolve_source(location, fmt)
     fs = source.filesystem
     assert fs is not None and source.format in ("parquet", "csv")
     infos = fs.get_file_info(source.files)

@@ -35,7 +35,6 @@ import importlib
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -44,8 +43,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import click
 
 from raymlops.batch.plan import (
     MANIFEST_NAME,
@@ -62,6 +59,7 @@ from raymlops.batch.plan import (
 )
 from raymlops.batch.worker import OutputFolder, UnitActor, WorkerSpec, read_unit_stats
 from raymlops.core.errors import DataError, RaymlopsError, UserInputError
+from raymlops.core.report import progress, say
 from raymlops.model.features import Preprocessor
 
 if TYPE_CHECKING:
@@ -186,7 +184,7 @@ def _warn_on_environment_change(recorded: dict[str, str], echo: bool) -> None:
 
 def _echo(enabled: bool, message: str) -> None:
     if enabled:
-        click.echo(message, err=True)
+        say(message)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -287,10 +285,11 @@ def _execute(
     label = f"predicting {total:,} {noun}{'' if total == 1 else 's'}"
     try:
         with contextlib.ExitStack() as stack:
-            # click's bar (as `raymlops data synth`): drawn on a terminal, one line in logs.
-            sink = sys.stderr if echo else stack.enter_context(open(os.devnull, "w"))
-            bar = stack.enter_context(
-                click.progressbar(length=total, label=label, file=sink, show_pos=not known_rows)
+            # Drawn on a terminal, one line in logs; nothing unless asked (echo).
+            update = (
+                stack.enter_context(progress(total, label, show_pos=not known_rows))
+                if echo
+                else (lambda units: None)
             )
             rows = iter(ds.iter_rows())
             stack.callback(getattr(rows, "close", lambda: None))  # stops the pool at once
@@ -300,7 +299,7 @@ def _execute(
                     failure = result
                     break
                 results.append(result)
-                bar.update(result["rows_in"] if known_rows else 1)
+                update(result["rows_in"] if known_rows else 1)
     except (RaymlopsError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -394,7 +393,7 @@ def run_batch(
     (each takes seconds, and they do not depend on each other); then the schema check and
     the manifest, before any unit is computed.
     """
-    from raymlops.cluster.launcher import cluster_resources, ray_session
+    from raymlops.core.ray_session import cluster_resources, ray_session
     from raymlops.registry.store import Registry
 
     started = time.monotonic()

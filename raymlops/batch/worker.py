@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Key of the Parquet footer metadata that records a unit's statistics in its output file.
-STATS_KEY = "raymlops.batch.run"
+STATS_KEY = "raymlops.batch"
 _CSV_BLOCK = 8 << 20
 
 

@@ -5,23 +5,21 @@ on an existing cluster (`--address ray://…`), or as Ray jobs submitted to a cl
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shlex
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import click
-
 from raymlops.core.errors import UserInputError
 from raymlops.core.home import home_dir
+from raymlops.core.ray_session import cluster_resources, ray_session, use_token_if_available
+from raymlops.core.report import say
+from raymlops.loop.steps import PIPELINE_STEPS
 
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
@@ -42,69 +40,8 @@ def is_job_address(address: str | None) -> bool:
     return bool(address) and str(address).startswith(("http://", "https://"))
 
 
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Connect to Ray for the block: reuse a running session, join `address`, or start a
-    local Ray sized to this machine and shut it down afterwards.
-
-    A local Ray runs without its dashboard (faster to start, and a core's tenth less busy).
-    Nothing of raymlops needs it: the placement groups of Ray Train trials that Tune
-    stopped are freed by raymlops' keeper (`raymlops.train.guard`), not by Ray
-    Train's cleaner, which asks the dashboard's state API."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    kwargs: dict[str, object] = {
-        "logging_level": logging.WARNING,
-        "log_to_driver": False,
-        "configure_logging": True,
-    }
-    if address or os.environ.get("RAY_ADDRESS"):
-        # An explicit cluster, or the one a `ray job submit` driver runs in.
-        ray.init(address=address, **kwargs)
-    else:
-        # address="local": always a fresh instance of our own, never a cluster that
-        # `ray start` left running on this machine.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            **kwargs,
-        )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def cluster_resources() -> dict[str, float]:
-    """CPUs, GPUs and memory of the connected Ray cluster."""
-    import ray
-
-    return {k: float(v) for k, v in ray.cluster_resources().items()}
-
-
 # --------------------------------------------------------------------------- Ray jobs
 
-#: The main job's steps, in order: `raymlops run` runs them in one process, `raymlops run
-#: --address http://…` each as a Ray job (`raymlops run --step STEP --work FOLDER`).
-PIPELINE_STEPS: tuple[str, ...] = (
-    "train",
-    "gate",
-    "promote",
-    "batch",
-    "serve",
-    "traffic",
-    "monitor",
-    "retrain",
-    "finish",
-)
 #: Steps that `raymlops submit` accepts: a `raymlops <step>` command run as a Ray job.
 #: (batch is not a pipeline step: it needs an input and an output of its own.)
 SUBMITTABLE_STEPS: tuple[str, ...] = (
@@ -154,24 +91,6 @@ def _is_local(address: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 
 
-def _use_token_if_available() -> None:
-    """Send the token when one is at hand and RAY_AUTH_MODE is unset: the rule `ray.init`
-    follows when it joins a cluster (Ray's job SDK alone sends no token unless
-    RAY_AUTH_MODE=token). The token sources are Ray's own: $RAY_AUTH_TOKEN,
-    $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
-    try:
-        from ray._private.authentication import authentication_token_setup as setup
-    except ImportError:  # a Ray without token authentication
-        return
-    quiet = logging.getLogger(setup.__name__)
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its "token authentication is enabled" notice
-    try:
-        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    finally:
-        quiet.setLevel(level)
-
-
 class JobLauncher:
     """Submits raymlops steps as Ray jobs to a cluster's job API (`http://head:8265`).
 
@@ -186,7 +105,7 @@ class JobLauncher:
 
         self.address = address
         self.home = home_dir(home)
-        _use_token_if_available()
+        use_token_if_available()
         try:
             self.client = JobSubmissionClient(address)
         except AuthenticationError as exc:
@@ -213,9 +132,8 @@ class JobLauncher:
             runtime["working_dir"] = str(working_dir)
             runtime["excludes"] = list(_UPLOAD_EXCLUDES)
         if ship_raymlops:
-            import raymlops
-
-            runtime["py_modules"] = [str(Path(raymlops.__file__).resolve().parent)]
+            # The raymlops package folder (this file is raymlops/cluster/launcher.py).
+            runtime["py_modules"] = [str(Path(__file__).resolve().parents[1])]
         return runtime
 
     def _check_store_is_shared(self, tracking_uri: str | None) -> None:
@@ -250,7 +168,7 @@ class JobLauncher:
             )
         self._check_store_is_shared(tracking_uri)
         # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
-        entrypoint = shlex.join(["python", "-m", "raymlops.cli.main", step, *args])
+        entrypoint = shlex.join(["python", "-m", "raymlops.cli", step, *args])
         label = label or step
         ids: list[str] = []
         outcome: JobOutcome | None = None
@@ -264,9 +182,7 @@ class JobLauncher:
             )
             ids.append(submission_id)
             if echo:
-                click.echo(
-                    f"▸ submitted {label} as Ray job {submission_id} to {self.address}", err=True
-                )
+                say(f"▸ submitted {label} as Ray job {submission_id} to {self.address}")
             if not wait:
                 return JobOutcome(label, submission_id, "PENDING", attempt, "", ids)
             status = self.wait(submission_id, stream=stream and echo)
@@ -275,10 +191,8 @@ class JobLauncher:
             if outcome.succeeded:
                 break
             if echo and attempt <= max_retries:
-                click.echo(
-                    f"  job {submission_id} {status.lower()}; retrying "
-                    f"({attempt} of {max_retries})",
-                    err=True,
+                say(
+                    f"  job {submission_id} {status.lower()}; retrying ({attempt} of {max_retries})"
                 )
         assert outcome is not None
         return outcome
@@ -388,7 +302,7 @@ def run_pipeline_as_jobs(
         served = any(o.step == "serve" and o.succeeded for o in outcomes)
         if failed and served and not keep_serving and outcomes[-1].step != "finish":
             if echo:
-                click.echo("▸ stopping the endpoint this chain deployed", err=True)
+                say("▸ stopping the endpoint this chain deployed")
             cleanup = launcher.submit(
                 "run", steps[-1][2], working_dir=working_dir, tracking_uri=tracking_uri,
                 echo=echo, label="finish",

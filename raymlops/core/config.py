@@ -157,7 +157,7 @@ class ModelConfig(_Section):
     architecture: str = Field(
         "mlp",
         description=(
-            "Registered architecture name (see raymlops.model.architectures.list_architectures) or "
+            "Registered architecture name (see raymlops.list_architectures) or "
             "'package.module:Class' for a user architecture registered on import."
         ),
     )
@@ -167,7 +167,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_params(self) -> ModelConfig:
-        from raymlops.model.architectures import validate_params
+        from raymlops.core.architecture_params import validate_params
 
         self.__dict__["params"] = validate_params(self.architecture, self.params)
         return self

@@ -26,16 +26,22 @@ from raymlops.core.config import DataConfig, FeaturesConfig
 from raymlops.core.errors import DataError
 
 __all__ = [
+    "MAX_CLASSES",
     "ColumnRoles",
     "DatasetSplits",
     "DatasetVersion",
+    "Source",
     "check_source",
+    "common_prefix",
     "describe_path",
+    "hash_file",
     "infer_roles",
     "iter_tables",
     "load_dataset",
     "load_table",
+    "load_with_digest",
     "profile_table",
+    "resolve_source",
     "sample_table",
     "scan_files",
     "split_table",
@@ -45,7 +51,8 @@ __all__ = [
 Task = Literal["classification", "regression"]
 
 _SKLEARN_DATASETS = ("breast_cancer", "diabetes", "iris", "wine", "digits")
-_MAX_CLASSES = 50
+#: Most distinct values an integer label may take to be read as classes (more: regression).
+MAX_CLASSES = 50
 _PROFILE_QUANTILES = 20
 #: Equal-mass bins of the numeric "sketch": the fine reference CDF that drift statistics
 #: (Wasserstein distance, KS test, PSI) compare production data against.
@@ -57,7 +64,7 @@ _PROFILE_TOP_CATEGORIES = 100
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
     """Resolved input: the files to read (empty for bundled datasets) and their format."""
 
     uri: str
@@ -77,7 +84,7 @@ def _format_of(path: str, configured: str) -> Literal["parquet", "csv"] | None:
     return None
 
 
-def _resolve_source(path: str, fmt: str = "auto") -> _Source:
+def resolve_source(path: str, fmt: str = "auto") -> Source:
     if path.startswith("sklearn:"):
         name = path.split(":", 1)[1]
         if name not in _SKLEARN_DATASETS:
@@ -86,7 +93,7 @@ def _resolve_source(path: str, fmt: str = "auto") -> _Source:
                 + ", ".join(f"sklearn:{n}" for n in _SKLEARN_DATASETS)
                 + ")"
             )
-        return _Source(path, None, [], "sklearn")
+        return Source(path, None, [], "sklearn")
     try:
         if "://" in path:
             fs, root = pafs.FileSystem.from_uri(path)
@@ -116,7 +123,7 @@ def _resolve_source(path: str, fmt: str = "auto") -> _Source:
     kinds = {formats[f] for f in files}
     if len(kinds) > 1:
         raise DataError(f"{path} mixes Parquet and CSV files; point at one kind")
-    return _Source(path, fs, files, kinds.pop())  # type: ignore[arg-type]
+    return Source(path, fs, files, kinds.pop())  # type: ignore[arg-type]
 
 
 def _read_file(fs: pafs.FileSystem, file: str, fmt: str) -> pa.Table:
@@ -146,7 +153,7 @@ def _load_sklearn(name: str) -> pa.Table:
 
 def load_table(path: str, fmt: str = "auto") -> pa.Table:
     """Read a Parquet/CSV file, folder or URI (or a bundled dataset) into one Arrow table."""
-    table, _ = _load_with_digest(path, fmt)
+    table, _ = load_with_digest(path, fmt)
     return table
 
 
@@ -178,7 +185,7 @@ def iter_tables(path: str, fmt: str = "auto", *, per_file: int | None = None) ->
     """The rows of a Parquet/CSV file, folder or URI (or a bundled dataset) as a stream of
     Arrow tables, every one cast to the first one's schema: for data that may not fit in
     memory. `per_file` stops reading each file after that many rows (a spread sample)."""
-    source = _resolve_source(path, fmt)
+    source = resolve_source(path, fmt)
     if source.format == "sklearn":  # bundled datasets are small
         table = _load_sklearn(source.uri.split(":", 1)[1])
         yield table if per_file is None else table.slice(0, per_file)
@@ -211,7 +218,7 @@ def sample_table(path: str, fmt: str = "auto", rows: int = 20_000) -> pa.Table:
     """At most `rows` rows of the data, taken from the start of every file in turn (each file
     contributes its share): a bounded stand-in for the whole table where a few thousand
     representative rows are enough, read without loading the data whole."""
-    source = _resolve_source(path, fmt)
+    source = resolve_source(path, fmt)
     share = max(1, math.ceil(rows / max(1, len(source.files))))
     tables = list(iter_tables(path, fmt, per_file=share))
     if not tables:
@@ -229,17 +236,17 @@ def check_source(data: DataConfig, features: FeaturesConfig) -> ColumnRoles:
     raise DataError(f"{data.path} has no rows")
 
 
-def _load_with_digest(path: str, fmt: str) -> tuple[pa.Table, str]:
-    source = _resolve_source(path, fmt)
+def load_with_digest(path: str, fmt: str) -> tuple[pa.Table, str]:
+    source = resolve_source(path, fmt)
     if source.format == "sklearn":
         table = _load_sklearn(source.uri.split(":", 1)[1])
         return table, _table_digest(table)
     assert source.filesystem is not None
     digest = hashlib.sha256()
     tables = []
-    prefix = _common_prefix(source.files)
+    prefix = common_prefix(source.files)
     for file in source.files:
-        _hash_file(digest, source.filesystem, file, prefix)
+        hash_file(digest, source.filesystem, file, prefix)
         tables.append(_read_file(source.filesystem, file, source.format))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
@@ -248,7 +255,7 @@ def _load_with_digest(path: str, fmt: str) -> tuple[pa.Table, str]:
     return table, digest.hexdigest()
 
 
-def _hash_file(digest: Any, filesystem: pafs.FileSystem, file: str, prefix: str) -> None:
+def hash_file(digest: Any, filesystem: pafs.FileSystem, file: str, prefix: str) -> None:
     """Add one file to a dataset digest: its path below the common prefix, then its bytes
     (read in 4 MiB chunks), so a renamed or edited file changes the digest."""
     digest.update(file[len(prefix) :].encode() + b"\0")
@@ -260,7 +267,7 @@ def _hash_file(digest: Any, filesystem: pafs.FileSystem, file: str, prefix: str)
         raise DataError(f"cannot read {file}: {exc}") from None
 
 
-def _common_prefix(files: list[str]) -> str:
+def common_prefix(files: list[str]) -> str:
     if len(files) == 1:
         return str(Path(files[0]).parent) + "/"
     prefix = str(Path(files[0]).parent)
@@ -400,13 +407,13 @@ def infer_roles(
     elif pa.types.is_integer(label_type):
         task = (
             "classification"
-            if pc.count_distinct(label_col).as_py() <= _MAX_CLASSES
+            if pc.count_distinct(label_col).as_py() <= MAX_CLASSES
             else ("regression")
         )
     elif pa.types.is_floating(label_type):
         values = label_col.drop_null().to_numpy()
         integral = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
-        few = len(np.unique(values)) <= min(_MAX_CLASSES, 10)
+        few = len(np.unique(values)) <= min(MAX_CLASSES, 10)
         task = "classification" if integral and few else "regression"
     else:
         raise DataError(f"label column '{data.label}'{where} has unsupported type {label_type}")
@@ -646,7 +653,7 @@ def load_dataset(
     data: DataConfig, features: FeaturesConfig
 ) -> tuple[DatasetVersion, DatasetSplits, ColumnRoles]:
     """Load, check, split and profile the configured data (profile from the training split)."""
-    table, digest = _load_with_digest(data.path, data.format)
+    table, digest = load_with_digest(data.path, data.format)
     if table.num_rows == 0:
         raise DataError(f"{data.path} has no rows")
     roles = infer_roles(table, data, features, source=data.path)
@@ -684,7 +691,7 @@ def load_dataset(
 
 def describe_path(path: str, label: str | None = None, fmt: str = "auto") -> DatasetVersion:
     """Digest, schema, row count and profile of any dataset (all rows, no split)."""
-    table, digest = _load_with_digest(path, fmt)
+    table, digest = load_with_digest(path, fmt)
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows")
     label_name = label if label is not None else table.column_names[-1]

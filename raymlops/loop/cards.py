@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from raymlops.registry.store import CARD_ARTIFACT_PATH, CARD_MARKDOWN
+
 if TYPE_CHECKING:
     from raymlops.registry.store import Registry
 
@@ -36,7 +38,6 @@ __all__ = [
     "store_card",
 ]
 
-CARD_ARTIFACT_PATH = "card"
 _CARD_TAG = "raymlops.card"
 _MAX_TRIALS = 25
 
@@ -226,7 +227,7 @@ def _when(seconds: float | None) -> str:
 
 def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
     """Gather everything the registry knows about a version into a ModelCard."""
-    from raymlops.loop.gate import load_gate_result, recorded_gate
+    from raymlops.loop.gate_result import load_gate_result, recorded_gate
 
     info = registry.version_info(name, version)
     folder, _ = registry.download(name, info.version)
@@ -602,7 +603,7 @@ def store_card(registry: Registry, name: str, version: int | str) -> list[str]:
         (folder / "card.html").write_text(card.to_html(), encoding="utf-8")
         client.log_artifacts(info.run_id, str(folder), artifact_path=CARD_ARTIFACT_PATH)
     base = client.get_run(info.run_id).info.artifact_uri
-    uris = [f"{base}/{CARD_ARTIFACT_PATH}/card.md", f"{base}/{CARD_ARTIFACT_PATH}/card.html"]
+    uris = [f"{base}/{CARD_MARKDOWN}", f"{base}/{CARD_ARTIFACT_PATH}/card.html"]
     client.set_model_version_tag(name, str(info.version), _CARD_TAG, uris[0])
     return uris
 

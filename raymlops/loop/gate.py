@@ -8,7 +8,7 @@ slices, directional expectations), group-fairness limits and a p95 latency budge
 prediction goes through `Predictor.predict`, the one path from rows to predictions.
 
 The result is logged as an MLflow run (metrics + `gate.json`), attached to the version as
-`raymlops.loop.gate.*` tags (which `raymlops promote` reads), and appended to the model's alias
+`raymlops.gate.*` tags (which `raymlops promote` reads), and appended to the model's alias
 history. The pure parts (`evaluate_gate`, the fairness metrics) need no registry and no Ray.
 """
 
@@ -17,12 +17,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +33,19 @@ from raymlops.core.config import (
     PipelineConfig,
 )
 from raymlops.core.errors import ConfigError, DataError
+from raymlops.loop.gate_result import (
+    _GATE_TAG,
+    GATE_STATUS_TAG,
+    CheckResult,
+    CheckStatus,
+    GateResult,
+    _fmt,
+    load_gate_result,
+    recorded_gate,
+)
+
+_EPS = 1e-12
+_MISSING = "<missing>"
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -56,119 +67,6 @@ __all__ = [
     "run_gate",
     "task_metrics",
 ]
-
-CheckStatus = Literal["passed", "failed", "skipped"]
-
-_GATE_TAG = "raymlops.loop.gate."
-GATE_STATUS_TAG = f"{_GATE_TAG}status"
-_EPS = 1e-12
-_MISSING = "<missing>"
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class CheckResult:
-    """One line of the gate table: what was checked, the value seen, the limit, the outcome."""
-
-    kind: str
-    name: str
-    status: CheckStatus
-    value: float | None = None
-    limit: str = ""
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class GateResult:
-    """Everything one gate run found; `status` is 'failed' as soon as one check failed."""
-
-    model: str
-    version: int
-    status: Literal["passed", "failed"]
-    task: str
-    checks: list[CheckResult]
-    metrics: dict[str, float]
-    slices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    fairness: dict[str, Any] | None = None
-    champion: dict[str, Any] | None = None
-    latency: dict[str, float] | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    gate_config: dict[str, Any] = field(default_factory=dict)
-    timestamp: float = field(default_factory=time.time)
-    run_id: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    @property
-    def failed_checks(self) -> list[CheckResult]:
-        return [c for c in self.checks if c.status == "failed"]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.timestamp))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateResult:
-        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        values["checks"] = [CheckResult(**c) for c in data.get("checks", [])]
-        return cls(**values)
-
-    def table(self) -> str:
-        """The pass/fail table `raymlops gate` prints."""
-        data = self.data
-        where = (
-            f"test split of {data.get('source')}"
-            if data.get("split") == "test"
-            else str(data.get("source"))
-        )
-        lines = [
-            f"gate {self.model} v{self.version}: {data.get('rows', '?')} rows of {where} "
-            f"(sha256:{str(data.get('digest', ''))[:12]}…)"
-            + (f", champion v{self.champion['version']}" if self.champion else ""),
-        ]
-        names = [f"{c.kind} {c.name}" for c in self.checks]
-        width = min(max([len(n) for n in names] + [30]), 64)
-        limits = max([len(c.limit) for c in self.checks] + [12])
-        lines += ["", f"{'CHECK':<{width}} {'VALUE':>10}  {'LIMIT':<{limits}} RESULT"]
-        for check, name in zip(self.checks, names, strict=True):
-            value = "-" if check.value is None else _fmt(check.value)
-            mark = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}[check.status]
-            line = f"{name:<{width}.{width}} {value:>10}  {check.limit:<{limits}} {mark}"
-            if check.detail and check.status != "passed":
-                line += f"  ({check.detail})"
-            lines.append(line)
-        if not self.checks:
-            lines.append("(no checks configured: add a `gate` section to the config)")
-        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items() if k != "loss")
-        lines += ["", f"metrics: {shown}"]
-        if self.latency:
-            lines.append(
-                f"latency: p50 {self.latency['p50_ms']:.2f} ms, p95 {self.latency['p95_ms']:.2f} "
-                f"ms over {int(self.latency['requests'])} single-row predictions"
-            )
-        counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("failed", "skipped")}
-        lines.append(
-            f"{self.status.upper()}: {len(self.checks)} checks, {counts['failed']} failed, "
-            f"{counts['skipped']} skipped" + (f" — MLflow run {self.run_id}" if self.run_id else "")
-        )
-        return "\n".join(lines)
-
-
-def _fmt(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    return f"{value:.4f}" if 1e-3 <= abs(value) < 1e5 or value == 0 else f"{value:.4g}"
-
-
-# --------------------------------------------------------------------------- metrics
 
 
 def task_metrics(predictor: Predictor, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
@@ -714,12 +612,6 @@ def recorded_config(registry: Registry, name: str, version: int | str) -> Pipeli
         ) from None
 
 
-def recorded_gate(info: ModelVersionInfo) -> dict[str, str]:
-    """The gate outcome attached to a version: status, run_id, time, champion, … ({} if the
-    version was never gated)."""
-    return info.tags_under(_GATE_TAG)
-
-
 def _changed_data(name: str, info: ModelVersionInfo, path: str, digest: str, recorded: str) -> str:
     return (
         f"the data at {path} changed since {name} v{info.version} was trained "
@@ -761,10 +653,10 @@ def _held_out_rows(
     data: str | None,
     max_rows: int,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from raymlops.data.dataset import _load_with_digest, load_dataset
+    from raymlops.data.dataset import load_dataset, load_with_digest
 
     if data is not None:
-        table, digest = _load_with_digest(data, "auto")
+        table, digest = load_with_digest(data, "auto")
         frame = table.to_pandas()
         return frame, {"source": data, "digest": digest, "split": "file"}
     recorded = info.tags.get("raymlops.dataset_digest")
@@ -848,16 +740,6 @@ def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) 
     return run_id
 
 
-def load_gate_result(registry: Registry, run_id: str) -> GateResult | None:
-    """The full result of a gate run (its gate.json), or None if it cannot be read."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="raymlops-gate-") as tmp:
-            path = registry.client.download_artifacts(run_id, "gate.json", tmp)
-            return GateResult.from_dict(json.loads(Path(path).read_text()))
-    except Exception:
-        return None
-
-
 def run_gate(
     registry: Registry,
     config: PipelineConfig | None,
@@ -877,7 +759,7 @@ def run_gate(
     The champion is the version behind `gate.champion.alias` now, scored on the same rows.
 
     Recording logs an MLflow run (metrics, gate.json), tags the version
-    (`raymlops.loop.gate.status` = passed/failed, `.run_id`, `.time`, `.champion`, `.summary`),
+    (`raymlops.gate.status` = passed/failed, `.run_id`, `.time`, `.champion`, `.summary`),
     appends a `gate` event to the alias history and regenerates the model card.
     """
     say = echo or (lambda _message: None)

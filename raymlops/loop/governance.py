@@ -25,7 +25,7 @@ from raymlops.registry.store import CHAMPION, AliasEvent
 
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
-    from raymlops.loop.gate import GateResult
+    from raymlops.loop.gate_result import GateResult
     from raymlops.registry.store import ModelVersionInfo, Registry
 
 __all__ = [
@@ -137,7 +137,7 @@ def approvals_for(events: Iterable[AliasEvent], version: int, alias: str = CHAMP
 
 def _gate_problem(info: ModelVersionInfo, alias: str, current: int | None) -> str | None:
     """Why the version's recorded gate result does not allow promotion (None if it does)."""
-    from raymlops.loop.gate import recorded_gate
+    from raymlops.loop.gate_result import recorded_gate
 
     gate = recorded_gate(info)
     status = gate.get("status")
@@ -173,7 +173,7 @@ def approve(
     if not by.strip():
         raise UserInputError("an approval needs the approver's name (--by)")
     info = registry.version_info(name, version)
-    from raymlops.loop.gate import recorded_gate
+    from raymlops.loop.gate_result import recorded_gate
 
     gate = recorded_gate(info)
     if gate.get("status") != "passed":
@@ -210,7 +210,7 @@ def promote(
     compare-and-set: if another caller moves the alias between the checks and the move,
     nothing changes and PromotionError says so.
     """
-    from raymlops.loop.gate import recorded_gate
+    from raymlops.loop.gate_result import recorded_gate
 
     if not reason.strip():
         raise UserInputError("a promotion needs a reason (--reason)")

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from raymlops.core.durations import parse_duration
 from raymlops.core.errors import UserInputError
 from raymlops.core.home import home_dir
+from raymlops.core.report import say
 from raymlops.registry.store import CHAMPION, Registry
 
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
-    from raymlops.loop.gate import GateResult
-    from raymlops.loop.pipeline import TrainResult
+    from raymlops.loop.gate_result import GateResult
+    from raymlops.loop.training import TrainResult
     from raymlops.monitor.run import MonitorResult
 
 __all__ = [
@@ -410,14 +411,12 @@ def retrain(
     """
     from raymlops.loop.gate import run_gate
     from raymlops.loop.governance import promote_if_passed
-    from raymlops.loop.pipeline import train_and_register
+    from raymlops.loop.training import train_and_register
 
     def say(message: str) -> None:
         steps.append(message)
         if echo:
-            import click
-
-            click.echo(f"▸ {message}", err=True)
+            say(f"▸ {message}")
 
     steps: list[str] = []
     home_path = home_dir(home)
@@ -571,9 +570,7 @@ def retrain_once(
         if not force:
             raise
         if echo:
-            import click
-
-            click.echo(f"▸ monitoring skipped: {exc}", err=True)
+            say(f"▸ monitoring skipped: {exc}")
     return retrain(
         config,
         monitored=monitored,

@@ -8,14 +8,20 @@ loading one never runs code stored in an artifact.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 from torch import nn
+
+from raymlops.core.architecture_params import (
+    MLPParams,
+    architecture_names,
+    params_schema,
+    register_params,
+    validate_params,
+)
 
 __all__ = [
     "MLP",
@@ -27,13 +33,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _Architecture:
-    module: type[nn.Module]
-    params: type[BaseModel]
-
-
-_REGISTRY: dict[str, _Architecture] = {}
+_MODULES: dict[str, type[nn.Module]] = {}
 
 ModuleT = type[nn.Module]
 
@@ -46,7 +46,8 @@ def register_architecture(name: str, params: type[BaseModel]) -> Callable[[Modul
     """
 
     def decorator(cls: ModuleT) -> ModuleT:
-        _REGISTRY[name] = _Architecture(cls, params)
+        _MODULES[name] = cls
+        register_params(name, params)
         return cls
 
     return decorator
@@ -54,42 +55,15 @@ def register_architecture(name: str, params: type[BaseModel]) -> Callable[[Modul
 
 def list_architectures() -> list[str]:
     """Names of the registered architectures."""
-    return sorted(_REGISTRY)
-
-
-def _resolve(name: str) -> _Architecture:
-    if name not in _REGISTRY and ":" in name:
-        # 'package.module:Name' -> importing the module registers the architecture.
-        module_name = name.split(":", 1)[0]
-        try:
-            importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(f"cannot import architecture module '{module_name}': {exc}") from None
-    if name not in _REGISTRY:
-        known = ", ".join(list_architectures())
-        raise ValueError(f"unknown architecture '{name}' (registered: {known})")
-    return _REGISTRY[name]
-
-
-def validate_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Check `params` against the architecture's schema; return them with defaults filled."""
-    arch = _resolve(name)
-    try:
-        return arch.params.model_validate(params).model_dump(mode="json")
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ValueError(f"params.{loc}: {msg}") from None
+    return architecture_names()
 
 
 def build_model(
     name: str, params: dict[str, Any], in_features: int, out_features: int
 ) -> nn.Module:
     """Instantiate a registered architecture with validated parameters."""
-    arch = _resolve(name)
-    checked = arch.params.model_validate(params).model_dump()
-    return arch.module(in_features, out_features, **checked)
+    checked = params_schema(name).model_validate(params).model_dump()
+    return _MODULES[name](in_features, out_features, **checked)
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -99,20 +73,6 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
 }
-
-
-class MLPParams(BaseModel):
-    """Hyperparameters of the tabular MLP."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    depth: int = Field(2, ge=0, le=16, description="Hidden layers (0 = a linear model).")
-    width: int = Field(64, ge=1, le=8192, description="Units per hidden layer.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
-    activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = Field(
-        "relu", description="Non-linearity between layers."
-    )
-    batch_norm: bool = Field(False, description="BatchNorm after each hidden linear layer.")
 
 
 @register_architecture("mlp", MLPParams)

@@ -147,20 +147,6 @@ class Predictor:
         model.load_state_dict(load_file(str(source / WEIGHTS)))
         return cls(model, preprocessor, architecture, metadata, device=device)
 
-    @classmethod
-    def from_registry(
-        cls,
-        name: str,
-        alias_or_version: str | int = "champion",
-        tracking_uri: str | None = None,
-        home: str | Path | None = None,
-    ) -> Predictor:
-        """Load a registered model version by alias ('champion') or version number."""
-        from raymlops.registry.store import Registry
-
-        registry = Registry(tracking_uri=tracking_uri, home=home)
-        return registry.load_predictor(name, alias_or_version)
-
     def __repr__(self) -> str:
         meta = self.metadata
         where = f"{meta.get('name')} v{meta.get('version')}" if "version" in meta else "unsaved"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from raymlops.monitor.drift import FeatureDrift
-    from raymlops.monitor.run import MonitorResult
+    from raymlops.monitor.result import MonitorResult
 
 _REF_COLOUR = "#4C72B0"
 _CUR_COLOUR = "#DD8452"

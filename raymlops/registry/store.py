@@ -34,7 +34,21 @@ if TYPE_CHECKING:
     from raymlops.data.dataset import DatasetVersion
     from raymlops.model.predictor import Predictor
 
-__all__ = ["AliasEvent", "ModelVersionInfo", "Registry", "TrialRecord"]
+__all__ = [
+    "CARD_ARTIFACT_PATH",
+    "CARD_MARKDOWN",
+    "AliasEvent",
+    "ModelVersionInfo",
+    "Registry",
+    "TrialRecord",
+    "default_actor",
+    "load_predictor",
+]
+
+#: Where a version's model card lives among its MLflow run's artifacts (written by
+#: `raymlops.loop.cards.store_card`; the Serve endpoint reads the Markdown one).
+CARD_ARTIFACT_PATH = "card"
+CARD_MARKDOWN = f"{CARD_ARTIFACT_PATH}/card.md"
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -134,7 +148,7 @@ class AliasEvent:
         }
 
 
-def _default_actor() -> str:
+def default_actor() -> str:
     """Who is acting when nobody says: $RAYMLOPS_USER, else the login name."""
     import getpass
 
@@ -210,7 +224,7 @@ class Registry:
         all_tags = {
             "raymlops.config_hash": config_hash(config),
             "raymlops.code_version": code_version(),
-            "raymlops.loop.pipeline": config.name,
+            "raymlops.pipeline": config.name,
             "mlflow.runName": run_name,
             **(tags or {}),
         }
@@ -477,6 +491,15 @@ class Registry:
             os.replace(local, cache)
         return cache, info
 
+    def run_text(self, run_id: str, path: str) -> str | None:
+        """The text of artifact `path` of MLflow run `run_id`, or None if it has none."""
+        try:
+            with tempfile.TemporaryDirectory(prefix="raymlops-artifact-") as tmp:
+                local = self.client.download_artifacts(run_id, path, tmp)
+                return Path(local).read_text(encoding="utf-8")
+        except Exception:
+            return None
+
     def load_predictor(self, name: str, ref: str | int = CHAMPION) -> Predictor:
         """A verified Predictor for a version; warns if trained under other library versions."""
         from raymlops.model.predictor import Predictor, warn_on_environment_change
@@ -587,7 +610,7 @@ class Registry:
     ) -> AliasEvent:
         client = self.client
         sequence = len(self.alias_history(name)) + 1
-        actor = by or _default_actor()
+        actor = by or default_actor()
         now = time.time()
         tags = {
             f"{_AUDIT_TAG}model": name,
@@ -657,3 +680,14 @@ class Registry:
             for r in runs
         ]
         return sorted(events, key=lambda e: (e.sequence, e.timestamp))
+
+
+def load_predictor(
+    name: str,
+    alias_or_version: str | int = CHAMPION,
+    tracking_uri: str | None = None,
+    home: str | Path | None = None,
+) -> Predictor:
+    """Load a registered model version by alias ('champion') or version number: the
+    verified `Predictor` of `Registry(tracking_uri, home).load_predictor(name, ref)`."""
+    return Registry(tracking_uri=tracking_uri, home=home).load_predictor(name, alias_or_version)

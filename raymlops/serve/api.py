@@ -289,9 +289,9 @@ def _cluster(
             target = head.address
         # With an explicit address ray.init sends no token unless told to; find it as Ray's
         # CLI does ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
-        from raymlops.cluster.launcher import _use_token_if_available
+        from raymlops.core.ray_session import use_token_if_available
 
-        _use_token_if_available()
+        use_token_if_available()
         ray.init(address=target, **kwargs)
     try:
         yield _Session(head, in_process and not address)
@@ -441,7 +441,6 @@ def serve_model(
     """Deploy `version` (default: the registry's champion) of the config's model and wait
     until it answers; returns the deployed status (URL, routing). With `blocking`, serve
     from this process until SIGINT/SIGTERM, then take the application down."""
-    import click
     from ray import serve
 
     from raymlops.registry.store import Registry
@@ -458,7 +457,7 @@ def serve_model(
 
     def say(message: str) -> None:
         if echo:
-            click.echo(message, err=True)
+            say(message)
 
     say(f"▸ serving {name} v{info.version} as application '{app}'")
     with _cluster(
@@ -545,9 +544,9 @@ def _command(
 
 
 def _actor(by: str | None) -> str:
-    from raymlops.registry.store import _default_actor
+    from raymlops.registry.store import default_actor
 
-    return by or _default_actor()
+    return by or default_actor()
 
 
 def serve_canary(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import importlib.util
 import json
 import logging
 import os
@@ -1068,21 +1067,24 @@ class Ingress:
 
         @api.get("/v1/model/card", summary="The model card (Markdown)", response_model=None)
         async def card() -> Any:
-            version = self.routing.champion
-            if importlib.util.find_spec("raymlops.loop.cards") is None:
-                return JSONResponse(
-                    {"error": "model cards are not available in this raymlops"},
-                    status_code=404,
-                )
-            try:
-                from raymlops.loop import cards
+            from raymlops.registry.store import CARD_MARKDOWN
 
-                text = await asyncio.to_thread(
-                    cards.render_card, self.registry, self.model, version, fmt="md"
+            version = self.routing.champion
+            try:
+                info = await asyncio.to_thread(self.registry.version_info, self.model, version)
+                text = (
+                    await asyncio.to_thread(self.registry.run_text, info.run_id, CARD_MARKDOWN)
+                    if info.run_id
+                    else None
                 )
             except Exception as exc:
                 return JSONResponse(
                     {"error": f"model card failed: {type(exc).__name__}: {exc}"}, status_code=500
+                )
+            if text is None:
+                return JSONResponse(
+                    {"error": f"{self.model} v{version} has no stored model card"},
+                    status_code=404,
                 )
             return PlainTextResponse(str(text), media_type="text/markdown")
 

@@ -15,10 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
-
 from raymlops.core.config import PipelineConfig, SearchSpec
 from raymlops.core.errors import ResourceError, SearchStalledError, TrainingError
+from raymlops.core.report import say
 from raymlops.registry.store import TrialRecord
 from raymlops.train.loop import CHECKPOINT_STATE, TrainingArrays
 
@@ -249,10 +248,9 @@ class _Progress:
 
     def recovered(self, trial: Any) -> None:
         if self.echo:
-            click.echo(
+            say(
                 f"  trial {trial.trial_id} crashed; retrying from its last checkpoint "
-                f"(retry {trial.run_metadata.num_failures} of at most {self.max_failures})",
-                err=True,
+                f"(retry {trial.run_metadata.num_failures} of at most {self.max_failures})"
             )
 
     def finished(self, trial: Any, how: str) -> None:
@@ -278,11 +276,10 @@ class _Progress:
             note = "stopped by ASHA"
         else:
             note = "finished"
-        click.echo(
+        say(
             f"  trial {self.done:>3}/{self.total} {trial.trial_id} {note:<13} "
             f"epochs {epochs:>3}  best {self.metric} so far {best}  "
-            f"[{time.monotonic() - self.started:.0f}s]",
-            err=True,
+            f"[{time.monotonic() - self.started:.0f}s]"
         )
 
 
@@ -331,7 +328,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from raymlops.cluster.launcher import cluster_resources
+    from raymlops.core.ray_session import cluster_resources
     from raymlops.train.guard import StallWatch, finish_keeper, start_keeper, take_stall
 
     t = config.tune
@@ -360,7 +357,7 @@ def run_search(
 
     if resume:
         if echo:
-            click.echo(f"▸ resuming Tune experiment {resume}", err=True)
+            say(f"▸ resuming Tune experiment {resume}")
         tuner = tune.Tuner.restore(
             resume, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -419,12 +416,11 @@ def run_search(
             if uses_train_run(config)
             else ""
         )
-        click.echo(
+        say(
             f"▸ tuning {total} trials × ≤{config.train.epochs} epochs, {concurrency} at a time "
             f"({t.scheduler.upper()}, metric {metric} {mode}, {workers}"
             f"{need_cpus:g} CPU{f' + {need_gpus:g} GPU' if need_gpus else ''}"
-            " per trial)",
-            err=True,
+            " per trial)"
         )
     take_stall()
     try:

@@ -22,13 +22,13 @@ import pyarrow.compute as pc
 from raymlops.core.config import DataConfig, FeaturesConfig
 from raymlops.core.errors import DataError
 from raymlops.data.dataset import (
-    _MAX_CLASSES,
+    MAX_CLASSES,
     ColumnRoles,
     DatasetVersion,
-    _resolve_source,
-    _Source,
+    Source,
     infer_roles,
     profile_table,
+    resolve_source,
     scan_files,
 )
 from raymlops.model.features import Preprocessor
@@ -230,17 +230,17 @@ def _scan(files: list[str], fmt: str, filesystem: Any) -> Iterator[pa.RecordBatc
     yield from scan_files(files, fmt, filesystem, _SCAN_BATCH_ROWS)
 
 
-def _files_digest(source: _Source) -> str:
+def _files_digest(source: Source) -> str:
     """The same SHA-256 as `load_dataset` computes: relative names and bytes of each file."""
     import hashlib
 
-    from raymlops.data.dataset import _common_prefix, _hash_file
+    from raymlops.data.dataset import common_prefix, hash_file
 
     assert source.filesystem is not None
     digest = hashlib.sha256()
-    prefix = _common_prefix(source.files)
+    prefix = common_prefix(source.files)
     for file in source.files:
-        _hash_file(digest, source.filesystem, file, prefix)
+        hash_file(digest, source.filesystem, file, prefix)
     return digest.hexdigest()
 
 
@@ -269,7 +269,7 @@ def held_out_sample(data: DataConfig, rows: int) -> tuple[pa.Table, str, int]:
     """A uniform sample of at most `rows` rows of the test split, the data's digest and the
     test split's size: what the gate scores for streaming data, read in one pass that holds
     one batch and the sample."""
-    source = _resolve_source(data.path, data.format)
+    source = resolve_source(data.path, data.format)
     if source.format == "sklearn":
         raise DataError(f"data.streaming reads Parquet or CSV files, not {data.path}")
     digest = _files_digest(source)
@@ -296,7 +296,7 @@ def held_out_sample(data: DataConfig, rows: int) -> tuple[pa.Table, str, int]:
 def scan_dataset(data: DataConfig, features: FeaturesConfig) -> StreamingData:
     """Digest, checks, split sizes, profile and preprocessing of the configured data in one
     pass that holds one batch and a bounded sample — never the whole data."""
-    source = _resolve_source(data.path, data.format)
+    source = resolve_source(data.path, data.format)
     if source.format == "sklearn":
         raise DataError(f"data.streaming reads Parquet or CSV files, not {data.path}")
     fs = source.filesystem
@@ -324,10 +324,10 @@ def scan_dataset(data: DataConfig, features: FeaturesConfig) -> StreamingData:
             counts[name] += int(np.count_nonzero(codes == code))
         if roles.task == "classification":
             labels.update(str(v) for v in pc.unique(table.column(roles.label)).to_pylist())
-            if len(labels) > _MAX_CLASSES and data.task == "auto":
+            if len(labels) > MAX_CLASSES and data.task == "auto":
                 raise DataError(
                     f"label column '{roles.label}' in {data.path} has more than "
-                    f"{_MAX_CLASSES} classes; set data.task: regression if it is a number"
+                    f"{MAX_CLASSES} classes; set data.task: regression if it is a number"
                 )
         sample.add(table.filter(pa.array(codes == SPLIT_CODES["train"])))
     if roles is None or schema is None or sum(counts.values()) == 0:

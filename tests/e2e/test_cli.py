@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from raymlops.data.dataset import describe_path, synth_dataset
+from raymlops.registry.store import load_predictor
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +167,6 @@ def test_models_show_lists_the_aliases_of_each_version(
 def test_predict_a_parquet_file_with_the_champion(
     trained: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    from raymlops.model.predictor import Predictor
 
     home, _ = trained
     rows = breast_cancer_rows(8)
@@ -181,7 +181,7 @@ def test_predict_a_parquet_file_with_the_champion(
     printed = [line.split()[1] for line in lines[2:]]
     assert len(printed) == 6
     # The CLI prints what the registered champion predicts for the same rows.
-    expected = Predictor.from_registry("breast-cancer", "champion", home=home).predict(rows)
+    expected = load_predictor("breast-cancer", "champion", home=home).predict(rows)
     assert printed == list(expected.predictions[:6])
 
 

@@ -116,6 +116,6 @@ def read_output(folder: Path) -> pd.DataFrame:
 def unit_stats(folder: Path) -> list[dict[str, Any]]:
     """The statistics each unit recorded in its output file's footer."""
     return [
-        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch.run"])
+        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch"])
         for part in sorted(folder.glob("part-*.parquet"))
     ]

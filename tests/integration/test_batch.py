@@ -38,8 +38,7 @@ from raymlops.core.config import PipelineConfig
 from raymlops.core.errors import DataError, UserInputError
 from raymlops.core.processes import session_processes
 from raymlops.data.dataset import synth_dataset
-from raymlops.model.predictor import Predictor
-from raymlops.registry.store import Registry
+from raymlops.registry.store import Registry, load_predictor
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # batch_support is imported as tests.integration.batch_support
@@ -294,7 +293,7 @@ def test_every_row_once_with_the_predictions_of_the_predictor(
         "id", "prediction", "proba_0", "proba_1", "model_name", "model_version"
     ]  # fmt: skip
     source = pq.read_table(data).to_pandas().sort_values("id").reset_index(drop=True)
-    direct = Predictor.from_registry("bm", "champion", home=home).predict(source).to_frame()
+    direct = load_predictor("bm", "champion", home=home).predict(source).to_frame()
     assert rows["prediction"].tolist() == direct["prediction"].tolist()
     np.testing.assert_allclose(rows["proba_1"], direct["proba_1"], rtol=1e-6, atol=1e-7)
 

@@ -26,8 +26,7 @@ from raymlops.core.config import PipelineConfig
 from raymlops.core.errors import ResourceError
 from raymlops.data.dataset import load_dataset, synth_dataset
 from raymlops.loop.pipeline import train_and_register
-from raymlops.model.predictor import Predictor
-from raymlops.registry.store import Registry
+from raymlops.registry.store import Registry, load_predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILL_LOG_ENV = "RAYMLOPS_TEST_KILL_LOG"  # same as tests.integration.killed_worker_arch
@@ -148,7 +147,7 @@ def test_two_workers_reach_the_validation_metric_of_one(tmp_path: Path, synth_da
     folder, _ = Registry(home=tmp_path).download("dp-two", 1)
     suffixes = {p.suffix for p in folder.rglob("*") if p.is_file()}
     assert suffixes == {".json", ".safetensors"}, suffixes
-    predictor = Predictor.from_registry("dp-two", "champion", home=tmp_path)
+    predictor = load_predictor("dp-two", "champion", home=tmp_path)
     assert len(predictor.predict(splits.test.slice(0, 5).to_pandas()).predictions) == 5
 
 
@@ -412,5 +411,5 @@ def test_a_one_gpu_ray_train_trial_registers_a_version(tmp_path: Path, synth_dat
     config.data.streaming = True  # a Ray Train trial (TorchTrainer, nccl) with 1 GPU worker
     result = train_and_register(config, home=tmp_path, echo=False)
     assert result.failed_trials == 0
-    predictor = Predictor.from_registry("dp-gpu", "champion", home=tmp_path)
+    predictor = load_predictor("dp-gpu", "champion", home=tmp_path)
     assert len(predictor.predict(pd.read_parquet(synth_data).head(5)).predictions) == 5

@@ -187,7 +187,7 @@ def test_drift_is_detected_in_a_shifted_log_and_not_in_an_unshifted_one(
     registry = Registry(home=home)
     run = registry.client.get_run(clean.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["raymlops.monitor.run.verdict"] == "no drift"
+    assert run.data.tags["raymlops.monitor.verdict"] == "no drift"
     assert run.data.metrics["dataset_drift"] == 0.0
     assert run.data.metrics["rows_compared"] == 3000
     assert "drift.f0.wasserstein" in run.data.metrics
@@ -197,8 +197,8 @@ def test_drift_is_detected_in_a_shifted_log_and_not_in_an_unshifted_one(
     history = registry.client.get_metric_history(clean.run_id, "window.v1.champion.requests")
     assert sum(m.value for m in history) == 3000
     tags = registry.version_info(MODEL, 1).tags
-    assert tags["raymlops.monitor.run.last_run_id"] == clean.run_id
-    assert tags["raymlops.monitor.run.last_verdict"] == "no drift"
+    assert tags["raymlops.monitor.last_run_id"] == clean.run_id
+    assert tags["raymlops.monitor.last_verdict"] == "no drift"
 
     # The same traffic with every numeric feature shifted by half a standard deviation.
     shifted = tmp_path / "shifted"

@@ -24,8 +24,7 @@ import pytest
 
 from raymlops.core.processes import session_processes, stop_session
 from raymlops.data.dataset import synth_dataset
-from raymlops.model.predictor import Predictor
-from raymlops.registry.store import Registry
+from raymlops.registry.store import Registry, load_predictor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -291,6 +290,6 @@ def test_resume_after_sigkill_continues_a_data_parallel_trial(
         set(range(restored_epoch + 1, DP_EPOCHS + 1)) <= set(steps) <= set(range(1, DP_EPOCHS + 1))
     )
     # The registered artifact loads and predicts.
-    predictor = Predictor.from_registry("dp-resume", 1, home=home)
+    predictor = load_predictor("dp-resume", 1, home=home)
     rows = pd.read_parquet(tmp_path / "data.parquet").head(5)
     assert len(predictor.predict(rows).predictions) == 5

@@ -25,8 +25,7 @@ from raymlops.core.errors import ArtifactIntegrityError, ResourceError, Training
 from raymlops.data.dataset import load_dataset, synth_dataset
 from raymlops.loop.pipeline import TrainResult, train_and_register
 from raymlops.model.artifacts import sha256_file
-from raymlops.model.predictor import Predictor
-from raymlops.registry.store import Registry
+from raymlops.registry.store import Registry, load_predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRASH_LOG_ENV = "RAYMLOPS_TEST_CRASH_LOG"  # same as tests.integration.crashy_arch
@@ -61,7 +60,7 @@ def ray_cluster(crash_log: Path) -> Iterator[dict[str, float]]:
         mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
         mp.syspath_prepend(str(REPO_ROOT))
         mp.setenv(CRASH_LOG_ENV, str(crash_log))
-        # What raymlops.cluster.launcher.ray_session sets before it starts a Ray of its own.
+        # What raymlops.core.ray_session.ray_session sets before it starts a Ray of its own.
         mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
@@ -232,7 +231,7 @@ def test_classification_end_to_end_registers_lineage_and_pickle_free_artifacts(
 
     # The champion alias and the version number load the same model.
     rows = pd.read_parquet(classification_data).head(40)
-    by_alias = Predictor.from_registry("synth-clf", "champion", home=tmp_path)
+    by_alias = load_predictor("synth-clf", "champion", home=tmp_path)
     by_number = Registry(home=tmp_path).load_predictor("synth-clf", 1)
     assert by_alias.metadata["version"] == by_number.metadata["version"] == 1
     a, b = by_alias.predict(rows), by_number.predict(rows)
@@ -275,7 +274,7 @@ def test_regression_end_to_end(tmp_path: Path, regression_data: Path) -> None:
     assert result.version.version == 1
     assert result.version.aliases == ["champion"]
 
-    predictor = Predictor.from_registry("synth-reg", "champion", home=tmp_path)
+    predictor = load_predictor("synth-reg", "champion", home=tmp_path)
     assert predictor.task == "regression"
     prediction = predictor.predict(pd.read_parquet(regression_data).head(25))
     assert prediction.probabilities is None
@@ -414,5 +413,5 @@ def test_training_on_a_gpu_registers_a_version(tmp_path: Path, classification_da
     result = train_and_register(config, home=tmp_path, echo=False)
     assert result.version.version == 1
     assert result.failed_trials == 0
-    predictor = Predictor.from_registry("synth-gpu", "champion", home=tmp_path)
+    predictor = load_predictor("synth-gpu", "champion", home=tmp_path)
     assert len(predictor.predict(pd.read_parquet(classification_data).head(5)).predictions) == 5

@@ -17,8 +17,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-from raymlops._private import batch_worker
 
+from raymlops.batch import worker as batch_worker
 from raymlops.batch.plan import (
     InputFile,
     Manifest,

@@ -157,7 +157,7 @@ def test_gate_recreates_the_test_split_and_records_its_result(
     assert gate["champion"] == "none"
     run = registry.client.get_run(gate["run_id"])
     assert run.data.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
-    assert run.data.tags["raymlops.loop.gate.status"] == "passed"
+    assert run.data.tags["raymlops.gate.status"] == "passed"
     stored = load_gate_result(registry, gate["run_id"])
     assert stored is not None and stored.checks == result.checks
 

@@ -51,7 +51,9 @@ def test_runtime_env_points_the_job_at_the_same_registry(
     assert runtime["working_dir"] == str(tmp_path)
     assert ".raymlops" in runtime["excludes"] and ".venv" in runtime["excludes"]
     (package,) = runtime["py_modules"]
-    assert Path(package).name == "raymlops" and (Path(package) / "cluster" / "launcher.py").is_file()
+    assert (
+        Path(package).name == "raymlops" and (Path(package) / "cluster" / "launcher.py").is_file()
+    )
     bare = _offline_launcher("http://127.0.0.1:8265", tmp_path).runtime_env(
         None, "x", ship_raymlops=False
     )

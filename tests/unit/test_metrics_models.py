@@ -268,7 +268,10 @@ class _ScaledLinear(nn.Module):
 @pytest.fixture
 def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made by a test disappear after it."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    from raymlops.core import architecture_params
+
+    monkeypatch.setattr(models, "_MODULES", dict(models._MODULES))
+    monkeypatch.setattr(architecture_params, "_SCHEMAS", dict(architecture_params._SCHEMAS))
 
 
 @pytest.mark.usefixtures("isolated_registry")

@@ -53,14 +53,14 @@ def test_pipeline_functions_are_not_shadowed_by_submodules() -> None:
     # The pipeline functions must stay callable after the submodules (raymlops.train.loop,
     # raymlops.loop.pipeline) have been imported, in whatever order.
     code = (
-        "import raymlops, raymlops.train.loop, raymlops.loop.pipeline; "
+        "import raymlops, raymlops.train.loop, raymlops.loop.pipeline, raymlops.loop.training; "
         "print(callable(raymlops.train_and_register), callable(raymlops.run_pipeline), "
         "raymlops.train_and_register.__module__)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert result.stdout.split() == ["True", "True", "raymlops.loop.pipeline"]
+    assert result.stdout.split() == ["True", "True", "raymlops.loop.training"]
 
 
 def test_error_hierarchy_and_exit_codes() -> None:
@@ -83,7 +83,7 @@ def test_error_hierarchy_and_exit_codes() -> None:
 def test_ray_init_is_forbidden_in_unit_tests() -> None:
     import ray
 
-    from raymlops.cluster.launcher import ray_session
+    from raymlops.core.ray_session import ray_session
 
     with pytest.raises(pytest.fail.Exception, match="must not start Ray"):
         ray.init()

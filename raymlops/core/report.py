@@ -1,0 +1,89 @@
+"""What the library tells a person, through one reporter.
+
+Library code never prints: it calls `say` (a line of progress or a result) and `progress`
+(a bar over a known amount of work), and only when its caller asked (`echo=True`). Both go
+to the current `Reporter`. The default one writes lines to stderr (results the caller asked
+for to stdout, `err=False`) and draws the bar on a terminal, one line in logs — what the
+command line shows. `reporting(...)` swaps it for a block: a notebook's, a test's, or
+`Reporter()` subclassed to send the lines elsewhere.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+__all__ = ["Reporter", "progress", "reporting", "say"]
+
+#: Seconds between two redraws of a bar on a terminal.
+_REDRAW_S = 0.1
+_WIDTH = 30
+
+
+class Reporter:
+    """Writes the library's lines and bars to the process's stderr/stdout."""
+
+    def line(self, message: str, err: bool = True) -> None:
+        """One line of text."""
+        print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+    @contextmanager
+    def bar(
+        self, total: int, label: str, show_pos: bool = False
+    ) -> Iterator[Callable[[int], None]]:
+        """A progress bar over `total` units; yields the function that adds done units."""
+        stream = sys.stderr
+        live = stream.isatty()
+        done = 0
+        drawn = 0.0
+
+        def draw(final: bool = False) -> None:
+            share = done / total if total else 1.0
+            filled = round(share * _WIDTH)
+            where = f"  {done:,}/{total:,}" if show_pos else f"  {share:4.0%}"
+            text = f"\r{label}  [{'#' * filled}{'-' * (_WIDTH - filled)}]{where}"
+            stream.write(text + ("\n" if final else ""))
+            stream.flush()
+
+        def update(units: int) -> None:
+            nonlocal done, drawn
+            done += units
+            if live and time.monotonic() - drawn >= _REDRAW_S:
+                drawn = time.monotonic()
+                draw()
+
+        if not live:
+            self.line(label)
+        try:
+            yield update
+        finally:
+            if live:
+                draw(final=True)
+
+
+_current = Reporter()
+
+
+def say(message: str, *, err: bool = True) -> None:
+    """Tell the person running raymlops `message` (stderr; stdout with `err=False`)."""
+    _current.line(message, err)
+
+
+@contextmanager
+def progress(total: int, label: str, *, show_pos: bool = False) -> Iterator[Callable[[int], None]]:
+    """A progress bar over `total` units of work; yields `update(units_done)`."""
+    with _current.bar(total, label, show_pos) as update:
+        yield update
+
+
+@contextmanager
+def reporting(reporter: Reporter) -> Iterator[Reporter]:
+    """Send the library's lines and bars to `reporter` for the block."""
+    global _current
+    previous, _current = _current, reporter
+    try:
+        yield reporter
+    finally:
+        _current = previous

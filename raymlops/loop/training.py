@@ -1,0 +1,176 @@
+"""The training step of the lifecycle: data → Ray Tune search → the best trial evaluated on
+the test split and registered, with its model card. `raymlops train`, the main job and
+retraining all go through `train_and_register`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raymlops.core.config import PipelineConfig, config_hash
+from raymlops.core.errors import UserInputError
+from raymlops.core.home import home_dir
+from raymlops.core.ray_session import ray_session
+from raymlops.core.report import say
+from raymlops.data.dataset import DatasetVersion, load_dataset
+from raymlops.model.features import Preprocessor
+from raymlops.registry.store import ModelVersionInfo, Registry
+from raymlops.train.loop import TrainingArrays, evaluate, load_best_predictor
+
+__all__ = ["TrainResult", "train_and_register"]
+
+
+@dataclass
+class TrainResult:
+    """What one training pipeline produced."""
+
+    model_name: str
+    version: ModelVersionInfo
+    run_id: str
+    dataset: DatasetVersion
+    best_params: dict[str, Any]
+    validation_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    trials: int
+    failed_trials: int
+    experiment_path: str
+    tracking_uri: str
+    wall_time_s: float
+
+    def summary(self) -> str:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.test_metrics.items() if k != "loss")
+        params = ", ".join(f"{k}={v}" for k, v in self.best_params.items()) or "(no search space)"
+        return "\n".join(
+            [
+                f"registered {self.model_name} v{self.version.version} "
+                f"[{', '.join(self.version.aliases) or 'no alias'}]",
+                f"  best trial: {params}",
+                f"  test:       {metrics}",
+                f"  trials:     {self.trials} ({self.failed_trials} failed), "
+                f"{self.wall_time_s:.0f}s",
+                f"  data:       {self.dataset.source} sha256:{self.dataset.digest[:16]}…",
+                f"  MLflow run: {self.run_id}",
+            ]
+        )
+
+
+def _echo(enabled: bool, message: str) -> None:
+    if enabled:
+        say(message)
+
+
+def train_and_register(
+    config: PipelineConfig,
+    *,
+    address: str | None = None,
+    resume: bool | str = False,
+    home: str | Path | None = None,
+    echo: bool = True,
+) -> TrainResult:
+    """Load and check the data, tune, evaluate the best trial on the test split, and
+    register it. Nothing is registered unless every step succeeds."""
+    from raymlops.train.search import experiment_storage, latest_experiment, run_search
+
+    started = time.monotonic()
+    home_path = home_dir(home)
+    registry = Registry.from_config(config, home_path)
+    _echo(echo, f"▸ loading {config.data.path}")
+    arrays: Any
+    if config.data.streaming:
+        from raymlops.train.streaming import scan_dataset
+
+        # One streaming pass: the data is never loaded whole, here or in the trials.
+        arrays = scan_dataset(config.data, config.features)
+        dataset = arrays.version
+        test_metrics_of: Any = arrays.evaluate
+    else:
+        dataset, splits, roles = load_dataset(config.data, config.features)
+        prep = Preprocessor.fit(splits.train, roles, config.features)
+        arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+
+        def test_metrics_of(predictor: Any) -> dict[str, float]:
+            return evaluate(
+                predictor,
+                prep.transform(splits.test),
+                prep.encode_target(splits.test.column(roles.label)),
+            )
+
+    _echo(
+        echo,
+        f"  {dataset.num_rows} rows, {len(dataset.features)} features, {dataset.task}"
+        + (f" ({len(dataset.classes or [])} classes)" if dataset.classes else "")
+        + f", split {dataset.split['train']}/{dataset.split['validation']}/{dataset.split['test']}"
+        f", sha256:{dataset.digest[:12]}…",
+    )
+    registry.experiment_id(config.registry.experiment)  # fail fast on a bad tracking URI
+
+    resume_path: str | None = resume if isinstance(resume, str) and resume else None
+    if resume is True:
+        done = registry.registered_experiments(config.registry.model_name)
+        resume_path = latest_experiment(config, home_path, exclude=done)
+        if resume_path is None:
+            raise UserInputError(
+                f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
+                f"{experiment_storage(config, home_path)} (finished ones are registered)"
+            )
+    with ray_session(address):
+        outcome = run_search(config, arrays, home_path, resume=resume_path, echo=echo)
+
+    trial_config = config.apply_trial(outcome.best_params)
+    predictor = load_best_predictor(outcome.best_checkpoint, trial_config, arrays.preprocessor)
+    test_metrics = test_metrics_of(predictor)
+    metrics = {
+        **{k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+        **{f"test_{k}": v for k, v in test_metrics.items()},
+    }
+    _echo(echo, f"▸ recording {len(outcome.trials)} trials and the best model in MLflow")
+    run_name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with registry.pipeline_run(
+        config, run_name, tags={"raymlops.tune_experiment": outcome.experiment_path}
+    ) as run_id:
+        registry.log_dataset(run_id, dataset)
+        registry.log_trials(run_id, config, outcome.trials)
+        info = registry.register(
+            trial_config,
+            run_id,
+            predictor,
+            dataset,
+            metrics,
+            extra_tags={
+                "raymlops.config_hash": config_hash(config),
+                "raymlops.trial_id": outcome.best_trial_id,
+                "raymlops.tune_experiment": outcome.experiment_path,
+            },
+            extra_files={
+                "search.json": {
+                    "search_space": {
+                        k: v.model_dump(exclude_none=True)
+                        for k, v in config.tune.search_space.items()
+                    },
+                    "scheduler": config.tune.scheduler,
+                    "metric": outcome.metric,
+                    "mode": outcome.mode,
+                    "trials": len(outcome.trials),
+                    "best_params": outcome.best_params,
+                }
+            },
+        )
+    from raymlops.loop.cards import refresh_card  # every registered version gets a model card
+
+    refresh_card(registry, info.name, info.version, echo=lambda m: _echo(echo, m))
+    return TrainResult(
+        model_name=config.registry.model_name,
+        version=info,
+        run_id=run_id,
+        dataset=dataset,
+        best_params=outcome.best_params,
+        validation_metrics={k: v for k, v in metrics.items() if k.startswith("val_")},
+        test_metrics=test_metrics,
+        trials=len(outcome.trials),
+        failed_trials=sum(1 for t in outcome.trials if t.status == "ERROR"),
+        experiment_path=outcome.experiment_path,
+        tracking_uri=registry.tracking_uri,
+        wall_time_s=time.monotonic() - started,
+    )
