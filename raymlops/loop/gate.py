@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from raymlops.loop.gate_result import (
     load_gate_result,
     recorded_gate,
 )
+from raymlops.registry.store import metric_key
 
 _EPS = 1e-12
 _MISSING = "<missing>"
@@ -679,13 +679,6 @@ def _held_out_rows(
     }
 
 
-_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /:]")
-
-
-def _metric_key(*parts: str) -> str:
-    return "/".join(_METRIC_NAME.sub("_", p) for p in parts)[:250]
-
-
 def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) -> str:
     """An MLflow run (in the version's experiment) with the gate's metrics and gate.json."""
     client = registry.client
@@ -711,14 +704,14 @@ def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) 
     ]
     if result.champion:
         metrics += [
-            (_metric_key("champion", k), v, 0)
+            (metric_key("champion", k, sep="/"), v, 0)
             for k, v in result.champion["metrics"].items()
             if not math.isnan(v)
         ]
     for column, rows in result.slices.items():
         for row in rows:
             metrics += [
-                (_metric_key("slice", column, row["slice"], k), v, 0)
+                (metric_key("slice", column, row["slice"], k, sep="/"), v, 0)
                 for k, v in row["metrics"].items()
                 if not math.isnan(v)
             ]
@@ -726,9 +719,9 @@ def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) 
         for key in ("demographic_parity_difference", "equalized_odds_difference"):
             value = result.fairness[key]
             if not math.isnan(value):
-                metrics.append((_metric_key("fairness", key), value, 0))
+                metrics.append((metric_key("fairness", key, sep="/"), value, 0))
     if result.latency:
-        metrics += [(_metric_key("latency", k), v, 0) for k, v in result.latency.items()]
+        metrics += [(metric_key("latency", k, sep="/"), v, 0) for k, v in result.latency.items()]
     metrics += [
         ("checks_failed", float(len(result.failed_checks)), 0),
         ("checks_total", float(len(result.checks)), 0),

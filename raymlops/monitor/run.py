@@ -61,6 +61,7 @@ from raymlops.monitor.result import (
     _to_us,
     parse_since,
 )
+from raymlops.registry.store import metric_key
 
 if TYPE_CHECKING:
     from raymlops.core.config import MonitorConfig, PipelineConfig
@@ -1142,13 +1143,6 @@ def _write_outputs(result: MonitorResult, report: str | Path | None, home: Path)
     result.json_path.write_text(json.dumps(result.to_dict(), indent=2))
 
 
-_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /:]")
-
-
-def _metric_key(*parts: str) -> str:
-    return ".".join(_METRIC_NAME.sub("_", p) for p in parts)
-
-
 def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorResult) -> str:
     """One run in the registry's experiment: verdict and per-feature scores as metrics,
     KPIs per window as metric history, the JSON result and the HTML report as artifacts;
@@ -1189,23 +1183,23 @@ def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorRe
                 ("js_distance", f.js_distance),
             ):
                 if value is not None and math.isfinite(value):
-                    metrics.append((_metric_key("drift", f.name, key), float(value), 0))
+                    metrics.append((metric_key("drift", f.name, key), float(value), 0))
             if f.drifted is not None:
-                metrics.append((_metric_key("drift", f.name, "drifted"), float(f.drifted), 0))
+                metrics.append((metric_key("drift", f.name, "drifted"), float(f.drifted), 0))
         for k in result.kpis:
             tag = f"v{k.version}" if k.version is not None else "all"
             base = ("kpi", tag, k.role)
-            metrics.append((_metric_key(*base, "requests"), float(k.requests), 0))
+            metrics.append((metric_key(*base, "requests"), float(k.requests), 0))
             if k.error_rate is not None:
-                metrics.append((_metric_key(*base, "error_rate"), k.error_rate, 0))
+                metrics.append((metric_key(*base, "error_rate"), k.error_rate, 0))
             if k.latency_p95_ms is not None:
-                metrics.append((_metric_key(*base, "latency_p95_ms"), k.latency_p95_ms, 0))
+                metrics.append((metric_key(*base, "latency_p95_ms"), k.latency_p95_ms, 0))
             if k.latency_p50_ms is not None:
-                metrics.append((_metric_key(*base, "latency_p50_ms"), k.latency_p50_ms, 0))
+                metrics.append((metric_key(*base, "latency_p50_ms"), k.latency_p50_ms, 0))
         for p in result.performance:
             for key, value in p.metrics.items():
                 if math.isfinite(value):
-                    metrics.append((_metric_key("performance", f"v{p.version}", key), value, 0))
+                    metrics.append((metric_key("performance", f"v{p.version}", key), value, 0))
         params = {
             "since": _iso(result.since) or "",
             "source": result.source,
@@ -1247,18 +1241,18 @@ def _log_window_history(registry: Registry, run_id: str, result: MonitorResult) 
     for i, k in enumerate(sorted(result.kpi_windows, key=lambda r: r.window_start or _EPOCH)):
         when = int((k.window_start or _EPOCH).timestamp() * 1000)
         tag = f"v{k.version}" if k.version is not None else "all"
-        history.append(Metric(_metric_key("window", tag, k.role, "requests"), k.requests, when, i))
+        history.append(Metric(metric_key("window", tag, k.role, "requests"), k.requests, when, i))
         if k.latency_p95_ms is not None:
             history.append(
                 Metric(
-                    _metric_key("window", tag, k.role, "latency_p95_ms"), k.latency_p95_ms, when, i
+                    metric_key("window", tag, k.role, "latency_p95_ms"), k.latency_p95_ms, when, i
                 )
             )
     for i, p in enumerate(result.performance_windows):
         when = int((p.window_start or _EPOCH).timestamp() * 1000)
         for key, value in p.metrics.items():
             if math.isfinite(value):
-                history.append(Metric(_metric_key("window", f"v{p.version}", key), value, when, i))
+                history.append(Metric(metric_key("window", f"v{p.version}", key), value, when, i))
     for start in range(0, len(history), 1000):
         registry.client.log_batch(run_id, metrics=history[start : start + 1000])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ __all__ = [
     "TrialRecord",
     "default_actor",
     "load_predictor",
+    "metric_key",
 ]
 
 #: Where a version's model card lives among its MLflow run's artifacts (written by
@@ -691,3 +693,15 @@ def load_predictor(
     """Load a registered model version by alias ('champion') or version number: the
     verified `Predictor` of `Registry(tracking_uri, home).load_predictor(name, ref)`."""
     return Registry(tracking_uri=tracking_uri, home=home).load_predictor(name, alias_or_version)
+
+
+#: Characters MLflow accepts in a metric key; any other becomes '_'.
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /:]")
+#: The longest metric key MLflow's stores accept.
+_METRIC_KEY_MAX = 250
+
+
+def metric_key(*parts: str, sep: str = ".") -> str:
+    """An MLflow metric key from `parts` (feature names, versions, roles): each part's
+    disallowed characters replaced, joined by `sep`, cut to MLflow's length limit."""
+    return sep.join(_METRIC_NAME.sub("_", p) for p in parts)[:_METRIC_KEY_MAX]

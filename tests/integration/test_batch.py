@@ -12,7 +12,6 @@ subprocess with a Ray of its own, which the test kills.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -54,9 +53,9 @@ from tests.integration.batch_support import (  # noqa: E402
     unit_stats,
     wait_for,
 )
+from tests.integration.ray_support import SCRUBBED_ENV, local_ray  # noqa: E402
 
 RAYMLOPS = str(Path(sys.executable).with_name("raymlops"))
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 ROWS, FILES = 12_000, 6
 #: The module's Ray keeps a small object store (Ray accepts no less than 75 MiB), so that a
 #: 520 MB input is six times larger than it.
@@ -72,37 +71,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray (2 CPUs, an object store of OBJECT_STORE_BYTES) for the module; workers
-    find tests.integration on PYTHONPATH."""
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in SCRUBBED_ENV:
-            mp.delenv(name, raising=False)
-        pythonpath = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO) + (os.pathsep + pythonpath if pythonpath else ""))
-        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        ray.init(
-            address="local",
-            num_cpus=2,
-            object_store_memory=OBJECT_STORE_BYTES,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SCRUBBED_ENV:
-        monkeypatch.delenv(name, raising=False)
+    """The module's Ray with an object store of OBJECT_STORE_BYTES; workers find
+    tests.integration on PYTHONPATH."""
+    with local_ray(object_store_memory=OBJECT_STORE_BYTES):
+        yield
 
 
 @pytest.fixture(scope="module")

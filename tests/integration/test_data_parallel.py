@@ -7,8 +7,6 @@ all of them share the module's Ray.
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 import resource
 import shutil
@@ -25,13 +23,13 @@ from raymlops.cli.main import cli
 from raymlops.core.config import PipelineConfig
 from raymlops.core.errors import ResourceError
 from raymlops.data.dataset import load_dataset, synth_dataset
-from raymlops.loop.pipeline import train_and_register
+from raymlops.loop.training import train_and_register
 from raymlops.registry.store import Registry, load_predictor
+from tests.integration.ray_support import local_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILL_LOG_ENV = "RAYMLOPS_TEST_KILL_LOG"  # same as tests.integration.killed_worker_arch
 KILLED_WORKER = "tests.integration.killed_worker_arch:killed_worker"
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -43,41 +41,9 @@ def kill_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_cluster(kill_log: Path) -> Iterator[dict[str, float]]:
-    """One local Ray (2 CPUs) for the module; workers inherit PYTHONPATH (for the test
-    architecture) and the kill log's path from this process's environment at ray.init."""
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in SCRUBBED_ENV:
-            mp.delenv(name, raising=False)
-        pythonpath = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
-        mp.syspath_prepend(str(REPO_ROOT))
-        mp.setenv(KILL_LOG_ENV, str(kill_log))
-        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
-        mp.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-        try:
-            yield {k: float(v) for k, v in ray.cluster_resources().items()}
-        finally:
-            ray.shutdown()
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SCRUBBED_ENV:
-        monkeypatch.delenv(name, raising=False)
+    """The module's Ray; its workers learn the kill log's path from the environment."""
+    with local_ray(env={KILL_LOG_ENV: str(kill_log)}) as resources:
+        yield resources
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ champion, even with `promotion: auto`."""
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,52 +17,13 @@ from raymlops.core.config import PipelineConfig
 from raymlops.data.dataset import synth_dataset
 from raymlops.loop import governance
 from raymlops.loop.gate import run_gate
-from raymlops.loop.pipeline import TrainResult, train_and_register
+from raymlops.loop.training import TrainResult, train_and_register
 from raymlops.registry.store import CHAMPION, Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSTANT = "tests.integration.constant_arch:constant"  # same as constant_arch.CONSTANT
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray (2 CPUs) for the module; workers import tests.integration.constant_arch
-    from the repository root, which is put on PYTHONPATH before ray.init."""
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in SCRUBBED_ENV:
-            mp.delenv(name, raising=False)
-        pythonpath = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
-        mp.syspath_prepend(str(REPO_ROOT))
-        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
-        mp.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SCRUBBED_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 def make_config(name: str, data: Path, architecture: str, params: dict[str, Any]) -> PipelineConfig:

@@ -10,9 +10,7 @@ model_name, model_version, role, latency_ms, the raw features, prediction, proba
 from __future__ import annotations
 
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,36 +34,8 @@ from raymlops.train.loop import architecture_spec
 
 MODEL = "mon"
 FEATURES = ["f0", "f1", "f2", "f3", "c0"]
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_DEBUG", "RAYMLOPS_HOME")
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    for name in SCRUBBED_ENV:
-        mp.delenv(name, raising=False)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        mp.undo()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SCRUBBED_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NUM_SAMPLES = 6
 EPOCHS = 30
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 RAYMLOPS = str(Path(sys.executable).with_name("raymlops"))
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SCRUBBED_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 def _kill_session(sid: int) -> None:

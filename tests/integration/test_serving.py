@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
-import os
 import shutil
 import socket
 import threading
@@ -50,13 +48,12 @@ from raymlops.serve.api import (
     serve_status,
 )
 from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
+from tests.integration.ray_support import local_ray
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RAISING = "tests.integration.serving_arch:raising"  # same as tests.integration.serving_arch
 SLOW = "tests.integration.serving_arch:slow"
 MODEL = "serve-clf"
 TOKEN = "integration-test-token"
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_HOME", "RAYMLOPS_SERVE_TOKEN")
 
 pytestmark = [pytest.mark.integration]
 
@@ -153,40 +150,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Ray (2 CPUs) in this process, the registry, and the application on a free port.
     Replicas import tests.integration.serving_arch, so the repository root goes on the
     PYTHONPATH they inherit."""
-    import ray
     from ray import serve
 
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in SCRUBBED_ENV:
-            mp.delenv(name, raising=False)
-        pythonpath = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
-        mp.syspath_prepend(str(REPO_ROOT))
-        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        # Replicas leave within 1 s of `serve.delete`/shutdown instead of 5 (no traffic then).
-        mp.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    # Replicas leave within 1 s of `serve.delete`/shutdown instead of 5 (no traffic then).
+    with local_ray(env={"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}):
         home = tmp_path_factory.mktemp("serve-home")
         data = home / "data.parquet"
         synth_dataset(str(data), rows=600, features=4, categorical=1, seed=0)
         config = _config(data, _free_port())
         _register(home, config, data)
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
         try:
             status = serve_model(config, home=home, echo=False)
             rows = pd.read_parquet(data).drop(columns=["id", "label"])
             yield Served(config, home, status.url, rows, status)
         finally:
             serve.shutdown()
-            ray.shutdown()
-    finally:
-        mp.undo()
 
 
 @pytest.fixture(autouse=True)

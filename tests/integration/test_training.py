@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,16 +22,15 @@ from raymlops.cli.main import cli
 from raymlops.core.config import PipelineConfig, config_hash
 from raymlops.core.errors import ArtifactIntegrityError, ResourceError, TrainingError
 from raymlops.data.dataset import load_dataset, synth_dataset
-from raymlops.loop.pipeline import TrainResult, train_and_register
+from raymlops.loop.training import TrainResult, train_and_register
 from raymlops.model.artifacts import sha256_file
 from raymlops.registry.store import Registry, load_predictor
+from tests.integration.ray_support import local_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRASH_LOG_ENV = "RAYMLOPS_TEST_CRASH_LOG"  # same as tests.integration.crashy_arch
 CRASH_ONCE = "tests.integration.crashy_arch:crash_once"
 ALWAYS_CRASH = "tests.integration.crashy_arch:always_crash"
-# Environment that would point raymlops somewhere other than the test's own home.
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -47,43 +45,9 @@ def crash_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_cluster(crash_log: Path) -> Iterator[dict[str, float]]:
-    """One local Ray (2 CPUs) for the whole module. Workers inherit the environment of this
-    process at ray.init, so the repository root (for tests.integration.crashy_arch) and the
-    crash log path are put there first."""
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in SCRUBBED_ENV:
-            mp.delenv(name, raising=False)
-        pythonpath = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""))
-        mp.syspath_prepend(str(REPO_ROOT))
-        mp.setenv(CRASH_LOG_ENV, str(crash_log))
-        # What raymlops.core.ray_session.ray_session sets before it starts a Ray of its own.
-        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
-        mp.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-        try:
-            yield {k: float(v) for k, v in ray.cluster_resources().items()}
-        finally:
-            ray.shutdown()
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SCRUBBED_ENV:
-        monkeypatch.delenv(name, raising=False)
+    """The module's Ray; its workers learn the crash log's path from the environment."""
+    with local_ray(env={CRASH_LOG_ENV: str(crash_log)}) as resources:
+        yield resources
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,18 @@
 The shape that hung (issue #19): more Ray Train trials than fit at once, streaming data,
 ASHA stopping some, so each wave of trials must hand its CPUs to the next after Tune kills
 the trial. Ray Train's own cleaner frees a killed trial's placement group only while the
-dashboard's state API answers; this module's Ray runs without a dashboard, so every
-placement group freed here was freed by raymlops' keeper. Each search must finish every
-trial and leave no placement group behind; then the next search runs on the same Ray.
+dashboard's state API answers; this module's Ray (tests/integration/conftest.py) runs
+without a dashboard, so every placement group freed here was freed by raymlops' keeper.
+Each search must finish every trial and leave no placement group behind; then the next
+search runs on the same Ray.
 
 `RAYMLOPS_STRESS_REPEATS` sets the number of searches per shape (default 10 and 5).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,41 +23,12 @@ import pytest
 
 from raymlops.core.config import PipelineConfig
 from raymlops.data.dataset import synth_dataset
-from raymlops.loop.pipeline import train_and_register
+from raymlops.loop.training import train_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAYMLOPS_TUNE_STORAGE", "RAYMLOPS_DEBUG")
 REPEATS = int(os.environ.get("RAYMLOPS_STRESS_REPEATS", "10"))
 CPUS = 2.0
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray for the module: 2 CPUs and no dashboard (so Ray Train's cleaner cannot
-    free anything and the keeper must)."""
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in SCRUBBED_ENV:
-            mp.delenv(name, raising=False)
-        mp.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
-        ray.init(
-            address="local",
-            num_cpus=int(CPUS),
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
-    finally:
-        mp.undo()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,67 @@ def test_every_public_name_resolves() -> None:
             assert value.__module__ == raymlops._EXPORTS[name]
 
 
+#: The public surface, exactly: a name added or dropped is a change of the API and must be
+#: made here too, on purpose.
+PUBLIC_NAMES = [
+    "__version__",
+    "AliasEvent",
+    "ArtifactIntegrityError",
+    "BatchResult",
+    "Client",
+    "ConfigError",
+    "DataError",
+    "DatasetVersion",
+    "FeatureDrift",
+    "GateResult",
+    "ModelVersionInfo",
+    "MonitorResult",
+    "PipelineConfig",
+    "PredictResult",
+    "Prediction",
+    "Predictor",
+    "Preprocessor",
+    "PromotionDecision",
+    "PromotionError",
+    "RaymlopsError",
+    "Registry",
+    "RegistryError",
+    "ResourceError",
+    "RunResult",
+    "SearchStalledError",
+    "ServeStatus",
+    "ServingError",
+    "TrainResult",
+    "TrainingError",
+    "UserInputError",
+    "approve",
+    "describe_path",
+    "list_architectures",
+    "load_config",
+    "load_dataset",
+    "load_predictor",
+    "model_history",
+    "promote",
+    "promote_if_passed",
+    "read_prediction_log",
+    "register_architecture",
+    "render_card",
+    "rollback",
+    "run_batch",
+    "run_gate",
+    "run_monitor",
+    "run_pipeline",
+    "serve_model",
+    "store_card",
+    "synth_dataset",
+    "train_and_register",
+]
+
+
+def test_the_public_surface_is_exactly_the_pinned_list() -> None:
+    assert raymlops.__all__ == PUBLIC_NAMES
+
+
 def test_public_names_are_not_private() -> None:
     offenders = [n for n in raymlops.__all__ if n.startswith("_") and n != "__version__"]
     assert offenders == []

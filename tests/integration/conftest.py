@@ -1,0 +1,31 @@
+"""What every integration module shares: the environment scrubbed of settings that would
+point raymlops elsewhere, and one local Ray per module (`ray_cluster`, 2 CPUs, no dashboard,
+the environment `raymlops.core.ray_session` sets). A module with other needs (an object
+store bound, environment for its workers) overrides `ray_cluster` with `local_ray(...)`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # helpers are imported as tests.integration.*
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.integration.ray_support import SCRUBBED_ENV, local_ray  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SCRUBBED_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[dict[str, float]]:
+    """One local Ray for the module (2 CPUs); yields its resources."""
+    with local_ray() as resources:
+        yield resources
