@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymlops.core.errors import DataError, ResourceError, UserInputError
+from raymlops.data.dataset import csv_parse_options
 
 __all__ = [
     "MANIFEST_NAME",
@@ -75,8 +76,7 @@ def open_location(location: str) -> tuple[pafs.FileSystem, str]:
 
 def csv_read_options(path: str) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
     """How raymlops reads a CSV file: a header line, comma (tab for .tsv) separated."""
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    return pacsv.ReadOptions(block_size=_CSV_HEADER_BLOCK), pacsv.ParseOptions(delimiter=delimiter)
+    return pacsv.ReadOptions(block_size=_CSV_HEADER_BLOCK), csv_parse_options(path)
 
 
 # --------------------------------------------------------------------------- input

@@ -33,6 +33,7 @@ __all__ = [
     "Source",
     "check_source",
     "common_prefix",
+    "csv_parse_options",
     "describe_path",
     "hash_file",
     "infer_roles",
@@ -41,6 +42,7 @@ __all__ = [
     "load_table",
     "load_with_digest",
     "profile_table",
+    "read_file",
     "resolve_source",
     "sample_table",
     "scan_files",
@@ -126,13 +128,19 @@ def resolve_source(path: str, fmt: str = "auto") -> Source:
     return Source(path, fs, files, kinds.pop())  # type: ignore[arg-type]
 
 
-def _read_file(fs: pafs.FileSystem, file: str, fmt: str) -> pa.Table:
+def csv_parse_options(file: str) -> pacsv.ParseOptions:
+    """How a delimited text file is split: tabs for `.tsv`, commas otherwise."""
+    return pacsv.ParseOptions(delimiter="\t" if file.lower().endswith(".tsv") else ",")
+
+
+def read_file(fs: pafs.FileSystem, file: str, fmt: str) -> pa.Table:
+    """One Parquet or CSV/TSV file as a table; a file that cannot be read is named in the
+    DataError. Every reader of user data in raymlops reads files through this module."""
     try:
         if fmt == "parquet":
             return pq.read_table(file, filesystem=fs)
         with fs.open_input_stream(file) as stream:
-            delimiter = "\t" if file.lower().endswith(".tsv") else ","
-            return pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+            return pacsv.read_csv(stream, parse_options=csv_parse_options(file))
     except (pa.ArrowException, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {file}: {message}") from None
@@ -171,11 +179,8 @@ def scan_files(
                 with pq.ParquetFile(file, filesystem=filesystem, pre_buffer=False) as reader:
                     yield from reader.iter_batches(batch_size=batch_rows, use_threads=False)
             else:
-                delimiter = "\t" if file.lower().endswith(".tsv") else ","
                 with filesystem.open_input_stream(file) as stream:
-                    yield from pacsv.open_csv(
-                        stream, parse_options=pacsv.ParseOptions(delimiter=delimiter)
-                    )
+                    yield from pacsv.open_csv(stream, parse_options=csv_parse_options(file))
         except (pa.ArrowException, OSError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"cannot read {file}: {message}") from None
@@ -247,7 +252,7 @@ def load_with_digest(path: str, fmt: str) -> tuple[pa.Table, str]:
     prefix = common_prefix(source.files)
     for file in source.files:
         hash_file(digest, source.filesystem, file, prefix)
-        tables.append(_read_file(source.filesystem, file, source.format))
+        tables.append(read_file(source.filesystem, file, source.format))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:

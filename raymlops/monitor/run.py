@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +40,8 @@ from raymlops.core.durations import parse_duration
 from raymlops.core.errors import DataError, RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say
+from raymlops.data.dataset import csv_parse_options, read_file
+from raymlops.data.prediction_log import log_root, model_log_root, parse_partition
 from raymlops.monitor.drift import (
     CategoricalReference,
     CategoricalSketch,
@@ -420,22 +421,17 @@ class _Files:
     versions: list[int | None]
 
 
-_DATE_PART = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
-_VERSION_PART = re.compile(r"(?:^|/)version=(\d+)(?:/|$)")
-
-
 def default_prediction_log(model_name: str, home: str | Path | None = None) -> Path:
     """Where serving writes a model's prediction log by default: <home>/predictions/<model>."""
-    return home_dir(home) / "predictions" / model_name
+    return Path(model_log_root(log_root(None, home_dir(home)), model_name))
 
 
 def _serving_log(config: PipelineConfig, home: Path) -> str:
     """The log serving writes for this model: `serve.prediction_log.uri`/<model>, else
     <home>/predictions/<model>."""
-    uri = config.serve.prediction_log.uri
-    if uri:
-        return f"{uri.rstrip('/')}/{config.registry.model_name}"
-    return str(default_prediction_log(config.registry.model_name, home))
+    return model_log_root(
+        log_root(config.serve.prediction_log.uri, home), config.registry.model_name
+    )
 
 
 def _list_source(path: str) -> _Files:
@@ -447,10 +443,9 @@ def _list_source(path: str) -> _Files:
     dates: list[date | None] = []
     versions: list[int | None] = []
     for file in source.files:
-        d = _DATE_PART.search(file)
-        v = _VERSION_PART.search(file)
-        dates.append(date.fromisoformat(d.group(1)) if d else None)
-        versions.append(int(v.group(1)) if v else None)
+        day, version = parse_partition(file)
+        dates.append(day)
+        versions.append(version)
     return _Files(path, source.filesystem, source.files, source.format, dates, versions)
 
 
@@ -463,7 +458,7 @@ def _schema_names(files: _Files) -> list[str]:
         if files.format == "parquet":
             return list(pq.read_schema(first, filesystem=files.filesystem).names)
         with files.filesystem.open_input_stream(first) as stream:
-            reader = pacsv.open_csv(stream)
+            reader = pacsv.open_csv(stream, parse_options=csv_parse_options(first))
             return list(reader.schema.names)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read {first}: {str(exc).splitlines()[0]}") from None
@@ -690,7 +685,6 @@ class _Unit:
 
 def _read_unit(unit: _Unit, filesystem: Any, fmt: str) -> pa.Table:
     """One unit of the input, only the columns the monitor needs (those it has)."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     try:
@@ -716,8 +710,7 @@ def _read_unit(unit: _Unit, filesystem: Any, fmt: str) -> pa.Table:
             if unit.row_groups is not None:
                 return parquet.read_row_groups(unit.row_groups, columns, use_threads=False)
             return parquet.read(columns=columns, use_threads=False)
-        with filesystem.open_input_stream(unit.file) as stream:
-            table = pacsv.read_csv(stream)
+        table = read_file(filesystem, unit.file, fmt)
         return table.select([c for c in unit.columns if c in table.column_names])
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read {unit.file}: {str(exc).splitlines()[0]}") from None

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from raymlops.core.errors import RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
+from raymlops.data.prediction_log import log_root, model_log_root
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -163,8 +164,8 @@ class ServeStatus:
 
 def prediction_log_root(config: PipelineConfig, home: str | Path | None = None) -> str:
     """Folder or URI of the model's prediction log: `<root>/<model_name>`."""
-    root = config.serve.prediction_log.uri or str(home_dir(home) / "predictions")
-    return f"{root.rstrip('/')}/{config.registry.model_name}"
+    root = log_root(config.serve.prediction_log.uri, home_dir(home))
+    return model_log_root(root, config.registry.model_name)
 
 
 def _token(config: PipelineConfig) -> str | None:
@@ -184,7 +185,7 @@ def application_args(
     cfg = config.serve
     token = _token(config)
     home_path = home_dir(home)
-    log_root = cfg.prediction_log.uri or str(home_path / "predictions")
+    root = log_root(cfg.prediction_log.uri, home_path)
     return {
         "model_name": config.registry.model_name,
         "app_name": cfg.app_name or config.registry.model_name,
@@ -193,7 +194,7 @@ def application_args(
         "tracking_uri": config.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "serve": cfg.model_dump(mode="json", exclude={"token"}),
         "token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None,
-        "log_root": log_root if cfg.prediction_log.enabled else None,
+        "log_root": root if cfg.prediction_log.enabled else None,
         "deploy_id": uuid.uuid4().hex,
         "proxy": proxy,
         "env": dict(env or {}),

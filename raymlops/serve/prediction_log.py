@@ -1,8 +1,6 @@
 """The prediction log: every served prediction appended to Parquet, off the response path.
 
-Layout (fixed; monitoring reads it):
-
-    <root>/<model_name>/date=YYYY-MM-DD/version=<N>/part-<uuid>.parquet
+Layout: `raymlops.data.prediction_log` (monitoring reads it through the same module).
 
 Columns, in order: request_id (string), timestamp (timestamp[us, tz=UTC]), model_name
 (string), model_version (int64), role (string: champion|challenger|shadow), latency_ms
@@ -29,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["LogChunk", "PredictionLogWriter", "log_schema", "model_log_root", "read_log"]
+from raymlops.data.prediction_log import model_log_root, partition
+
+__all__ = ["LogChunk", "PredictionLogWriter", "log_schema", "read_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,6 @@ def log_schema(numeric: list[str], categorical: list[str], classes: list[str] | 
     else:
         fields.append(pa.field("prediction", pa.float64()))
     return pa.schema(fields)
-
-
-def model_log_root(root: str, model_name: str) -> str:
-    """The folder or URI of one model's log under the configured root."""
-    return f"{root.rstrip('/')}/{model_name}"
 
 
 @dataclass
@@ -195,7 +190,7 @@ class PredictionLogWriter:
             rows = sum(c.rows for c in group)
             try:
                 table = self._table(version, group)
-                folder = f"{self._base}/date={day}/version={version}"
+                folder = f"{self._base}/{partition(day, version)}"
                 self.filesystem.create_dir(folder, recursive=True)
                 name = f"part-{uuid.uuid4().hex}.parquet"
                 import pyarrow.parquet as pq

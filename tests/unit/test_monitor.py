@@ -393,3 +393,19 @@ def test_dictionary_encoded_strings_count_like_plain_ones() -> None:
     b.update(encoded)
     assert a.counts == b.counts == {"champion": 2, "shadow": 1, "canary": 1, "challenger": 1}
     assert a.missing == b.missing == 1
+
+
+def test_a_tsv_source_is_split_on_tabs_like_everywhere_else(tmp_path: Path) -> None:
+    """Monitoring reads files through the data package's reader: a .tsv is tab-separated
+    (its own copy used to read every file as comma-separated)."""
+    from raymlops.monitor.run import _list_source, _read_unit, _schema_names, _Unit
+
+    path = tmp_path / "recent.tsv"
+    path.write_text("f0\tc0\tprediction\n1.5\ta\tyes\n2.5\tb\tno\n")
+    files = _list_source(str(path))
+    assert files.format == "csv"
+    assert _schema_names(files) == ["f0", "c0", "prediction"]
+    unit = _Unit(files.files[0], ("f0", "c0"), path.stat().st_size)
+    table = _read_unit(unit, files.filesystem, files.format)
+    assert table.column_names == ["f0", "c0"]
+    assert table.column("f0").to_pylist() == [1.5, 2.5]

@@ -47,14 +47,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def no_whole_reads(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading a whole file of the streamed data (what `load_table` does) fails from here on
     (small side inputs, such as recent labelled rows, may still be read whole)."""
-    read_file = data_module._read_file
+    read_file = data_module.read_file
 
     def refuse(fs: Any, file: str, fmt: str) -> pa.Table:
         if Path(file).is_relative_to(folder.resolve()):
             raise AssertionError(f"{file} was read whole")
         return read_file(fs, file, fmt)
 
-    monkeypatch.setattr(data_module, "_read_file", refuse)
+    monkeypatch.setattr(data_module, "read_file", refuse)
 
 
 def _config(folder: Path, *extra: str) -> PipelineConfig:

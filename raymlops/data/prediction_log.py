@@ -1,0 +1,44 @@
+"""Where a model's prediction log lives and how it is partitioned — the one description of
+the layout that serving writes and monitoring reads:
+
+    <root>/<model_name>/date=YYYY-MM-DD/version=<N>/part-<uuid>.parquet
+
+`<root>` is `serve.prediction_log.uri` when set (any pyarrow filesystem URI), else
+`<RAYMLOPS_HOME>/predictions`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+
+__all__ = ["DEFAULT_FOLDER", "log_root", "model_log_root", "parse_partition", "partition"]
+
+#: The log's root under the home folder when no URI is configured.
+DEFAULT_FOLDER = "predictions"
+_DATE_PART = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+_VERSION_PART = re.compile(r"(?:^|/)version=(\d+)(?:/|$)")
+
+
+def log_root(uri: str | None, home: Path) -> str:
+    """The root every model's log lives under: `uri`, else `<home>/predictions`."""
+    return uri or str(home / DEFAULT_FOLDER)
+
+
+def model_log_root(root: str, model_name: str) -> str:
+    """The folder or URI of one model's log under the root."""
+    return f"{root.rstrip('/')}/{model_name}"
+
+
+def partition(day: date | str, version: int) -> str:
+    """The partition folder (relative to a model's log) of one day and model version."""
+    text = day.isoformat() if isinstance(day, date) else day
+    return f"date={text}/version={int(version)}"
+
+
+def parse_partition(path: str) -> tuple[date | None, int | None]:
+    """The day and model version a log file's path names (None where it names none)."""
+    d = _DATE_PART.search(path)
+    v = _VERSION_PART.search(path)
+    return (date.fromisoformat(d.group(1)) if d else None, int(v.group(1)) if v else None)
