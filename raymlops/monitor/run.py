@@ -854,7 +854,7 @@ def run_pass(
     ds = ray.data.read_datasource(
         _log_datasource(units, source.filesystem, source.format),
         override_num_blocks=n_tasks,
-        ray_remote_args={"num_cpus": task_cpus},
+        num_cpus=task_cpus,
     ).map_batches(
         _summarise_batch,
         batch_format="pyarrow",
