@@ -389,7 +389,7 @@ def test_help_exits_0_and_shows_an_example(tmp_path: Path, path: tuple[str, ...]
 def test_an_unexpected_error_in_a_ray_actor_is_shown_by_its_cause_on_one_line() -> None:
     from ray.exceptions import RayTaskError
 
-    from raymlops.cli.main import _one_line
+    from raymlops.cli.base import _one_line
 
     cause = RuntimeError("HAProxy crashed during startup: [NOTICE] starting\n[ALERT] cannot bind")
     wrapped = RayTaskError(

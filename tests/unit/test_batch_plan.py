@@ -450,7 +450,7 @@ def test_submit_batch_needs_input_and_output_and_makes_local_paths_absolute(
 ) -> None:
     import click
 
-    from raymlops.cli.main import _step_args
+    from raymlops.cli.run import _step_args
 
     monkeypatch.chdir(tmp_path)
     args = _step_args("batch", ("--input", "in", "--output=out", "--gpus", "1"))

@@ -1,0 +1,128 @@
+"""The `raymlops` group and what its commands share: error handling, common options.
+
+`raymlops …` is a thin shell over the public API; no logic of its own.
+
+Every command exits 0 on success, 2 on bad input (config, data, arguments) and 1 when the
+work itself fails, printing one clear line instead of a traceback (RAYMLOPS_DEBUG=1 shows it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from raymlops.core.errors import RaymlopsError
+
+        try:
+            return func(*args, **kwargs)
+        except RaymlopsError as exc:
+            if os.environ.get("RAYMLOPS_DEBUG"):
+                traceback.print_exc()
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:  # the last line of defence: one line, not a traceback
+            if os.environ.get("RAYMLOPS_DEBUG"):
+                traceback.print_exc()
+            _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """`Type: message` of an unexpected error on one line. An error raised inside a Ray
+    task or actor names only the task on its first line; what went wrong is the error it
+    wraps (`cause`), shown whole (its lines joined: a crashed HAProxy's alert is on its
+    last one), with the task it came from."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        origin = re.sub(r"\x1b\[[0-9;]*m", "", first).split(" (pid=")[0]  # no colours
+        text = " | ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+        if len(text) > limit:
+            text = text[:limit] + "…"
+        return f"{type(cause).__name__}" + (f" in {origin}" if origin else "") + f": {text}"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {detail}"
+
+
+def _config_options(func: F) -> F:
+    func = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set train.epochs=5 (repeatable).",
+    )(func)
+    func = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Pipeline YAML; default: the embedded breast-cancer example.",
+    )(func)
+    return func
+
+
+def _home_option(func: F) -> F:
+    return click.option(
+        "--home",
+        envvar="RAYMLOPS_HOME",
+        default=None,
+        help="State folder of the embedded default (MLflow store, Tune runs); "
+        "default $RAYMLOPS_HOME or ./.raymlops.",
+    )(func)
+
+
+def _load(config_path: str | None, overrides: tuple[str, ...]) -> Any:
+    from raymlops.core.config import load_config
+
+    return load_config(config_path, list(overrides))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="raymlops")
+def cli() -> None:
+    """raymlops — the ML lifecycle for PyTorch models on Ray.
+
+    \b
+    Example (embedded default: a bundled dataset, SQLite MLflow store, no server):
+      raymlops run                    # train, register, make champion, sample predictions
+      raymlops models list            # registered models, versions, aliases
+      mlflow ui --backend-store-uri sqlite:///.raymlops/mlflow.db
+    """
+
+
+#: Set by a command that ends with every file closed and Ray stopped (batch): main() then
+#: skips the interpreter's teardown, which takes 1-2 s once torch and MLflow are loaded.
+_EXIT = {"fast": False}
+
+
+def _exit_fast_after() -> None:
+    """This command leaves nothing to tear down: exit without the interpreter's teardown."""
+    _EXIT["fast"] = True
+
+
+def _version_arg(version: str) -> int | str:
+    return int(version) if version.isdigit() else version

@@ -1,0 +1,103 @@
+"""`raymlops` commands: models list and show."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from raymlops.cli.base import (
+    _handle_errors,
+    _home_option,
+    cli,
+)
+
+# --------------------------------------------------------------------------- models
+
+
+@cli.group()
+def models() -> None:
+    """Registered models, versions and aliases.
+
+    \b
+    Example:
+      raymlops models list
+    """
+
+
+@models.command("list")
+@_home_option
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def models_list(home: str | None, tracking_uri: str | None, as_json: bool) -> None:
+    """List registered models with their version count and aliases.
+
+    \b
+    Example:
+      raymlops models list --json
+    """
+    from raymlops.registry.store import Registry
+
+    rows = Registry(tracking_uri, home).list_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no registered models (train one with: raymlops train)")
+        return
+    click.echo(f"{'MODEL':<32} {'VERSIONS':>8} {'LATEST':>6}  ALIASES")
+    for row in rows:
+        aliases = ", ".join(f"{k}→v{v}" for k, v in sorted(row["aliases"].items())) or "-"
+        click.echo(
+            f"{row['name']:<32} {row['versions']:>8} {row['latest_version']!s:>6}  {aliases}"
+        )
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--version", "version", default=None, help="Version number or alias.")
+@_home_option
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def models_show(
+    name: str, version: str | None, home: str | None, tracking_uri: str | None, as_json: bool
+) -> None:
+    """Show a model's versions, or one version's metrics, lineage and environment.
+
+    \b
+    Example:
+      raymlops models show breast-cancer
+      raymlops models show breast-cancer --version champion --json
+    """
+    from raymlops.registry.store import Registry
+
+    registry = Registry(tracking_uri, home)
+    if version is None:
+        versions = registry.list_versions(name)
+        if as_json:
+            click.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+            return
+        click.echo(f"{name}: {len(versions)} version(s)")
+        click.echo(f"{'VERSION':>7}  {'CREATED':<20} {'ALIASES':<22} METRICS")
+        for v in versions:
+            d = v.to_dict()
+            shown = {k: val for k, val in d["metrics"].items() if k.startswith("test_")}
+            metrics = "  ".join(f"{k}={val:.4f}" for k, val in list(shown.items())[:4])
+            click.echo(
+                f"{v.version:>7}  {d['created']:<20} {', '.join(v.aliases) or '-':<22} {metrics}"
+            )
+        return
+    info = registry.version_info(name, version).to_dict()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{name} v{info['version']}  aliases: {', '.join(info['aliases']) or '-'}")
+    for key in ("created", "run_id", "dataset_digest", "config_hash", "trial_id"):
+        click.echo(f"  {key:<15} {info[key]}")
+    click.echo("  metrics:")
+    for key, val in info["metrics"].items():
+        click.echo(f"    {key:<22} {val:.4f}")
+    env = {k.split(".")[-1]: v for k, v in info["tags"].items() if k.startswith("raymlops.env.")}
+    click.echo("  environment:   " + ", ".join(f"{k} {v}" for k, v in env.items()))

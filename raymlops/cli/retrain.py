@@ -1,0 +1,130 @@
+"""`raymlops` commands: retrain and watch: the loop closed from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from raymlops.cli.base import (
+    _config_options,
+    _handle_errors,
+    _home_option,
+    _load,
+    cli,
+)
+
+
+@cli.command()
+@_config_options
+@_home_option
+@click.option("--force", is_flag=True, help="Retrain even when no trigger fires.")
+@click.option(
+    "--since",
+    default=None,
+    help="Monitor only traffic after this (2h, 1d, an ISO time); default monitor.since.",
+)
+@click.option(
+    "--recent-data",
+    default=None,
+    help="Recent labelled rows added to the training set; default retrain.recent_data.",
+)
+@click.option(
+    "--no-canary",
+    is_flag=True,
+    help="Skip the canary even when the model is being served (promote after the gate).",
+)
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def retrain(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    force: bool,
+    since: str | None,
+    recent_data: str | None,
+    no_canary: bool,
+    address: str | None,
+    as_json: bool,
+) -> None:
+    """Apply the retrain policy once: monitor, and on drift, decay or schedule train a
+    candidate, gate it against the champion, canary it on the live endpoint (when one
+    serves the model), then promote or roll back — every step in the alias history.
+
+    Exit 0 when nothing was needed or the candidate was promoted (or awaits approval), 1
+    when it was rejected by the gate or rolled back during its canary.
+
+    \b
+    Example:
+      raymlops retrain                                # decide from the prediction log
+      raymlops retrain --force --recent-data labelled.parquet
+    """
+    from raymlops.loop.retrain import ServingCanary, retrain_once
+
+    config = _load(config_path, overrides)
+    canary = None if no_canary else ServingCanary.if_serving(config, home=home, address=address)
+    result = retrain_once(
+        config,
+        force=force,
+        since=since,
+        canary=canary,
+        recent_data=recent_data,
+        home=home,
+        address=address,
+        echo=not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        click.echo(result.summary())
+    if result.outcome in ("rejected", "rolled-back"):
+        sys.exit(1)
+
+
+@cli.command()
+@_config_options
+@_home_option
+@click.option(
+    "--interval",
+    default=None,
+    help="Time between passes (30m, 1h…); default retrain.watch_interval.",
+)
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Stop after N passes.")
+@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@_handle_errors
+def watch(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    interval: str | None,
+    iterations: int | None,
+    address: str | None,
+) -> None:
+    """Run monitor → retrain on an interval, as a long-running job (Ctrl-C stops).
+
+    \b
+    Example:
+      raymlops watch --interval 1h
+      ray job submit --working-dir . -- python jobs/lifecycle.py --interval 1h
+    """
+    from raymlops.loop.retrain import ServingCanary
+    from raymlops.loop.retrain import watch as watch_loop
+
+    config = _load(config_path, overrides)
+    canary = ServingCanary.if_serving(config, home=home, address=address)
+    try:
+        results = watch_loop(
+            config,
+            interval=interval,
+            iterations=iterations,
+            canary=canary,
+            home=home,
+            address=address,
+        )
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+        return
+    for result in results:
+        click.echo(result.summary())

@@ -1,0 +1,295 @@
+"""`raymlops` commands: serve and its subcommands: the endpoint on Ray Serve."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from raymlops.cli.base import (
+    F,
+    _config_options,
+    _handle_errors,
+    _home_option,
+    _load,
+    _version_arg,
+    cli,
+)
+
+# --------------------------------------------------------------------------- serve
+
+
+def _serve_target_options(func: F) -> F:
+    func = click.option(
+        "--app", default=None, help="Serve application name; default: serve.app_name or the model."
+    )(func)
+    func = click.option(
+        "--address",
+        default=None,
+        help="Ray cluster that serves (ray://head:10001, auto, host:port); default: "
+        "$RAY_ADDRESS, else the local head that `raymlops serve` started.",
+    )(func)
+    return _home_option(_config_options(func))
+
+
+def _check_serve_address(address: str | None) -> None:
+    from raymlops.cluster.launcher import is_job_address
+
+    if is_job_address(address):
+        raise click.UsageError(
+            f"--address {address} is a job API: use `raymlops submit serve --address {address}`"
+        )
+
+
+def _print_serve_status(status: Any, as_json: bool) -> None:
+    click.echo(json.dumps(status.to_dict(), indent=2, default=str) if as_json else status.summary())
+
+
+@cli.group(invoke_without_command=True)
+@_config_options
+@_home_option
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to deploy on (ray://head:10001, auto, host:port); default: $RAY_ADDRESS, "
+    "else a local Ray head that raymlops starts once in the background.",
+)
+@click.option(
+    "--version", "version", default=None, help="Version number or alias; default: the champion."
+)
+@click.option(
+    "--blocking",
+    is_flag=True,
+    help="Run Ray inside this process and serve in the foreground until Ctrl-C or SIGTERM "
+    "(containers); without it the endpoint keeps running after the command returns.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the deployed status as JSON.")
+@click.pass_context
+@_handle_errors
+def serve(
+    ctx: click.Context,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    version: str | None,
+    blocking: bool,
+    as_json: bool,
+) -> None:
+    """Serve the champion over HTTP on Ray Serve (HAProxy ingress, batching, canary).
+
+    Without a subcommand, deploys and prints the URL; the endpoint keeps running.
+
+    \b
+    Example:
+      raymlops serve                                 # the embedded default's champion
+      curl -X POST http://127.0.0.1:8000/predict -H 'content-type: application/json' \\
+           -d '{"instances": [{"mean_radius": 14.1, "...": 0}]}'
+      raymlops serve status
+      raymlops serve canary --version 3 --percent 10
+      raymlops serve promote      # or: raymlops serve rollback
+      raymlops serve config > serve.yaml             # for `serve deploy` on a cluster
+      raymlops serve stop
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from raymlops.serve.api import serve_model
+
+    _check_serve_address(address)
+    config = _load(config_path, overrides)
+    ref: int | str | None = _version_arg(version) if version is not None else None
+    status = serve_model(config, version=ref, address=address, home=home, blocking=blocking)
+    if blocking:
+        return
+    _print_serve_status(status, as_json)
+    if not as_json:
+        click.echo(
+            f"\nPOST {status.url}/predict   docs: {status.url}/docs   stop: raymlops serve stop"
+        )
+
+
+@serve.command("status")
+@_serve_target_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def serve_status(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    as_json: bool,
+) -> None:
+    """Show the application, its replicas, the traffic split and per-version figures.
+
+    \b
+    Example:
+      raymlops serve status --json
+    """
+    from raymlops.serve.api import serve_status as status_of
+
+    _check_serve_address(address)
+    status = status_of(_load(config_path, overrides), app=app, address=address, home=home)
+    _print_serve_status(status, as_json)
+
+
+@serve.command("canary")
+@_serve_target_options
+@click.option("--version", "version", required=True, type=int, help="Challenger version.")
+@click.option(
+    "--percent",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Share of requests the challenger answers; default serve.canary.percent.",
+)
+@click.option(
+    "--shadow",
+    "shadow",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Share of requests mirrored to the challenger (logged, never returned).",
+)
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_handle_errors
+def serve_canary(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    version: int,
+    percent: float | None,
+    shadow: float | None,
+    reason: str,
+    by: str | None,
+) -> None:
+    """Put a challenger version on a share of live traffic (rolled back automatically if
+    its error rate or p95 latency is worse than the champion's by the configured margins).
+
+    \b
+    Example:
+      raymlops serve canary --version 3 --percent 10
+      raymlops serve canary --version 3 --percent 0 --shadow 50     # shadow only
+    """
+    from raymlops.serve.api import serve_canary as start_canary
+
+    _check_serve_address(address)
+    status = start_canary(
+        _load(config_path, overrides),
+        version,
+        percent=percent,
+        shadow_percent=shadow,
+        reason=reason,
+        by=by,
+        app=app,
+        address=address,
+        home=home,
+    )
+    _print_serve_status(status, False)
+
+
+@serve.command("promote")
+@_serve_target_options
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_handle_errors
+def serve_promote(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    reason: str,
+    by: str | None,
+) -> None:
+    """Make the canary's challenger the champion: registry alias, then all traffic.
+
+    \b
+    Example:
+      raymlops serve promote --reason "canary clean for 24 h"
+    """
+    from raymlops.serve.api import serve_promote as promote_canary
+
+    _check_serve_address(address)
+    status = promote_canary(
+        _load(config_path, overrides), reason=reason, by=by, app=app, address=address, home=home
+    )
+    _print_serve_status(status, False)
+
+
+@serve.command("rollback")
+@_serve_target_options
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_handle_errors
+def serve_rollback(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+    reason: str,
+    by: str | None,
+) -> None:
+    """Stop the canary; without one, return traffic and the champion alias to the previous
+    champion.
+
+    \b
+    Example:
+      raymlops serve rollback --reason "p95 too high"
+    """
+    from raymlops.serve.api import serve_rollback as rollback_serving
+
+    _check_serve_address(address)
+    status = rollback_serving(
+        _load(config_path, overrides), reason=reason, by=by, app=app, address=address, home=home
+    )
+    _print_serve_status(status, False)
+
+
+@serve.command("config")
+@_config_options
+@_home_option
+@click.option("--version", "version", type=int, default=None, help="Pin a version.")
+@_handle_errors
+def serve_config(
+    config_path: str | None, overrides: tuple[str, ...], home: str | None, version: int | None
+) -> None:
+    """Print a Ray Serve config (YAML) for `serve deploy` on a cluster.
+
+    \b
+    Example:
+      raymlops serve config -c examples/synthetic.yaml > serve.yaml
+      serve deploy serve.yaml --address http://127.0.0.1:8265
+    """
+    from raymlops.serve.api import serve_config_yaml
+
+    click.echo(
+        serve_config_yaml(config_path, list(overrides), version=version, home=home), nl=False
+    )
+
+
+@serve.command("stop")
+@_serve_target_options
+@_handle_errors
+def serve_stop(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    home: str | None,
+    address: str | None,
+    app: str | None,
+) -> None:
+    """Delete the application, and stop the local Ray head raymlops started for it (only
+    that head, by its recorded processes) when nothing else is served there.
+
+    \b
+    Example:
+      raymlops serve stop
+    """
+    from raymlops.serve.api import serve_stop as stop_serving
+
+    _check_serve_address(address)
+    stopped = stop_serving(_load(config_path, overrides), app=app, address=address, home=home)
+    click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
