@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from raymlops.registry.store import CARD_ARTIFACT_PATH, CARD_MARKDOWN
 
 if TYPE_CHECKING:
-    from raymlops.registry.store import Registry
+    from raymlops.loop.gate_result import GateResult
+    from raymlops.registry.store import AliasEvent, ModelVersionInfo, Registry
 
 __all__ = [
     "CARD_ARTIFACT_PATH",
@@ -237,11 +238,10 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
     search = _read_json(folder, "search.json") or {}
     architecture = _read_json(folder, "architecture.json") or {}
     preprocessing = _read_json(folder, "preprocessing.json") or {}
-    client = registry.client
     run = None
     if info.run_id:
         try:
-            run = client.get_run(info.run_id)
+            run = registry.client.get_run(info.run_id)
         except Exception:
             run = None
     gate_tags = recorded_gate(info)
@@ -250,9 +250,51 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         e for e in registry.alias_history(name) if info.version in (e.to_version, e.from_version)
     ]
     card_cfg = config.get("card") or {}
-    sections: list[_Section] = []
+    sources = _Sources(
+        registry, name, info, config, dataset, profile, search, architecture,
+        preprocessing, run, gate_tags, gate, events, card_cfg, folder,
+    )  # fmt: skip
+    sections = [section(sources) for section in _SECTIONS]
 
-    # 1. Overview.
+    return ModelCard(
+        title=f"Model card: {name} v{info.version}",
+        subtitle=(
+            f"{dataset.get('task', 'model')} · aliases: {', '.join(info.aliases) or 'none'} · "
+            f"generated {_when(time.time())} by raymlops"
+        ),
+        sections=sections,
+    )
+
+
+@dataclass
+class _Sources:
+    """What a version's card is made from: its registry record, the artifacts it was
+    registered with, its MLflow run, its gate and its alias history."""
+
+    registry: Registry
+    name: str
+    info: ModelVersionInfo
+    config: dict[str, Any]
+    dataset: dict[str, Any]
+    profile: dict[str, Any]
+    search: dict[str, Any]
+    architecture: dict[str, Any]
+    preprocessing: dict[str, Any]
+    run: Any
+    gate_tags: dict[str, str]
+    gate: GateResult | None
+    events: list[AliasEvent]
+    card_cfg: dict[str, Any]
+    folder: Path
+
+
+def _overview(s: _Sources) -> _Section:
+    """1. Overview."""
+    name = s.name
+    info = s.info
+    config = s.config
+    dataset = s.dataset
+    gate_tags = s.gate_tags
     overview = _Section("Overview")
     if config.get("description"):
         overview.text(str(config["description"]).strip())
@@ -271,9 +313,12 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
             ("latest gate", gate_tags.get("status", "not gated yet")),
         ]
     )
-    sections.append(overview)
+    return overview
 
-    # 2. Intended use and limitations.
+
+def _intended_use(s: _Sources) -> _Section:
+    """2. Intended use and limitations."""
+    card_cfg = s.card_cfg
     use = _Section("Intended use and limitations")
     use.kv(
         [
@@ -285,9 +330,14 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         "Measured behaviour below is on held-out rows of the training data only; it says "
         "nothing about data unlike it (see the drift baseline)."
     )
-    sections.append(use)
+    return use
 
-    # 3. Architecture.
+
+def _architecture_section(s: _Sources) -> _Section:
+    """3. Architecture."""
+    folder = s.folder
+    architecture = s.architecture
+    preprocessing = s.preprocessing
     arch = _Section("Model architecture")
     arch.kv(
         [
@@ -302,9 +352,14 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
             ("weights", "weights.safetensors (SHA-256 verified before load; no pickles)"),
         ]
     )
-    sections.append(arch)
+    return arch
 
-    # 4. Training data.
+
+def _training_data(s: _Sources) -> _Section:
+    """4. Training data."""
+    config = s.config
+    dataset = s.dataset
+    run = s.run
     data = _Section("Training data")
     split = dataset.get("split") or {}
     data.kv(
@@ -333,9 +388,16 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         return "feature" if col in features else "not used"
 
     data.table(["column", "type", "role"], [[c, t, role(c)] for c, t in schema.items()])
-    sections.append(data)
+    return data
 
-    # 5. Hyperparameters and search space.
+
+def _hyperparameters(s: _Sources) -> _Section:
+    """5. Hyperparameters and search space."""
+    registry = s.registry
+    info = s.info
+    config = s.config
+    search = s.search
+    run = s.run
     hp = _Section("Hyperparameters and search")
     train_cfg = config.get("train") or {}
     hp.kv(
@@ -367,9 +429,13 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
     trials = _trial_rows(registry, info.run_id, run, str(search.get("metric") or "val_loss"))
     if trials:
         hp.table(*trials, caption="Trials (nested MLflow runs):")
-    sections.append(hp)
+    return hp
 
-    # 6. Metrics overall and per slice.
+
+def _metrics_section(s: _Sources) -> _Section:
+    """6. Metrics overall and per slice."""
+    info = s.info
+    gate = s.gate
     metrics = _Section("Metrics")
     names = sorted({k.split("_", 1)[1] for k in info.metrics if k.startswith(("val_", "test_"))})
     metrics.table(
@@ -389,9 +455,12 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         metrics.note("The gate configured no slice columns (gate.slices).")
     else:
         metrics.note("Per-slice metrics come from the gate: run `raymlops gate` on this version.")
-    sections.append(metrics)
+    return metrics
 
-    # 7. Fairness.
+
+def _fairness_section(s: _Sources) -> _Section:
+    """7. Fairness."""
+    gate = s.gate
     fairness = _Section("Fairness")
     if gate is not None and gate.fairness:
         f = gate.fairness
@@ -421,9 +490,15 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
             "No fairness evaluation recorded: configure gate.fairness (a sensitive column and "
             "limits) and run the gate."
         )
-    sections.append(fairness)
+    return fairness
 
-    # 8. Gate.
+
+def _gate_section(s: _Sources) -> _Section:
+    """8. Gate."""
+    name = s.name
+    info = s.info
+    gate_tags = s.gate_tags
+    gate = s.gate
     gate_section = _Section("Validation gate")
     if gate is not None:
         gate_section.kv(
@@ -455,9 +530,12 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         )
     else:
         gate_section.note("Not gated yet: run `raymlops gate " + f"{name} {info.version}`.")
-    sections.append(gate_section)
+    return gate_section
 
-    # 9. Drift baseline.
+
+def _drift_baseline(s: _Sources) -> _Section:
+    """9. Drift baseline."""
+    profile = s.profile
     drift = _Section("Drift baseline (training profile)")
     drift.text(
         f"Monitoring compares production traffic with this profile of the "
@@ -502,9 +580,14 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         drift.kv([("label distribution", label.get("frequencies"))])
     elif label.get("kind") == "numeric":
         drift.kv([("label mean / std", f"{_cell(label.get('mean'))} / {_cell(label.get('std'))}")])
-    sections.append(drift)
+    return drift
 
-    # 10. Alias history.
+
+def _alias_history(s: _Sources) -> _Section:
+    """10. Alias history."""
+    name = s.name
+    info = s.info
+    events = s.events
     hist = _Section("Alias history")
     if events:
         hist.table(
@@ -526,16 +609,21 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
         )
     else:
         hist.note("No alias changes recorded for this version.")
-    sections.append(hist)
+    return hist
 
-    return ModelCard(
-        title=f"Model card: {name} v{info.version}",
-        subtitle=(
-            f"{dataset.get('task', 'model')} · aliases: {', '.join(info.aliases) or 'none'} · "
-            f"generated {_when(time.time())} by raymlops"
-        ),
-        sections=sections,
-    )
+
+_SECTIONS: tuple[Callable[[_Sources], _Section], ...] = (
+    _overview,
+    _intended_use,
+    _architecture_section,
+    _training_data,
+    _hyperparameters,
+    _metrics_section,
+    _fairness_section,
+    _gate_section,
+    _drift_baseline,
+    _alias_history,
+)
 
 
 def _v(version: int | None) -> str:
