@@ -367,7 +367,7 @@ def _open_manifest(out: OutputFolder, output: str) -> Manifest | None:
         raise UserInputError(f"{out.path(MANIFEST_NAME)} is unreadable: {exc}") from None
 
 
-def run_batch(
+def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any compute; to be split (#13)
     config: PipelineConfig,
     input: str,
     output: str,

@@ -336,7 +336,7 @@ def _looks_numeric(column: pa.ChunkedArray) -> bool:
     return bool(parsed.notna().mean() >= 0.9)
 
 
-def infer_roles(
+def infer_roles(  # noqa: C901, PLR0915 — one rule per kind of column; to be split (#13)
     table: pa.Table, data: DataConfig, features: FeaturesConfig, *, source: str = ""
 ) -> ColumnRoles:
     """Decide the task and each column's role; reject data that cannot be trained on."""

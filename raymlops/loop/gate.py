@@ -327,7 +327,7 @@ def _measure_latency(
     }
 
 
-def evaluate_gate(
+def evaluate_gate(  # noqa: C901, PLR0915 — one block per kind of check; to be split into check functions (#13)
     gate: GateConfig,
     candidate: Predictor,
     rows: pd.DataFrame | pa.Table,

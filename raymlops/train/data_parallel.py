@@ -89,7 +89,7 @@ def _private_mb() -> float:
     return float("nan")
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:  # noqa: C901, PLR0915 — runs in each Ray Train worker as one closure over its state; to be split (#13)
     """The training loop each Ray Train worker runs (rank 0 checkpoints)."""
     import ray.train
     import ray.train.torch

@@ -313,7 +313,7 @@ def latest_experiment(
     return None
 
 
-def run_search(
+def run_search(  # noqa: PLR0915 — builds, runs and reads back one Tune search; to be split (#13)
     config: PipelineConfig,
     arrays: TrainingArrays | StreamingData,
     home: Path,
