@@ -34,12 +34,9 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import time
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,35 +191,6 @@ def _one_line(exc: BaseException) -> str:
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
-@contextmanager
-def _mlflow_run(
-    registry: Registry, experiment: str, run_name: str, tags: dict[str, str]
-) -> Iterator[str]:
-    """An MLflow run for one batch invocation; FAILED if the block raises."""
-    client = registry.client
-    run = client.create_run(registry.experiment_id(experiment), run_name=run_name, tags=tags)
-    run_id = str(run.info.run_id)
-    try:
-        yield run_id
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
-
-
-def _log_run(
-    registry: Registry, run_id: str, params: dict[str, Any], metrics: dict[str, float]
-) -> None:
-    from mlflow.entities import Metric, Param
-
-    now = int(time.time() * 1000)
-    registry.client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-        params=[Param(k, str(v)) for k, v in params.items()],
-    )
 
 
 def _execute(
@@ -548,11 +516,8 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
                 "raymlops.input_digest": digest,
                 "raymlops.output": output,
             }
-            submission_id = os.environ.get("RAYMLOPS_SUBMISSION_ID")
-            if submission_id:
-                tags["raymlops.job_submission_id"] = submission_id
             run_id = session.enter_context(
-                _mlflow_run(registry, config.registry.experiment, run_name, tags)
+                registry.run(run_name, tags, experiment=config.registry.experiment)
             )
             marks["execute"] = time.time()
             new = _execute(
@@ -596,8 +561,7 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
                 "compute": (last or marks["computed"]) - (ready or marks["execute"]),
             }
             _finish(out, manifest, finished)
-            _log_run(
-                registry,
+            registry.log(
                 run_id,
                 params={
                     "on_bad_rows": bad_rows,
@@ -609,17 +573,20 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
                     "rows_per_unit": settings.rows_per_unit,
                     "pass_through": ",".join(pass_through),
                 },
-                metrics={
-                    "rows_in": finished.rows_in,
-                    "rows_out": finished.rows_out,
-                    "rows_rejected": finished.rows_rejected,
-                    "rows_run": rows_run,
-                    "rows_per_s": finished.rows_per_s,
-                    "units_total": len(units),
-                    "units_run": len(new),
-                    "nodes": len(finished.nodes),
-                    **{f"{k}_s": v for k, v in finished.phases.items()},
-                },
+                metrics=[
+                    (k, float(v), 0)
+                    for k, v in {
+                        "rows_in": finished.rows_in,
+                        "rows_out": finished.rows_out,
+                        "rows_rejected": finished.rows_rejected,
+                        "rows_run": rows_run,
+                        "rows_per_s": finished.rows_per_s,
+                        "units_total": len(units),
+                        "units_run": len(new),
+                        "nodes": len(finished.nodes),
+                        **{f"{k}_s": v for k, v in finished.phases.items()},
+                    }.items()
+                ],
             )
             finished.phases["finish"] = time.time() - marks["computed"]
             stopping = time.monotonic()

@@ -320,26 +320,25 @@ class _ChainRecord:
         from raymlops.registry.store import Registry
 
         self.registry = Registry.from_config(config, home)
-        run = self.registry.client.create_run(
-            self.registry.experiment_id(config.registry.experiment),
-            run_name=f"{config.name}-jobs-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={
+        self.run_id = self.registry.start_run(
+            f"{config.name}-jobs-{time.strftime('%Y%m%d-%H%M%S')}",
+            {
                 "raymlops.kind": "job-chain",
                 "raymlops.job_address": address,
                 "raymlops.model": config.registry.model_name,
             },
+            experiment=config.registry.experiment,
         )
-        self.run_id: str = run.info.run_id
 
     def job(self, outcome: JobOutcome) -> None:
         """Tag the run with one step's submission ids and final status."""
-        client = self.registry.client
-        client.set_tag(
-            self.run_id, f"raymlops.job.{outcome.step}", ",".join(outcome.submission_ids)
+        self.registry.log(
+            self.run_id,
+            tags={
+                f"raymlops.job.{outcome.step}": ",".join(outcome.submission_ids),
+                f"raymlops.job.{outcome.step}.status": outcome.status,
+            },
         )
-        client.set_tag(self.run_id, f"raymlops.job.{outcome.step}.status", outcome.status)
 
     def close(self, succeeded: bool) -> None:
-        self.registry.client.set_terminated(
-            self.run_id, status="FINISHED" if succeeded else "FAILED"
-        )
+        self.registry.end_run(self.run_id, succeeded)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from raymlops.registry.store import CARD_ARTIFACT_PATH, CARD_MARKDOWN
+from raymlops.registry.store import CARD_ARTIFACT_PATH
 
 if TYPE_CHECKING:
     from raymlops.loop.gate_result import GateResult
@@ -238,12 +238,7 @@ def build_card(registry: Registry, name: str, version: int | str) -> ModelCard:
     search = _read_json(folder, "search.json") or {}
     architecture = _read_json(folder, "architecture.json") or {}
     preprocessing = _read_json(folder, "preprocessing.json") or {}
-    run = None
-    if info.run_id:
-        try:
-            run = registry.client.get_run(info.run_id)
-        except Exception:
-            run = None
+    run = registry.get_run(info.run_id) if info.run_id else None
     gate_tags = recorded_gate(info)
     gate = load_gate_result(registry, gate_tags["run_id"]) if "run_id" in gate_tags else None
     events = [
@@ -635,14 +630,7 @@ def _trial_rows(
 ) -> tuple[list[str], list[list[Any]]] | None:
     if not run_id or run is None:
         return None
-    try:
-        children = registry.client.search_runs(
-            [run.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'",
-            max_results=1000,
-        )
-    except Exception:
-        return None
+    children = registry.child_runs(run)
     trials = [c for c in children if "raymlops.trial_id" in c.data.tags]
     if not trials:
         return None
@@ -684,15 +672,13 @@ def store_card(registry: Registry, name: str, version: int | str) -> list[str]:
 
         raise RegistryError(f"{name} v{info.version} has no MLflow run to store its card in")
     card = build_card(registry, name, info.version)
-    client = registry.client
     with tempfile.TemporaryDirectory(prefix="raymlops-card-") as tmp:
         folder = Path(tmp)
         (folder / "card.md").write_text(card.to_markdown(), encoding="utf-8")
         (folder / "card.html").write_text(card.to_html(), encoding="utf-8")
-        client.log_artifacts(info.run_id, str(folder), artifact_path=CARD_ARTIFACT_PATH)
-    base = client.get_run(info.run_id).info.artifact_uri
-    uris = [f"{base}/{CARD_MARKDOWN}", f"{base}/{CARD_ARTIFACT_PATH}/card.html"]
-    client.set_model_version_tag(name, str(info.version), _CARD_TAG, uris[0])
+        base = registry.log_artifacts(info.run_id, folder, CARD_ARTIFACT_PATH)
+    uris = [f"{base}/card.md", f"{base}/card.html"]
+    registry.set_version_tag(name, info.version, _CARD_TAG, uris[0])
     return uris
 
 

@@ -681,24 +681,26 @@ def _held_out_rows(
 
 def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) -> str:
     """An MLflow run (in the version's experiment) with the gate's metrics and gate.json."""
-    client = registry.client
-    experiment_id = (
-        client.get_run(info.run_id).info.experiment_id
-        if info.run_id
-        else registry.experiment_id("raymlops-gate")
-    )
-    run = client.create_run(
-        experiment_id,
-        run_name=f"gate-{result.model}-v{result.version}",
-        tags={
-            f"{_GATE_TAG}model": result.model,
-            f"{_GATE_TAG}version": str(result.version),
-            f"{_GATE_TAG}status": result.status,
-            f"{_GATE_TAG}source_run": info.run_id or "",
-            "raymlops.dataset_digest": str(result.data.get("digest", "")),
-        },
-    )
-    run_id: str = run.info.run_id
+    source = registry.get_run(info.run_id) if info.run_id else None
+    tags = {
+        f"{_GATE_TAG}model": result.model,
+        f"{_GATE_TAG}version": str(result.version),
+        f"{_GATE_TAG}status": result.status,
+        f"{_GATE_TAG}source_run": info.run_id or "",
+        "raymlops.dataset_digest": str(result.data.get("digest", "")),
+    }
+    with registry.run(
+        f"gate-{result.model}-v{result.version}",
+        tags,
+        experiment="raymlops-gate",
+        experiment_id=source.info.experiment_id if source is not None else None,
+    ) as run_id:
+        _log_gate_run(registry, run_id, result)
+    return run_id
+
+
+def _log_gate_run(registry: Registry, run_id: str, result: GateResult) -> None:
+    """The gate's metrics (champion, slices, fairness, latency, counts) and gate.json."""
     metrics: list[tuple[str, float, int]] = [
         (k, v, 0) for k, v in result.metrics.items() if not math.isnan(v)
     ]
@@ -726,11 +728,9 @@ def _log_result(registry: Registry, info: ModelVersionInfo, result: GateResult) 
         ("checks_failed", float(len(result.failed_checks)), 0),
         ("checks_total", float(len(result.checks)), 0),
     ]
-    registry._log_batch(run_id, metrics=metrics)
+    registry.log(run_id, metrics=metrics)
     result.run_id = run_id
-    client.log_text(run_id, json.dumps(result.to_dict(), indent=2, default=str), "gate.json")
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id
+    registry.log_text(run_id, json.dumps(result.to_dict(), indent=2, default=str), "gate.json")
 
 
 def run_gate(
@@ -814,7 +814,7 @@ def run_gate(
         f"{_GATE_TAG}summary": json.dumps(summary)[:4000],
     }
     for key, value in tags.items():
-        registry.client.set_model_version_tag(name, str(info.version), key, value)
+        registry.set_version_tag(name, info.version, key, value)
     registry.record_event(
         name,
         gate.champion.alias if gate.champion else "champion",

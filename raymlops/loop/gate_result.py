@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -145,9 +143,10 @@ def recorded_gate(info: ModelVersionInfo) -> dict[str, str]:
 
 def load_gate_result(registry: Registry, run_id: str) -> GateResult | None:
     """The full result of a gate run (its gate.json), or None if it cannot be read."""
+    text = registry.run_text(run_id, "gate.json")
+    if text is None:
+        return None
     try:
-        with tempfile.TemporaryDirectory(prefix="raymlops-gate-") as tmp:
-            path = registry.client.download_artifacts(run_id, "gate.json", tmp)
-            return GateResult.from_dict(json.loads(Path(path).read_text()))
+        return GateResult.from_dict(json.loads(text))
     except Exception:
         return None

@@ -1140,25 +1140,17 @@ def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorRe
     """One run in the registry's experiment: verdict and per-feature scores as metrics,
     KPIs per window as metric history, the JSON result and the HTML report as artifacts;
     the version gets tags pointing at its latest monitoring run."""
-    client = registry.client
-    experiment = registry.experiment_id(config.registry.experiment)
     run_name = f"monitor-{result.model_name}-v{result.version}-" + result.generated_at.strftime(
         "%Y%m%d-%H%M%S"
     )
-    run = client.create_run(
-        experiment,
-        run_name=run_name,
-        tags={
-            "mlflow.runName": run_name,
-            "raymlops.step": "monitor",
-            "raymlops.model": result.model_name,
-            "raymlops.model_version": str(result.version),
-            "raymlops.monitor.verdict": result.verdict,
-            "raymlops.monitor.source": result.source,
-        },
-    )
-    run_id = str(run.info.run_id)
-    try:
+    tags = {
+        "raymlops.step": "monitor",
+        "raymlops.model": result.model_name,
+        "raymlops.model_version": str(result.version),
+        "raymlops.monitor.verdict": result.verdict,
+        "raymlops.monitor.source": result.source,
+    }
+    with registry.run(run_name, tags, experiment=config.registry.experiment) as run_id:
         metrics: list[tuple[str, float, int]] = [
             ("dataset_drift", float(result.drift_detected), 0),
             ("rows_read", float(result.rows_read), 0),
@@ -1204,50 +1196,45 @@ def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorRe
             "large_sample": str(result.settings.large_sample),
             "drift_share": str(result.settings.drift_share),
         }
-        registry._log_batch(run_id, metrics=metrics, params=params)
+        registry.log(run_id, metrics=metrics, params=params)
         _log_window_history(registry, run_id, result)
         if result.report_path is not None:
-            client.log_artifact(run_id, str(result.report_path), artifact_path="monitor")
+            registry.log_file(run_id, result.report_path, "monitor")
         if result.json_path is not None:
             result.run_id = run_id
             result.json_path.write_text(json.dumps(result.to_dict(), indent=2))
-            client.log_artifact(run_id, str(result.json_path), artifact_path="monitor")
-        tags: tuple[tuple[str, str], ...] = (
+            registry.log_file(run_id, result.json_path, "monitor")
+        latest: tuple[tuple[str, str], ...] = (
             ("raymlops.monitor.last_run_id", run_id),
             ("raymlops.monitor.last_verdict", result.verdict),
             ("raymlops.monitor.last_time", _iso(result.generated_at) or ""),
         )
-        for key, tag in tags:
-            client.set_model_version_tag(result.model_name, str(result.version), key, tag)
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
+        for key, tag in latest:
+            registry.set_version_tag(result.model_name, result.version, key, tag)
     return run_id
 
 
 def _log_window_history(registry: Registry, run_id: str, result: MonitorResult) -> None:
     """KPIs and labelled metrics per window as MLflow metric history (timestamp = window)."""
-    from mlflow.entities import Metric
-
-    history: list[Metric] = []
+    history: list[tuple[str, float, int]] = []
+    times: list[int] = []
     for i, k in enumerate(sorted(result.kpi_windows, key=lambda r: r.window_start or _EPOCH)):
         when = int((k.window_start or _EPOCH).timestamp() * 1000)
         tag = f"v{k.version}" if k.version is not None else "all"
-        history.append(Metric(metric_key("window", tag, k.role, "requests"), k.requests, when, i))
+        history.append((metric_key("window", tag, k.role, "requests"), k.requests, i))
+        times.append(when)
         if k.latency_p95_ms is not None:
             history.append(
-                Metric(
-                    metric_key("window", tag, k.role, "latency_p95_ms"), k.latency_p95_ms, when, i
-                )
+                (metric_key("window", tag, k.role, "latency_p95_ms"), k.latency_p95_ms, i)
             )
+            times.append(when)
     for i, p in enumerate(result.performance_windows):
         when = int((p.window_start or _EPOCH).timestamp() * 1000)
         for key, value in p.metrics.items():
             if math.isfinite(value):
-                history.append(Metric(metric_key("window", f"v{p.version}", key), value, when, i))
-    for start in range(0, len(history), 1000):
-        registry.client.log_batch(run_id, metrics=history[start : start + 1000])
+                history.append((metric_key("window", f"v{p.version}", key), value, i))
+                times.append(when)
+    registry.log(run_id, metrics=history, timestamps=times)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

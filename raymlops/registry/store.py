@@ -216,47 +216,85 @@ class Registry:
                 raise
             return str(experiment.experiment_id)
 
+    def start_run(
+        self,
+        run_name: str,
+        tags: dict[str, str] | None = None,
+        *,
+        experiment: str | None = None,
+        experiment_id: str | None = None,
+    ) -> str:
+        """Open an MLflow run of a raymlops step, in `experiment` (by name) or
+        `experiment_id`: named and tagged, with the Ray job's submission id when it runs as
+        one. End it with `end_run`; `run` does both around a block."""
+        if experiment_id is None:
+            experiment_id = self.experiment_id(experiment or "Default")
+        all_tags = {"mlflow.runName": run_name, **(tags or {})}
+        submission_id = os.environ.get("RAYMLOPS_SUBMISSION_ID")
+        if submission_id:  # running as a Ray job (raymlops submit / run --address http://…)
+            all_tags["raymlops.job_submission_id"] = submission_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        return str(run.info.run_id)
+
+    def end_run(self, run_id: str, succeeded: bool) -> None:
+        """Close a run as FINISHED or FAILED."""
+        self.client.set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+
+    @contextmanager
+    def run(
+        self,
+        run_name: str,
+        tags: dict[str, str] | None = None,
+        *,
+        experiment: str | None = None,
+        experiment_id: str | None = None,
+    ) -> Iterator[str]:
+        """One MLflow run around a block (see `start_run`): FINISHED when the block ends,
+        FAILED if it raises. Yields the run id."""
+        run_id = self.start_run(run_name, tags, experiment=experiment, experiment_id=experiment_id)
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, succeeded=False)
+            raise
+        self.end_run(run_id, succeeded=True)
+
     @contextmanager
     def pipeline_run(
         self, config: PipelineConfig, run_name: str, tags: dict[str, str] | None = None
     ) -> Iterator[str]:
-        """A parent MLflow run for one training pipeline; FAILED if the block raises."""
-        client = self.client
-        exp = self.experiment_id(config.registry.experiment)
+        """A parent MLflow run for one training pipeline (its config as params); FAILED if
+        the block raises."""
         all_tags = {
             "raymlops.config_hash": config_hash(config),
             "raymlops.code_version": code_version(),
             "raymlops.pipeline": config.name,
-            "mlflow.runName": run_name,
             **(tags or {}),
         }
-        submission_id = os.environ.get("RAYMLOPS_SUBMISSION_ID")
-        if submission_id:  # running as a Ray job (raymlops submit / run --address http://…)
-            all_tags["raymlops.job_submission_id"] = submission_id
-        run = client.create_run(exp, run_name=run_name, tags=all_tags)
-        run_id = run.info.run_id
-        params: dict[str, str] = {}
-        for section in ("data", "features", "model", "train", "tune"):
-            _flatten(section, getattr(config, section).model_dump(mode="json"), params)
-        self._log_batch(run_id, params=params)
-        try:
+        with self.run(run_name, all_tags, experiment=config.registry.experiment) as run_id:
+            params: dict[str, str] = {}
+            for section in ("data", "features", "model", "train", "tune"):
+                _flatten(section, getattr(config, section).model_dump(mode="json"), params)
+            self.log(run_id, params=params)
             yield run_id
-        except BaseException:
-            client.set_terminated(run_id, status="FAILED")
-            raise
-        client.set_terminated(run_id, status="FINISHED")
 
-    def _log_batch(
+    def log(
         self,
         run_id: str,
         metrics: list[tuple[str, float, int]] | None = None,
-        params: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
+        timestamps: list[int] | None = None,
     ) -> None:
+        """Metrics (key, value, step), params and tags of a run, in MLflow's batch limits;
+        `timestamps` (ms, one per metric) record a metric history's times."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        metric_objs = [Metric(k, float(v), now, step) for k, v, step in metrics or []]
+        metric_objs = [
+            Metric(k, float(v), timestamps[i] if timestamps else now, step)
+            for i, (k, v, step) in enumerate(metrics or [])
+        ]
         param_objs = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         tag_objs = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         # MLflow accepts at most 1000 metrics, 100 params and 100 tags per batch.
@@ -266,6 +304,43 @@ class Registry:
             self.client.log_batch(run_id, params=param_objs[i : i + 100])
         for i in range(0, len(tag_objs), 100):
             self.client.log_batch(run_id, tags=tag_objs[i : i + 100])
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        """Store `text` as artifact `path` of a run."""
+        self.client.log_text(run_id, text, path)
+
+    def log_file(self, run_id: str, file: str | Path, artifact_path: str) -> None:
+        """Store one file under `artifact_path` of a run."""
+        self.client.log_artifact(run_id, str(file), artifact_path=artifact_path)
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> str:
+        """Store a folder's files under `artifact_path` of a run; returns their base URI."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+    def get_run(self, run_id: str) -> Any:
+        """An MLflow run (info, data), or None if it cannot be read."""
+        try:
+            return self.client.get_run(run_id)
+        except Exception:
+            return None
+
+    def child_runs(self, run: Any) -> list[Any]:
+        """The runs nested under `run` (its trials), at most 1000; [] if none can be read."""
+        try:
+            return list(
+                self.client.search_runs(
+                    [run.info.experiment_id],
+                    filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+                    max_results=1000,
+                )
+            )
+        except Exception:
+            return []
+
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        """Tag a registered version."""
+        self.client.set_model_version_tag(name, str(version), key, value)
 
     def log_dataset(self, run_id: str, dataset: DatasetVersion, context: str = "training") -> None:
         """Attach the dataset (digest, schema, profile summary) to a run as an MLflow input."""
@@ -310,7 +385,7 @@ class Registry:
                 for key, value in row.items()
                 if key != "epoch" and isinstance(value, int | float)
             ]
-            self._log_batch(
+            self.log(
                 run.info.run_id,
                 metrics=history,
                 params={k: json.dumps(v) for k, v in trial.params.items()},
@@ -348,7 +423,7 @@ class Registry:
         with tempfile.TemporaryDirectory(prefix="raymlops-model-") as tmp:
             digests = predictor.save(tmp, extra_files=files)
             client.log_artifacts(run_id, tmp, artifact_path="model")
-        self._log_batch(run_id, metrics=[(k, v, 0) for k, v in metrics.items()])
+        self.log(run_id, metrics=[(k, v, 0) for k, v in metrics.items()])
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         tags = {
             "raymlops.dataset_digest": dataset.digest,
