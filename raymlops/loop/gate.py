@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -327,7 +327,7 @@ def _measure_latency(
     }
 
 
-def evaluate_gate(  # noqa: C901, PLR0915 — one block per kind of check; to be split into check functions (#13)
+def evaluate_gate(
     gate: GateConfig,
     candidate: Predictor,
     rows: pd.DataFrame | pa.Table,
@@ -352,91 +352,144 @@ def evaluate_gate(  # noqa: C901, PLR0915 — one block per kind of check; to be
     frame = frame[frame[label].notna()].reset_index(drop=True)
     if frame.empty:
         raise DataError("no held-out rows with a label to gate on")
-    rng = np.random.default_rng(gate.seed)
-    prep = candidate.preprocessor
-    task = prep.task
     scored = _score(candidate, frame, label)
     metrics = task_metrics(candidate, scored.y, scored.outputs)
+    ev = _Evaluation(
+        gate, candidate, frame, label, scored, metrics, np.random.default_rng(gate.seed)
+    )
     checks: list[CheckResult] = []
-
-    # Absolute thresholds.
     for metric, bound in gate.thresholds.items():
         _check_metric_for_task(metric, metrics, "gate.thresholds")
         checks.append(_bound_check("threshold", metric, metrics[metric], bound.min, bound.max))
-
-    # The champion on the same rows.
-    champion_info: dict[str, Any] | None = None
-    if gate.champion is not None:
-        comparison = gate.champion
-        metric = comparison.metric
-        if metric == "auto":
-            metric = "accuracy" if task == "classification" else "r2"
-        _check_metric_for_task(metric, metrics, "gate.champion.metric")
-        rule = (
-            f"beat by {_fmt(comparison.min_improvement)}"
-            if comparison.min_improvement is not None
-            else f"worse by ≤ {_fmt(comparison.max_regression or 0.0)}"
-        )
-        if champion is None:
-            checks.append(
-                CheckResult(
-                    "champion", metric, "skipped", metrics[metric], rule, champion_skip_reason
-                )
-            )
-        elif champion.task != task:
-            checks.append(
-                CheckResult(
-                    "champion",
-                    metric,
-                    "skipped",
-                    metrics[metric],
-                    rule,
-                    f"champion is a {champion.task} model",
-                )
-            )
-        else:
-            theirs = _score(champion, frame, label)
-            their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
-            higher = GATE_METRICS[metric]
-            margin = (
-                comparison.min_improvement
-                if comparison.min_improvement is not None
-                else -(comparison.max_regression or 0.0)
-            )
-            required = their_metrics[metric] + margin if higher else their_metrics[metric] - margin
-            ours = metrics[metric]
-            ok = ours >= required - _EPS if higher else ours <= required + _EPS
-            champion_info = {
-                "version": champion.metadata.get("version"),
-                "metrics": their_metrics,
-                "metric": metric,
-                "required": required,
-            }
-            checks.append(
-                CheckResult(
-                    "champion",
-                    metric,
-                    "passed" if ok and not math.isnan(ours) else "failed",
-                    ours,
-                    f"{'≥' if higher else '≤'} {_fmt(required)} ({rule})",
-                    f"champion v{champion.metadata.get('version')} {_fmt(their_metrics[metric])}",
-                )
-            )
-
-    # Per-slice metrics and minimum functionality on slices.
-    slice_labels: dict[str, np.ndarray] = {}
-    slice_report: dict[str, list[dict[str, Any]]] = {}
-
-    def labels_of(column: str, where: str) -> np.ndarray:
-        if column not in frame.columns:
-            raise ConfigError(f"{where}: column '{column}' is not in the held-out rows")
-        if column not in slice_labels:
-            slice_labels[column] = _slice_labels(frame[column], gate.slice_bins)
-            slice_report[column] = _slice_table(candidate, scored, slice_labels[column])
-        return slice_labels[column]
-
+    champion_check, champion_info = _champion_check(ev, champion, champion_skip_reason)
+    checks += champion_check
     for column in gate.slices:
-        labels_of(column, "gate.slices")
+        ev.labels_of(column, "gate.slices")
+    checks += _slice_checks(ev)
+    checks += _invariance_checks(ev)
+    checks += [_directional(candidate, frame, scored.outputs, test) for test in gate.directional]
+    fairness_checks, fairness = _fairness_checks(ev)
+    checks += fairness_checks
+    latency_checks, latency = _latency_check(ev, latency_fn)
+    checks += latency_checks
+    task = candidate.preprocessor.task
+    slice_report = ev.slice_report
+    return GateResult(
+        model=model if model is not None else str(candidate.metadata.get("name", "")),
+        version=version if version is not None else int(candidate.metadata.get("version", 0)),
+        status="failed" if any(c.status == "failed" for c in checks) else "passed",
+        task=task,
+        checks=checks,
+        metrics=metrics,
+        slices=slice_report,
+        fairness=fairness,
+        champion=champion_info,
+        latency=latency,
+        data={"rows": len(frame), **(data or {})},
+        gate_config=gate.model_dump(mode="json"),
+    )
+
+
+@dataclass
+class _Evaluation:
+    """What every check of one gate run reads: the rows, the candidate's scores and
+    metrics, the seeded generator, and the slices cut so far (each column cut once)."""
+
+    gate: GateConfig
+    candidate: Predictor
+    frame: pd.DataFrame
+    label: str
+    scored: _Scored
+    metrics: dict[str, float]
+    rng: np.random.Generator
+    slice_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    slice_report: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def labels_of(self, column: str, where: str) -> np.ndarray:
+        """Each row's slice of `column` (its slice table joins the report)."""
+        if column not in self.frame.columns:
+            raise ConfigError(f"{where}: column '{column}' is not in the held-out rows")
+        if column not in self.slice_labels:
+            self.slice_labels[column] = _slice_labels(self.frame[column], self.gate.slice_bins)
+            self.slice_report[column] = _slice_table(
+                self.candidate, self.scored, self.slice_labels[column]
+            )
+        return self.slice_labels[column]
+
+
+def _champion_check(
+    ev: _Evaluation, champion: Predictor | None, skip_reason: str
+) -> tuple[list[CheckResult], dict[str, Any] | None]:
+    """The candidate against the champion on the same rows (gate.champion)."""
+    gate, frame, label, metrics = ev.gate, ev.frame, ev.label, ev.metrics
+    task = ev.candidate.preprocessor.task
+    champion_skip_reason = skip_reason
+    if gate.champion is None:
+        return [], None
+    checks: list[CheckResult] = []
+    champion_info: dict[str, Any] | None = None
+    comparison = gate.champion
+    metric = comparison.metric
+    if metric == "auto":
+        metric = "accuracy" if task == "classification" else "r2"
+    _check_metric_for_task(metric, metrics, "gate.champion.metric")
+    rule = (
+        f"beat by {_fmt(comparison.min_improvement)}"
+        if comparison.min_improvement is not None
+        else f"worse by ≤ {_fmt(comparison.max_regression or 0.0)}"
+    )
+    if champion is None:
+        checks.append(
+            CheckResult("champion", metric, "skipped", metrics[metric], rule, champion_skip_reason)
+        )
+    elif champion.task != task:
+        checks.append(
+            CheckResult(
+                "champion",
+                metric,
+                "skipped",
+                metrics[metric],
+                rule,
+                f"champion is a {champion.task} model",
+            )
+        )
+    else:
+        theirs = _score(champion, frame, label)
+        their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
+        higher = GATE_METRICS[metric]
+        margin = (
+            comparison.min_improvement
+            if comparison.min_improvement is not None
+            else -(comparison.max_regression or 0.0)
+        )
+        required = their_metrics[metric] + margin if higher else their_metrics[metric] - margin
+        ours = metrics[metric]
+        ok = ours >= required - _EPS if higher else ours <= required + _EPS
+        champion_info = {
+            "version": champion.metadata.get("version"),
+            "metrics": their_metrics,
+            "metric": metric,
+            "required": required,
+        }
+        checks.append(
+            CheckResult(
+                "champion",
+                metric,
+                "passed" if ok and not math.isnan(ours) else "failed",
+                ours,
+                f"{'≥' if higher else '≤'} {_fmt(required)} ({rule})",
+                f"champion v{champion.metadata.get('version')} {_fmt(their_metrics[metric])}",
+            )
+        )
+
+    return checks, champion_info
+
+
+def _slice_checks(ev: _Evaluation) -> list[CheckResult]:
+    """Minimum functionality on slices (gate.slice_minimums)."""
+    gate, metrics, labels_of = ev.gate, ev.metrics, ev.labels_of
+    slice_report = ev.slice_report
+    checks: list[CheckResult] = []
     for rule_ in gate.slice_minimums:
         _check_metric_for_task(rule_.metric, metrics, "gate.slice_minimums")
         labels_of(rule_.column, "gate.slice_minimums")
@@ -490,7 +543,13 @@ def evaluate_gate(  # noqa: C901, PLR0915 — one block per kind of check; to be
             CheckResult("slice", name, "failed" if failing else "passed", worst, limit, detail)
         )
 
-    # Invariance.
+    return checks
+
+
+def _invariance_checks(ev: _Evaluation) -> list[CheckResult]:
+    """Predictions that must not move under a perturbation (gate.invariance)."""
+    gate, frame, candidate, scored, rng = ev.gate, ev.frame, ev.candidate, ev.scored, ev.rng
+    checks: list[CheckResult] = []
     for inv in gate.invariance:
         perturbed = _perturb(frame, inv, rng)
         after = _predict_outputs(candidate, perturbed)
@@ -508,90 +567,89 @@ def evaluate_gate(  # noqa: C901, PLR0915 — one block per kind of check; to be
             )
         )
 
-    # Directional expectations.
-    for test in gate.directional:
-        checks.append(_directional(candidate, frame, scored.outputs, test))
+    return checks
 
-    # Fairness across a sensitive column.
-    fairness: dict[str, Any] | None = None
-    if gate.fairness is not None:
-        fc = gate.fairness
-        if prep.classes is None:
-            raise ConfigError("gate.fairness applies to classification models only")
-        positive = _positive_index(candidate, fc.positive_class, "gate.fairness.positive_class")
-        groups = labels_of(fc.sensitive_column, "gate.fairness.sensitive_column")
-        truth = scored.y == positive
-        pred = scored.predicted == positive
-        per_group = group_rates(truth, pred, groups)
-        dpd = demographic_parity_difference(pred, groups, fc.min_group_rows)
-        eod = equalized_odds_difference(truth, pred, groups, fc.min_group_rows)
-        fairness = {
-            "sensitive_column": fc.sensitive_column,
-            "positive_class": prep.classes[positive],
-            "groups": per_group,
-            "demographic_parity_difference": dpd,
-            "equalized_odds_difference": eod,
-            "min_group_rows": fc.min_group_rows,
-        }
-        compared = sum(1 for g in per_group.values() if g["rows"] >= fc.min_group_rows)
-        for key, limit_value in (
-            ("demographic_parity_difference", fc.max_demographic_parity_difference),
-            ("equalized_odds_difference", fc.max_equalized_odds_difference),
-        ):
-            if limit_value is None:
-                continue
-            value = fairness[key]
-            if math.isnan(value):
-                checks.append(
-                    CheckResult(
-                        "fairness",
-                        f"{fc.sensitive_column}: {key}",
-                        "skipped",
-                        None,
-                        f"≤ {_fmt(limit_value)}",
-                        f"{compared} group(s) with ≥ {fc.min_group_rows} rows",
-                    )
-                )
-                continue
+
+def _fairness_checks(ev: _Evaluation) -> tuple[list[CheckResult], dict[str, Any] | None]:
+    """Parity of outcomes across a sensitive column (gate.fairness)."""
+    gate, candidate, scored, labels_of = ev.gate, ev.candidate, ev.scored, ev.labels_of
+    prep = candidate.preprocessor
+    if gate.fairness is None:
+        return [], None
+    checks: list[CheckResult] = []
+    fc = gate.fairness
+    if prep.classes is None:
+        raise ConfigError("gate.fairness applies to classification models only")
+    positive = _positive_index(candidate, fc.positive_class, "gate.fairness.positive_class")
+    groups = labels_of(fc.sensitive_column, "gate.fairness.sensitive_column")
+    truth = scored.y == positive
+    pred = scored.predicted == positive
+    per_group = group_rates(truth, pred, groups)
+    dpd = demographic_parity_difference(pred, groups, fc.min_group_rows)
+    eod = equalized_odds_difference(truth, pred, groups, fc.min_group_rows)
+    fairness: dict[str, Any] = {
+        "sensitive_column": fc.sensitive_column,
+        "positive_class": prep.classes[positive],
+        "groups": per_group,
+        "demographic_parity_difference": dpd,
+        "equalized_odds_difference": eod,
+        "min_group_rows": fc.min_group_rows,
+    }
+    compared = sum(1 for g in per_group.values() if g["rows"] >= fc.min_group_rows)
+    for key, limit_value in (
+        ("demographic_parity_difference", fc.max_demographic_parity_difference),
+        ("equalized_odds_difference", fc.max_equalized_odds_difference),
+    ):
+        if limit_value is None:
+            continue
+        value = fairness[key]
+        if math.isnan(value):
             checks.append(
                 CheckResult(
                     "fairness",
                     f"{fc.sensitive_column}: {key}",
-                    "passed" if value <= limit_value + _EPS else "failed",
-                    value,
+                    "skipped",
+                    None,
                     f"≤ {_fmt(limit_value)}",
+                    f"{compared} group(s) with ≥ {fc.min_group_rows} rows",
                 )
             )
-
-    # Latency budget.
-    latency: dict[str, float] | None = None
-    if gate.latency is not None:
-        measure = latency_fn or _measure_latency
-        latency = measure(candidate, frame, gate.latency.requests, gate.latency.warmup)
+            continue
         checks.append(
             CheckResult(
-                "latency",
-                "p95 single-row predict (ms)",
-                "passed" if latency["p95_ms"] <= gate.latency.p95_ms else "failed",
-                latency["p95_ms"],
-                f"≤ {_fmt(gate.latency.p95_ms)} ms",
+                "fairness",
+                f"{fc.sensitive_column}: {key}",
+                "passed" if value <= limit_value + _EPS else "failed",
+                value,
+                f"≤ {_fmt(limit_value)}",
             )
         )
 
-    return GateResult(
-        model=model if model is not None else str(candidate.metadata.get("name", "")),
-        version=version if version is not None else int(candidate.metadata.get("version", 0)),
-        status="failed" if any(c.status == "failed" for c in checks) else "passed",
-        task=task,
-        checks=checks,
-        metrics=metrics,
-        slices=slice_report,
-        fairness=fairness,
-        champion=champion_info,
-        latency=latency,
-        data={"rows": len(frame), **(data or {})},
-        gate_config=gate.model_dump(mode="json"),
+    return checks, fairness
+
+
+def _latency_check(
+    ev: _Evaluation,
+    latency_fn: Callable[[Predictor, pd.DataFrame, int, int], dict[str, float]] | None,
+) -> tuple[list[CheckResult], dict[str, float] | None]:
+    """The p95 of single-row predictions against the budget (gate.latency)."""
+    gate, candidate, frame = ev.gate, ev.candidate, ev.frame
+    if gate.latency is None:
+        return [], None
+    checks: list[CheckResult] = []
+    measure = latency_fn or _measure_latency
+    latency = measure(candidate, frame, gate.latency.requests, gate.latency.warmup)
+    checks.append(
+        CheckResult(
+            "latency",
+            "p95 single-row predict (ms)",
+            "passed" if latency["p95_ms"] <= gate.latency.p95_ms else "failed",
+            latency["p95_ms"],
+            f"≤ {_fmt(gate.latency.p95_ms)} ms",
+        )
     )
+
+    return checks, latency
 
 
 # --------------------------------------------------------------------------- registry
