@@ -388,6 +388,16 @@ class ResourcePlan:
         tested with it (no GPU needed)."""
         return {"num_cpus": self.cpus_per_actor, "num_gpus": self.gpus_per_actor or None}
 
+    def params(self) -> dict[str, float | int]:
+        """The plan as MLflow run parameters."""
+        return {
+            "actors": self.actors,
+            "cpus_per_actor": self.cpus_per_actor,
+            "gpus_per_actor": self.gpus_per_actor,
+            "torch_threads": self.torch_threads,
+            "batch_size": self.batch_size,
+        }
+
     def describe(self) -> str:
         gpu = f", {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
         threads = "thread" if self.torch_threads == 1 else "threads"

@@ -422,18 +422,7 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
                 "on_bad_rows": bad_rows,
                 "rows_per_unit": settings.rows_per_unit,
             }
-            if existing is None:
-                manifest = Manifest(fingerprint, plan_units(files, settings.rows_per_unit))
-                out.write_text(MANIFEST_NAME, manifest.to_json())
-            else:
-                differences = existing.differences(fingerprint)
-                if differences:
-                    raise UserInputError(
-                        f"--output {output} holds the output of another batch run ("
-                        + "; ".join(differences)
-                        + "); give a new --output, or delete it to start again"
-                    )
-                manifest = existing
+            manifest = _manifest(existing, fingerprint, files, settings.rows_per_unit, out, output)
             units = manifest.units
             done = [u for u in units if u.output_name in names]
             pending = [u for u in units if u.output_name not in names]
@@ -549,44 +538,17 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
                 plan=plan,
                 nodes=sorted({str(s["node_id"]) for s in new if s.get("node_id")}),
             )
-            ready = min((s["actor"]["ready_at"] for s in new if "actor" in s), default=None)
-            last = max((s["started_at"] + s["seconds"] for s in new), default=None)
-            finished.phases = {
-                "scan": marks["scanned"] - marks["start"],
-                "ray_start": ray_start_s,
-                "model": model.seconds,
-                "model_wait": marks["model"] - marks["scanned"] - ray_start_s,
-                "plan": marks["plan"] - marks["model"],
-                "pool_start": (ready or marks["computed"]) - marks["execute"],
-                "compute": (last or marks["computed"]) - (ready or marks["execute"]),
-            }
+            finished.phases = _phases(marks, new, ray_start_s, model.seconds)
             _finish(out, manifest, finished)
             registry.log(
                 run_id,
                 params={
                     "on_bad_rows": bad_rows,
-                    "actors": plan.actors,
-                    "cpus_per_actor": plan.cpus_per_actor,
-                    "gpus_per_actor": plan.gpus_per_actor,
-                    "torch_threads": plan.torch_threads,
-                    "batch_size": plan.batch_size,
-                    "rows_per_unit": settings.rows_per_unit,
                     "pass_through": ",".join(pass_through),
+                    "rows_per_unit": settings.rows_per_unit,
+                    **plan.params(),
                 },
-                metrics=[
-                    (k, float(v), 0)
-                    for k, v in {
-                        "rows_in": finished.rows_in,
-                        "rows_out": finished.rows_out,
-                        "rows_rejected": finished.rows_rejected,
-                        "rows_run": rows_run,
-                        "rows_per_s": finished.rows_per_s,
-                        "units_total": len(units),
-                        "units_run": len(new),
-                        "nodes": len(finished.nodes),
-                        **{f"{k}_s": v for k, v in finished.phases.items()},
-                    }.items()
-                ],
+                metrics=_run_metrics(finished, rows_run, len(units), len(new)),
             )
             finished.phases["finish"] = time.time() - marks["computed"]
             stopping = time.monotonic()
@@ -596,6 +558,65 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
     finished.phases["ray_stop"] = ray_stop_s
     finished.wall_time_s = time.monotonic() - started
     return finished
+
+
+def _manifest(
+    existing: Manifest | None,
+    fingerprint: dict[str, Any],
+    files: Any,
+    rows_per_unit: int,
+    out: OutputFolder,
+    output: str,
+) -> Manifest:
+    """The output's manifest: a new one (its units planned) written first, or the one an
+    earlier run left, when it was a run of the same model on the same input."""
+    if existing is None:
+        manifest = Manifest(fingerprint, plan_units(files, rows_per_unit))
+        out.write_text(MANIFEST_NAME, manifest.to_json())
+        return manifest
+    differences = existing.differences(fingerprint)
+    if differences:
+        raise UserInputError(
+            f"--output {output} holds the output of another batch run ("
+            + "; ".join(differences)
+            + "); give a new --output, or delete it to start again"
+        )
+    return existing
+
+
+def _phases(
+    marks: dict[str, float], new: list[dict[str, Any]], ray_start_s: float, model_s: float
+) -> dict[str, float]:
+    """Where a run's time went, from the driver's marks and the actors' timestamps."""
+    ready = min((s["actor"]["ready_at"] for s in new if "actor" in s), default=None)
+    last = max((s["started_at"] + s["seconds"] for s in new), default=None)
+    return {
+        "scan": marks["scanned"] - marks["start"],
+        "ray_start": ray_start_s,
+        "model": model_s,
+        "model_wait": marks["model"] - marks["scanned"] - ray_start_s,
+        "plan": marks["plan"] - marks["model"],
+        "pool_start": (ready or marks["computed"]) - marks["execute"],
+        "compute": (last or marks["computed"]) - (ready or marks["execute"]),
+    }
+
+
+def _run_metrics(
+    finished: BatchResult, rows_run: int, units_total: int, units_run: int
+) -> list[tuple[str, float, int]]:
+    """The MLflow metrics of a batch run."""
+    values: dict[str, float] = {
+        "rows_in": finished.rows_in,
+        "rows_out": finished.rows_out,
+        "rows_rejected": finished.rows_rejected,
+        "rows_run": rows_run,
+        "rows_per_s": finished.rows_per_s,
+        "units_total": units_total,
+        "units_run": units_run,
+        "nodes": len(finished.nodes),
+        **{f"{k}_s": v for k, v in finished.phases.items()},
+    }
+    return [(k, float(v), 0) for k, v in values.items()]
 
 
 def _finish(out: OutputFolder, manifest: Manifest, finished: BatchResult) -> None:
