@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from raymlops.core.durations import parse_duration
 from raymlops.core.errors import UserInputError
 from raymlops.core.home import home_dir
-from raymlops.core.report import say
+from raymlops.core.report import say as report
 from raymlops.registry.store import CHAMPION, Registry
 
 if TYPE_CHECKING:
@@ -416,7 +416,7 @@ def retrain(
     def say(message: str) -> None:
         steps.append(message)
         if echo:
-            say(f"▸ {message}")
+            report(f"▸ {message}")
 
     steps: list[str] = []
     home_path = home_dir(home)
@@ -570,7 +570,7 @@ def retrain_once(
         if not force:
             raise
         if echo:
-            say(f"▸ monitoring skipped: {exc}")
+            report(f"▸ monitoring skipped: {exc}")
     return retrain(
         config,
         monitored=monitored,

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from raymlops.core.errors import RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
+from raymlops.core.report import say as report
 from raymlops.data.prediction_log import log_root, model_log_root
 
 if TYPE_CHECKING:
@@ -458,7 +459,7 @@ def serve_model(
 
     def say(message: str) -> None:
         if echo:
-            say(message)
+            report(message)
 
     say(f"▸ serving {name} v{info.version} as application '{app}'")
     with _cluster(
