@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from raymlops.cli.main import cli
 from raymlops.core.config import PipelineConfig
 from raymlops.data.dataset import load_dataset, synth_dataset
+from raymlops.loop.cards import store_card
 from raymlops.model.architectures import build_model
 from raymlops.model.features import Preprocessor
 from raymlops.model.predictor import Predictor
@@ -143,6 +144,7 @@ def _register(home: Path, config: PipelineConfig, data: Path) -> None:
         predictor = Predictor(model, champion.preprocessor, spec)
         with registry.pipeline_run(config, f"{MODEL}-{architecture}") as run_id:
             registry.register(config, run_id, predictor, dataset, {"val_loss": best["val_loss"]})
+    store_card(registry, MODEL, 1)  # as train_and_register does for every version it registers
 
 
 @pytest.fixture(scope="module")
