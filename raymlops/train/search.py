@@ -313,7 +313,7 @@ def latest_experiment(
     return None
 
 
-def run_search(  # noqa: PLR0915 — builds, runs and reads back one Tune search; to be split (#13)
+def run_search(
     config: PipelineConfig,
     arrays: TrainingArrays | StreamingData,
     home: Path,
@@ -325,8 +325,6 @@ def run_search(  # noqa: PLR0915 — builds, runs and reads back one Tune search
     `latest_experiment`) and pick the best trial."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from raymlops.core.ray_session import cluster_resources
     from raymlops.train.guard import StallWatch, finish_keeper, start_keeper, take_stall
@@ -362,53 +360,8 @@ def run_search(  # noqa: PLR0915 — builds, runs and reads back one Tune search
             resume, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        scheduler: Any
-        if t.scheduler == "asha":
-            scheduler = ASHAScheduler(
-                # The epoch, not Tune's iteration count: a data-parallel trial resumed from
-                # its Ray Train checkpoint counts iterations from 1 again, but its epochs
-                # (and so ASHA's rungs, where the loop checkpoints) carry on.
-                time_attr="epoch",
-                max_t=config.train.epochs,
-                grace_period=min(t.grace_period, config.train.epochs),
-                reduction_factor=t.reduction_factor,
-            )
-        else:
-            scheduler = FIFOScheduler()
-        tuner = tune.Tuner(
-            trainable,
-            param_space={path: _domain(spec) for path, spec in t.search_space.items()},
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                scheduler=scheduler,
-                search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency),
-                num_samples=t.num_samples,
-                # A Ray Train trial owns its controller and workers: a reused trial process
-                # would keep a stopped trial's run alive.
-                reuse_actors=t.reuse_actors and not uses_train_run(config),
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                # num_to_keep=None: a bound forces an experiment snapshot every few
-                # checkpoints, which costs more than the small files it would delete.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                # progress.csv alone gives each trial's metric history (result.json and
-                # TensorBoard files would only add per-epoch work to the driver).
-                callbacks=[
-                    progress.callback,
-                    CSVLoggerCallback(),
-                    watch,
-                    *(callbacks or []),
-                ],
-                stop=watch.stopper,
-                verbose=0,
-                log_to_file=False,
-            ),
-        )
+        callbacks = [progress.callback, CSVLoggerCallback(), watch, *(callbacks or [])]
+        tuner = _new_tuner(config, trainable, name, storage, concurrency, callbacks, watch)
     if echo:
         need_cpus, need_gpus, _, _ = _trial_demand(config)
         workers = (
@@ -431,44 +384,12 @@ def run_search(  # noqa: PLR0915 — builds, runs and reads back one Tune search
     stall = take_stall()
     if stall:
         raise SearchStalledError(stall)
-    trials: list[TrialRecord] = []
-    for result in results:
-        history: list[dict[str, float]] = []
-        frame = result.metrics_dataframe
-        if frame is not None:
-            keep = [
-                c
-                for c in frame.columns
-                if c.startswith(("val_", "train_", "best_")) or c == "epoch"
-            ]
-            # One row per epoch, the last reported: a trial resumed from a checkpoint
-            # reports again the epochs it had trained past it before the crash.
-            by_epoch: dict[float, dict[str, float]] = {}
-            for i, row in enumerate(frame[keep].to_dict("records")):
-                clean = {k: float(v) for k, v in row.items() if v == v}
-                by_epoch[clean.get("epoch", float(i + 1))] = clean
-            history = [by_epoch[e] for e in sorted(by_epoch)]
-        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
-        params = {k: v for k, v in (result.config or {}).items()}
-        status = "ERROR" if result.error else "TERMINATED"
-        error = None
-        if result.error:
-            error = (
-                str(result.error).strip().splitlines()[-1]
-                if str(result.error).strip()
-                else repr(result.error)
-            )
-        trials.append(TrialRecord(trial_id, params, history, status, error))
+    trials = [_trial_record(result) for result in results]
     ok = [r for r in results if r.error is None and _result_checkpoint(r) and r.metrics]
     if not ok:
         first = next((t.error for t in trials if t.error), "no trial reported a metric")
         raise TrainingError(f"every trial failed ({len(trials)} trials); first error: {first}")
-    best = results.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
-    if best.error is not None or _result_checkpoint(best) is None:
-        best = min(
-            ok,
-            key=lambda r: r.metrics.get("best_" + metric, math.inf) * (1 if mode == "min" else -1),
-        )
+    best = _best_result(results, ok, metric, mode)
     best_dir = _result_checkpoint(best)
     assert best_dir is not None
     best_id = str(best.metrics.get("trial_id"))
@@ -485,4 +406,103 @@ def run_search(  # noqa: PLR0915 — builds, runs and reads back one Tune search
         mode=mode,
         wall_time_s=time.monotonic() - started,
         concurrency=concurrency,
+    )
+
+
+def _trial_record(result: Any) -> TrialRecord:
+    """One trial of a finished search as the registry records it: its parameters, one
+    history row per epoch, its status and error."""
+    history: list[dict[str, float]] = []
+    frame = result.metrics_dataframe
+    if frame is not None:
+        keep = [
+            c for c in frame.columns if c.startswith(("val_", "train_", "best_")) or c == "epoch"
+        ]
+        # One row per epoch, the last reported: a trial resumed from a checkpoint
+        # reports again the epochs it had trained past it before the crash.
+        by_epoch: dict[float, dict[str, float]] = {}
+        for i, row in enumerate(frame[keep].to_dict("records")):
+            clean = {k: float(v) for k, v in row.items() if v == v}
+            by_epoch[clean.get("epoch", float(i + 1))] = clean
+        history = [by_epoch[e] for e in sorted(by_epoch)]
+    trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+    params = {k: v for k, v in (result.config or {}).items()}
+    error = None
+    if result.error:
+        text = str(result.error).strip()
+        error = text.splitlines()[-1] if text else repr(result.error)
+    return TrialRecord(trial_id, params, history, "ERROR" if result.error else "TERMINATED", error)
+
+
+def _best_result(results: Any, ok: list[Any], metric: str, mode: str) -> Any:
+    """The best trial by Tune's ranking, or among the trials with a checkpoint when Tune's
+    pick has none (it failed after its best epoch)."""
+    best = results.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
+    if best.error is not None or _result_checkpoint(best) is None:
+        best = min(
+            ok,
+            key=lambda r: r.metrics.get("best_" + metric, math.inf) * (1 if mode == "min" else -1),
+        )
+    return best
+
+
+def _new_tuner(
+    config: PipelineConfig,
+    trainable: Any,
+    name: str,
+    storage: str,
+    concurrency: int,
+    callbacks: list[Any],
+    watch: Any,
+) -> Any:
+    """A new Tune search over the config's space: ASHA (rungs counted in epochs) or FIFO,
+    seeded, `concurrency` trials at a time, checkpoints kept as configured, stopped by the
+    stall watch."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    t = config.tune
+    metric, mode = t.resolved_metric()
+    scheduler: Any
+    if t.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            # The epoch, not Tune's iteration count: a data-parallel trial resumed from
+            # its Ray Train checkpoint counts iterations from 1 again, but its epochs
+            # (and so ASHA's rungs, where the loop checkpoints) carry on.
+            time_attr="epoch",
+            max_t=config.train.epochs,
+            grace_period=min(t.grace_period, config.train.epochs),
+            reduction_factor=t.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space={path: _domain(spec) for path, spec in t.search_space.items()},
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency),
+            num_samples=t.num_samples,
+            # A Ray Train trial owns its controller and workers: a reused trial process
+            # would keep a stopped trial's run alive.
+            reuse_actors=t.reuse_actors and not uses_train_run(config),
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            # num_to_keep=None: a bound forces an experiment snapshot every few
+            # checkpoints, which costs more than the small files it would delete.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            # progress.csv alone gives each trial's metric history (result.json and
+            # TensorBoard files would only add per-epoch work to the driver).
+            callbacks=callbacks,
+            stop=watch.stopper,
+            verbose=0,
+            log_to_file=False,
+        ),
     )
