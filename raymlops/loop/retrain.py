@@ -23,7 +23,6 @@ from raymlops.registry.store import CHAMPION, Registry
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
     from raymlops.loop.gate_result import GateResult
-    from raymlops.loop.training import TrainResult
     from raymlops.monitor.run import MonitorResult
 
 __all__ = [
@@ -390,6 +389,56 @@ def _watch_canary(
         time.sleep(poll_s)
 
 
+def retraining_config(config: PipelineConfig, data_path: str) -> PipelineConfig:
+    """The config a retraining search runs with: the retraining set (Parquet) as its data,
+    and `retrain.num_samples` trials when set."""
+    overrides: dict[str, Any] = {
+        "data": {**config.data.model_dump(), "path": data_path, "format": "parquet"}
+    }
+    if config.retrain.num_samples is not None:
+        overrides["tune"] = {**config.tune.model_dump(), "num_samples": config.retrain.num_samples}
+    return type(config).model_validate({**config.model_dump(), **overrides})
+
+
+def _canary_step(
+    registry: Registry,
+    config: PipelineConfig,
+    canary: CanaryTarget,
+    candidate: int,
+    champion: int,
+    by: str,
+    say: Callable[[str], None],
+) -> CanaryOutcome:
+    """Give the candidate its canary share and watch it; an unhealthy canary is ended and
+    its rollback recorded in the alias history."""
+    policy = config.retrain
+    outcome = _watch_canary(
+        canary,
+        candidate,
+        policy.canary_percent,
+        policy.canary_requests,
+        policy.canary_minutes,
+        policy.canary_poll_s,
+        say,
+    )
+    if outcome.healthy:
+        say(f"canary v{candidate} healthy: {outcome.reason}")
+        return outcome
+    canary.end_canary(promoted=False)
+    say(f"canary v{candidate} rolled back: {outcome.reason}")
+    registry.record_event(
+        config.registry.model_name,
+        RETRAIN_ALIAS,
+        "retrain-rolled-back",
+        from_version=candidate,
+        to_version=champion,
+        reason=outcome.reason,
+        by=by,
+        details=outcome.to_dict(),
+    )
+    return outcome
+
+
 def retrain(
     config: PipelineConfig,
     *,
@@ -447,14 +496,8 @@ def retrain(
         config, home_path, recent_data if recent_data is not None else policy.recent_data
     )
     say(f"training set: {rows} rows → {data_path}")
-    overrides: dict[str, Any] = {
-        "data": {**config.data.model_dump(), "path": data_path, "format": "parquet"}
-    }
-    if policy.num_samples is not None:
-        overrides["tune"] = {**config.tune.model_dump(), "num_samples": policy.num_samples}
-    new_config = type(config).model_validate({**config.model_dump(), **overrides})
-    trained: TrainResult = train_and_register(
-        new_config, address=address, home=home_path, echo=echo
+    trained = train_and_register(
+        retraining_config(config, data_path), address=address, home=home_path, echo=echo
     )
     candidate = trained.version.version
     say(f"registered candidate v{candidate} (test {_metrics_line(trained.test_metrics)})")
@@ -487,32 +530,10 @@ def retrain(
         return result
 
     if canary is not None and champion_before is not None:
-        outcome = _watch_canary(
-            canary,
-            candidate,
-            policy.canary_percent,
-            policy.canary_requests,
-            policy.canary_minutes,
-            policy.canary_poll_s,
-            say,
-        )
-        result.canary = outcome
-        if not outcome.healthy:
-            canary.end_canary(promoted=False)
-            say(f"canary v{candidate} rolled back: {outcome.reason}")
+        result.canary = _canary_step(registry, config, canary, candidate, champion_before, by, say)
+        if not result.canary.healthy:
             result.outcome = "rolled-back"
-            registry.record_event(
-                name,
-                RETRAIN_ALIAS,
-                "retrain-rolled-back",
-                from_version=candidate,
-                to_version=champion_before,
-                reason=outcome.reason,
-                by=by,
-                details=outcome.to_dict(),
-            )
             return result
-        say(f"canary v{candidate} healthy: {outcome.reason}")
     elif canary is None:
         say("no live endpoint: promotion follows the gate directly")
 
