@@ -900,7 +900,38 @@ def _echo(enabled: bool, message: str) -> None:
         say(message)
 
 
-def run_monitor(  # noqa: PLR0915 — one narrated sequence of steps; to be split (#13)
+def _source_root(config: PipelineConfig, source: str, home: Path) -> str:
+    """The folder or URI to read: the model's prediction log (which must exist), or the
+    dataset `source` names."""
+    if source != PREDICTION_LOG:
+        return source
+    root = config.monitor.prediction_log or _serving_log(config, home)
+    if "://" not in root and not Path(root).exists():
+        raise DataError(
+            f"no prediction log for '{config.registry.model_name}' at {root} (serve the model "
+            "first, or pass --source PATH with a Parquet/CSV dataset)"
+        )
+    return root
+
+
+def _since(files: _Files, since_at: datetime | None) -> _Files:
+    """The files left after pruning whole date partitions before `since` (one day of slack
+    for dates that are not UTC)."""
+    keep = [
+        since_at is None or d is None or d >= since_at.date() - timedelta(days=1)
+        for d in files.dates
+    ]
+    return _Files(
+        files.root,
+        files.filesystem,
+        [f for f, k in zip(files.files, keep, strict=True) if k],
+        files.format,
+        [d for d, k in zip(files.dates, keep, strict=True) if k],
+        [v for v, k in zip(files.versions, keep, strict=True) if k],
+    )
+
+
+def run_monitor(
     config: PipelineConfig,
     *,
     since: str | datetime | None = None,
@@ -936,16 +967,7 @@ def run_monitor(  # noqa: PLR0915 — one narrated sequence of steps; to be spli
     since_at = parse_since(since if since is not None else cfg.since)
     window = parse_duration(cfg.window)
     window_us = int(window.total_seconds() * 1_000_000)
-    source_arg = source or cfg.source
-    if source_arg == PREDICTION_LOG:
-        root = cfg.prediction_log or _serving_log(config, registry.home)
-        if "://" not in root and not Path(root).exists():
-            raise DataError(
-                f"no prediction log for '{model_name}' at {root} (serve the model first, or "
-                "pass --source PATH with a Parquet/CSV dataset)"
-            )
-    else:
-        root = source_arg
+    root = _source_root(config, source or cfg.source, registry.home)
     ref = _load_reference(registry, model_name, version if version is not None else cfg.version)
     _echo(echo, f"▸ monitoring {model_name} v{ref.version}: {root} against its training profile")
     files = _list_source(root)
@@ -968,19 +990,7 @@ def run_monitor(  # noqa: PLR0915 — one narrated sequence of steps; to be spli
         raise DataError(f"--labels joins on 'request_id', which {root} does not have")
     include_pred = cfg.include_prediction and "prediction" in names and ref.prediction is not None
     pred_ref = ref.prediction if include_pred else None
-    # Prune whole date partitions before `since` (one day of slack for non-UTC dates).
-    keep = [
-        since_at is None or d is None or d >= since_at.date() - timedelta(days=1)
-        for d in files.dates
-    ]
-    files = _Files(
-        files.root,
-        files.filesystem,
-        [f for f, k in zip(files.files, keep, strict=True) if k],
-        files.format,
-        [d for d, k in zip(files.dates, keep, strict=True) if k],
-        [v for v, k in zip(files.versions, keep, strict=True) if k],
-    )
+    files = _since(files, since_at)
     timings: dict[str, float] = {"prepare": time.monotonic() - started}
     with ray_session(address):
         import ray
