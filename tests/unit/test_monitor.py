@@ -20,19 +20,11 @@ from raymlops.core.errors import ConfigError, DataError
 from raymlops.data.dataset import ColumnRoles, profile_table
 from raymlops.model.metrics import classification_metrics
 from raymlops.monitor.drift import CategoricalReference, DriftSettings, NumericReference
+from raymlops.monitor.kpis import _kpis, _performance, _Reference
 from raymlops.monitor.report import render_html
-from raymlops.monitor.run import (
-    MonitorResult,
-    _assemble,
-    _kpis,
-    _Partial,
-    _performance,
-    _Plan,
-    _Reference,
-    parse_duration,
-    parse_since,
-    summarise_block,
-)
+from raymlops.monitor.result import MonitorResult, parse_since
+from raymlops.monitor.run import _assemble, parse_duration
+from raymlops.monitor.summary import _Partial, _Plan, summarise_block
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
 HOUR_US = 3_600_000_000
@@ -352,7 +344,7 @@ def test_monitor_config_section_is_validated(tmp_path: Path) -> None:
 def test_few_large_files_are_cut_into_row_group_ranges(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from raymlops.monitor.run import _list_source, _read_unit, _Unit, _units
+    from raymlops.monitor.scan import _list_source, _read_unit, _Unit, _units
 
     table = _log(np.random.default_rng(8), 8000)
     pq.write_table(table, tmp_path / "big.parquet", row_group_size=1000)  # 8 row groups
@@ -378,7 +370,7 @@ def test_few_large_files_are_cut_into_row_group_ranges(tmp_path: Path) -> None:
 
 def test_dictionary_encoded_strings_count_like_plain_ones() -> None:
     from raymlops.monitor.drift import CategoricalSketch
-    from raymlops.monitor.run import _codes
+    from raymlops.monitor.summary import _codes
 
     values = ["champion", None, "shadow", "champion", "canary", "challenger"]
     plain = pa.chunked_array([pa.array(values[:3]), pa.array(values[3:])])
@@ -398,7 +390,7 @@ def test_dictionary_encoded_strings_count_like_plain_ones() -> None:
 def test_a_tsv_source_is_split_on_tabs_like_everywhere_else(tmp_path: Path) -> None:
     """Monitoring reads files through the data package's reader: a .tsv is tab-separated
     (its own copy used to read every file as comma-separated)."""
-    from raymlops.monitor.run import _list_source, _read_unit, _schema_names, _Unit
+    from raymlops.monitor.scan import _list_source, _read_unit, _schema_names, _Unit
 
     path = tmp_path / "recent.tsv"
     path.write_text("f0\tc0\tprediction\n1.5\ta\tyes\n2.5\tb\tno\n")

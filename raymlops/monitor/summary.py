@@ -1,0 +1,351 @@
+"""The per-block summaries of a monitoring pass: each block of rows (a file or some row
+groups) reduced to small mergeable counts — feature bins, categories, per-(window, version,
+role) requests, errors and latency histograms, labelled rows — that the driver adds up."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raymlops.core.errors import DataError, RaymlopsError
+from raymlops.monitor.drift import (
+    CategoricalSketch,
+    NumericSketch,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+PREDICTION_LOG = "prediction-log"
+ROLES = ("champion", "challenger", "shadow")
+_ROLE_NAMES = (*ROLES, "other")
+# Latency histogram: 60 log-spaced bins per decade from 1 µs to 100 s (≤ 2% quantile error).
+_LAT_MIN_MS = 1e-3
+_LAT_BINS_PER_DECADE = 60
+_LAT_DECADES = 8
+_LAT_BINS = _LAT_BINS_PER_DECADE * _LAT_DECADES + 2  # + under/overflow
+_NO_TIME = np.iinfo(np.int64).min  # a missing timestamp
+# Columns of the log read when present (a file without one still reads).
+_META = ("timestamp", "model_version", "role", "latency_ms", "error")
+_ERROR = "__raymlops_error__"
+_PLAIN_STRINGS = ("request_id", "error")  # strings read as such: unique ids, free text
+_BLOCK_ROWS = 200_000  # rows gathered from small files into one block before summarising
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class _Plan:
+    """What each block computes (shipped to the Ray tasks; small and picklable)."""
+
+    numeric: dict[str, np.ndarray]
+    categorical: list[str]
+    prediction_edges: np.ndarray | None  # numeric prediction (regression)
+    prediction_categorical: bool
+    version: int | None
+    since_us: int | None
+    window_us: int
+    sample_cap: int
+    labels: Any = None  # an ObjectRef (Ray) or a pa.Table: request_id + __label__
+    proba_columns: list[str] = field(default_factory=list)
+
+    def columns(self, drift: bool = True) -> list[str]:
+        """The columns a block needs: the log's meta columns (each file gives those it has),
+        and the features and predictions only for drift."""
+        cols: list[str] = list(_META)
+        if drift:
+            cols += [*self.numeric, *self.categorical]
+            if self.prediction_edges is not None or self.prediction_categorical:
+                cols.append("prediction")
+            if self.labels is not None:
+                cols += ["request_id", *self.proba_columns]
+                if "prediction" not in cols:
+                    cols.append("prediction")
+        return list(dict.fromkeys(cols))
+
+
+@dataclass
+class _Partial:
+    """One block's (or the merged) mergeable summary."""
+
+    rows_read: int = 0
+    rows_compared: int = 0
+    ts_min: int | None = None
+    ts_max: int | None = None
+    numeric: dict[str, NumericSketch] = field(default_factory=dict)
+    categorical: dict[str, CategoricalSketch] = field(default_factory=dict)
+    prediction: NumericSketch | CategoricalSketch | None = None
+    # KPI cells (window index, version, role index, latency bin → count) and error counts
+    # per cell, one dict of arrays per block; labelled rows, one table per block. Kept as
+    # lists so that merging many blocks costs one concatenation at the end, not one each.
+    kpi: list[dict[str, np.ndarray]] = field(default_factory=list)
+    errors: list[dict[str, np.ndarray]] = field(default_factory=list)
+    labelled_parts: list[pa.Table] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # the meta columns some block had
+
+    def merge(self, other: _Partial) -> _Partial:
+        self.seen |= other.seen
+        self.rows_read += other.rows_read
+        self.rows_compared += other.rows_compared
+        if other.ts_min is not None:
+            self.ts_min = other.ts_min if self.ts_min is None else min(self.ts_min, other.ts_min)
+        if other.ts_max is not None:
+            self.ts_max = other.ts_max if self.ts_max is None else max(self.ts_max, other.ts_max)
+        for name, num in other.numeric.items():
+            if name in self.numeric:
+                self.numeric[name].merge(num)
+            else:
+                self.numeric[name] = num
+        for name, cat in other.categorical.items():
+            if name in self.categorical:
+                self.categorical[name].merge(cat)
+            else:
+                self.categorical[name] = cat
+        if other.prediction is not None:
+            if self.prediction is None:
+                self.prediction = other.prediction
+            else:
+                self.prediction.merge(other.prediction)  # type: ignore[arg-type]
+        self.kpi += other.kpi
+        self.errors += other.errors
+        self.labelled_parts += other.labelled_parts
+        return self
+
+    @property
+    def labelled(self) -> pa.Table | None:
+        """The labelled rows of every block (None when there are none)."""
+        parts = [t for t in self.labelled_parts if t.num_rows]
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def _concat_cells(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _timestamps_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Microseconds since the epoch (UTC); strings are parsed as ISO timestamps."""
+    t = column.type
+    if not pa.types.is_timestamp(t):
+        try:
+            column = pc.cast(column, pa.timestamp("us", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"column 'timestamp' of type {t} is not a timestamp") from None
+        t = column.type
+    if t.unit != "us":
+        column = pc.cast(column, pa.timestamp("us", tz=t.tz))
+    values = column.cast(pa.int64())
+    if values.null_count:
+        values = pc.fill_null(values, _NO_TIME)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric column as float64 with missing values as NaN."""
+    t = column.type
+    if pa.types.is_floating(t) and column.null_count == 0:
+        return np.asarray(column.to_numpy(zero_copy_only=False))
+    try:
+        cast = pc.cast(column, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"column of type {t} is not numeric") from None
+    return np.asarray(cast.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _cells(
+    window: np.ndarray,
+    version: np.ndarray,
+    role: np.ndarray,
+    extra: np.ndarray,
+    size: int,
+    weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Count rows per (window, version, role, extra) cell, vectorised: the keys are packed
+    into one integer code, counted with bincount (or unique when the code space is large)."""
+    if len(window) == 0:
+        return {}
+    w0, v_values = int(window.min()), np.unique(version)
+    v_idx = np.searchsorted(v_values, version)
+    code = ((window - w0) * len(v_values) + v_idx) * len(_ROLE_NAMES) + role
+    code = code * size + extra
+    span = int(code.max()) + 1
+    if span <= 4 * len(code) + 65536:
+        counts = np.bincount(code, weights=weights, minlength=span)
+        keys = np.flatnonzero(counts)
+        counts = counts[keys]
+    else:
+        keys, inverse = np.unique(code, return_inverse=True)
+        counts = np.bincount(inverse, weights=weights)
+        keep = counts > 0
+        keys, counts = keys[keep], counts[keep]
+    extra_out = keys % size
+    rest = keys // size
+    role_out = rest % len(_ROLE_NAMES)
+    rest = rest // len(_ROLE_NAMES)
+    return {
+        "window": rest // len(v_values) + w0,
+        "version": v_values[rest % len(v_values)],
+        "role": role_out.astype(np.int64),
+        "extra": extra_out.astype(np.int64),
+        "count": counts.astype(np.int64),
+    }
+
+
+def _latency_bins(latency: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = np.log10(latency / _LAT_MIN_MS) * _LAT_BINS_PER_DECADE
+    bins = np.floor(np.nan_to_num(scaled, nan=-1.0, neginf=-1.0, posinf=1e9)) + 1
+    return np.asarray(np.clip(bins, 0, _LAT_BINS - 1), dtype=np.int64)
+
+
+def _codes(column: pa.ChunkedArray, values: tuple[str, ...]) -> np.ndarray:
+    """Position of each row's value in `values` (len(values) for others and nulls); for a
+    dictionary-encoded column the lookup runs on the dictionary, then by index."""
+    other = len(values)
+    value_set = pa.array(values)
+    parts = []
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            lookup = pc.fill_null(pc.index_in(chunk.dictionary.cast(pa.string()), value_set), other)
+            table = np.append(np.asarray(lookup.to_numpy(zero_copy_only=False), np.int64), other)
+            indices = pc.fill_null(chunk.indices, len(chunk.dictionary))  # null → `other`
+            parts.append(table[np.asarray(indices.to_numpy(zero_copy_only=False), np.int64)])
+        else:
+            codes = pc.fill_null(pc.index_in(chunk.cast(pa.string()), value_set), other)
+            parts.append(np.asarray(codes.to_numpy(zero_copy_only=False), np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _is_error(column: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    t = column.type
+    if pa.types.is_boolean(t):
+        flags = pc.fill_null(column, False)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        flags = pc.and_(pc.is_valid(column), pc.not_equal(pc.fill_null(column, ""), ""))
+    else:
+        flags = pc.is_valid(column)
+    return np.asarray(flags.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def summarise_block(table: pa.Table, plan: _Plan) -> _Partial:  # noqa: PLR0915 — the per-block summary of the hot path in one piece; to be split (#13)
+    """Reduce one block of the log to its mergeable summary (the per-task work)."""
+    out = _Partial()
+    names = set(table.column_names)
+    out.seen = names & set(_META)
+    n = table.num_rows
+    ts = _timestamps_us(table.column("timestamp")) if "timestamp" in names else None
+    if ts is not None and plan.since_us is not None:
+        keep = ts >= plan.since_us
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+            ts = ts[keep]
+            n = table.num_rows
+    out.rows_read = n
+    if n == 0:
+        return out
+    if ts is not None:
+        known = ts[ts != _NO_TIME]
+        if len(known) < n:  # rows without a time count in the earliest window
+            ts = np.where(ts == _NO_TIME, known.min() if len(known) else 0, ts)
+        if len(known):
+            out.ts_min, out.ts_max = int(known.min()), int(known.max())
+    versions = (
+        np.asarray(
+            pc.fill_null(table.column("model_version").cast(pa.int64()), -1).to_numpy(),
+            dtype=np.int64,
+        )
+        if "model_version" in names
+        else np.full(n, -1 if plan.version is None else plan.version, np.int64)
+    )
+    # KPIs: requests, errors and latency per (window, version, role).
+    window = ts // plan.window_us if ts is not None else np.zeros(n, np.int64)
+    if "role" in names:
+        role = _codes(table.column("role"), ROLES)
+    else:
+        role = np.full(n, len(ROLES), np.int64)  # "other": a dataset, not a serving log
+    if "latency_ms" in names:
+        lat_bin = _latency_bins(_floats(table.column("latency_ms")))
+    else:
+        lat_bin = np.zeros(n, np.int64)
+    out.kpi = [_cells(window, versions, role, lat_bin, _LAT_BINS)]
+    if "error" in names:
+        flags = _is_error(table.column("error"))
+        zeros = np.zeros(n, np.int64)
+        out.errors = [_cells(window, versions, role, zeros, 1, flags.astype(float))]
+    # Drift: only the rows the monitored version served.
+    rows = table
+    if plan.version is not None and "model_version" in names:
+        mine = versions == plan.version
+        if not mine.all():
+            rows = table.filter(pa.array(mine))
+            ts = ts[mine] if ts is not None else None
+    out.rows_compared = rows.num_rows
+    if rows.num_rows == 0:  # another version's rows: KPIs only
+        return out
+    for name, edges in plan.numeric.items():
+        if name not in names:  # a file of another version, read for its KPIs only
+            continue
+        sketch = NumericSketch(edges, sample_cap=plan.sample_cap)
+        try:
+            sketch.update(_floats(rows.column(name)))
+        except DataError:
+            raise DataError(f"feature column '{name}' is not numeric") from None
+        out.numeric[name] = sketch
+    for name in plan.categorical:
+        if name not in names:
+            continue
+        cat = CategoricalSketch()
+        cat.update(rows.column(name))
+        out.categorical[name] = cat
+    if "prediction" in names:
+        if plan.prediction_edges is not None:
+            pred = NumericSketch(plan.prediction_edges, sample_cap=plan.sample_cap)
+            pred.update(_floats(rows.column("prediction")))
+            out.prediction = pred
+        elif plan.prediction_categorical:
+            pred_cat = CategoricalSketch()
+            pred_cat.update(rows.column("prediction"))
+            out.prediction = pred_cat
+    if plan.labels is not None and "request_id" in names:
+        out.labelled_parts = [_join_labels(rows, ts, plan)]
+    return out
+
+
+def _join_labels(rows: pa.Table, ts: np.ndarray | None, plan: _Plan) -> pa.Table:
+    labels = plan.labels
+    if not isinstance(labels, pa.Table):
+        import ray
+
+        labels = ray.get(labels)
+    keep = ["request_id", "prediction", *[c for c in plan.proba_columns if c in rows.column_names]]
+    subset = rows.select([c for c in keep if c in rows.column_names])
+    subset = subset.append_column(
+        "__ts__", pa.array(ts if ts is not None else np.zeros(rows.num_rows, np.int64))
+    )
+    subset = subset.set_column(0, "request_id", subset.column("request_id").cast(pa.string()))
+    joined = subset.join(labels, "request_id", join_type="inner")
+    return joined.drop_columns(["request_id"])
+
+
+def _summarise_batch(batch: pa.Table, plan: _Plan) -> pa.Table:
+    """Ray Data map_batches function: one block in, one row holding its summary out. A
+    raymlops error (a column of the wrong type, say) travels back as data, to be raised on
+    the driver as itself: raised here, Ray would only report a failed task."""
+    if _ERROR in batch.column_names:  # the read failed
+        return pa.table({"partial": batch.column(_ERROR)})
+    try:
+        summary: _Partial | RaymlopsError = summarise_block(batch, plan)
+    except RaymlopsError as exc:
+        summary = exc
+    return pa.table({"partial": [pickle.dumps(summary, protocol=5)]})
