@@ -17,6 +17,7 @@ worker holds per-row outputs.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import tempfile
@@ -36,6 +37,8 @@ __all__ = [
     "train_loop_per_worker",
     "trial_storage",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Metric key under which a report carries the trial's latest checkpoint folder ("" while
 #: the trial has none).
@@ -369,7 +372,10 @@ def run_trial(
         trainer.fit()
     finally:
         if keeper is not None:
-            ray.get(keeper.release.remote(trial_id), timeout=120)
+            try:
+                ray.get(keeper.release.remote(trial_id), timeout=120)
+            except Exception as exc:  # the keeper still frees them once the controller is gone
+                logger.warning("raymlops: releasing the trial's placement groups failed: %s", exc)
 
 
 def trial_storage(experiment_path: str, trial_id: str) -> str:
