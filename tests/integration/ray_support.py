@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,3 +64,21 @@ def local_ray(
             ray.shutdown()
     finally:
         mp.undo()
+
+
+def wait_until_nothing_is_held(cpus: float, timeout_s: float = 60.0) -> None:
+    """Wait until no placement group holds or waits for resources and `cpus` CPUs are free;
+    fail naming what is still held after `timeout_s`."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = {
+            k: e["state"] for k, e in placement_group_table().items() if e["state"] != "REMOVED"
+        }
+        free = ray.available_resources().get("CPU", 0.0)
+        if not live and free >= cpus:
+            return
+        assert time.monotonic() < deadline, f"still held: {live}, {free} CPUs free"
+        time.sleep(0.5)

@@ -25,7 +25,7 @@ from raymlops.core.errors import ResourceError
 from raymlops.data.dataset import load_dataset, synth_dataset
 from raymlops.loop.training import train_and_register
 from raymlops.registry.store import Registry, load_predictor
-from tests.integration.ray_support import local_ray
+from tests.integration.ray_support import local_ray, wait_until_nothing_is_held
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILL_LOG_ENV = "RAYMLOPS_TEST_KILL_LOG"  # same as tests.integration.killed_worker_arch
@@ -311,7 +311,7 @@ def test_a_search_that_can_never_get_its_cpus_stops_with_one_line_and_exit_1(
     assert "Traceback" not in result.output
     assert Registry(home=tmp_path).list_models() == []
     # The stopped trial's own groups are gone: only the test's group was ever left.
-    _wait_for_free_cpus(ray_cpus=2.0)
+    wait_until_nothing_is_held(cpus=2.0)
 
 
 def test_the_keeper_removes_a_placement_group_once_its_creator_is_dead() -> None:
@@ -349,26 +349,7 @@ def test_the_keeper_removes_a_placement_group_once_its_creator_is_dead() -> None
     assert placement_group_table(kept)["state"] == "REMOVED"
     assert finish_keeper(keeper) == []
     ray.kill(alive)
-    _wait_for_free_cpus(ray_cpus=2.0)
-
-
-def _wait_for_free_cpus(ray_cpus: float, timeout_s: float = 60.0) -> None:
-    """Wait until no placement group holds or waits for resources and every CPU is free."""
-    import time
-
-    import ray
-    from ray.util.placement_group import placement_group_table
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        live = {
-            k: e["state"] for k, e in placement_group_table().items() if e["state"] != "REMOVED"
-        }
-        free = ray.available_resources().get("CPU", 0.0)
-        if not live and free >= ray_cpus:
-            return
-        assert time.monotonic() < deadline, (live, free)
-        time.sleep(0.5)
+    wait_until_nothing_is_held(cpus=2.0)
 
 
 @pytest.mark.gpu

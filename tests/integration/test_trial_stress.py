@@ -24,6 +24,7 @@ import pytest
 from raymlops.core.config import PipelineConfig
 from raymlops.data.dataset import synth_dataset
 from raymlops.loop.training import train_and_register
+from tests.integration.ray_support import wait_until_nothing_is_held
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -69,23 +70,6 @@ def _config(name: str, data: Path, *, streaming: bool, trials: int, **train: Any
     )
 
 
-def _no_resources_held(timeout_s: float = 60.0) -> None:
-    """Every placement group is gone and every CPU free (within `timeout_s`)."""
-    import ray
-    from ray.util.placement_group import placement_group_table
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        live = {
-            k: e["state"] for k, e in placement_group_table().items() if e["state"] != "REMOVED"
-        }
-        free = ray.available_resources().get("CPU", 0.0)
-        if not live and free >= CPUS:
-            return
-        assert time.monotonic() < deadline, f"held after the search: {live}, {free} CPUs free"
-        time.sleep(0.5)
-
-
 def _epochs(experiment_path: str) -> list[int]:
     """Epochs each trial reached."""
     return [
@@ -105,7 +89,7 @@ def _repeat(tmp_path: Path, config_of: Any, trials: int, repeats: int) -> list[l
         epochs = _epochs(result.experiment_path)
         assert len(epochs) == trials, (i, epochs)
         reached.append(epochs)
-        _no_resources_held()
+        wait_until_nothing_is_held(CPUS)
         took = time.monotonic() - started
         print(f"search {i + 1}/{repeats}: epochs per trial {epochs}, {took:.0f} s")
     return reached
@@ -178,4 +162,4 @@ def test_batch_and_monitor_beside_serve_replicas_holding_every_cpu_never_hang(
         assert done.rows_out == 1_000
     finally:
         serve.shutdown()
-    _no_resources_held()
+    wait_until_nothing_is_held(CPUS)
