@@ -12,8 +12,19 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["DEFAULT_FOLDER", "log_root", "model_log_root", "parse_partition", "partition"]
+if TYPE_CHECKING:
+    from raymlops.core.config import PipelineConfig
+
+__all__ = [
+    "DEFAULT_FOLDER",
+    "configured_log",
+    "log_root",
+    "model_log_root",
+    "parse_partition",
+    "partition",
+]
 
 #: The log's root under the home folder when no URI is configured.
 DEFAULT_FOLDER = "predictions"
@@ -29,6 +40,13 @@ def log_root(uri: str | None, home: Path) -> str:
 def model_log_root(root: str, model_name: str) -> str:
     """The folder or URI of one model's log under the root."""
     return f"{root.rstrip('/')}/{model_name}"
+
+
+def configured_log(config: PipelineConfig, home: Path) -> str:
+    """The folder or URI serving writes this config's model's log to."""
+    return model_log_root(
+        log_root(config.serve.prediction_log.uri, home), config.registry.model_name
+    )
 
 
 def partition(day: date | str, version: int) -> str:

@@ -56,13 +56,13 @@ from raymlops.monitor.result import (
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
 
+from raymlops.data.prediction_log import configured_log
 from raymlops.monitor.kpis import _kpis, _load_reference, _performance, _read_labels, _Reference
 from raymlops.monitor.record import _log_to_mlflow, _write_outputs
 from raymlops.monitor.scan import (
     _Files,
     _list_source,
     _schema_names,
-    _serving_log,
     _settings,
     default_prediction_log,
     run_pass,
@@ -93,7 +93,7 @@ def _source_root(config: PipelineConfig, source: str, home: Path) -> str:
     dataset `source` names."""
     if source != PREDICTION_LOG:
         return source
-    root = config.monitor.prediction_log or _serving_log(config, home)
+    root = config.monitor.prediction_log or configured_log(config, home)
     if "://" not in root and not Path(root).exists():
         raise DataError(
             f"no prediction log for '{config.registry.model_name}' at {root} (serve the model "

@@ -24,7 +24,7 @@ from raymlops.monitor.drift import (
 )
 
 if TYPE_CHECKING:
-    from raymlops.core.config import MonitorConfig, PipelineConfig
+    from raymlops.core.config import MonitorConfig
 
 from raymlops.monitor.summary import (
     _BLOCK_ROWS,
@@ -51,14 +51,6 @@ class _Files:
 def default_prediction_log(model_name: str, home: str | Path | None = None) -> Path:
     """Where serving writes a model's prediction log by default: <home>/predictions/<model>."""
     return Path(model_log_root(log_root(None, home_dir(home)), model_name))
-
-
-def _serving_log(config: PipelineConfig, home: Path) -> str:
-    """The log serving writes for this model: `serve.prediction_log.uri`/<model>, else
-    <home>/predictions/<model>."""
-    return model_log_root(
-        log_root(config.serve.prediction_log.uri, home), config.registry.model_name
-    )
 
 
 def _list_source(path: str) -> _Files:

@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 from raymlops.core.errors import RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say as report
-from raymlops.data.prediction_log import log_root, model_log_root
+from raymlops.data.prediction_log import configured_log, log_root
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,8 +165,7 @@ class ServeStatus:
 
 def prediction_log_root(config: PipelineConfig, home: str | Path | None = None) -> str:
     """Folder or URI of the model's prediction log: `<root>/<model_name>`."""
-    root = log_root(config.serve.prediction_log.uri, home_dir(home))
-    return model_log_root(root, config.registry.model_name)
+    return configured_log(config, home_dir(home))
 
 
 def _token(config: PipelineConfig) -> str | None:
