@@ -174,14 +174,10 @@ def _warn_on_environment_change(recorded: dict[str, str], echo: bool) -> None:
         if k in current and recorded[k] != current[k]
     ]
     if changed:
-        _echo(
-            echo, "warning: model was trained under a different environment: " + ", ".join(changed)
+        say(
+            "warning: model was trained under a different environment: " + ", ".join(changed),
+            when=echo,
         )
-
-
-def _echo(enabled: bool, message: str) -> None:
-    if enabled:
-        say(message)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -335,7 +331,7 @@ def _open_manifest(out: OutputFolder, output: str) -> Manifest | None:
         raise UserInputError(f"{out.path(MANIFEST_NAME)} is unreadable: {exc}") from None
 
 
-def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any compute; to be split (#13)
+def run_batch(
     config: PipelineConfig,
     input: str,
     output: str,
@@ -361,11 +357,78 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
     (each takes seconds, and they do not depend on each other); then the schema check and
     the manifest, before any unit is computed.
     """
-    from raymlops.core.ray_session import cluster_resources, ray_session
+    from raymlops.core.ray_session import ray_session
     from raymlops.registry.store import Registry
 
     started = time.monotonic()
     marks = {"start": time.time()}  # wall clock: comparable with the actors' timestamps
+    request = _request(config, version, gpus, on_bad_rows)
+    say(f"▸ batch: {request.name} ({request.ref}), reading the metadata of {input}", when=echo)
+    scan = _scan(input, output)
+    marks["scanned"] = time.time()
+
+    registry = Registry.from_config(config, home)
+    ray_start_s = 0.0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-batch") as background:
+        lookup = background.submit(
+            _resolve_model, registry, request.name, request.ref, config.registry.experiment, echo
+        )
+        with contextlib.ExitStack() as session:
+            if not scan.nothing_left:
+                # Ray Data's import takes a second too; done in the thread, after the model.
+                background.submit(importlib.import_module, "ray.data")
+                ray_started = time.monotonic()
+                session.enter_context(ray_session(address))
+                ray_start_s = time.monotonic() - ray_started
+            model = lookup.result()
+            marks["model"] = time.time()
+            work = _plan_work(config, request, scan, model, input, output)
+            if not work.pending:
+                finished = work.result(previous_only=True, wall_time_s=time.monotonic() - started)
+                if not work.manifest.complete:  # the last run stopped after its last unit
+                    _finish(scan.out, work.manifest, finished)
+                say(
+                    f"▸ {output} is already complete: {len(work.units)} units, nothing to do",
+                    when=echo,
+                )
+                return finished
+            marks["plan"] = time.time()
+            finished = _compute(
+                config,
+                request,
+                work,
+                model,
+                registry,
+                session,
+                marks,
+                echo,
+                ray_start_s=ray_start_s,
+                started=started,
+            )
+            stopping = time.monotonic()
+        # Leaving the block ends the MLflow run (FINISHED) and stops the local Ray.
+        finished.ray_stop_s = time.monotonic() - stopping
+    finished.phases["ray_stop"] = finished.ray_stop_s
+    finished.wall_time_s = time.monotonic() - started
+    return finished
+
+
+@dataclass
+class _Request:
+    """What a run was asked for, checked before anything is read."""
+
+    name: str
+    ref: str | int
+    bad_rows: str
+    gpus_per_actor: float
+    pass_through: list[str]
+
+
+def _request(
+    config: PipelineConfig, version: str | int | None, gpus: float | None, on_bad_rows: str | None
+) -> _Request:
+    """The run's arguments with `config.batch`'s defaults filled in; UserInputError for
+    values no run could use."""
     settings = config.batch
     bad_rows = on_bad_rows or settings.on_bad_rows
     if bad_rows not in ("fail", "skip"):
@@ -373,14 +436,40 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
     gpus_per_actor = settings.gpus_per_actor if gpus is None else float(gpus)
     if gpus_per_actor < 0:
         raise UserInputError("--gpus must be at least 0")
-    name = config.registry.model_name
-    ref = version if version is not None else "champion"
     pass_through = list(
         settings.pass_through if settings.pass_through is not None else config.data.id_columns
     )
+    return _Request(
+        name=config.registry.model_name,
+        ref=version if version is not None else "champion",
+        bad_rows=bad_rows,
+        gpus_per_actor=gpus_per_actor,
+        pass_through=pass_through,
+    )
 
-    # ---------------------------------------------------------------- metadata, no Ray
-    _echo(echo, f"▸ batch: {name} ({ref}), reading the metadata of {input}")
+
+@dataclass
+class _Scan:
+    """The input's files and the output folder as their metadata show them, read without
+    Ray: a missing or corrupt file fails here, in a second."""
+
+    files: Any
+    in_root: str
+    out: OutputFolder
+    existing: Manifest | None
+    names: set[str]
+    digest: str
+
+    @property
+    def nothing_left(self) -> bool:
+        """Whether an earlier run already wrote every unit (then Ray is not even started)."""
+        return self.existing is not None and all(
+            u.output_name in self.names for u in self.existing.units
+        )
+
+
+def _scan(input: str, output: str) -> _Scan:
+    """Read the input's and the output's metadata; refuse an output inside the input."""
     in_fs, in_root, files = scan_input(input)
     out = OutputFolder(output)
     if type(out.fs) is type(in_fs) and _inside(out.root, in_root):
@@ -389,175 +478,218 @@ def run_batch(  # noqa: PLR0915 — one narrated sequence of checks before any c
             "predictions as input; choose a folder outside it"
         )
     existing = _open_manifest(out, output)
-    names = out.names()
-    nothing_left = existing is not None and all(u.output_name in names for u in existing.units)
-    digest = input_digest(files, in_root)
-    marks["scanned"] = time.time()
+    return _Scan(files, in_root, out, existing, set(out.names()), input_digest(files, in_root))
 
-    registry = Registry.from_config(config, home)
-    ray_start_s = ray_stop_s = 0.0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-batch") as background:
-        lookup = background.submit(
-            _resolve_model, registry, name, ref, config.registry.experiment, echo
+
+@dataclass
+class _Work:
+    """The run's units (from the manifest), which an earlier run already did, and the
+    statistics those left; `result` sums them into a BatchResult."""
+
+    request: _Request
+    model_version: int
+    output: str
+    out: OutputFolder
+    n_files: int
+    fingerprint: dict[str, Any]
+    manifest: Manifest
+    done: list[WorkUnit]
+    pending: list[WorkUnit]
+    previous: list[dict[str, Any]]
+    rejects_path: str
+
+    @property
+    def units(self) -> list[WorkUnit]:
+        return self.manifest.units
+
+    def result(
+        self, new: list[dict[str, Any]] | None = None, *, previous_only: bool = False, **extra: Any
+    ) -> BatchResult:
+        """The BatchResult over the earlier runs' units and `new` (this run's)."""
+        stats = self.previous + (new or [])
+        rejected = sum(int(s["rows_rejected"]) for s in stats)
+        return BatchResult(
+            output=self.output,
+            model_name=self.request.name,
+            model_version=self.model_version,
+            rows_in=sum(int(s["rows_in"]) for s in stats),
+            rows_out=sum(int(s["rows_out"]) for s in stats),
+            rows_rejected=rejected,
+            units_total=len(self.units),
+            input_digest=str(self.fingerprint["input_digest"]),
+            rejects=self.rejects_path if rejected else None,
+            units_run=len(new or []),
+            already_complete=previous_only,
+            **extra,
         )
-        with contextlib.ExitStack() as session:
-            if not nothing_left:
-                # Ray Data's import takes a second too; done in the thread, after the model.
-                background.submit(importlib.import_module, "ray.data")
-                ray_started = time.monotonic()
-                session.enter_context(ray_session(address))
-                ray_start_s = time.monotonic() - ray_started
-            model = lookup.result()
-            marks["model"] = time.time()
-            prep = model.preprocessor
 
-            # ------------------------------------------------------------ plan
-            check_schema(files, prep.numeric, prep.categorical, pass_through, prep.classes)
-            fingerprint: dict[str, Any] = {
-                "model": name,
-                "version": model.version,
-                "input": input if "://" in input else in_root,
-                "input_digest": digest,
-                "pass_through": pass_through,
-                "on_bad_rows": bad_rows,
-                "rows_per_unit": settings.rows_per_unit,
-            }
-            manifest = _manifest(existing, fingerprint, files, settings.rows_per_unit, out, output)
-            units = manifest.units
-            done = [u for u in units if u.output_name in names]
-            pending = [u for u in units if u.output_name not in names]
-            previous = [read_unit_stats(out, u) for u in done]
-            rejects_path = f"{out.location.rstrip('/')}/{REJECTS_DIR}"
 
-            def result(stats: list[dict[str, Any]], **extra: Any) -> BatchResult:
-                rejected = sum(int(s["rows_rejected"]) for s in stats)
-                return BatchResult(
-                    output=output,
-                    model_name=name,
-                    model_version=model.version,
-                    rows_in=sum(int(s["rows_in"]) for s in stats),
-                    rows_out=sum(int(s["rows_out"]) for s in stats),
-                    rows_rejected=rejected,
-                    units_total=len(units),
-                    input_digest=digest,
-                    rejects=rejects_path if rejected else None,
-                    **extra,
-                )
+def _plan_work(
+    config: PipelineConfig,
+    request: _Request,
+    scan: _Scan,
+    model: _Model,
+    input: str,
+    output: str,
+) -> _Work:
+    """Check the input's schema against the model, then open or write the manifest: the
+    last checks before any compute."""
+    prep = model.preprocessor
+    check_schema(scan.files, prep.numeric, prep.categorical, request.pass_through, prep.classes)
+    rows_per_unit = config.batch.rows_per_unit
+    fingerprint: dict[str, Any] = {
+        "model": request.name,
+        "version": model.version,
+        "input": input if "://" in input else scan.in_root,
+        "input_digest": scan.digest,
+        "pass_through": request.pass_through,
+        "on_bad_rows": request.bad_rows,
+        "rows_per_unit": rows_per_unit,
+    }
+    manifest = _manifest(scan.existing, fingerprint, scan.files, rows_per_unit, scan.out, output)
+    done = [u for u in manifest.units if u.output_name in scan.names]
+    return _Work(
+        request=request,
+        model_version=model.version,
+        output=output,
+        out=scan.out,
+        n_files=len(scan.files),
+        fingerprint=fingerprint,
+        manifest=manifest,
+        done=done,
+        pending=[u for u in manifest.units if u.output_name not in scan.names],
+        previous=[read_unit_stats(scan.out, u) for u in done],
+        rejects_path=f"{scan.out.location.rstrip('/')}/{REJECTS_DIR}",
+    )
 
-            if not pending:
-                finished = result(
-                    previous,
-                    units_run=0,
-                    already_complete=True,
-                    wall_time_s=time.monotonic() - started,
-                )
-                if not manifest.complete:  # the last run stopped after its last unit
-                    _finish(out, manifest, finished)
-                _echo(echo, f"▸ {output} is already complete: {len(units)} units, nothing to do")
-                return finished
 
-            # ------------------------------------------------------------ compute
-            marks["plan"] = time.time()
-            _echo(
-                echo,
-                f"▸ {name} v{model.version}: {len(pending)} of {len(units)} units to do"
-                + (f" ({len(done)} done by an earlier run)" if done else "")
-                + f", from {len(files)} file(s) → {output}",
-            )
-            out.clean_temp()
-            import ray
-
-            resources, note = usable_resources(cluster_resources(), ray.available_resources())
-            if note:
-                _echo(echo, f"▸ {note}")
-            plan = plan_resources(
-                resources,
-                len(pending),
-                actors=settings.actors,
-                cpus_per_actor=settings.cpus_per_actor,
-                gpus_per_actor=gpus_per_actor,
-                torch_threads=settings.torch_threads,
-                batch_size=settings.batch_size,
-                gpu_batch_size=settings.gpu_batch_size,
-            )
-            spec = WorkerSpec(
-                # Absolute for local paths: actors do not share the driver's working dir.
-                input=str(fingerprint["input"]),
-                output=out.location if "://" in output else out.root,
-                columns=list(dict.fromkeys([*pass_through, *prep.feature_names])),
-                numeric=list(prep.numeric),
-                pass_through=pass_through,
-                classes=list(prep.classes) if prep.classes is not None else None,
-                on_bad_rows=bad_rows,
-                batch_size=plan.batch_size,
-                compression=settings.compression,
-                model_name=name,
-                model_version=model.version,
-            )
-            _echo(echo, f"▸ {plan.describe()}")
-            run_name = f"batch-{name}-v{model.version}-{time.strftime('%Y%m%d-%H%M%S')}"
-            tags = {
-                "mlflow.runName": run_name,
-                "raymlops.step": "batch",
-                "raymlops.model_name": name,
-                "raymlops.model_version": str(model.version),
-                "raymlops.input": str(fingerprint["input"]),
-                "raymlops.input_digest": digest,
-                "raymlops.output": output,
-            }
-            run_id = session.enter_context(
-                registry.run(run_name, tags, experiment=config.registry.experiment)
-            )
-            marks["execute"] = time.time()
-            new = _execute(
-                pending,
-                plan,
-                spec,
-                (model.files, model.digests, model.metadata),
-                settings.max_retries,
-                echo,
-            )
-            computed = time.monotonic()
-            marks["computed"] = time.time()
-            missing = [u.output_name for u in units if not out.exists(u.output_name)]
-            if missing:
-                raise RaymlopsError(
-                    f"{len(missing)} unit(s) of {output} have no output after the run "
-                    f"({', '.join(missing[:3])}…); run the same command again to finish them"
-                )
-            rows_run = sum(int(s["rows_in"]) for s in new)
-            finished = result(
-                previous + new,
-                units_run=len(new),
-                already_complete=False,
-                wall_time_s=0.0,
-                ray_start_s=ray_start_s,
-                rows_per_s=rows_run / max(computed - started - ray_start_s, 1e-9),
-                rows_run=rows_run,
-                run_id=run_id,
-                plan=plan,
-                nodes=sorted({str(s["node_id"]) for s in new if s.get("node_id")}),
-            )
-            finished.phases = _phases(marks, new, ray_start_s, model.seconds)
-            _finish(out, manifest, finished)
-            registry.log(
-                run_id,
-                params={
-                    "on_bad_rows": bad_rows,
-                    "pass_through": ",".join(pass_through),
-                    "rows_per_unit": settings.rows_per_unit,
-                    **plan.params(),
-                },
-                metrics=_run_metrics(finished, rows_run, len(units), len(new)),
-            )
-            finished.phases["finish"] = time.time() - marks["computed"]
-            stopping = time.monotonic()
-        # Leaving the block ends the MLflow run (FINISHED) and stops the local Ray.
-        ray_stop_s = time.monotonic() - stopping
-    finished.ray_stop_s = ray_stop_s
-    finished.phases["ray_stop"] = ray_stop_s
-    finished.wall_time_s = time.monotonic() - started
+def _compute(
+    config: PipelineConfig,
+    request: _Request,
+    work: _Work,
+    model: _Model,
+    registry: Registry,
+    session: contextlib.ExitStack,
+    marks: dict[str, float],
+    echo: bool,
+    *,
+    ray_start_s: float,
+    started: float,
+) -> BatchResult:
+    """Run the pending units on an actor pool sized to the cluster, inside an MLflow run
+    of the batch, and mark the output complete."""
+    out = work.out
+    name, version, units = request.name, model.version, work.units
+    say(
+        f"▸ {name} v{version}: {len(work.pending)} of {len(units)} units to do"
+        + (f" ({len(work.done)} done by an earlier run)" if work.done else "")
+        + f", from {work.n_files} file(s) → {work.output}",
+        when=echo,
+    )
+    out.clean_temp()
+    plan = _actor_plan(config, request, len(work.pending), echo)
+    spec = _worker_spec(config, request, work, model, out, plan)
+    say(f"▸ {plan.describe()}", when=echo)
+    run_name = f"batch-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = {
+        "mlflow.runName": run_name,
+        "raymlops.step": "batch",
+        "raymlops.model_name": name,
+        "raymlops.model_version": str(version),
+        "raymlops.input": str(work.fingerprint["input"]),
+        "raymlops.input_digest": str(work.fingerprint["input_digest"]),
+        "raymlops.output": work.output,
+    }
+    run_id = session.enter_context(
+        registry.run(run_name, tags, experiment=config.registry.experiment)
+    )
+    marks["execute"] = time.time()
+    model_args = (model.files, model.digests, model.metadata)
+    new = _execute(work.pending, plan, spec, model_args, config.batch.max_retries, echo)
+    computed = time.monotonic()
+    marks["computed"] = time.time()
+    missing = [u.output_name for u in units if not out.exists(u.output_name)]
+    if missing:
+        raise RaymlopsError(
+            f"{len(missing)} unit(s) of {work.output} have no output after the run "
+            f"({', '.join(missing[:3])}…); run the same command again to finish them"
+        )
+    rows_run = sum(int(s["rows_in"]) for s in new)
+    finished = work.result(
+        new,
+        wall_time_s=0.0,
+        ray_start_s=ray_start_s,
+        rows_per_s=rows_run / max(computed - started - ray_start_s, 1e-9),
+        rows_run=rows_run,
+        run_id=run_id,
+        plan=plan,
+        nodes=sorted({str(s["node_id"]) for s in new if s.get("node_id")}),
+    )
+    finished.phases = _phases(marks, new, ray_start_s, model.seconds)
+    _finish(out, work.manifest, finished)
+    registry.log(
+        run_id,
+        params={
+            "on_bad_rows": request.bad_rows,
+            "pass_through": ",".join(request.pass_through),
+            "rows_per_unit": config.batch.rows_per_unit,
+            **plan.params(),
+        },
+        metrics=_run_metrics(finished, rows_run, len(units), len(new)),
+    )
+    finished.phases["finish"] = time.time() - marks["computed"]
     return finished
+
+
+def _actor_plan(
+    config: PipelineConfig, request: _Request, pending: int, echo: bool
+) -> ResourcePlan:
+    """How many actors, with how many CPUs/GPUs and threads each, for `pending` units on
+    what the cluster has free."""
+    import ray
+
+    from raymlops.core.ray_session import cluster_resources
+
+    settings = config.batch
+    resources, note = usable_resources(cluster_resources(), ray.available_resources())
+    if note:
+        say(f"▸ {note}", when=echo)
+    return plan_resources(
+        resources,
+        pending,
+        actors=settings.actors,
+        cpus_per_actor=settings.cpus_per_actor,
+        gpus_per_actor=request.gpus_per_actor,
+        torch_threads=settings.torch_threads,
+        batch_size=settings.batch_size,
+        gpu_batch_size=settings.gpu_batch_size,
+    )
+
+
+def _worker_spec(
+    config: PipelineConfig,
+    request: _Request,
+    work: _Work,
+    model: _Model,
+    out: OutputFolder,
+    plan: ResourcePlan,
+) -> WorkerSpec:
+    """What every actor needs to know besides the model."""
+    prep = model.preprocessor
+    return WorkerSpec(
+        # Absolute for local paths: actors do not share the driver's working dir.
+        input=str(work.fingerprint["input"]),
+        output=out.location if "://" in work.output else out.root,
+        columns=list(dict.fromkeys([*request.pass_through, *prep.feature_names])),
+        numeric=list(prep.numeric),
+        pass_through=request.pass_through,
+        classes=list(prep.classes) if prep.classes is not None else None,
+        on_bad_rows=request.bad_rows,
+        batch_size=plan.batch_size,
+        compression=config.batch.compression,
+        model_name=request.name,
+        model_version=model.version,
+    )
 
 
 def _manifest(
