@@ -14,39 +14,70 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
+def _fail(message: str, code: int, stream: TextIO | None = None) -> None:
+    click.secho(f"error: {message}", fg="red", err=True, file=stream)
     sys.exit(code)
 
 
+def _verbose() -> bool:
+    """`raymlops --verbose …` or RAYMLOPS_VERBOSE=1: show Ray's and MLflow's own lines."""
+    ctx = click.get_current_context(silent=True)
+    flag = bool(ctx.find_root().params.get("verbose")) if ctx is not None else False
+    return flag or os.environ.get("RAYMLOPS_VERBOSE", "") not in ("", "0")
+
+
 def _handle_errors(func: F) -> F:
+    """Run a command with Ray's and MLflow's log lines routed to a file under the home's
+    `logs/` (`raymlops.core.logs`), and its errors as one line with the right exit code."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from raymlops.core.errors import RaymlopsError
+        from raymlops.core.home import home_dir
+        from raymlops.core.logs import route_foreign_logs
 
-        try:
-            return func(*args, **kwargs)
-        except RaymlopsError as exc:
-            if os.environ.get("RAYMLOPS_DEBUG"):
-                traceback.print_exc()
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except (click.ClickException, click.exceptions.Exit, SystemExit):
-            raise
-        except Exception as exc:  # the last line of defence: one line, not a traceback
-            if os.environ.get("RAYMLOPS_DEBUG"):
-                traceback.print_exc()
-            _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)", 1)
+        ctx = click.get_current_context(silent=True)
+        name = "-".join(ctx.command_path.split()[1:]) if ctx is not None else func.__name__
+        home = kwargs.get("home")
+        folder = home_dir(home if isinstance(home, str) else None) / "logs"
+        with route_foreign_logs(folder, name or "raymlops", verbose=_verbose()) as routed:
+            return _run_reporting_errors(func, args, kwargs, routed.terminal, routed.hint)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _run_reporting_errors(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    terminal: TextIO,
+    hint: Callable[[], str],
+) -> Any:
+    """`func(*args, **kwargs)`; an error becomes one line on `terminal` and an exit code:
+    2 for bad input, 1 for failed work, 130 for Ctrl-C."""
+    from raymlops.core.errors import RaymlopsError
+
+    try:
+        return func(*args, **kwargs)
+    except RaymlopsError as exc:
+        if os.environ.get("RAYMLOPS_DEBUG"):
+            traceback.print_exc(file=terminal)
+        # Bad input (exit 2) is explained by its own line; failed work may need the log.
+        _fail(str(exc) + (hint() if exc.exit_code != 2 else ""), exc.exit_code, terminal)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, terminal)
+    except (click.ClickException, click.exceptions.Exit, SystemExit):
+        raise
+    except Exception as exc:  # the last line of defence: one line, not a traceback
+        if os.environ.get("RAYMLOPS_DEBUG"):
+            traceback.print_exc(file=terminal)
+        _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)" + hint(), 1, terminal)
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
@@ -103,7 +134,14 @@ def _load(config_path: str | None, overrides: tuple[str, ...]) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="raymlops")
-def cli() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show Ray's, Serve's and MLflow's own log lines too (by default they go to a file "
+    "under the home's logs/, named when a command fails; also RAYMLOPS_VERBOSE=1).",
+)
+def cli(verbose: bool) -> None:
     """raymlops — the ML lifecycle for PyTorch models on Ray.
 
     \b

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Literal, cast
 
 import click
@@ -73,9 +72,10 @@ def data_synth(
       raymlops data synth --rows 5000000 --features 64 --categorical 4 --out data/synth
       raymlops data synth --rows 10000 --features 8 --drift 0.5 --out drifted.parquet
     """
+    from raymlops.core.report import progress
     from raymlops.data.dataset import synth_dataset
 
-    with click.progressbar(length=rows, label="writing rows", file=sys.stderr) as bar:
+    with progress(rows, "writing rows") as advance:
         path = synth_dataset(
             out,
             rows,
@@ -84,7 +84,7 @@ def data_synth(
             cast(Literal["classification", "regression"], task),
             drift,
             seed,
-            progress=bar.update,
+            progress=advance,
         )
     click.echo(f"wrote {rows} rows × {features} numeric + {categorical} categorical → {path}")
 

@@ -19,6 +19,7 @@ from raymlops.cli.base import (
     cli,
 )
 from raymlops.cli.models import models
+from raymlops.core.report import say
 
 # --------------------------------------------------------------------------- gate / promotion
 
@@ -136,7 +137,7 @@ def gate(
         data_path,
         record=not no_record,
         by=by,
-        echo=lambda m: click.echo(m, err=True),
+        echo=say,
     )
     click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.table())
     if not result.passed:

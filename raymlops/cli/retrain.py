@@ -14,6 +14,7 @@ from raymlops.cli.base import (
     _load,
     cli,
 )
+from raymlops.core.report import say
 
 
 @cli.command()
@@ -124,7 +125,7 @@ def watch(
             address=address,
         )
     except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        say("stopped")
         return
     for result in results:
         click.echo(result.summary())

@@ -19,6 +19,7 @@ from raymlops.cli.base import (
     cli,
 )
 from raymlops.cluster.launcher import PIPELINE_STEPS
+from raymlops.core.report import say
 
 # --------------------------------------------------------------------------- run / train
 
@@ -58,7 +59,7 @@ def _report_jobs(outcomes: list[Any]) -> None:
         )
     failed = next((o for o in outcomes if not o.succeeded), None)
     if failed is not None:
-        click.echo(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}", err=True)
+        say(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}")
         _fail(f"step {failed.step} {failed.status.lower()} as Ray job {failed.submission_id}", 1)
 
 

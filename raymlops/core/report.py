@@ -14,8 +14,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
-__all__ = ["Reporter", "progress", "reporting", "say"]
+__all__ = ["Reporter", "current", "progress", "reporting", "say"]
 
 #: Seconds between two redraws of a bar on a terminal.
 _REDRAW_S = 0.1
@@ -23,18 +24,30 @@ _WIDTH = 30
 
 
 class Reporter:
-    """Writes the library's lines and bars to the process's stderr/stdout."""
+    """Writes the library's lines and bars to the process's stderr/stdout, or to `stderr`
+    when given: the terminal a command's own words go to while Ray's and MLflow's log
+    lines are routed to a file (`raymlops.core.logs`)."""
+
+    _stderr: TextIO | None = None  # a subclass need not call __init__
+
+    def __init__(self, stderr: TextIO | None = None) -> None:
+        self._stderr = stderr
+
+    @property
+    def stderr(self) -> TextIO:
+        """Where lines for stderr and bars go."""
+        return self._stderr if self._stderr is not None else sys.stderr
 
     def line(self, message: str, err: bool = True) -> None:
         """One line of text."""
-        print(message, file=sys.stderr if err else sys.stdout, flush=True)
+        print(message, file=self.stderr if err else sys.stdout, flush=True)
 
     @contextmanager
     def bar(
         self, total: int, label: str, show_pos: bool = False
     ) -> Iterator[Callable[[int], None]]:
         """A progress bar over `total` units; yields the function that adds done units."""
-        stream = sys.stderr
+        stream = self.stderr
         live = stream.isatty()
         done = 0
         drawn = 0.0
@@ -66,9 +79,16 @@ class Reporter:
 _current = Reporter()
 
 
-def say(message: str, *, err: bool = True) -> None:
-    """Tell the person running raymlops `message` (stderr; stdout with `err=False`)."""
-    _current.line(message, err)
+def say(message: str, *, err: bool = True, when: bool = True) -> None:
+    """Tell the person running raymlops `message` (stderr; stdout with `err=False`), if
+    `when`: the `echo` flag of the API that asks, so that it stays quiet unless asked."""
+    if when:
+        _current.line(message, err)
+
+
+def current() -> Reporter:
+    """The reporter the library's lines go to now."""
+    return _current
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from raymlops.core.ray_session import ray_session
 from raymlops.core.report import say
 from raymlops.data.dataset import check_source, load_dataset
 from raymlops.loop.steps import PIPELINE_STEPS
-from raymlops.loop.training import TrainResult, _echo, train_and_register
+from raymlops.loop.training import TrainResult, train_and_register
 from raymlops.registry.store import CHAMPION, Registry
 
 __all__ = [
@@ -236,7 +236,7 @@ class _Loop:
         return Path(self.state.work)
 
     def say(self, message: str) -> None:
-        _echo(self.echo, message)
+        say(message, when=self.echo)
 
     def run_step(self, step: str, number: int | None = None) -> None:
         """Run one step, announced and timed, and save the state after it."""
@@ -547,7 +547,7 @@ def _closed_loop(
         steps=list(state.steps),
     )
     if keep:
-        _echo(echo, f"\nserving {state.served_url} until Ctrl-C")
+        say(f"\nserving {state.served_url} until Ctrl-C", when=echo)
         _wait_for_interrupt()
         loop.stop_serving()
     return result

@@ -56,11 +56,6 @@ class TrainResult:
         )
 
 
-def _echo(enabled: bool, message: str) -> None:
-    if enabled:
-        say(message)
-
-
 def train_and_register(
     config: PipelineConfig,
     *,
@@ -76,7 +71,7 @@ def train_and_register(
     started = time.monotonic()
     home_path = home_dir(home)
     registry = Registry.from_config(config, home_path)
-    _echo(echo, f"▸ loading {config.data.path}")
+    say(f"▸ loading {config.data.path}", when=echo)
     arrays: Any
     if config.data.streaming:
         from raymlops.train.streaming import scan_dataset
@@ -97,12 +92,12 @@ def train_and_register(
                 prep.encode_target(splits.test.column(roles.label)),
             )
 
-    _echo(
-        echo,
+    say(
         f"  {dataset.num_rows} rows, {len(dataset.features)} features, {dataset.task}"
         + (f" ({len(dataset.classes or [])} classes)" if dataset.classes else "")
         + f", split {dataset.split['train']}/{dataset.split['validation']}/{dataset.split['test']}"
         f", sha256:{dataset.digest[:12]}…",
+        when=echo,
     )
     registry.experiment_id(config.registry.experiment)  # fail fast on a bad tracking URI
 
@@ -125,7 +120,7 @@ def train_and_register(
         **{k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
         **{f"test_{k}": v for k, v in test_metrics.items()},
     }
-    _echo(echo, f"▸ recording {len(outcome.trials)} trials and the best model in MLflow")
+    say(f"▸ recording {len(outcome.trials)} trials and the best model in MLflow", when=echo)
     run_name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with registry.pipeline_run(
         config, run_name, tags={"raymlops.tune_experiment": outcome.experiment_path}
@@ -159,7 +154,7 @@ def train_and_register(
         )
     from raymlops.loop.cards import refresh_card  # every registered version gets a model card
 
-    refresh_card(registry, info.name, info.version, echo=lambda m: _echo(echo, m))
+    refresh_card(registry, info.name, info.version, echo=lambda m: say(m, when=echo))
     return TrainResult(
         model_name=config.registry.model_name,
         version=info,

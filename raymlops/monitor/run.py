@@ -83,11 +83,6 @@ __all__ = [
 # --------------------------------------------------------------------------- monitor()
 
 
-def _echo(enabled: bool, message: str) -> None:
-    if enabled:
-        say(message)
-
-
 def _source_root(config: PipelineConfig, source: str, home: Path) -> str:
     """The folder or URI to read: the model's prediction log (which must exist), or the
     dataset `source` names."""
@@ -157,7 +152,7 @@ def run_monitor(
     window_us = int(window.total_seconds() * 1_000_000)
     root = _source_root(config, source or cfg.source, registry.home)
     ref = _load_reference(registry, model_name, version if version is not None else cfg.version)
-    _echo(echo, f"▸ monitoring {model_name} v{ref.version}: {root} against its training profile")
+    say(f"▸ monitoring {model_name} v{ref.version}: {root} against its training profile", when=echo)
     files = _list_source(root)
     names = set(_schema_names(files))
     missing = [c for c in [*ref.numeric, *ref.categorical] if c not in names]
@@ -200,7 +195,7 @@ def run_monitor(
         )
         mask = [v is None or v == ref.version for v in files.versions]
         t0 = time.monotonic()
-        _echo(echo, f"  reading {len(files.files)} file(s) with Ray Data")
+        say(f"  reading {len(files.files)} file(s) with Ray Data", when=echo)
         partial = run_pass(files, plan, mask, show_progress=echo) if files.files else _Partial()
         timings["scan"] = time.monotonic() - t0
     result = _assemble(

@@ -191,6 +191,12 @@ def run_joined(home: Path, config: Path, source: Path, out: Path) -> tuple[dict[
             time.sleep(0.02)
     assert proc.returncode == 0, logs[1].read_text()[-3000:]
     assert peak > 0
+    # What the person sees is raymlops' own words: Ray's lines (its core worker's error
+    # about the actor pool's arguments, which every run provokes) are in the home's log.
+    shown = logs[1].read_text()
+    assert "core_worker" not in shown and " -- " not in shown, shown
+    routed = "".join(p.read_text() for p in (home / "logs").glob("*-batch-*.log"))
+    assert "core_worker.cc" in routed, routed
     return json.loads(logs[0].read_text()), peak
 
 
