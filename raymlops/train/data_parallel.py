@@ -22,12 +22,21 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from raymlops.core.config import PipelineConfig
+
+if TYPE_CHECKING:  # torch and the modules that import it load in the workers, not here
+    import torch
+    from torch import nn
+
+    from raymlops.model.features import Preprocessor
+    from raymlops.train.loop import EpochBook
 
 __all__ = [
     "CHECKPOINT_PATH_KEY",
@@ -92,55 +101,169 @@ def _private_mb() -> float:
     return float("nan")
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:  # noqa: C901, PLR0915 — runs in each Ray Train worker as one closure over its state; to be split (#13)
-    """The training loop each Ray Train worker runs (rank 0 checkpoints)."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The training loop each Ray Train worker runs (rank 0 checkpoints).
+
+    `_Worker.start` builds (or restores) the model; each epoch trains on this worker's shard
+    (`_train_epoch`), validates on it (`_validate`), takes the largest worker's memory peaks
+    (`_MemoryWatch.peaks`) and reports, checkpointing where the epoch book says
+    (`_end_epoch`). Every worker runs the same all-reduces in the same order."""
     import ray.train
-    import ray.train.torch
-    import torch
-    import torch.distributed as dist
-    from torch import nn
 
-    from raymlops.model.architectures import build_model
-    from raymlops.model.features import Preprocessor
-    from raymlops.train.loop import EpochBook, _optimizer, metric_accumulator
-    from raymlops.train.streaming import batch_to_arrays
-
-    config = PipelineConfig.model_validate(loop_config["config"])
-    prep = Preprocessor.from_dict(loop_config["preprocessor"])
-    t = config.train
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
-    device = ray.train.torch.get_device()
-    distributed = world > 1 and dist.is_available() and dist.is_initialized()
-
-    torch.manual_seed(t.seed)  # the same initial weights as the single-process loop
-    base = build_model(
-        config.model.architecture, config.model.params, prep.n_outputs, prep.n_targets
-    ).to(device)
-    optimizer = _optimizer(config, base)
-    loss_fn: nn.Module = nn.CrossEntropyLoss() if prep.classes is not None else nn.MSELoss()
-    has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in base.modules())
-
-    book = EpochBook(config, base)
-    checkpoint = ray.train.get_checkpoint()
-    # Where the checkpoint this attempt started from is stored, for `_forward_callback`
-    # (which only sees the checkpoints reported since the Train run started).
-    restored_from = ""
-    if checkpoint is not None:
-        restored_from = str(checkpoint.path)
-        with checkpoint.as_directory() as folder:
-            book.restore(Path(folder), optimizer, str(device))
-    model = ray.train.torch.prepare_model(base, move_to_device=False) if distributed else base
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
-    per_worker_batch = max(1, t.batch_size // world)
+    worker = _Worker.start(loop_config)
+    data = _WorkerData(
+        worker, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("validation")
+    )
     # What this worker held before it read any data: the baseline of the memory check.
-    start_peak = _peak_rss_mb()
-    start_private = private_peak = _private_mb()
-    width = prep.n_outputs
+    memory = _MemoryWatch()
+    if loop_config.get("in_memory"):
+        data.cache()
 
-    def read_shard(shard: Any) -> tuple[np.ndarray, np.ndarray]:
+    for epoch in range(worker.book.start_epoch, worker.config.train.epochs):
+        loss_sum, row_sum, train_s = _train_epoch(worker, data, memory, epoch)
+        val = _validate(worker, data)
+        peaks = memory.peaks(worker)
+        metrics: dict[str, float] = {
+            "epoch": float(epoch + 1),
+            "train_loss": loss_sum / max(row_sum, 1.0),
+            "train_rows": row_sum,
+            "train_epoch_s": train_s,
+            **peaks,
+            **val,
+        }
+        if _end_epoch(worker, epoch, metrics):
+            break
+
+
+@dataclass
+class _Worker:
+    """What one Ray Train worker trains a trial with: its rank, device and batch size, the
+    model (bare and, when distributed, DDP-wrapped), optimizer, loss and epoch book, and the
+    checkpoint it started from. Built by `_Worker.start`."""
+
+    config: PipelineConfig
+    prep: Preprocessor
+    rank: int
+    world: int
+    device: torch.device
+    #: Whether sums and peaks are all-reduced: more than one worker, in a process group.
+    distributed: bool
+    #: Features per row (`Preprocessor.n_outputs`): the width of a batch's `x` matrix.
+    width: int
+    #: This worker's share of `train.batch_size`.
+    per_worker_batch: int
+    #: The bare module: evaluated, and saved by `book`.
+    base: nn.Module
+    #: What trains: `base`, or its DDP wrapper when distributed.
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    has_batchnorm: bool
+    book: EpochBook
+    #: Where the checkpoint this attempt started from is stored, for `_forward_callback`
+    #: (which only sees the checkpoints reported since the Train run started).
+    restored_from: str
+
+    @classmethod
+    def start(cls, loop_config: dict[str, Any]) -> _Worker:
+        """This worker's state for `train_loop_per_worker`'s `loop_config`: the model built
+        with the single-process loop's seed, and — when the run has a checkpoint — the
+        model, optimizer and epoch book restored from it."""
+        import ray.train
+        import ray.train.torch
+        import torch
+        import torch.distributed as dist
+        from torch import nn
+
+        from raymlops.model.architectures import build_model
+        from raymlops.model.features import Preprocessor
+        from raymlops.train.loop import EpochBook, _optimizer
+
+        config = PipelineConfig.model_validate(loop_config["config"])
+        prep = Preprocessor.from_dict(loop_config["preprocessor"])
+        t = config.train
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+        device = ray.train.torch.get_device()
+        distributed = world > 1 and dist.is_available() and dist.is_initialized()
+
+        torch.manual_seed(t.seed)  # the same initial weights as the single-process loop
+        base = build_model(
+            config.model.architecture, config.model.params, prep.n_outputs, prep.n_targets
+        ).to(device)
+        optimizer = _optimizer(config, base)
+        loss_fn: nn.Module = nn.CrossEntropyLoss() if prep.classes is not None else nn.MSELoss()
+        has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in base.modules())
+
+        book = EpochBook(config, base)
+        checkpoint = ray.train.get_checkpoint()
+        restored_from = ""
+        if checkpoint is not None:
+            restored_from = str(checkpoint.path)
+            with checkpoint.as_directory() as folder:
+                book.restore(Path(folder), optimizer, str(device))
+        model = ray.train.torch.prepare_model(base, move_to_device=False) if distributed else base
+        return cls(
+            config=config,
+            prep=prep,
+            rank=rank,
+            world=world,
+            device=device,
+            distributed=distributed,
+            width=prep.n_outputs,
+            per_worker_batch=max(1, t.batch_size // world),
+            base=base,
+            model=model,
+            optimizer=optimizer,
+            loss_fn=loss_fn,
+            has_batchnorm=has_batchnorm,
+            book=book,
+            restored_from=restored_from,
+        )
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """`values` summed over every worker (in float64; themselves when not distributed)."""
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return [float(v) for v in tensor.cpu()]
+
+
+class _WorkerData:
+    """A worker's shards of the training and validation splits, as batches: training
+    batches as tensors on the worker's device, reshuffled each epoch with a seed per
+    (epoch, rank); validation batches as arrays, in order.
+
+    Data that fits in memory (not data.streaming) is read from Ray Data once (`cache`) and
+    kept as this worker's tensors: per-step batches then cost what they cost in one process
+    (Ray Data's per-batch conversion and local shuffle made an epoch several times slower;
+    see benchmarks/RESULTS.md). Streaming data is read from its shard every epoch."""
+
+    def __init__(self, worker: _Worker, train_shard: Any, val_shard: Any) -> None:
+        self.worker = worker
+        self.train_shard = train_shard
+        self.val_shard = val_shard
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.cached_val: tuple[np.ndarray, np.ndarray] | None = None
+
+    def cache(self) -> None:
+        """Read both shards whole and keep them: training as tensors on the device."""
+        import torch
+
+        device = self.worker.device
+        x_all, y_all = self.read_shard(self.train_shard)
+        self.cached = (torch.from_numpy(x_all).to(device), torch.from_numpy(y_all).to(device))
+        self.cached_val = self.read_shard(self.val_shard)
+
+    def read_shard(self, shard: Any) -> tuple[np.ndarray, np.ndarray]:
+        """All of a shard's rows as one feature matrix and one target vector."""
+        from raymlops.train.streaming import batch_to_arrays
+
+        width = self.worker.width
         parts = [
             batch_to_arrays(b, width)
             for b in shard.iter_batches(batch_size=65_536, batch_format="pyarrow")
@@ -149,124 +272,166 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:  # noqa: C901, P
             return np.zeros((0, width), np.float32), np.zeros(0)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    # Data that fits in memory (not data.streaming) is read from Ray Data once and kept as
-    # this worker's tensors: per-step batches then cost what they cost in one process
-    # (Ray Data's per-batch conversion and local shuffle made an epoch several times slower;
-    # see benchmarks/RESULTS.md). Streaming data is read from its shard every epoch.
-    cached: tuple[Any, Any] | None = None
-    cached_val: tuple[np.ndarray, np.ndarray] | None = None
-    if loop_config.get("in_memory"):
-        x_all, y_all = read_shard(train_shard)
-        cached = (torch.from_numpy(x_all).to(device), torch.from_numpy(y_all).to(device))
-        cached_val = read_shard(val_shard)
+    def shuffle_seed(self, epoch: int) -> int:
+        """The seed of this worker's training order in `epoch`: one per (epoch, rank)."""
+        return self.worker.config.train.seed * 100_003 + epoch * 7 + self.worker.rank
 
-    def train_batches(epoch: int) -> Any:
-        if cached is None:
-            for batch in train_shard.iter_batches(
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s training batches of `per_worker_batch` rows (x, y) on the device:
+        the cache in a seeded random order, or the shard through Ray Data's seeded local
+        shuffle."""
+        import torch
+
+        from raymlops.train.streaming import batch_to_arrays
+
+        worker = self.worker
+        device, per_worker_batch = worker.device, worker.per_worker_batch
+        if self.cached is None:
+            for batch in self.train_shard.iter_batches(
                 batch_size=per_worker_batch,
                 batch_format="pyarrow",
                 local_shuffle_buffer_size=max(_SHUFFLE_ROWS, 4 * per_worker_batch),
-                local_shuffle_seed=t.seed * 100_003 + epoch * 7 + rank,
+                local_shuffle_seed=self.shuffle_seed(epoch),
                 prefetch_batches=2,
             ):
-                x_np, y_np = batch_to_arrays(batch, width)
+                x_np, y_np = batch_to_arrays(batch, worker.width)
                 yield torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
             return
-        generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch * 7 + rank)
-        order = torch.randperm(len(cached[0]), generator=generator).to(device)
+        x_all, y_all = self.cached
+        generator = torch.Generator().manual_seed(self.shuffle_seed(epoch))
+        order = torch.randperm(len(x_all), generator=generator).to(device)
         for start in range(0, len(order), per_worker_batch):
             idx = order[start : start + per_worker_batch]
-            yield cached[0][idx], cached[1][idx]
+            yield x_all[idx], y_all[idx]
 
-    def val_batches() -> Any:
-        if cached_val is not None:
-            step = max(1024, per_worker_batch)
-            for start in range(0, len(cached_val[0]), step):
-                yield cached_val[0][start : start + step], cached_val[1][start : start + step]
+    def val_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The validation shard in order, as (x, y) arrays of at least 1024 rows a batch."""
+        from raymlops.train.streaming import batch_to_arrays
+
+        step = max(1024, self.worker.per_worker_batch)
+        if self.cached_val is not None:
+            x_all, y_all = self.cached_val
+            for start in range(0, len(x_all), step):
+                yield x_all[start : start + step], y_all[start : start + step]
             return
-        for batch in val_shard.iter_batches(
-            batch_size=max(1024, per_worker_batch), batch_format="pyarrow"
-        ):
-            yield batch_to_arrays(batch, width)
+        for batch in self.val_shard.iter_batches(batch_size=step, batch_format="pyarrow"):
+            yield batch_to_arrays(batch, self.worker.width)
 
-    def all_sum(values: list[float]) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        if distributed:
-            dist.all_reduce(tensor)
-        return [float(v) for v in tensor.cpu()]
 
-    for epoch in range(book.start_epoch, t.epochs):
-        # Dropout draws from the global RNG: a seed per (epoch, rank) makes a resumed run
-        # repeat exactly what an uninterrupted one would have done.
-        torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + rank)
-        model.train()
-        total, rows = 0.0, 0
-        epoch_started = time.perf_counter()
-        for step, (x, y) in enumerate(train_batches(epoch)):
-            if step % _MEMORY_SAMPLE_STEPS == 0:
-                private_peak = max(private_peak, _private_mb())
-            if len(x) < 2 and has_batchnorm:
-                continue  # BatchNorm cannot normalise a batch of one
-            if prep.classes is None:
-                y = y.unsqueeze(1)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(x)
-            rows += len(x)
-        loss_sum, row_sum = all_sum([total, float(rows)])
-        train_s = time.perf_counter() - epoch_started  # after the sum: the slowest worker's
+class _MemoryWatch:
+    """A worker's memory since its baseline (taken when this is made, before it reads any
+    data): peak RSS, and the peak of its private memory, sampled every
+    `_MEMORY_SAMPLE_STEPS` training steps (`sample`) and at each epoch's end (`peaks`)."""
 
-        model.eval()
-        scores = metric_accumulator(prep)
-        with torch.inference_mode():
-            for x_np, y_np in val_batches():
-                out = base(torch.from_numpy(np.ascontiguousarray(x_np)).to(device))
-                if prep.classes is not None:
-                    scores.update(torch.softmax(out, dim=1).cpu().numpy(), y_np)
-                else:
-                    values = out.squeeze(1).cpu().numpy().astype(np.float64)
-                    scores.update(prep.decode_regression(values), y_np)
-        if distributed:  # every worker's sums: the whole validation split's metrics
-            summed = torch.from_numpy(scores.state).to(device)
-            dist.all_reduce(summed)
-            scores.state = summed.cpu().numpy()
-        val = {f"val_{k}": v for k, v in scores.result().items()}
+    def __init__(self) -> None:
+        self.start_peak = _peak_rss_mb()
+        self.start_private = self.private_peak = _private_mb()
+
+    def sample(self) -> None:
+        """Take the private memory now into its peak."""
+        self.private_peak = max(self.private_peak, _private_mb())
+
+    def peaks(self, worker: _Worker) -> dict[str, float]:
+        """The epoch's memory metrics, each the largest worker's (an all-reduce with MAX)."""
+        import torch
+        import torch.distributed as dist
+
         peak_now = _peak_rss_mb()
-        private_peak = max(private_peak, _private_mb())
+        self.sample()
         peak = torch.tensor(
-            [peak_now, peak_now - start_peak, private_peak - start_private],
+            [peak_now, peak_now - self.start_peak, self.private_peak - self.start_private],
             dtype=torch.float64,
-            device=device,
+            device=worker.device,
         )
-        if distributed:
+        if worker.distributed:
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        metrics: dict[str, float] = {
-            "epoch": float(epoch + 1),
-            "train_loss": loss_sum / max(row_sum, 1.0),
-            "train_rows": row_sum,
-            "train_epoch_s": train_s,
+        return {
             # Peak resident memory of the largest worker, and how far reading data has
             # raised it (shared object-store pages included), and its private memory's
             # growth (sampled): a fixed overhead, not a share of the data (streaming).
             "train_worker_peak_rss_mb": float(peak[0]),
             "train_worker_rss_growth_mb": float(peak[1]),
             "train_worker_private_growth_mb": float(peak[2]),
-            **val,
         }
-        stop, save = book.end_epoch(epoch + 1, metrics)
-        if save:
-            with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
-                saved = None
-                if rank == 0:
-                    book.save(Path(tmp), optimizer)
-                    saved = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report({**metrics, RESTORED_PATH_KEY: restored_from}, checkpoint=saved)
-        else:
-            ray.train.report({**metrics, RESTORED_PATH_KEY: restored_from})
-        if stop:
-            break
+
+
+def _train_epoch(
+    worker: _Worker, data: _WorkerData, memory: _MemoryWatch, epoch: int
+) -> tuple[float, float, float]:
+    """Train one epoch (0-based `epoch`) on this worker's shard, sampling its private memory
+    into `memory`; return the training loss summed over every worker's rows, those rows, and
+    the epoch's seconds (the slowest worker's)."""
+    import torch
+
+    # Dropout draws from the global RNG: a seed per (epoch, rank) makes a resumed run
+    # repeat exactly what an uninterrupted one would have done.
+    torch.manual_seed(worker.config.train.seed * 100_003 + epoch * 1_009 + worker.rank)
+    model, optimizer = worker.model, worker.optimizer
+    model.train()
+    total, rows = 0.0, 0
+    epoch_started = time.perf_counter()
+    for step, (x, y) in enumerate(data.train_batches(epoch)):
+        if step % _MEMORY_SAMPLE_STEPS == 0:
+            memory.sample()
+        if len(x) < 2 and worker.has_batchnorm:
+            continue  # BatchNorm cannot normalise a batch of one
+        if worker.prep.classes is None:
+            y = y.unsqueeze(1)
+        optimizer.zero_grad(set_to_none=True)
+        loss = worker.loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(x)
+        rows += len(x)
+    loss_sum, row_sum = worker.all_sum([total, float(rows)])
+    train_s = time.perf_counter() - epoch_started  # after the sum: the slowest worker's
+    return loss_sum, row_sum, train_s
+
+
+def _validate(worker: _Worker, data: _WorkerData) -> dict[str, float]:
+    """The `val_`-prefixed metrics of the whole validation split: this worker's shard's
+    metric sums and counts (`MetricAccumulator`), all-reduced over every worker."""
+    import torch
+    import torch.distributed as dist
+
+    from raymlops.train.loop import metric_accumulator
+
+    prep = worker.prep
+    worker.model.eval()
+    scores = metric_accumulator(prep)
+    with torch.inference_mode():
+        for x_np, y_np in data.val_batches():
+            out = worker.base(torch.from_numpy(np.ascontiguousarray(x_np)).to(worker.device))
+            if prep.classes is not None:
+                scores.update(torch.softmax(out, dim=1).cpu().numpy(), y_np)
+            else:
+                values = out.squeeze(1).cpu().numpy().astype(np.float64)
+                scores.update(prep.decode_regression(values), y_np)
+    if worker.distributed:  # every worker's sums: the whole validation split's metrics
+        summed = torch.from_numpy(scores.state).to(worker.device)
+        dist.all_reduce(summed)
+        scores.state = summed.cpu().numpy()
+    return {f"val_{k}": v for k, v in scores.result().items()}
+
+
+def _end_epoch(worker: _Worker, epoch: int, metrics: dict[str, float]) -> bool:
+    """Record epoch `epoch`'s (0-based) metrics in the epoch book and report them to Ray
+    Train — every worker reports; on the epochs that checkpoint, with rank 0's checkpoint —
+    naming the checkpoint this attempt restored. Return whether the trial stops early."""
+    import ray.train
+
+    stop, save = worker.book.end_epoch(epoch + 1, metrics)
+    report = {**metrics, RESTORED_PATH_KEY: worker.restored_from}
+    if save:
+        with tempfile.TemporaryDirectory(prefix="raymlops-ckpt-") as tmp:
+            saved = None
+            if worker.rank == 0:
+                worker.book.save(Path(tmp), worker.optimizer)
+                saved = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(report, checkpoint=saved)
+    else:
+        ray.train.report(report)
+    return stop
 
 
 def _forward_callback() -> Any:
