@@ -336,12 +336,36 @@ def _looks_numeric(column: pa.ChunkedArray) -> bool:
     return bool(parsed.notna().mean() >= 0.9)
 
 
-def infer_roles(  # noqa: C901, PLR0915 — one rule per kind of column; to be split (#13)
+def infer_roles(
     table: pa.Table, data: DataConfig, features: FeaturesConfig, *, source: str = ""
 ) -> ColumnRoles:
-    """Decide the task and each column's role; reject data that cannot be trained on."""
+    """Decide the task and each column's role; reject data that cannot be trained on.
+
+    The checks run in the order of the helpers below and stop at the first problem: the
+    configured columns exist, then each feature column has a usable role, then the label
+    gives a task (and its classes)."""
     where = f" in {source}" if source else ""
     names = table.column_names
+    explicit_num = set(features.numeric or [])
+    explicit_cat = set(features.categorical or [])
+    _check_named_columns(names, data, [*explicit_num, *explicit_cat], where)
+    excluded = {data.label, *data.id_columns, *data.drop_columns}
+    candidates = [c for c in names if c not in excluded]
+    if features.numeric is not None and features.categorical is not None:
+        # Both lists given: they are the whole feature set.
+        candidates = [c for c in candidates if c in explicit_num or c in explicit_cat]
+    numeric, categorical = _feature_roles(table, candidates, explicit_num, explicit_cat, where)
+    label_col = table.column(data.label)
+    task = _label_task(label_col, data, where)
+    classes = _label_classes(label_col, task, data.label, where)
+    return ColumnRoles(data.label, task, numeric, categorical, list(data.id_columns), classes)
+
+
+def _check_named_columns(
+    names: list[str], data: DataConfig, feature_columns: list[str], where: str
+) -> None:
+    """Every column the config names — the label, ids, drops, listed features — is in the
+    table; a typo fails here with the column's name."""
     if data.label not in names:
         raise DataError(
             f"label column '{data.label}' not found{where} (columns: {', '.join(names[:20])}"
@@ -352,95 +376,126 @@ def infer_roles(  # noqa: C901, PLR0915 — one rule per kind of column; to be s
         for col in group:
             if col not in names:
                 raise DataError(f"{label} column '{col}' not found{where}")
-    excluded = {data.label, *data.id_columns, *data.drop_columns}
-    candidates = [c for c in names if c not in excluded]
-    numeric: list[str] = []
-    categorical: list[str] = []
-    explicit_num = set(features.numeric or [])
-    explicit_cat = set(features.categorical or [])
-    for col in [*explicit_num, *explicit_cat]:
+    for col in feature_columns:
         if col not in names:
             raise DataError(f"feature column '{col}' not found{where}")
-    if features.numeric is not None and features.categorical is not None:
-        # Both lists given: they are the whole feature set.
-        candidates = [c for c in candidates if c in explicit_num or c in explicit_cat]
+
+
+def _feature_roles(
+    table: pa.Table,
+    candidates: list[str],
+    explicit_num: set[str],
+    explicit_cat: set[str],
+    where: str,
+) -> tuple[list[str], list[str]]:
+    """The numeric and the categorical features among `candidates`, each in table order;
+    at least one of them, or there is nothing to train on."""
+    numeric: list[str] = []
+    categorical: list[str] = []
     for col in candidates:
-        t = table.schema.field(col).type
-        if col in explicit_cat:
-            categorical.append(col)
-        elif col in explicit_num or _is_numeric_type(t):
-            if _is_string_type(t):
-                bad = _non_numeric_example(table.column(col))
-                if bad is not None:
-                    raise DataError(
-                        f"numeric column '{col}'{where} has a non-numeric value "
-                        f"{bad[0]!r} (row {bad[1]})"
-                    )
-            elif not _is_numeric_type(t):
-                raise DataError(f"numeric column '{col}'{where} has type {t}")
+        role = _column_role(table, col, explicit_num, explicit_cat, where)
+        if role == "numeric":
             numeric.append(col)
-        elif _is_string_type(t):
-            if _looks_numeric(table.column(col)):
-                bad = _non_numeric_example(table.column(col))
-                if bad is not None:
-                    raise DataError(
-                        f"numeric column '{col}'{where} has a non-numeric value "
-                        f"{bad[0]!r} (row {bad[1]}); list it under features.categorical "
-                        "if it really is categorical"
-                    )
-                numeric.append(col)
-            else:
-                categorical.append(col)
-        elif pa.types.is_null(t):
-            continue  # an all-missing column carries no information
-        else:
-            raise DataError(
-                f"column '{col}'{where} has unsupported type {t}; add it to data.drop_columns"
-            )
+        elif role == "categorical":
+            categorical.append(col)
     if not numeric and not categorical:
         raise DataError(f"no feature columns left{where} after label, ids and drops")
+    return numeric, categorical
 
-    label_col = table.column(data.label)
+
+def _column_role(
+    table: pa.Table, col: str, explicit_num: set[str], explicit_cat: set[str], where: str
+) -> Literal["numeric", "categorical"] | None:
+    """One column's role, by the first rule that applies: listed under features.categorical
+    → categorical; listed under features.numeric or of a numeric type → numeric (its values
+    checked); a string column → numeric if it reads as numbers, else categorical; all
+    missing → None (left out); any other type is rejected."""
+    t = table.schema.field(col).type
+    if col in explicit_cat:
+        return "categorical"
+    if col in explicit_num or _is_numeric_type(t):
+        _check_numeric_column(table, col, t, where)
+        return "numeric"
+    if _is_string_type(t):
+        return _string_role(table, col, where)
+    if pa.types.is_null(t):
+        return None  # an all-missing column carries no information
+    raise DataError(f"column '{col}'{where} has unsupported type {t}; add it to data.drop_columns")
+
+
+def _check_numeric_column(table: pa.Table, col: str, t: pa.DataType, where: str) -> None:
+    """A column to be read as numeric can be: a numeric type, or strings that all parse as
+    numbers (the first that does not is named, with its row)."""
+    if _is_string_type(t):
+        bad = _non_numeric_example(table.column(col))
+        if bad is not None:
+            raise DataError(
+                f"numeric column '{col}'{where} has a non-numeric value {bad[0]!r} (row {bad[1]})"
+            )
+    elif not _is_numeric_type(t):
+        raise DataError(f"numeric column '{col}'{where} has type {t}")
+
+
+def _string_role(table: pa.Table, col: str, where: str) -> Literal["numeric", "categorical"]:
+    """A string column nobody listed: numeric when most of its values parse as numbers (a
+    CSV column of numbers with a stray word), and then every value must; else categorical."""
+    if not _looks_numeric(table.column(col)):
+        return "categorical"
+    bad = _non_numeric_example(table.column(col))
+    if bad is not None:
+        raise DataError(
+            f"numeric column '{col}'{where} has a non-numeric value "
+            f"{bad[0]!r} (row {bad[1]}); list it under features.categorical "
+            "if it really is categorical"
+        )
+    return "numeric"
+
+
+def _label_task(label_col: pa.ChunkedArray, data: DataConfig, where: str) -> Task:
+    """The configured task, or with `task: auto` the one the label's type implies: strings
+    and booleans are classes; integers are classes up to MAX_CLASSES distinct values;
+    floats are classes only when all integral with few distinct values. An all-missing
+    label or one of another type is rejected."""
     if label_col.null_count == len(label_col):
         raise DataError(f"label column '{data.label}'{where} is empty (all values missing)")
     label_type = label_col.type
-    task: Task
     if data.task != "auto":
-        task = data.task
-    elif _is_string_type(label_type) or pa.types.is_boolean(label_type):
-        task = "classification"
-    elif pa.types.is_integer(label_type):
-        task = (
-            "classification"
-            if pc.count_distinct(label_col).as_py() <= MAX_CLASSES
-            else ("regression")
-        )
-    elif pa.types.is_floating(label_type):
+        return data.task
+    if _is_string_type(label_type) or pa.types.is_boolean(label_type):
+        return "classification"
+    if pa.types.is_integer(label_type):
+        distinct = pc.count_distinct(label_col).as_py()
+        return "classification" if distinct <= MAX_CLASSES else "regression"
+    if pa.types.is_floating(label_type):
         values = label_col.drop_null().to_numpy()
         integral = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
         few = len(np.unique(values)) <= min(MAX_CLASSES, 10)
-        task = "classification" if integral and few else "regression"
-    else:
-        raise DataError(f"label column '{data.label}'{where} has unsupported type {label_type}")
+        return "classification" if integral and few else "regression"
+    raise DataError(f"label column '{data.label}'{where} has unsupported type {label_type}")
 
-    classes: list[str] | None = None
+
+def _label_classes(
+    label_col: pa.ChunkedArray, task: Task, label: str, where: str
+) -> list[str] | None:
+    """A classification label's classes as sorted strings (at least two); None for
+    regression, whose label must then be numbers (a string label all of whose values parse)."""
     if task == "classification":
         uniques = pc.unique(label_col.drop_null()).to_pylist()
         classes = sorted(str(v) for v in uniques)
         if len(classes) < 2:
             raise DataError(
-                f"label column '{data.label}'{where} has a single class "
+                f"label column '{label}'{where} has a single class "
                 f"({classes[0] if classes else 'none'}); classification needs at least two"
             )
-    else:
-        if not _is_numeric_type(label_type):
-            bad = _non_numeric_example(label_col)
-            if bad is not None:
-                raise DataError(
-                    f"regression label '{data.label}'{where} has a non-numeric value "
-                    f"{bad[0]!r} (row {bad[1]})"
-                )
-    return ColumnRoles(data.label, task, numeric, categorical, list(data.id_columns), classes)
+        return classes
+    if not _is_numeric_type(label_col.type):
+        bad = _non_numeric_example(label_col)
+        if bad is not None:
+            raise DataError(
+                f"regression label '{label}'{where} has a non-numeric value "
+                f"{bad[0]!r} (row {bad[1]})"
+            )
+    return None
 
 
 # --------------------------------------------------------------------------- profile

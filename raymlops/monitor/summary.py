@@ -238,37 +238,83 @@ def _is_error(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(flags.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def summarise_block(table: pa.Table, plan: _Plan) -> _Partial:  # noqa: PLR0915 — the per-block summary of the hot path in one piece; to be split (#13)
-    """Reduce one block of the log to its mergeable summary (the per-task work)."""
+def summarise_block(table: pa.Table, plan: _Plan) -> _Partial:
+    """Reduce one block of the log to its mergeable summary (the per-task work): the rows
+    since `plan.since_us`, their KPI cells, then the drift sketches and labelled rows of
+    those the monitored version served. Each part is a helper of its own; every one works
+    on whole columns (Arrow compute or numpy), so a block costs a few calls, not a loop."""
     out = _Partial()
     names = set(table.column_names)
     out.seen = names & set(_META)
+    table, ts = _since(table, names, plan)
     n = table.num_rows
+    out.rows_read = n
+    if n == 0:
+        return out
+    if ts is not None:
+        ts, out.ts_min, out.ts_max = _block_times(ts)
+    versions = _versions(table, names, plan)
+    out.kpi, out.errors = _kpi_cells(table, names, ts, versions, plan)
+    # Drift: only the rows the monitored version served.
+    rows, ts = _served_rows(table, names, versions, ts, plan)
+    out.rows_compared = rows.num_rows
+    if rows.num_rows == 0:  # another version's rows: KPIs only
+        return out
+    out.numeric = _numeric_sketches(rows, names, plan)
+    out.categorical = _categorical_sketches(rows, names, plan)
+    out.prediction = _prediction_sketch(rows, names, plan)
+    if plan.labels is not None and "request_id" in names:
+        out.labelled_parts = [_join_labels(rows, ts, plan)]
+    return out
+
+
+def _since(table: pa.Table, names: set[str], plan: _Plan) -> tuple[pa.Table, np.ndarray | None]:
+    """The block's rows at or after `plan.since_us`, with their timestamps in µs (None when
+    the block has no `timestamp` column, which keeps every row). The timestamps are read
+    even without a `since`: the KPI windows need them."""
     ts = _timestamps_us(table.column("timestamp")) if "timestamp" in names else None
     if ts is not None and plan.since_us is not None:
         keep = ts >= plan.since_us
         if not keep.all():
             table = table.filter(pa.array(keep))
             ts = ts[keep]
-            n = table.num_rows
-    out.rows_read = n
-    if n == 0:
-        return out
-    if ts is not None:
-        known = ts[ts != _NO_TIME]
-        if len(known) < n:  # rows without a time count in the earliest window
-            ts = np.where(ts == _NO_TIME, known.min() if len(known) else 0, ts)
-        if len(known):
-            out.ts_min, out.ts_max = int(known.min()), int(known.max())
-    versions = (
-        np.asarray(
+    return table, ts
+
+
+def _block_times(ts: np.ndarray) -> tuple[np.ndarray, int | None, int | None]:
+    """The timestamps with the missing ones filled in, and the earliest and latest known
+    one (None, None when no row has a time)."""
+    known = ts[ts != _NO_TIME]
+    if len(known) < len(ts):  # rows without a time count in the earliest window
+        ts = np.where(ts == _NO_TIME, known.min() if len(known) else 0, ts)
+    if len(known):
+        return ts, int(known.min()), int(known.max())
+    return ts, None, None
+
+
+def _versions(table: pa.Table, names: set[str], plan: _Plan) -> np.ndarray:
+    """The model version of each row as int64: -1 where the log leaves it missing; a block
+    without a `model_version` column counts as the plan's version (-1 without one)."""
+    if "model_version" in names:
+        return np.asarray(
             pc.fill_null(table.column("model_version").cast(pa.int64()), -1).to_numpy(),
             dtype=np.int64,
         )
-        if "model_version" in names
-        else np.full(n, -1 if plan.version is None else plan.version, np.int64)
-    )
-    # KPIs: requests, errors and latency per (window, version, role).
+    return np.full(table.num_rows, -1 if plan.version is None else plan.version, np.int64)
+
+
+def _kpi_cells(
+    table: pa.Table,
+    names: set[str],
+    ts: np.ndarray | None,
+    versions: np.ndarray,
+    plan: _Plan,
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """KPIs: requests, errors and latency per (window, version, role), for every row of the
+    block whichever version served it. Returns the request cells (one per latency bin) and
+    the error cells (empty when the log has no `error` column), each as a one-block list
+    for `_Partial`."""
+    n = table.num_rows
     window = ts // plan.window_us if ts is not None else np.zeros(n, np.int64)
     if "role" in names:
         role = _codes(table.column("role"), ROLES)
@@ -278,21 +324,35 @@ def summarise_block(table: pa.Table, plan: _Plan) -> _Partial:  # noqa: PLR0915 
         lat_bin = _latency_bins(_floats(table.column("latency_ms")))
     else:
         lat_bin = np.zeros(n, np.int64)
-    out.kpi = [_cells(window, versions, role, lat_bin, _LAT_BINS)]
+    kpi = [_cells(window, versions, role, lat_bin, _LAT_BINS)]
+    errors: list[dict[str, np.ndarray]] = []
     if "error" in names:
         flags = _is_error(table.column("error"))
         zeros = np.zeros(n, np.int64)
-        out.errors = [_cells(window, versions, role, zeros, 1, flags.astype(float))]
-    # Drift: only the rows the monitored version served.
-    rows = table
+        errors = [_cells(window, versions, role, zeros, 1, flags.astype(float))]
+    return kpi, errors
+
+
+def _served_rows(
+    table: pa.Table,
+    names: set[str],
+    versions: np.ndarray,
+    ts: np.ndarray | None,
+    plan: _Plan,
+) -> tuple[pa.Table, np.ndarray | None]:
+    """The rows the monitored version served (all of them when the plan names no version
+    or the log has no `model_version`), with their timestamps."""
     if plan.version is not None and "model_version" in names:
         mine = versions == plan.version
         if not mine.all():
-            rows = table.filter(pa.array(mine))
+            table = table.filter(pa.array(mine))
             ts = ts[mine] if ts is not None else None
-    out.rows_compared = rows.num_rows
-    if rows.num_rows == 0:  # another version's rows: KPIs only
-        return out
+    return table, ts
+
+
+def _numeric_sketches(rows: pa.Table, names: set[str], plan: _Plan) -> dict[str, NumericSketch]:
+    """One sketch, on the training profile's bins, per numeric feature the block has."""
+    sketches: dict[str, NumericSketch] = {}
     for name, edges in plan.numeric.items():
         if name not in names:  # a file of another version, read for its KPIs only
             continue
@@ -301,25 +361,40 @@ def summarise_block(table: pa.Table, plan: _Plan) -> _Partial:  # noqa: PLR0915 
             sketch.update(_floats(rows.column(name)))
         except DataError:
             raise DataError(f"feature column '{name}' is not numeric") from None
-        out.numeric[name] = sketch
+        sketches[name] = sketch
+    return sketches
+
+
+def _categorical_sketches(
+    rows: pa.Table, names: set[str], plan: _Plan
+) -> dict[str, CategoricalSketch]:
+    """One category count per categorical feature the block has."""
+    sketches: dict[str, CategoricalSketch] = {}
     for name in plan.categorical:
         if name not in names:
             continue
         cat = CategoricalSketch()
         cat.update(rows.column(name))
-        out.categorical[name] = cat
-    if "prediction" in names:
-        if plan.prediction_edges is not None:
-            pred = NumericSketch(plan.prediction_edges, sample_cap=plan.sample_cap)
-            pred.update(_floats(rows.column("prediction")))
-            out.prediction = pred
-        elif plan.prediction_categorical:
-            pred_cat = CategoricalSketch()
-            pred_cat.update(rows.column("prediction"))
-            out.prediction = pred_cat
-    if plan.labels is not None and "request_id" in names:
-        out.labelled_parts = [_join_labels(rows, ts, plan)]
-    return out
+        sketches[name] = cat
+    return sketches
+
+
+def _prediction_sketch(
+    rows: pa.Table, names: set[str], plan: _Plan
+) -> NumericSketch | CategoricalSketch | None:
+    """The predictions' sketch: binned for a numeric prediction (regression), counted for
+    a class; None when the block has no `prediction` or the plan compares none."""
+    if "prediction" not in names:
+        return None
+    if plan.prediction_edges is not None:
+        pred = NumericSketch(plan.prediction_edges, sample_cap=plan.sample_cap)
+        pred.update(_floats(rows.column("prediction")))
+        return pred
+    if plan.prediction_categorical:
+        pred_cat = CategoricalSketch()
+        pred_cat.update(rows.column("prediction"))
+        return pred_cat
+    return None
 
 
 def _join_labels(rows: pa.Table, ts: np.ndarray | None, plan: _Plan) -> pa.Table:
