@@ -16,7 +16,6 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymlops.core.errors import DataError, ResourceError, UserInputError
+from raymlops.core.storage import open_location
 from raymlops.data.dataset import csv_parse_options
 
 __all__ = [
@@ -60,18 +60,6 @@ _CSV_HEADER_BLOCK = 1 << 20
 
 
 # --------------------------------------------------------------------------- locations
-
-
-def open_location(location: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow file system and the path within it of a local path or a URI
-    (file://, s3://, gs://, hdfs://…)."""
-    try:
-        if "://" in location:
-            fs, path = pafs.FileSystem.from_uri(location)
-            return fs, path.rstrip("/")
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise UserInputError(f"cannot open {location}: {exc}") from None
-    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
 
 
 def csv_read_options(path: str) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:

@@ -101,6 +101,13 @@ class PipelineConfig(_Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
     )
     description: str = Field("", description="What this model is for (shown in model cards).")
+    storage: str | None = Field(
+        None,
+        description="Shared storage root (s3://bucket/prefix, gs://…) for state every node of "
+        "a cluster must see: job-chain run folders (<storage>/runs), and the defaults of "
+        "tune.storage (<storage>/tune) and serve.prediction_log.uri (<storage>/predictions). "
+        "Default $RAYMLOPS_STORAGE; unset: folders under RAYMLOPS_HOME (one machine).",
+    )
     data: DataConfig = Field(description="Training data.")
     features: FeaturesConfig = Field(
         default_factory=lambda: FeaturesConfig(), description="Preprocessing."

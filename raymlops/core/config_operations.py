@@ -271,7 +271,7 @@ class ServePredictionLogConfig(_Section):
         None,
         description="Root folder or URI (file://, s3://, gs://) holding "
         "<model>/date=YYYY-MM-DD/version=N/part-<uuid>.parquet; "
-        "default <RAYMLOPS_HOME>/predictions.",
+        "default <storage>/predictions, else <RAYMLOPS_HOME>/predictions.",
     )
     flush_interval_s: float = Field(
         1.0,

@@ -281,7 +281,7 @@ class TuneConfig(_Section):
     storage: str | None = Field(
         None,
         description="Where experiments and checkpoints are stored (path or URI); "
-        "default $RAYMLOPS_TUNE_STORAGE, else <RAYMLOPS_HOME>/tune.",
+        "default $RAYMLOPS_TUNE_STORAGE, else <storage>/tune, else <RAYMLOPS_HOME>/tune.",
     )
     experiment_name: str | None = Field(
         None, description="Name of the Tune experiment folder; default the pipeline name."

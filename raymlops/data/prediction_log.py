@@ -4,6 +4,7 @@ the layout that serving writes and monitoring reads:
     <root>/<model_name>/date=YYYY-MM-DD/version=<N>/part-<uuid>.parquet
 
 `<root>` is `serve.prediction_log.uri` when set (any pyarrow filesystem URI), else
+`<storage>/predictions` when the config's shared `storage` is set, else
 `<RAYMLOPS_HOME>/predictions`.
 """
 
@@ -13,6 +14,8 @@ import re
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from raymlops.core.storage import join, storage_root
 
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
@@ -32,9 +35,12 @@ _DATE_PART = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
 _VERSION_PART = re.compile(r"(?:^|/)version=(\d+)(?:/|$)")
 
 
-def log_root(uri: str | None, home: Path) -> str:
-    """The root every model's log lives under: `uri`, else `<home>/predictions`."""
-    return uri or str(home / DEFAULT_FOLDER)
+def log_root(uri: str | None, home: Path, storage: str | None = None) -> str:
+    """The root every model's log lives under: `uri`, else `<storage>/predictions`, else
+    `<home>/predictions`."""
+    if uri:
+        return uri
+    return join(storage, DEFAULT_FOLDER) if storage else str(home / DEFAULT_FOLDER)
 
 
 def model_log_root(root: str, model_name: str) -> str:
@@ -44,9 +50,8 @@ def model_log_root(root: str, model_name: str) -> str:
 
 def configured_log(config: PipelineConfig, home: Path) -> str:
     """The folder or URI serving writes this config's model's log to."""
-    return model_log_root(
-        log_root(config.serve.prediction_log.uri, home), config.registry.model_name
-    )
+    root = log_root(config.serve.prediction_log.uri, home, storage_root(config.storage))
+    return model_log_root(root, config.registry.model_name)
 
 
 def partition(day: date | str, version: int) -> str:

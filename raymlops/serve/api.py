@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 from raymlops.core.errors import RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say as report
+from raymlops.core.storage import storage_root
 from raymlops.data.prediction_log import configured_log, log_root
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def application_args(
     cfg = config.serve
     token = _token(config)
     home_path = home_dir(home)
-    root = log_root(cfg.prediction_log.uri, home_path)
+    root = log_root(cfg.prediction_log.uri, home_path, storage_root(config.storage))
     return {
         "model_name": config.registry.model_name,
         "app_name": cfg.app_name or config.registry.model_name,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from raymlops.core.config import PipelineConfig, SearchSpec
 from raymlops.core.errors import ResourceError, SearchStalledError, TrainingError
 from raymlops.core.report import say
+from raymlops.core.storage import join, storage_root
 from raymlops.registry.store import TrialRecord
 from raymlops.train.loop import CHECKPOINT_STATE, TrainingArrays
 
@@ -288,7 +289,8 @@ def experiment_storage(config: PipelineConfig, home: Path) -> str:
     storage = config.tune.storage or os.environ.get("RAYMLOPS_TUNE_STORAGE")
     if storage:
         return storage if "://" in storage else str(Path(storage).expanduser().resolve())
-    return str(home / "tune")
+    shared = storage_root(config.storage)
+    return join(shared, "tune") if shared else str(home / "tune")
 
 
 def latest_experiment(
