@@ -26,6 +26,7 @@ from raymlops.core.config import config_hash
 from raymlops.core.environment import code_version, environment
 from raymlops.core.errors import RegistryError
 from raymlops.core.home import home_dir
+from raymlops.registry.lock import alias_lock, is_lock_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -443,18 +444,15 @@ class Registry:
                 client.create_registered_model(name, description=config.description or None)
         mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
         version = int(mv.version)
-        has_champion = True
-        try:
-            client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException:
-            has_champion = False
-        self.set_alias(
-            name,
-            CHAMPION if not has_champion else CHALLENGER,
-            version,
-            action="register",
-            reason="first version of the model" if not has_champion else "new candidate",
-        )
+        with self._audit_lock(name):  # one champion, whoever registers at the same time
+            first = self.alias_target(name, CHAMPION) is None
+            self._move_alias(
+                name,
+                CHAMPION if first else CHALLENGER,
+                version,
+                action="register",
+                reason="first version of the model" if first else "new candidate",
+            )
         return self.version_info(name, version)
 
     def _resolve(self, name: str, ref: str | int) -> ModelVersion:
@@ -489,6 +487,8 @@ class Registry:
         """Every registered model with its versions count, latest version and aliases."""
         out = []
         for model in self.client.search_registered_models(max_results=1000):
+            if is_lock_name(model.name):  # an alias move in progress, not a model
+                continue
             versions = self.client.search_model_versions(f"name = '{model.name}'")
             out.append(
                 {
@@ -598,17 +598,10 @@ class Registry:
     # ------------------------------------------------------------------ alias history
     @contextmanager
     def _audit_lock(self, name: str) -> Iterator[None]:
-        """Serialise alias changes of one model (read current, move, record) on this host.
-
-        The lock file lives under home, so concurrent CLI calls and Serve replicas on one
-        machine see a consistent history; across machines a tracking server's own
-        transaction order applies.
-        """
-        from filelock import FileLock
-
-        folder = self.home / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder / f"alias-{name}.lock"), timeout=120):
+        """Serialise alias changes of one model (read current, move, record) across every
+        writer of this store: a file lock for the embedded SQLite store, a lock in MLflow
+        itself for a tracking server (`raymlops.registry.lock`)."""
+        with alias_lock(self.client, self.tracking_uri, self.home, name):
             yield
 
     def alias_target(self, name: str, alias: str) -> int | None:
@@ -638,21 +631,37 @@ class Registry:
         points where the caller saw it, RegistryError is raised and nothing changes.
         """
         with self._audit_lock(name):
-            current = self.alias_target(name, alias)
-            if expected_from != "any" and current != expected_from:
-                raise RegistryError(
-                    f"alias '{alias}' of '{name}' moved to "
-                    f"{'v' + str(current) if current is not None else 'nothing'} meanwhile"
-                )
-            if version is None:
-                if current is not None:
-                    self.client.delete_registered_model_alias(name, alias)
-            else:
-                self._resolve(name, version)
-                self.client.set_registered_model_alias(name, alias, str(version))
-            return self._append_event(
-                name, alias, action, current, version, reason, by, details, moved=True
+            return self._move_alias(
+                name, alias, version, action, reason, by, details, expected_from=expected_from
             )
+
+    def _move_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int | None,
+        action: str,
+        reason: str = "",
+        by: str | None = None,
+        details: dict[str, Any] | None = None,
+        expected_from: int | str | None = "any",
+    ) -> AliasEvent:
+        """`set_alias`'s work, the alias lock already held."""
+        current = self.alias_target(name, alias)
+        if expected_from != "any" and current != expected_from:
+            raise RegistryError(
+                f"alias '{alias}' of '{name}' moved to "
+                f"{'v' + str(current) if current is not None else 'nothing'} meanwhile"
+            )
+        if version is None:
+            if current is not None:
+                self.client.delete_registered_model_alias(name, alias)
+        else:
+            self._resolve(name, version)
+            self.client.set_registered_model_alias(name, alias, str(version))
+        return self._append_event(
+            name, alias, action, current, version, reason, by, details, moved=True
+        )
 
     def record_event(
         self,
