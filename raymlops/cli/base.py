@@ -22,7 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int, stream: TextIO | None = None) -> None:
-    click.secho(f"error: {message}", fg="red", err=True, file=stream)
+    """`error: MESSAGE` on the terminal (not the file Ray's lines go to), and exit."""
+    from raymlops.core.report import current
+
+    click.secho(f"error: {message}", fg="red", err=True, file=stream or current().stderr)
     sys.exit(code)
 
 
