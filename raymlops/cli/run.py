@@ -127,8 +127,9 @@ def run(
 
     With a job address, each step (train, gate, promote, batch, serve, traffic, monitor,
     retrain, finish) runs as its own Ray job; they hand over through a run folder under
-    --home, which the cluster's nodes must see (on a remote cluster: shared storage, and
-    MLFLOW_TRACKING_URI set to the cluster's MLflow server).
+    the config's `storage` (or $RAYMLOPS_STORAGE: an object store such as s3://bucket/x),
+    or under --home when the cluster runs on this machine. A cluster of other machines also
+    needs MLFLOW_TRACKING_URI set to its MLflow server; local storage is refused (exit 2).
     """
     from raymlops.cluster.launcher import is_job_address, run_pipeline_as_jobs
     from raymlops.loop.pipeline import run_loop_step, run_pipeline
@@ -271,6 +272,16 @@ def _step_args(step: str, step_args: tuple[str, ...]) -> list[str]:
     return args
 
 
+def _option_value(args: list[str], name: str) -> str | None:
+    """The value of `name VALUE` or `name=VALUE` in a step's arguments."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 @cli.command()
 @click.argument("step", type=click.Choice(["train", "run", "batch", "monitor", "serve"]))
 @click.argument("step_args", nargs=-1, metavar="[-- STEP ARGS]")
@@ -311,7 +322,8 @@ def submit(
       raymlops submit batch -- --input s3://bucket/in/ --output s3://bucket/out/ --gpus 1
 
     The step's own options follow `--` (batch: --input and --output, which must be paths
-    or URIs the cluster can reach; local paths are made absolute).
+    or URIs the cluster can reach: object-store URIs on a cluster of other machines; local
+    paths, made absolute, only when the cluster runs on this machine).
     """
     from raymlops.cluster.launcher import JobLauncher
 
@@ -321,6 +333,10 @@ def submit(
         args.append("--resume")
     args += _step_args(step, step_args)
     launcher = JobLauncher(address, home)
+    if step == "batch":  # its data must be where every node reads: not this laptop's disk
+        launcher.check_storage(
+            {name: _option_value(args, name) for name in ("--input", "--output")}
+        )
     outcome = launcher.submit(
         step,
         args,
@@ -328,7 +344,7 @@ def submit(
         wait=not no_wait,
         max_retries=max_retries,
         ship_raymlops=ship_raymlops,
-        tracking_uri=config.registry.tracking_uri,
+        config=config,
     )
     if no_wait:
         click.echo(outcome.submission_id)

@@ -7,18 +7,19 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import socket
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from raymlops.core.errors import UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.ray_session import cluster_resources, ray_session, use_token_if_available
 from raymlops.core.report import say
+from raymlops.core.storage import ENV_STORAGE, is_local
 from raymlops.loop.steps import PIPELINE_STEPS
 
 if TYPE_CHECKING:
@@ -58,8 +59,10 @@ SUBMISSION_ID_ENV = "RAYMLOPS_SUBMISSION_ID"
 _FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
     "RAYMLOPS_TUNE_STORAGE",
+    ENV_STORAGE,
     "MLFLOW_S3_ENDPOINT_URL",
     "RAYMLOPS_DEBUG",
+    "RAYMLOPS_VERBOSE",
 )
 _UPLOAD_EXCLUDES = [".git", ".venv", ".raymlops", "__pycache__", "*.pyc", "benchmarks/.data"]
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -86,9 +89,46 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def _is_local(address: str) -> bool:
-    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+def _this_machine() -> tuple[str, set[str]]:
+    """This machine's host name and every address of its network interfaces."""
+    import psutil
+
+    addresses = {a.address.split("%")[0] for nics in psutil.net_if_addrs().values() for a in nics}
+    return socket.gethostname(), addresses
+
+
+def _node_is_here(node: dict[str, Any], hostname: str, addresses: set[str]) -> bool:
+    """Whether a node of a cluster (its dashboard summary) runs on this machine: the same
+    host name and one of this machine's addresses. A `ray dashboard` tunnel makes a remote
+    cluster's address 127.0.0.1 too; its nodes still name their own hosts."""
+    return node.get("hostname") == hostname and str(node.get("ip", "")) in addresses
+
+
+def storage_settings(config: PipelineConfig | None, step: str) -> dict[str, str | None]:
+    """The storage a job of `step` uses, by the config key that sets it (its effective
+    value: defaults resolved): what must be shared when the job runs on other machines."""
+    from raymlops.core.storage import join, storage_root
+
+    tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    if config is None:
+        return {"registry.tracking_uri": tracking}
+    settings: dict[str, str | None] = {
+        "registry.tracking_uri": config.registry.tracking_uri or tracking
+    }
+    shared = storage_root(config.storage)
+    if step in ("run", "train", "retrain", "watch"):
+        tune = config.tune.storage or os.environ.get("RAYMLOPS_TUNE_STORAGE")
+        settings["tune.storage"] = tune or (join(shared, "tune") if shared else None)
+    if step in ("run", "serve", "monitor", "retrain", "watch"):
+        log = config.serve.prediction_log.uri
+        enabled = config.serve.prediction_log.enabled or step == "monitor"
+        if enabled:
+            settings["serve.prediction_log.uri"] = log or (
+                join(shared, "predictions") if shared else None
+            )
+    if step == "run":
+        settings["storage"] = shared
+    return settings
 
 
 class JobLauncher:
@@ -105,6 +145,7 @@ class JobLauncher:
 
         self.address = address
         self.home = home_dir(home)
+        self._here: bool | None = None
         use_token_if_available()
         try:
             self.client = JobSubmissionClient(address)
@@ -124,7 +165,10 @@ class JobLauncher:
         """The job's runtime environment: the working dir (configs, local data), this
         raymlops package, and the settings that point the job at the same registry."""
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-        env["RAYMLOPS_HOME"] = str(self.home)
+        if self.is_this_machine():
+            # One machine: the jobs share this home (the embedded registry, run folders).
+            # On other machines this path means nothing: each node keeps its own.
+            env["RAYMLOPS_HOME"] = str(self.home)
         env[SUBMISSION_ID_ENV] = submission_id
         env["PYTHONUNBUFFERED"] = "1"
         runtime: dict[str, Any] = {"env_vars": env}
@@ -136,13 +180,60 @@ class JobLauncher:
             runtime["py_modules"] = [str(Path(__file__).resolve().parents[1])]
         return runtime
 
-    def _check_store_is_shared(self, tracking_uri: str | None) -> None:
-        shared = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not shared and not _is_local(self.address):
-            raise UserInputError(
-                f"{self.address} is a remote cluster but the registry is the embedded SQLite "
-                "file on this machine; set MLFLOW_TRACKING_URI to the cluster's MLflow server"
-            )
+    def is_this_machine(self) -> bool:
+        """Whether every node of the cluster runs on this machine (then a local folder and
+        the embedded SQLite registry are storage its nodes share). Asked of the cluster
+        itself (its nodes' host names and addresses), never read from the address's text."""
+        if self._here is None:
+            nodes = self._node_summaries()
+            hostname, addresses = _this_machine()
+            self._here = bool(nodes) and all(_node_is_here(n, hostname, addresses) for n in nodes)
+        return self._here
+
+    def _node_summaries(self, wait_s: float = 20.0) -> list[dict[str, Any]]:
+        """Every alive node's host name and address, as the cluster's dashboard reports them
+        (a node's own agent reports them a few seconds after it starts: wait for one that
+        names each node the GCS knows). `[{}]` (an unknown node) when the cluster cannot
+        say: then it is treated as not this machine."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                alive = self.client._do_request("GET", "/api/v0/nodes?detail=false&limit=1000")
+                expected = sum(
+                    1 for n in alive.json()["data"]["result"]["result"] if n["state"] == "ALIVE"
+                )
+                response = self.client._do_request("GET", "/nodes?view=summary")
+                nodes: list[dict[str, Any]] = response.json()["data"]["summary"]
+            except Exception:  # a cluster that cannot say: assume the worst
+                return [{}]
+            if nodes and len(nodes) >= expected:
+                return nodes
+            if time.monotonic() > deadline:
+                return nodes + [{}] * max(expected - len(nodes), 1)
+            time.sleep(0.5)
+
+    def check_storage(self, settings: dict[str, str | None]) -> None:
+        """Exit 2 (UserInputError) before anything is submitted when a cluster that is not
+        this machine would be handed storage only this machine has: `settings` maps each
+        config key (or variable) the jobs will use to its value (a path, a URI, None)."""
+        if self.is_this_machine():
+            return
+        for key, value in settings.items():
+            if key == "registry.tracking_uri":
+                if not value or value.startswith(("sqlite:", "file:")) or "://" not in value:
+                    shown = value or "the embedded SQLite file"
+                    raise UserInputError(
+                        f"{self.address} is a cluster of other machines but the registry "
+                        f"({shown}) is on this machine's disk; set MLFLOW_TRACKING_URI (or "
+                        "registry.tracking_uri) to the cluster's MLflow server"
+                    )
+            elif not value or is_local(value):
+                raise UserInputError(
+                    f"{self.address} is a cluster of other machines but {key} "
+                    f"({value or 'unset: a folder under RAYMLOPS_HOME'}) is on this machine's "
+                    f"disk; set storage (or ${ENV_STORAGE}) to an object store URI, "
+                    "e.g. s3://bucket/raymlops"
+                )
 
     def submit(
         self,
@@ -154,19 +245,20 @@ class JobLauncher:
         stream: bool = True,
         max_retries: int = 0,
         ship_raymlops: bool = True,
-        tracking_uri: str | None = None,
+        config: PipelineConfig | None = None,
         echo: bool = True,
         label: str | None = None,
     ) -> JobOutcome:
         """Run `raymlops STEP ARGS` as a Ray job; with `wait`, stream its logs and return
         its final status, resubmitting (new submission id) up to `max_retries` times.
-        `tracking_uri` is the config's registry.tracking_uri, if it sets one; `label` names
-        the job (submission id, metadata, outcome) when it is not the step itself."""
+        `config` is the step's config: its storage settings are checked against the cluster
+        first (`check_storage`); `label` names the job (submission id, metadata, outcome)
+        when it is not the step itself."""
         if step not in SUBMITTABLE_STEPS:
             raise UserInputError(
                 f"unknown step '{step}' (submittable: {', '.join(SUBMITTABLE_STEPS)})"
             )
-        self._check_store_is_shared(tracking_uri)
+        self.check_storage(storage_settings(config, step))
         # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
         entrypoint = shlex.join(["python", "-m", "raymlops.cli", step, *args])
         label = label or step
@@ -261,16 +353,15 @@ def run_pipeline_as_jobs(
 ) -> list[JobOutcome]:
     """`raymlops run --address http://…`: each step of the main job as its own Ray job, in
     order, stopping at the first failure (whose log tail the outcome carries). The steps hand
-    their results over in a run folder under the home folder (storage the cluster shares);
-    every job id is recorded on an MLflow run. After a failure, an endpoint the chain started
+    their state over in a run folder under the shared `storage` (an object store: each job
+    may run on another node), or under the home on a cluster that is this machine; every
+    job id is recorded on an MLflow run. After a failure, an endpoint the chain started
     is stopped by one more job (unless `keep_serving`)."""
     launcher = JobLauncher(address, home)
-    tracking_uri = config.registry.tracking_uri
     if train_only:
         steps: list[tuple[str, str, list[str]]] = [("train", "train", args)]
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        work = launcher.home.resolve() / "runs" / f"{config.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+        work = _chain_location(config, launcher)
         keep = ["--keep-serving"] if keep_serving else []
         steps = [
             (
@@ -280,7 +371,7 @@ def run_pipeline_as_jobs(
             )
             for step in PIPELINE_STEPS
         ]
-    launcher._check_store_is_shared(tracking_uri)
+    launcher.check_storage(storage_settings(config, "run" if not train_only else "train"))
     record = _ChainRecord(config, launcher.home, address)
     outcomes: list[JobOutcome] = []
     try:
@@ -290,7 +381,7 @@ def run_pipeline_as_jobs(
                 step_args,
                 working_dir=working_dir,
                 max_retries=max_retries,
-                tracking_uri=tracking_uri,
+                config=config,
                 echo=echo,
                 label=label,
             )
@@ -304,13 +395,25 @@ def run_pipeline_as_jobs(
             if echo:
                 say("▸ stopping the endpoint this chain deployed")
             cleanup = launcher.submit(
-                "run", steps[-1][2], working_dir=working_dir, tracking_uri=tracking_uri,
+                "run", steps[-1][2], working_dir=working_dir, config=config,
                 echo=echo, label="finish",
             )  # fmt: skip
             record.job(cleanup)
     finally:
         record.close(bool(outcomes) and all(o.succeeded for o in outcomes))
     return outcomes
+
+
+def _chain_location(config: PipelineConfig, launcher: JobLauncher) -> str:
+    """Where the chain's steps hand over their state: under the shared storage (each job
+    may run on another node), or under the home on a cluster that is this machine."""
+    from raymlops.core.storage import join, storage_root
+
+    name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    shared = storage_root(config.storage)
+    if shared:
+        return join(shared, "runs", name)
+    return str(launcher.home.resolve() / "runs" / name)
 
 
 class _ChainRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,14 @@ from raymlops.core.errors import UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.ray_session import ray_session
 from raymlops.core.report import say
+from raymlops.core.storage import (
+    is_local,
+    join,
+    open_location,
+    read_bytes,
+    storage_root,
+    write_bytes,
+)
 from raymlops.data.dataset import check_source, load_dataset
 from raymlops.loop.steps import PIPELINE_STEPS
 from raymlops.loop.training import TrainResult, train_and_register
@@ -157,7 +166,10 @@ _LOOP_ROWS = 20_000
 @dataclass
 class LoopState:
     """What the steps of one main-job run hand to each other, kept as JSON in the run's
-    folder so that a step running as its own Ray job picks up where the previous one left."""
+    folder so that a step running as its own Ray job picks up where the previous one left.
+
+    `work` is a local folder (one machine) or a URI under the shared `storage` (a cluster
+    whose nodes share no disk: each step's job may run on another node)."""
 
     work: str
     started: float = field(default_factory=time.time)
@@ -177,29 +189,67 @@ class LoopState:
 
     @classmethod
     def create(cls, config: PipelineConfig, home: str | Path | None) -> LoopState:
-        """A fresh state in a new run folder under the home folder."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        work = home_dir(home) / "runs" / f"{config.name}-{stamp}-{os.urandom(2).hex()}"
-        work.mkdir(parents=True, exist_ok=True)
-        state = cls(str(work.resolve()))
+        """A fresh state in a new run folder: under the shared storage when one is
+        configured, else under the home folder."""
+        state = cls(new_run_location(config, home))
         state.save()
         return state
 
     @classmethod
     def load(cls, work: str | Path) -> LoopState:
-        path = Path(work) / _STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserInputError(f"no main-job state at {path}") from None
+        location = join(str(work), _STATE_FILE)
+        text = read_bytes(location)
+        if text is None:
+            raise UserInputError(f"no main-job state at {location}")
+        data = json.loads(text)
         data["steps"] = [tuple(s) for s in data.get("steps", [])]
         return cls(**data)
 
+    @classmethod
+    def exists(cls, work: str | Path) -> bool:
+        """Whether a run's state is at `work`."""
+        return read_bytes(join(str(work), _STATE_FILE)) is not None
+
     def save(self) -> None:
-        path = Path(self.work) / _STATE_FILE
-        hidden = path.with_name(f".{_STATE_FILE}.tmp")
-        hidden.write_text(json.dumps(asdict(self), indent=2))
-        hidden.replace(path)
+        write_bytes(join(self.work, _STATE_FILE), json.dumps(asdict(self), indent=2).encode())
+
+    def file(self, name: str) -> str:
+        """The location of a file of this run."""
+        return join(self.work, name)
+
+
+def new_run_location(config: PipelineConfig, home: str | Path | None) -> str:
+    """Where a new main-job run keeps its files: `<storage>/runs/<name>-<stamp>-<id>` with a
+    shared storage, else the same under `<home>/runs` (created)."""
+    name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    shared = storage_root(config.storage)
+    if shared:
+        return join(shared, "runs", name)
+    folder = home_dir(home) / "runs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder.resolve())
+
+
+def _write_parquet(frame: pd.DataFrame | Any, location: str) -> None:
+    """A frame or Arrow table as one Parquet file at a path or URI."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = (
+        pa.Table.from_pandas(frame, preserve_index=False)
+        if isinstance(frame, pd.DataFrame)
+        else frame
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes(location, sink.getvalue().to_pybytes())
+
+
+def _read_parquet(location: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    fs, path = open_location(location)
+    return pq.read_table(path, filesystem=fs).to_pandas()
 
 
 class _Loop:
@@ -230,10 +280,6 @@ class _Loop:
         self.retrained: Any = None
         self.shown = pd.DataFrame()
         self._loaded: Any = None
-
-    @property
-    def work(self) -> Path:
-        return Path(self.state.work)
 
     def say(self, message: str) -> None:
         say(message, when=self.echo)
@@ -316,19 +362,16 @@ class _Loop:
         return [c for c in table.column_names if c not in excluded]
 
     def _batch(self) -> None:
-        import pyarrow.parquet as pq
-
         from raymlops.batch.run import run_batch
 
         if self.config.data.streaming:  # batch streams too: the data as it is, label and all
             batch_in = self.config.data.path
         else:
-            written = self.work / "batch-input.parquet"
-            pq.write_table(self._table().drop_columns([self.config.data.label]), written)
-            batch_in = str(written)
-        output = self.work / "batch-output"
-        self.batch = run_batch(self.config, batch_in, str(output), home=self.home)
-        self.state.batch_output = str(output)
+            batch_in = self.state.file("batch-input.parquet")
+            _write_parquet(self._table().drop_columns([self.config.data.label]), batch_in)
+        output = self.state.file("batch-output")
+        self.batch = run_batch(self.config, batch_in, output, home=self.home)
+        self.state.batch_output = output
         self.say(self.batch.summary())
 
     def _client(self) -> Any:
@@ -370,12 +413,10 @@ class _Loop:
             keep=list(self.config.data.id_columns),
         )
         sent = _send(self._client(), traffic.requests, batch_rows=4)
-        recent = self.work / "recent-labelled.parquet"
-        traffic.labelled.to_parquet(recent, index=False)
-        requests = self.work / "traffic-requests.parquet"
-        traffic.requests.to_parquet(requests, index=False)
-        self.state.recent_data = str(recent)
-        self.state.traffic_requests = str(requests)
+        self.state.recent_data = self.state.file("recent-labelled.parquet")
+        _write_parquet(traffic.labelled, self.state.recent_data)
+        self.state.traffic_requests = self.state.file("traffic-requests.parquet")
+        _write_parquet(traffic.requests, self.state.traffic_requests)
         self.say(
             f"  {sent} requests ({len(traffic.requests)} rows); shifted by "
             f"{traffic.shift_std:g} std: {', '.join(traffic.shifted[:6])}"
@@ -387,14 +428,18 @@ class _Loop:
     def _monitor(self) -> None:
         from raymlops.monitor.run import monitor
 
-        self.monitored = monitor(
-            self.config,
-            since=self.state.traffic_since,
-            home=self.home,
-            report=self.work / "drift-report.html",
-        )
-        report = self.monitored.report_path
-        self.state.report_path = str(report) if report else None
+        location = self.state.file("drift-report.html")
+        with tempfile.TemporaryDirectory(prefix="raymlops-report-") as tmp:
+            # Written here, then stored with the run (a URI on a cluster); also in MLflow.
+            local = Path(tmp) / "drift-report.html" if not is_local(location) else Path(location)
+            self.monitored = monitor(
+                self.config, since=self.state.traffic_since, home=self.home, report=local
+            )
+            report = self.monitored.report_path
+            if report and not is_local(location):
+                write_bytes(location, Path(report).read_bytes())
+                self.monitored.report_path = location
+        self.state.report_path = location if report else None
         self.say(self.monitored.summary())
 
     def _retrain(self) -> None:
@@ -403,7 +448,7 @@ class _Loop:
         client = self._client()
         if self.state.traffic_requests is None:
             raise UserInputError("the traffic step has not run in this run")
-        background = _Background(client, pd.read_parquet(self.state.traffic_requests))
+        background = _Background(client, _read_parquet(self.state.traffic_requests))
         canary = ServingCanary(
             self.config,
             home=self.home,
@@ -450,9 +495,9 @@ class _Loop:
         if champion is not None:
             from raymlops.loop.cards import render_card
 
-            card = self.work / "model-card.md"
-            card.write_text(render_card(self.registry, self.name, champion, fmt="md"))
-            self.state.card_path = str(card)
+            card = self.state.file("model-card.md")
+            write_bytes(card, render_card(self.registry, self.name, champion, fmt="md").encode())
+            self.state.card_path = card
             self.say(f"  model card of v{champion}: {card}")
 
     def stop_serving(self) -> None:
@@ -494,13 +539,12 @@ def run_loop_step(
     """One step of the main job, in the run folder `work` that earlier steps left (what
     `raymlops run --address http://…` runs as each Ray job). The finish step also stops the
     endpoint unless `keep_serving`, and prints the summary."""
-    folder = Path(work)
-    if step == LOOP_STEPS[0] and not (folder / _STATE_FILE).exists():
-        folder.mkdir(parents=True, exist_ok=True)  # the chain's first job starts the run
-        state = LoopState(str(folder.resolve()))
+    location = str(work) if not is_local(str(work)) else str(Path(work).resolve())
+    if step == LOOP_STEPS[0] and not LoopState.exists(location):
+        state = LoopState(location)  # the chain's first job starts the run
         state.save()
     else:
-        state = LoopState.load(folder)
+        state = LoopState.load(location)
     loop = _Loop(config, state, home=home, echo=echo)
     with ray_session(None):
         if step == "finish":

@@ -27,11 +27,13 @@ def test_job_addresses_are_http_urls(address: str | None, expected: bool) -> Non
     assert is_job_address(address) is expected
 
 
-def _offline_launcher(address: str, home: Path) -> JobLauncher:
-    # The launcher's pure parts, without connecting to a job API.
+def _offline_launcher(address: str, home: Path, here: bool = True) -> JobLauncher:
+    # The launcher's pure parts, without connecting to a job API; `here`: what the cluster
+    # said of its nodes (all on this machine or not).
     launcher = JobLauncher.__new__(JobLauncher)
     launcher.address = address
     launcher.home = home
+    launcher._here = here
     return launcher
 
 
@@ -39,6 +41,7 @@ def test_runtime_env_points_the_job_at_the_same_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("RAYMLOPS_STORAGE", "s3://bucket/raymlops")
     monkeypatch.delenv("RAYMLOPS_TUNE_STORAGE", raising=False)
     runtime = _offline_launcher("http://127.0.0.1:8265", tmp_path).runtime_env(
         tmp_path, "raymlops-train-1"
@@ -46,6 +49,7 @@ def test_runtime_env_points_the_job_at_the_same_registry(
     env = runtime["env_vars"]
     assert env["RAYMLOPS_HOME"] == str(tmp_path)
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["RAYMLOPS_STORAGE"] == "s3://bucket/raymlops"
     assert env["RAYMLOPS_SUBMISSION_ID"] == "raymlops-train-1"
     assert "RAYMLOPS_TUNE_STORAGE" not in env
     assert runtime["working_dir"] == str(tmp_path)
@@ -58,18 +62,60 @@ def test_runtime_env_points_the_job_at_the_same_registry(
         None, "x", ship_raymlops=False
     )
     assert "py_modules" not in bare and "working_dir" not in bare
+    # Other machines are not handed this machine's home: each node keeps its own.
+    remote = _offline_launcher("http://127.0.0.1:8265", tmp_path, here=False)
+    assert "RAYMLOPS_HOME" not in remote.runtime_env(tmp_path, "y")["env_vars"]
 
 
-def test_remote_cluster_with_the_embedded_registry_is_refused(
+def test_a_node_is_here_only_with_this_host_name_and_one_of_its_addresses() -> None:
+    from raymlops.cluster.launcher import _node_is_here, _this_machine
+
+    hostname, addresses = _this_machine()
+    assert "127.0.0.1" in addresses
+    ip = next(iter(addresses))
+    assert _node_is_here({"hostname": hostname, "ip": ip}, hostname, addresses)
+    # A `ray dashboard` tunnel: the address is 127.0.0.1, the nodes are elsewhere.
+    assert not _node_is_here({"hostname": "ip-10-0-0-5", "ip": "10.0.0.5"}, hostname, addresses)
+    assert not _node_is_here({"hostname": "rmo-worker-1", "ip": "127.0.0.3"}, hostname, addresses)
+    assert not _node_is_here({}, hostname, addresses)
+
+
+def test_a_cluster_of_other_machines_is_refused_local_storage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    remote = _offline_launcher("http://10.0.0.5:8265", tmp_path)
-    with pytest.raises(UserInputError, match="set MLFLOW_TRACKING_URI"):
-        remote._check_store_is_shared(None)
-    remote._check_store_is_shared("http://mlflow:5000")  # a tracking server in the config
-    _offline_launcher("http://127.0.0.1:8265", tmp_path)._check_store_is_shared(None)
-    _offline_launcher("http://localhost:8265", tmp_path)._check_store_is_shared(None)
+    from raymlops.cluster.launcher import storage_settings
+    from raymlops.core.config import load_config
+
+    for name in ("MLFLOW_TRACKING_URI", "RAYMLOPS_STORAGE", "RAYMLOPS_TUNE_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config(None)
+    remote = _offline_launcher("http://127.0.0.1:8265", tmp_path, here=False)
+    with pytest.raises(UserInputError, match=r"the embedded SQLite file.*MLFLOW_TRACKING_URI"):
+        remote.check_storage(storage_settings(config, "run"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/mlflow.db")
+    with pytest.raises(UserInputError, match=r"registry \(sqlite:////tmp/mlflow.db\)"):
+        remote.check_storage(storage_settings(config, "train"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    with pytest.raises(UserInputError, match=r"but tune.storage .unset.*set storage"):
+        remote.check_storage(storage_settings(config, "train"))
+    monkeypatch.setenv("RAYMLOPS_TUNE_STORAGE", "/shared/tune")
+    with pytest.raises(UserInputError, match=r"tune.storage ./shared/tune."):
+        remote.check_storage(storage_settings(config, "train"))
+    monkeypatch.delenv("RAYMLOPS_TUNE_STORAGE")
+    with pytest.raises(UserInputError, match=r"serve\.prediction_log\.uri"):
+        remote.check_storage(storage_settings(config, "monitor"))
+    monkeypatch.setenv("RAYMLOPS_STORAGE", "s3://bucket/raymlops")
+    for step in ("run", "train", "serve", "monitor", "retrain", "batch"):
+        remote.check_storage(storage_settings(config, step))  # everything in shared places
+    # Batch data named on the command line: an object store's, never this machine's.
+    with pytest.raises(UserInputError, match=r"but --input \(/data/in\)"):
+        remote.check_storage({"--input": "/data/in", "--output": "s3://b/out"})
+    remote.check_storage({"--input": "s3://b/in", "--output": "gs://b/out"})
+    # The same settings on a cluster that is this machine: all fine, SQLite included.
+    for name in ("MLFLOW_TRACKING_URI", "RAYMLOPS_STORAGE"):
+        monkeypatch.delenv(name)
+    here = _offline_launcher("http://10.0.0.5:8265", tmp_path, here=True)
+    here.check_storage(storage_settings(config, "run"))
 
 
 def test_the_loop_state_survives_a_process_boundary(tmp_path: Path) -> None:
