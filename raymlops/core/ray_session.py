@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["cluster_resources", "ray_session", "use_token_if_available"]
+__all__ = ["cluster_resources", "largest_free_cpus", "ray_session", "use_token_if_available"]
 
 
 @contextmanager
@@ -61,6 +61,23 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def largest_free_cpus() -> float | None:
+    """The most CPUs free on any one node right now (what one task or one placement-group
+    bundle can get), or None when the cluster's resource state cannot be read. The
+    cluster-wide free count can hide fragments: 0.5 free on each of two nodes is one CPU
+    free, but no 1-CPU trial fits anywhere."""
+    import ray
+
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+        state = get_cluster_resource_state(ray._private.worker.global_worker.gcs_client)
+        alive = [n for n in state.node_states if n.total_resources.get("CPU", 0.0) > 0]
+        return max((float(n.available_resources.get("CPU", 0.0)) for n in alive), default=0.0)
+    except Exception:  # an internal API of Ray's: callers fall back to the totals
+        return None
 
 
 def use_token_if_available() -> None:

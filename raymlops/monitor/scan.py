@@ -322,16 +322,18 @@ def run_pass(
 
 
 def _task_cpus(echo: bool) -> float:
-    """CPUs each Ray Data task reserves: one, unless the cluster has less than one free
-    (Serve replicas beside us hold the rest); then none, so that monitoring shares the cores
-    with mostly idle replicas instead of waiting for a CPU that is never released."""
+    """CPUs each Ray Data task reserves: one on a cluster with every CPU free; none when
+    something else holds CPUs (Serve replicas beside us), so that monitoring shares the
+    cores with mostly idle replicas instead of waiting for a CPU that may not come back
+    before they scale down (even one free CPU can be taken meanwhile by a replica that
+    autoscaling starts)."""
     import ray
 
     free = float(ray.available_resources().get("CPU", 0.0))
-    if free >= 1.0:
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    if free >= 1.0 and free >= total:
         return 1.0
     if echo:
-        total = float(ray.cluster_resources().get("CPU", 0.0))
         say(
             f"▸ {free:g} of {total:g} CPUs free (the rest reserved, e.g. by Serve replicas): "
             "monitoring runs its tasks without a CPU reservation"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from raymlops.core.config import PipelineConfig, SearchSpec
 from raymlops.core.errors import ResourceError, SearchStalledError, TrainingError
 from raymlops.core.report import say
-from raymlops.core.storage import join, storage_root
+from raymlops.core.storage import join, open_location, storage_root
 from raymlops.registry.store import TrialRecord
 from raymlops.train.loop import CHECKPOINT_STATE, TrainingArrays
 
@@ -120,6 +120,30 @@ def plan_concurrency(config: PipelineConfig, resources: dict[str, float]) -> int
     if t.max_concurrent_trials is not None:
         limit = min(limit, t.max_concurrent_trials)
     return max(1, min(limit, trial_count(config)))
+
+
+def _fit_fragments(config: PipelineConfig, echo: bool) -> PipelineConfig:
+    """A single-process trial's CPU share, lowered to what one node has free when no node
+    has a whole `tune.cpus_per_trial` left: Serve replicas with fractional CPUs on every
+    node (a retrain beside the endpoint it will replace) would otherwise leave every trial
+    waiting until they scale down. Unchanged when a node has enough, or none has any."""
+    need = config.tune.cpus_per_trial
+    if uses_train_run(config) or need <= 0:
+        return config
+    from raymlops.core.ray_session import largest_free_cpus
+
+    free = largest_free_cpus()
+    if free is None or free >= need or free < 0.1:
+        return config
+    share = math.floor(free * 20) / 20  # whole twentieths: what Ray's resource math keeps exact
+    say(
+        f"▸ no node has {need:g} CPU free (Serve replicas hold fractions of every node): "
+        f"trials run with {share:g} CPU each",
+        when=echo,
+    )
+    return config.model_copy(
+        update={"tune": config.tune.model_copy(update={"cpus_per_trial": share})}
+    )
 
 
 def trial_count(config: PipelineConfig) -> int:
@@ -298,20 +322,21 @@ def latest_experiment(
 ) -> str | None:
     """The newest restorable experiment of this pipeline under the storage path, skipping
     those in `exclude` (experiments whose result was already registered)."""
+    import pyarrow.fs as pafs
     from ray import tune
 
     storage = experiment_storage(config, home)
-    if "://" in storage:
-        return None
     prefix = (config.tune.experiment_name or config.name) + "-"
-    root = Path(storage)
-    if not root.is_dir():
-        return None
-    for candidate in sorted(root.glob(prefix + "*"), reverse=True):
-        if str(candidate) in exclude:
+    # A local folder or an object store alike (a cluster's Tune storage is s3://…).
+    fs, root = open_location(storage)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = [i.base_name for i in found if i.type == pafs.FileType.Directory]
+    for name in sorted((n for n in names if n.startswith(prefix)), reverse=True):
+        candidate = join(storage, name)
+        if candidate in exclude:
             continue
-        if candidate.is_dir() and tune.Tuner.can_restore(str(candidate)):
-            return str(candidate)
+        if tune.Tuner.can_restore(candidate):
+            return candidate
     return None
 
 
@@ -331,6 +356,7 @@ def run_search(
     from raymlops.core.ray_session import cluster_resources
     from raymlops.train.guard import StallWatch, finish_keeper, start_keeper, take_stall
 
+    config = _fit_fragments(config, echo)
     t = config.tune
     metric, mode = t.resolved_metric()
     concurrency = plan_concurrency(config, cluster_resources())
