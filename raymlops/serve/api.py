@@ -206,14 +206,18 @@ def application_args(
 
 def app_builder(args: dict[str, Any]) -> Any:
     """Application builder for `serve deploy` / `serve run` (import path
-    `raymlops.serving:app_builder`). `args`: `config` (a YAML path, default the embedded
-    example), `overrides` (list of KEY=VALUE), `version` (default: the champion), `home`.
+    `raymlops.serving:app_builder`). `args`: `config_data` (the config itself), or `config`
+    (a YAML path, default the embedded example) and `overrides` (list of KEY=VALUE);
+    `version` (default: the champion), `home`.
     """
-    from raymlops.core.config import load_config
+    from raymlops.core.config import PipelineConfig, load_config
     from raymlops.registry.store import Registry
     from raymlops.serve.app import build_application
 
-    config = load_config(args.get("config"), list(args.get("overrides") or []))
+    if args.get("config_data") is not None:  # what `raymlops serve config` writes
+        config = PipelineConfig.model_validate(args["config_data"])
+    else:
+        config = load_config(args.get("config"), list(args.get("overrides") or []))
     home = args.get("home")
     version = args.get("version")
     if version is None:
@@ -640,6 +644,9 @@ def serve_stop(
     return stopped
 
 
+_TRACKING = "MLFLOW_TRACKING_URI"
+
+
 def serve_config_yaml(
     config_path: str | None,
     overrides: list[str],
@@ -655,10 +662,13 @@ def serve_config_yaml(
 
     config = load_config(config_path, overrides)
     cfg = config.serve
-    args: dict[str, Any] = {"config": config_path, "overrides": list(overrides)}
+    # The config itself, not its path: the file is on this machine, the replicas are not.
+    args: dict[str, Any] = {"config_data": config.model_dump(mode="json")}
     if version is not None:
         args["version"] = int(version)
-    if home is not None:
+    if home is not None and not (config.registry.tracking_uri or os.environ.get(_TRACKING)):
+        # The embedded registry is a file under the home: only a cluster on this machine
+        # can read it, and it needs its path. A tracking server needs no path at all.
         args["home"] = str(home_dir(home))
     env_vars = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     if _resolve_proxy(config) == "haproxy":

@@ -88,11 +88,28 @@ def test_serve_config_yaml_is_a_serve_deploy_file() -> None:
     assert document["http_options"] == {"host": "127.0.0.1", "port": 9100}
     [app] = document["applications"]
     assert app["import_path"] == "raymlops.serving:app_builder"
-    assert app["args"] == {"config": None, "overrides": ["serve.port=9100"], "version": 2}
+    # The config travels inside the file, overrides applied: no path of this machine.
+    assert set(app["args"]) == {"config_data", "version"} and app["args"]["version"] == 2
+    assert app["args"]["config_data"]["serve"]["port"] == 9100
     assert "&id" not in text  # no YAML anchors
     from ray.serve.schema import ServeDeploySchema  # what `serve deploy` validates against
 
     assert ServeDeploySchema.model_validate(document).applications[0].name == "breast-cancer"
+
+
+def test_serve_config_ships_a_home_only_with_the_embedded_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(load_config(None).model_dump(mode="json")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    text = serve_config_yaml(str(config), [], home=tmp_path / "home")
+    assert str(tmp_path) not in text  # neither the config's path nor the home
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    [app] = yaml.safe_load(serve_config_yaml(str(config), [], home=tmp_path / "home"))[
+        "applications"
+    ]
+    assert app["args"]["home"] == str((tmp_path / "home").resolve())  # the SQLite store's folder
 
 
 def test_serve_env_per_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
