@@ -63,11 +63,11 @@ def cluster_resources() -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
-def largest_free_cpus() -> float | None:
+def largest_free_cpus() -> tuple[float, float] | None:
     """The most CPUs free on any one node right now (what one task or one placement-group
-    bundle can get), or None when the cluster's resource state cannot be read. The
-    cluster-wide free count can hide fragments: 0.5 free on each of two nodes is one CPU
-    free, but no 1-CPU trial fits anywhere."""
+    bundle can get) and the most any one node has in all, or None when the cluster's
+    resource state cannot be read. The cluster-wide free count can hide fragments: 0.5
+    free on each of two nodes is one CPU free, but no 1-CPU trial fits anywhere."""
     import ray
 
     try:
@@ -75,7 +75,9 @@ def largest_free_cpus() -> float | None:
 
         state = get_cluster_resource_state(ray._private.worker.global_worker.gcs_client)
         alive = [n for n in state.node_states if n.total_resources.get("CPU", 0.0) > 0]
-        return max((float(n.available_resources.get("CPU", 0.0)) for n in alive), default=0.0)
+        free = max((float(n.available_resources.get("CPU", 0.0)) for n in alive), default=0.0)
+        total = max((float(n.total_resources.get("CPU", 0.0)) for n in alive), default=0.0)
+        return free, total
     except Exception:  # an internal API of Ray's: callers fall back to the totals
         return None
 

@@ -126,14 +126,19 @@ def _fit_fragments(config: PipelineConfig, echo: bool) -> PipelineConfig:
     """A single-process trial's CPU share, lowered to what one node has free when no node
     has a whole `tune.cpus_per_trial` left: Serve replicas with fractional CPUs on every
     node (a retrain beside the endpoint it will replace) would otherwise leave every trial
-    waiting until they scale down. Unchanged when a node has enough, or none has any."""
+    waiting until they scale down. Unchanged when a node has enough free, when none has
+    any, and when no node is that large at all (`plan_concurrency` reports that)."""
     need = config.tune.cpus_per_trial
     if uses_train_run(config) or need <= 0:
         return config
     from raymlops.core.ray_session import largest_free_cpus
 
-    free = largest_free_cpus()
-    if free is None or free >= need or free < 0.1:
+    found = largest_free_cpus()
+    if found is None:
+        return config
+    free, node_total = found
+    # Only fragments left by others: a trial no node could ever hold stays an error.
+    if need > node_total or free >= need or free < 0.1:
         return config
     share = math.floor(free * 20) / 20  # whole twentieths: what Ray's resource math keeps exact
     say(

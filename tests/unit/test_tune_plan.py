@@ -60,3 +60,31 @@ def test_more_cpus_than_the_cluster_has_fails_fast() -> None:
 def test_gpu_request_on_a_cpu_cluster_fails_fast() -> None:
     with pytest.raises(ResourceError, match=r"gpus_per_trial=1 but the Ray cluster has 0 GPUs"):
         plan_concurrency(_config("tune.gpus_per_trial=1"), {"CPU": 2})
+
+
+@pytest.mark.parametrize(
+    ("found", "need", "expected"),
+    [
+        ((0.5, 1.0), 1.0, 0.5),  # replicas hold half of every node: trials take half
+        ((0.55, 1.0), 1.0, 0.55),
+        ((1.0, 1.0), 1.0, 1.0),  # a whole CPU free somewhere: unchanged
+        ((0.0, 1.0), 1.0, 1.0),  # nothing free at all: wait (the stall watch guards)
+        ((2.0, 2.0), 64.0, 64.0),  # no node that large: stays plan_concurrency's error
+        (None, 1.0, 1.0),  # the resource state unreadable: unchanged
+    ],
+)
+def test_single_process_trials_fit_the_cpu_fragments_replicas_leave(
+    monkeypatch: pytest.MonkeyPatch,
+    found: tuple[float, float] | None,
+    need: float,
+    expected: float,
+) -> None:
+    from raymlops.core import ray_session
+    from raymlops.train.search import _fit_fragments
+
+    monkeypatch.setattr(ray_session, "largest_free_cpus", lambda: found)
+    config = load_config(None, [f"tune.cpus_per_trial={need}"])
+    assert _fit_fragments(config, echo=False).tune.cpus_per_trial == expected
+    # A Ray Train trial's workers reserve their own CPUs: never changed here.
+    parallel = load_config(None, [f"tune.cpus_per_trial={need}", "train.num_workers=2"])
+    assert _fit_fragments(parallel, echo=False).tune.cpus_per_trial == need
