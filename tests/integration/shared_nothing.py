@@ -62,7 +62,17 @@ S3_KEYS = {
 _NODE_SH = r"""
 set -e
 name=$1; shift
+# The software (this checkout, its virtual environment) may itself live under /tmp: keep it
+# at its path, as an image would have it, and hide everything else there.
+keep=/run/rmo-keep/$name; i=0
+for path in $(echo "$KEEP_PATHS" | tr ':' ' '); do
+  mkdir -p "$keep/$i" && mount --bind "$path" "$keep/$i"; i=$((i+1))
+done
 mount -t tmpfs -o size=2g,mode=1777 tmpfs /tmp
+i=0
+for path in $(echo "$KEEP_PATHS" | tr ':' ' '); do
+  mkdir -p "$path" && mount --move "$keep/$i" "$path"; i=$((i+1))
+done
 mount -t tmpfs -o mode=755 tmpfs /home
 mount -t tmpfs -o size=3g,mode=1777 tmpfs /dev/shm
 if [ -d "$REAL_HOME/.ray" ]; then mount -t tmpfs tmpfs "$REAL_HOME/.ray"; fi
@@ -291,8 +301,19 @@ def _node_env(cluster: SharedNothingCluster) -> dict[str, str]:
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=cluster.token,
         REAL_HOME=os.path.expanduser("~"),
+        KEEP_PATHS=":".join(str(p) for p in _software_under_tmp()),
     )
     return env
+
+
+def _software_under_tmp() -> list[Path]:
+    """This checkout and its virtual environment, where they are under /tmp (a CI clone):
+    the nodes' private /tmp must not hide the software they run."""
+    found: list[Path] = []
+    for path in sorted({REPO.resolve(), Path(sys.prefix).resolve()}, key=lambda p: len(p.parts)):
+        if path.is_relative_to("/tmp") and not any(path.is_relative_to(f) for f in found):
+            found.append(path)
+    return found
 
 
 def _ray_node(
@@ -354,3 +375,5 @@ def shared_nothing_cluster() -> Iterator[SharedNothingCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        for name in cluster.node_ips:  # the empty mount points of kept folders
+            shutil.rmtree(f"/run/rmo-keep/{name}", ignore_errors=True)
