@@ -377,3 +377,5 @@ def shared_nothing_cluster() -> Iterator[SharedNothingCluster]:
         shutil.rmtree(folder, ignore_errors=True)
         for name in cluster.node_ips:  # the empty mount points of kept folders
             shutil.rmtree(f"/run/rmo-keep/{name}", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir("/run/rmo-keep")  # unless another cluster of these is running
