@@ -14,18 +14,19 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int, stream: TextIO | None = None) -> None:
-    """`error: MESSAGE` on the terminal (not the file Ray's lines go to), and exit."""
+def _fail(message: str, code: int) -> None:
+    """`error: MESSAGE` where the library's lines go (the terminal, not the file Ray's
+    lines are routed to), and exit."""
     from raymlops.core.report import current
 
-    click.secho(f"error: {message}", fg="red", err=True, file=stream or current().stderr)
+    click.secho(f"error: {message}", fg="red", err=True, file=current().stderr)
     sys.exit(code)
 
 
@@ -50,7 +51,7 @@ def _handle_errors(func: F) -> F:
         home = kwargs.get("home")
         folder = home_dir(home if isinstance(home, str) else None) / "logs"
         with route_foreign_logs(folder, name or "raymlops", verbose=_verbose()) as routed:
-            return _run_reporting_errors(func, args, kwargs, routed.terminal, routed.hint)
+            return _run_reporting_errors(func, args, kwargs, routed.hint)
 
     return wrapper  # type: ignore[return-value]
 
@@ -59,28 +60,28 @@ def _run_reporting_errors(
     func: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    terminal: TextIO,
     hint: Callable[[], str],
 ) -> Any:
-    """`func(*args, **kwargs)`; an error becomes one line on `terminal` and an exit code:
+    """`func(*args, **kwargs)`; an error becomes one line (`_fail`) and an exit code:
     2 for bad input, 1 for failed work, 130 for Ctrl-C."""
     from raymlops.core.errors import RaymlopsError
+    from raymlops.core.report import current
 
     try:
         return func(*args, **kwargs)
     except RaymlopsError as exc:
         if os.environ.get("RAYMLOPS_DEBUG"):
-            traceback.print_exc(file=terminal)
+            traceback.print_exc(file=current().stderr)
         # Bad input (exit 2) is explained by its own line; failed work may need the log.
-        _fail(str(exc) + (hint() if exc.exit_code != 2 else ""), exc.exit_code, terminal)
+        _fail(str(exc) + (hint() if exc.exit_code != 2 else ""), exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted", 130, terminal)
+        _fail("interrupted", 130)
     except (click.ClickException, click.exceptions.Exit, SystemExit):
         raise
     except Exception as exc:  # the last line of defence: one line, not a traceback
         if os.environ.get("RAYMLOPS_DEBUG"):
-            traceback.print_exc(file=terminal)
-        _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)" + hint(), 1, terminal)
+            traceback.print_exc(file=current().stderr)
+        _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)" + hint(), 1)
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 from raymlops.core.report import Reporter, reporting
 
@@ -32,11 +31,11 @@ KEEP_LOGS = 20
 
 
 class RoutedLogs:
-    """Where the foreign log lines of one command go, and the terminal its own words go to."""
+    """Where the foreign log lines of one command go (None: where they always went). Its
+    own words go through the current reporter, which the block points at the terminal."""
 
-    def __init__(self, path: Path | None, terminal: TextIO) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.terminal = terminal
 
     def hint(self) -> str:
         """`" (Ray's and MLflow's log: PATH)"` when the file holds something, else ''."""
@@ -71,7 +70,7 @@ def route_foreign_logs(folder: Path, name: str, *, verbose: bool = False) -> Ite
     stderr. Nothing is redirected with `verbose`, or when stderr is not descriptor 2 (a
     test's captured stream, a notebook): Ray's lines then show as they always did."""
     if verbose or not _redirectable():
-        yield RoutedLogs(None, sys.stderr)
+        yield RoutedLogs(None)
         return
     path = _log_path(folder, name)
     sys.stderr.flush()
@@ -85,7 +84,7 @@ def route_foreign_logs(folder: Path, name: str, *, verbose: bool = False) -> Ite
     )
     with open(path, "ab", buffering=0) as log:
         os.dup2(log.fileno(), 2)
-        routed = RoutedLogs(path, terminal)
+        routed = RoutedLogs(path)
         try:
             with reporting(Reporter(stderr=terminal)):
                 yield routed
