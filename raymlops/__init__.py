@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "ResourceError": "raymlops.core.errors",
     "RunResult": "raymlops.loop.pipeline",
     "SearchStalledError": "raymlops.core.errors",
+    "ServiceUnreachableError": "raymlops.core.errors",
     "ServeStatus": "raymlops.serve.api",
     "ServingError": "raymlops.serve.api",
     "TrainResult": "raymlops.loop.training",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
         RegistryError,
         ResourceError,
         SearchStalledError,
+        ServiceUnreachableError,
         TrainingError,
         UserInputError,
     )

@@ -79,8 +79,13 @@ def _run_reporting_errors(
     except (click.ClickException, click.exceptions.Exit, SystemExit):
         raise
     except Exception as exc:  # the last line of defence: one line, not a traceback
+        from raymlops.core.storage import network_failure
+
         if os.environ.get("RAYMLOPS_DEBUG"):
             traceback.print_exc(file=current().stderr)
+        unreachable = network_failure(exc)
+        if unreachable is not None:
+            _fail(f"the object store does not answer: {unreachable}" + hint(), 1)
         _fail(f"{_one_line(exc)} (set RAYMLOPS_DEBUG=1 for the traceback)" + hint(), 1)
 
 

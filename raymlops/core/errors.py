@@ -15,6 +15,7 @@ __all__ = [
     "RegistryError",
     "ResourceError",
     "SearchStalledError",
+    "ServiceUnreachableError",
     "TrainingError",
     "UserInputError",
 ]
@@ -58,3 +59,8 @@ class TrainingError(RaymlopsError):
 
 class SearchStalledError(TrainingError):
     """A search stopped because it could make no progress (resources held, trials waiting)."""
+
+
+class ServiceUnreachableError(RaymlopsError):
+    """A service the work needs (the MLflow tracking server, the object store) does not
+    answer: nothing was changed there, and the same command can run again once it does."""

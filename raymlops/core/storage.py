@@ -14,21 +14,26 @@ S3-compatible store such as MinIO).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from raymlops.core.errors import UserInputError
+from raymlops.core.errors import ServiceUnreachableError, UserInputError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 __all__ = [
     "ENV_STORAGE",
+    "check_reachable",
     "exists",
     "is_local",
     "join",
+    "network_failure",
     "open_location",
+    "reaching",
     "read_bytes",
     "storage_root",
     "write_bytes",
@@ -63,11 +68,65 @@ def open_location(location: str) -> tuple[pafs.FileSystem, str]:
 
     try:
         if "://" in location:
-            fs, path = pafs.FileSystem.from_uri(location)
+            with reaching(location):  # resolving an S3 bucket's region asks the store
+                fs, path = pafs.FileSystem.from_uri(location)
             return fs, path.rstrip("/")
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserInputError(f"cannot open {location}: {exc}") from None
     return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+#: What pyarrow's and the cloud SDKs' errors say when the store itself did not answer
+#: (as opposed to a missing file or a refused permission).
+_NETWORK_SIGNS = (
+    "NETWORK_CONNECTION",
+    "curlCode",
+    "Could not connect",
+    "resolve host",
+    "Connection refused",
+    "Failed to connect",
+    "timed out",
+)
+
+
+def network_failure(exc: BaseException) -> str | None:
+    """The line of `exc` (or of an exception it was raised from) that says a store did not
+    answer, or None when the error is something else."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, OSError | ConnectionError) and any(s in text for s in _NETWORK_SIGNS):
+            detail = text.split("Details:", 1)[-1].strip() if "Details:" in text else text
+            return detail.splitlines()[0][:200] if detail else type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def reaching(location: str) -> Iterator[None]:
+    """Turn "the object store did not answer" while working on `location` into a
+    ServiceUnreachableError naming it (exit 1); other errors pass unchanged."""
+    try:
+        yield
+    except ServiceUnreachableError:
+        raise
+    except Exception as exc:
+        detail = network_failure(exc)
+        if detail is None:
+            raise
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        where = f" (endpoint {endpoint})" if endpoint and location.startswith("s3://") else ""
+        raise ServiceUnreachableError(
+            f"the object store does not answer for {location}{where}: {detail}"
+        ) from None
+
+
+def check_reachable(location: str) -> None:
+    """Fail fast, before any work, when `location` is in an object store that does not
+    answer (ServiceUnreachableError naming it). A local path always passes."""
+    if is_local(location):
+        return
+    exists(location)
 
 
 def write_bytes(location: str, data: bytes) -> None:
@@ -77,15 +136,16 @@ def write_bytes(location: str, data: bytes) -> None:
 
     fs, path = open_location(location)
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        hidden = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp"
-        with fs.open_output_stream(hidden) as out:
+    with reaching(location):
+        fs.create_dir(parent, recursive=True)
+        if isinstance(fs, pafs.LocalFileSystem):
+            hidden = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp"
+            with fs.open_output_stream(hidden) as out:
+                out.write(data)
+            os.replace(hidden, path)
+            return
+        with fs.open_output_stream(path) as out:
             out.write(data)
-        os.replace(hidden, path)
-        return
-    with fs.open_output_stream(path) as out:
-        out.write(data)
 
 
 def read_bytes(location: str) -> bytes | None:
@@ -93,10 +153,11 @@ def read_bytes(location: str) -> bytes | None:
     import pyarrow.fs as pafs
 
     fs, path = open_location(location)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return bytes(stream.read())
+    with reaching(location):
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as stream:
+            return bytes(stream.read())
 
 
 def exists(location: str) -> bool:
@@ -104,4 +165,5 @@ def exists(location: str) -> bool:
     import pyarrow.fs as pafs
 
     fs, path = open_location(location)
-    return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
+    with reaching(location):
+        return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)

@@ -66,6 +66,7 @@ def train_and_register(
 ) -> TrainResult:
     """Load and check the data, tune, evaluate the best trial on the test split, and
     register it. Nothing is registered unless every step succeeds."""
+    from raymlops.core.storage import check_reachable
     from raymlops.train.search import experiment_storage, latest_experiment, run_search
 
     started = time.monotonic()
@@ -99,7 +100,10 @@ def train_and_register(
         f", sha256:{dataset.digest[:12]}…",
         when=echo,
     )
-    registry.experiment_id(config.registry.experiment)  # fail fast on a bad tracking URI
+    # Fail fast, before any trial runs: a tracking server or Tune's object store that does
+    # not answer is named now, and nothing is registered.
+    registry.experiment_id(config.registry.experiment)
+    check_reachable(experiment_storage(config, home_path))
 
     resume_path: str | None = resume if isinstance(resume, str) and resume else None
     if resume is True:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from raymlops.core.config import config_hash
 from raymlops.core.environment import code_version, environment
-from raymlops.core.errors import RegistryError
+from raymlops.core.errors import RegistryError, ServiceUnreachableError
 from raymlops.core.home import home_dir
 from raymlops.registry.lock import alias_lock, is_lock_name
 
@@ -43,6 +43,7 @@ __all__ = [
     "ModelVersionInfo",
     "Registry",
     "TrialRecord",
+    "check_server",
     "default_actor",
     "load_predictor",
     "metric_key",
@@ -169,6 +170,31 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if not isinstance(value, str) else value
 
 
+def check_server(uri: str, attempts: int = 3, timeout_s: float = 3.0) -> None:
+    """ServiceUnreachableError naming `uri` unless the MLflow tracking server there answers
+    (any HTTP status counts). Asked once before the first request: MLflow's own client
+    retries a dead server for about four minutes before it says so."""
+    import urllib.error
+    import urllib.request
+
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (authentication, a proxy without /health)
+        except (urllib.error.URLError, OSError) as exc:
+            cause = getattr(exc, "reason", exc)
+            reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        if attempt + 1 < attempts:
+            time.sleep(1.0 + attempt)
+    raise ServiceUnreachableError(
+        f"the MLflow tracking server {uri} does not answer ({reason}); start it, or point "
+        "MLFLOW_TRACKING_URI (or registry.tracking_uri) at one that runs"
+    )
+
+
 class Registry:
     """MLflow tracking + model registry behind one object (embedded SQLite by default)."""
 
@@ -190,6 +216,8 @@ class Registry:
     def client(self) -> MlflowClient:
         if self._client is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            if self.tracking_uri.startswith(("http://", "https://")):
+                check_server(self.tracking_uri)
             from mlflow import MlflowClient
 
             self._client = MlflowClient(

@@ -50,6 +50,7 @@ PUBLIC_NAMES = [
     "RunResult",
     "SearchStalledError",
     "ServeStatus",
+    "ServiceUnreachableError",
     "ServingError",
     "TrainResult",
     "TrainingError",
