@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from raymlops.core.config import DataConfig, FeaturesConfig
 from raymlops.core.errors import DataError
+from raymlops.core.storage import open_location, reaching
 
 __all__ = [
     "MAX_CLASSES",
@@ -821,6 +822,39 @@ def _synth_chunks(
         start += n
 
 
+def _write_chunks(
+    fs: pafs.FileSystem, target: str, lower: str, chunks: Iterator[pa.Table], progress: Any
+) -> None:
+    """Write tables as one CSV file, one Parquet file or a folder of Parquet parts (by the
+    name's ending), counting rows into `progress`."""
+    single = lower.endswith((".csv", ".parquet", ".pq"))
+    fs.create_dir(target.rsplit("/", 1)[0] if single else target, recursive=True)
+    if lower.endswith(".csv"):
+        with fs.open_output_stream(target) as sink:
+            for i, chunk in enumerate(chunks):
+                options = pacsv.WriteOptions(include_header=i == 0)
+                pacsv.write_csv(chunk, sink, write_options=options)
+                if progress is not None:
+                    progress(chunk.num_rows)
+    elif single:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for chunk in chunks:
+                if writer is None:
+                    writer = pq.ParquetWriter(target, chunk.schema, filesystem=fs)
+                writer.write_table(chunk)
+                if progress is not None:
+                    progress(chunk.num_rows)
+        finally:
+            if writer is not None:
+                writer.close()
+    else:
+        for i, chunk in enumerate(chunks):
+            pq.write_table(chunk, f"{target}/part-{i:05d}.parquet", filesystem=fs)
+            if progress is not None:
+                progress(chunk.num_rows)
+
+
 def synth_dataset(
     out: str,
     rows: int,
@@ -841,8 +875,9 @@ def synth_dataset(
     `drift` share of categorical mass from frequent to rare levels, so a dataset made with
     `--drift 0.5` is the same concept under covariate shift.
 
-    `out` ending in .csv writes one CSV file, in .parquet one Parquet file, anything else a
-    folder of Parquet parts (one per chunk), which Ray Data reads in parallel.
+    `out` (a path or a URI such as s3://bucket/synth) ending in .csv writes one CSV file,
+    in .parquet one Parquet file, anything else a folder of Parquet parts (one per chunk),
+    which Ray Data reads in parallel.
     """
     if rows < 1:
         raise DataError("--rows must be at least 1")
@@ -850,34 +885,8 @@ def synth_dataset(
         raise DataError("need at least one feature (--features or --categorical)")
     if drift < 0:
         raise DataError("--drift must be >= 0")
-    target = Path(out)
+    fs, target = open_location(out)
     chunks = _synth_chunks(rows, features, categorical, task, drift, seed, chunk_rows)
-    if out.lower().endswith(".csv"):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as sink:
-            first = True
-            for chunk in chunks:
-                pacsv.write_csv(chunk, sink, write_options=pacsv.WriteOptions(include_header=first))
-                first = False
-                if progress is not None:
-                    progress(chunk.num_rows)
-    elif out.lower().endswith((".parquet", ".pq")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        writer: pq.ParquetWriter | None = None
-        try:
-            for chunk in chunks:
-                if writer is None:
-                    writer = pq.ParquetWriter(str(target), chunk.schema)
-                writer.write_table(chunk)
-                if progress is not None:
-                    progress(chunk.num_rows)
-        finally:
-            if writer is not None:
-                writer.close()
-    else:
-        target.mkdir(parents=True, exist_ok=True)
-        for i, chunk in enumerate(chunks):
-            pq.write_table(chunk, str(target / f"part-{i:05d}.parquet"))
-            if progress is not None:
-                progress(chunk.num_rows)
-    return str(target)
+    with reaching(out):  # an object store that does not answer: named, exit 1
+        _write_chunks(fs, target, out.lower(), chunks, progress)
+    return out
