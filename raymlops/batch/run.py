@@ -189,6 +189,26 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+class _WorkersLost(RaymlopsError):
+    """Actors or a whole node of the pool were lost (a machine died, a raylet was killed):
+    the units they held are redone, not the run failed."""
+
+
+def _lost_workers(exc: BaseException) -> BaseException | None:
+    """The Ray error in `exc`'s chain that says actors, workers or a node were lost (work
+    lost with its process or machine, rather than failed in it), or None."""
+    from ray import exceptions as rex
+
+    lost = (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError, rex.WorkerCrashedError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, lost):
+            found: BaseException = seen
+            return found
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _execute(
     pending: list[WorkUnit],
     plan: ResourcePlan,
@@ -196,11 +216,14 @@ def _execute(
     model: tuple[dict[str, bytes], dict[str, str], dict[str, Any]],
     max_retries: int,
     echo: bool,
-) -> list[dict[str, Any]]:
-    """Run the pending units on an actor pool; return their statistics as they come.
+    results: list[dict[str, Any]],
+) -> None:
+    """Run the pending units on an actor pool, appending their statistics to `results` as
+    they come (so that what finished before a failure is kept).
 
     Stops at the first unit that reports an error and raises it (DataError for bad input,
-    exit code 2; RaymlopsError otherwise)."""
+    exit code 2; RaymlopsError otherwise); `_WorkersLost` when the pool lost actors or a
+    node, which a caller may answer by running the units still without output again."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -243,10 +266,9 @@ def _execute(
         )
     known_rows = all(u.num_rows is not None for u in pending)
     total = sum(u.num_rows or 0 for u in pending) if known_rows else len(pending)
-    results: list[dict[str, Any]] = []
-    failure: dict[str, Any] | None = None
     noun = "row" if known_rows else "unit"
     label = f"predicting {total:,} {noun}{'' if total == 1 else 's'}"
+    failure: dict[str, Any] | None = None
     try:
         with contextlib.ExitStack() as stack:
             # Drawn on a terminal, one line in logs; nothing unless asked (echo).
@@ -267,6 +289,9 @@ def _execute(
     except (RaymlopsError, KeyboardInterrupt):
         raise
     except Exception as exc:
+        lost = _lost_workers(exc)
+        if lost is not None:
+            raise _WorkersLost(f"the pool lost workers ({type(lost).__name__})") from exc
         raise RaymlopsError(f"batch inference failed on Ray: {_one_line(exc)}") from exc
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved
@@ -275,7 +300,6 @@ def _execute(
         if failure.get("user"):
             raise DataError(str(failure["error"]))
         raise RaymlopsError(f"unit {failure['unit']} ({failure['file']}): {failure['error']}")
-    return results
 
 
 @dataclass
@@ -587,9 +611,6 @@ def _compute(
         when=echo,
     )
     out.clean_temp()
-    plan = _actor_plan(config, request, len(work.pending), echo)
-    spec = _worker_spec(config, request, work, model, out, plan)
-    say(f"▸ {plan.describe()}", when=echo)
     run_name = f"batch-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
     tags = {
         "mlflow.runName": run_name,
@@ -604,8 +625,7 @@ def _compute(
         registry.run(run_name, tags, experiment=config.registry.experiment)
     )
     marks["execute"] = time.time()
-    model_args = (model.files, model.digests, model.metadata)
-    new = _execute(work.pending, plan, spec, model_args, config.batch.max_retries, echo)
+    new, plan = _run_rounds(config, request, work, model, echo)
     computed = time.monotonic()
     marks["computed"] = time.time()
     missing = [u.output_name for u in units if not out.exists(u.output_name)]
@@ -639,6 +659,49 @@ def _compute(
     )
     finished.phases["finish"] = time.time() - marks["computed"]
     return finished
+
+
+def _run_rounds(
+    config: PipelineConfig, request: _Request, work: _Work, model: _Model, echo: bool
+) -> tuple[list[dict[str, Any]], ResourcePlan]:
+    """Run the pending units; when the pool loses workers (a node dies), plan a new pool
+    on what the cluster has then and run the units still without output, up to
+    `batch.max_retries` more rounds. Returns the units' statistics and the last plan.
+
+    A unit's output appears only complete, so a unit finished before the loss is never
+    redone and one lost half-way is redone from scratch: every row is written once."""
+    out, rounds = work.out, config.batch.max_retries + 1
+    model_args = (model.files, model.digests, model.metadata)
+    new: list[dict[str, Any]] = []
+    pending = list(work.pending)
+    for attempt in range(1, rounds + 1):
+        plan = _actor_plan(config, request, len(pending), echo)
+        spec = _worker_spec(config, request, work, model, out, plan)
+        say(f"▸ {plan.describe()}", when=echo)
+        try:
+            _execute(pending, plan, spec, model_args, config.batch.max_retries, echo, new)
+            return new, plan
+        except _WorkersLost as lost:
+            seen = {int(s["unit"]) for s in new}
+            # Units committed before the loss whose statistics never reached this driver.
+            new += [read_unit_stats(out, u) for u in pending
+                    if u.index not in seen and out.exists(u.output_name)]  # fmt: skip
+            pending = [u for u in pending if not out.exists(u.output_name)]
+            if not pending:  # the loss came after the last unit was written
+                return new, plan
+            if attempt == rounds:
+                raise RaymlopsError(
+                    f"{lost} in each of {rounds} rounds; {len(pending)} unit(s) have no "
+                    "output: run the same command again to finish them"
+                ) from lost
+            pause = min(5.0 * 2 ** (attempt - 1), 30.0)  # let the cluster notice the loss
+            say(
+                f"▸ {lost}; redoing the {len(pending)} unit(s) without output in "
+                f"{pause:.0f} s on what the cluster has then (round {attempt + 1} of {rounds})",
+                when=echo,
+            )
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _actor_plan(

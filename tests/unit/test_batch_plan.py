@@ -514,3 +514,22 @@ def test_the_pool_plans_with_the_free_cpus_only() -> None:
     assert plan_resources(usable, 10).actors == 1
     with pytest.raises(ResourceError, match="none of the Ray cluster's 4 CPUs is free"):
         usable_resources(total, {"CPU": 0.0})
+
+
+def test_work_lost_with_a_node_is_told_from_work_that_failed() -> None:
+    """A lost actor or node (redone in a new round) against any other failure (raised)."""
+    from ray import exceptions as rex
+
+    from raymlops.batch.run import _lost_workers
+
+    lost = rex.ActorUnavailableError("the node is gone", None)
+    try:
+        try:
+            raise lost
+        except rex.RayError as exc:
+            raise RuntimeError("Ray Data's wrapper") from exc
+    except RuntimeError as wrapped:
+        assert _lost_workers(wrapped) is lost
+    assert isinstance(_lost_workers(rex.NodeDiedError("node x died")), rex.NodeDiedError)
+    assert _lost_workers(ValueError("a bad value")) is None
+    assert _lost_workers(rex.RayTaskError("f", "traceback", ValueError("in the unit"))) is None
