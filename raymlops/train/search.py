@@ -138,7 +138,14 @@ def _fit_fragments(config: PipelineConfig, echo: bool) -> PipelineConfig:
         return config
     free, node_total = found
     # Only fragments left by others: a trial no node could ever hold stays an error.
-    if need > node_total or free >= need or free < 0.1:
+    if need > node_total or free >= need:
+        return config
+    if free < 0.1:
+        say(
+            f"▸ no node has a CPU free now (Serve replicas or other jobs hold them): trials "
+            f"of {need:g} CPU wait until one frees up",
+            when=echo,
+        )
         return config
     share = math.floor(free * 20) / 20  # whole twentieths: what Ray's resource math keeps exact
     say(
@@ -254,6 +261,10 @@ class _Progress:
                 # Also called on resume, where Tune restores this callback from its state.
                 outer.started = time.monotonic()
 
+            def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+                if not outer.counted_earlier:
+                    outer.count_earlier(trials)
+
             def on_trial_complete(
                 self, iteration: int, trials: list[Any], trial: Any, **info: Any
             ) -> None:
@@ -275,6 +286,7 @@ class _Progress:
         self.done = 0
         self.best: float | None = None
         self.started = time.monotonic()
+        self.counted_earlier = False
 
     def recovered(self, trial: Any) -> None:
         if self.echo:
@@ -283,17 +295,36 @@ class _Progress:
                 f"(retry {trial.run_metadata.num_failures} of at most {self.max_failures})"
             )
 
+    def count_earlier(self, trials: list[Any]) -> None:
+        """Count the trials a resumed search had finished before it was interrupted, so that
+        its lines go on from there (on a new search there are none)."""
+        self.counted_earlier = True
+        earlier = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        for trial in earlier:
+            self._note_best(trial.last_result or {})
+        self.done = len(earlier)
+        if self.echo and earlier:
+            best = f"{self.best:.4g}" if self.best is not None else "-"
+            say(
+                f"  {len(earlier)} of {self.total} trials finished before the interruption; "
+                f"best {self.metric} so far {best}"
+            )
+
+    def _note_best(self, last: dict[str, Any]) -> None:
+        value = last.get("best_" + self.metric)
+        if value is None or value != value:  # missing or NaN
+            return
+        if self.best is None:
+            self.best = float(value)
+        elif self.mode == "min":
+            self.best = min(self.best, float(value))
+        else:
+            self.best = max(self.best, float(value))
+
     def finished(self, trial: Any, how: str) -> None:
         self.done += 1
         last = trial.last_result or {}
-        value = last.get("best_" + self.metric)
-        if value is not None and value == value:
-            if self.best is None:
-                self.best = float(value)
-            elif self.mode == "min":
-                self.best = min(self.best, float(value))
-            else:
-                self.best = max(self.best, float(value))
+        self._note_best(last)
         if not self.echo:
             return
         epochs = int(last.get("epoch", last.get("training_iteration", 0)))

@@ -88,3 +88,18 @@ def test_single_process_trials_fit_the_cpu_fragments_replicas_leave(
     # A Ray Train trial's workers reserve their own CPUs: never changed here.
     parallel = load_config(None, [f"tune.cpus_per_trial={need}", "train.num_workers=2"])
     assert _fit_fragments(parallel, echo=False).tune.cpus_per_trial == need
+
+
+def test_trials_that_must_wait_for_a_cpu_say_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raymlops.core import ray_session
+    from raymlops.train.search import _fit_fragments
+
+    config = load_config(None, ["tune.cpus_per_trial=1"])
+    monkeypatch.setattr(ray_session, "largest_free_cpus", lambda: (0.0, 1.0))
+    assert _fit_fragments(config, echo=True).tune.cpus_per_trial == 1
+    assert "no node has a CPU free now" in capsys.readouterr().err
+    monkeypatch.setattr(ray_session, "largest_free_cpus", lambda: (1.0, 1.0))
+    _fit_fragments(config, echo=True)
+    assert capsys.readouterr().err == ""
