@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -428,18 +427,12 @@ class _Loop:
     def _monitor(self) -> None:
         from raymlops.monitor.run import monitor
 
+        # Stored with the run (a URI on a cluster); also in MLflow.
         location = self.state.file("drift-report.html")
-        with tempfile.TemporaryDirectory(prefix="raymlops-report-") as tmp:
-            # Written here, then stored with the run (a URI on a cluster); also in MLflow.
-            local = Path(tmp) / "drift-report.html" if not is_local(location) else Path(location)
-            self.monitored = monitor(
-                self.config, since=self.state.traffic_since, home=self.home, report=local
-            )
-            report = self.monitored.report_path
-            if report and not is_local(location):
-                write_bytes(location, Path(report).read_bytes())
-                self.monitored.report_path = location
-        self.state.report_path = location if report else None
+        self.monitored = monitor(
+            self.config, since=self.state.traffic_since, home=self.home, report=location
+        )
+        self.state.report_path = location if self.monitored.report_path else None
         self.say(self.monitored.summary())
 
     def _retrain(self) -> None:

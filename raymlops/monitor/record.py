@@ -3,8 +3,11 @@ KPI history, the report) with the version tagged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,13 +27,49 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- outputs
 
 
-def _write_outputs(result: MonitorResult, report: str | Path | None, home: Path) -> None:
+def report_location(
+    result: MonitorResult, report: str | Path | None, home: Path, storage: str | None
+) -> str:
+    """Where a run's HTML report goes (its JSON beside it): `report` as given (a path or a
+    URI), else under the shared storage when one is configured (a cluster's jobs write where
+    the laptop can read, not on a node's disk), else under the home."""
+    from raymlops.core.storage import join, storage_root
+
+    if report is not None:
+        return str(report) if "://" in str(report) else str(Path(report).expanduser().resolve())
+    stamp = result.generated_at.strftime("%Y%m%d-%H%M%S")
+    name = f"monitor-v{result.version}-{stamp}.html"
+    shared = storage_root(storage)
+    if shared is not None:
+        return join(shared, "reports", result.model_name, name)
+    return str(home / "reports" / result.model_name / name)
+
+
+@contextlib.contextmanager
+def staged_report(result: MonitorResult, location: str | None) -> Iterator[Path | None]:
+    """A local path for the report while the run writes and logs it (None when no files are
+    written); when `location` is a URI, the HTML and JSON files are stored there at the end
+    and the result names them by their URIs."""
+    from raymlops.core.storage import is_local, write_bytes
+
+    if location is None or is_local(location):
+        yield Path(location) if location is not None else None
+        return
+    with tempfile.TemporaryDirectory(prefix="raymlops-report-") as tmp:
+        local = Path(tmp) / location.rsplit("/", 1)[-1]
+        yield local
+        json_location = location.rsplit(".", 1)[0] + ".json"
+        try:
+            write_bytes(location, local.read_bytes())
+            write_bytes(json_location, local.with_suffix(".json").read_bytes())
+        except OSError as exc:
+            raise UserInputError(f"cannot store the report at {location}: {exc}") from None
+        result.report_path, result.json_path = location, json_location
+
+
+def _write_outputs(result: MonitorResult, path: Path) -> None:
     from raymlops.monitor.report import render_html
 
-    if report is None:
-        stamp = result.generated_at.strftime("%Y%m%d-%H%M%S")
-        report = home / "reports" / result.model_name / f"monitor-v{result.version}-{stamp}.html"
-    path = Path(report).expanduser().resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -103,9 +142,9 @@ def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorRe
         }
         registry.log(run_id, metrics=metrics, params=params)
         _log_window_history(registry, run_id, result)
-        if result.report_path is not None:
+        if isinstance(result.report_path, Path):
             registry.log_file(run_id, result.report_path, "monitor")
-        if result.json_path is not None:
+        if isinstance(result.json_path, Path):
             result.run_id = run_id
             result.json_path.write_text(json.dumps(result.to_dict(), indent=2))
             registry.log_file(run_id, result.json_path, "monitor")

@@ -136,8 +136,8 @@ class MonitorResult:
     window: str
     reference_rows: int
     prediction_reference: str = ""
-    report_path: Path | str | None = None  # a URI once stored with a job chain's run
-    json_path: Path | None = None
+    report_path: Path | str | None = None  # a URI when stored in an object store
+    json_path: Path | str | None = None
     run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -58,7 +58,12 @@ if TYPE_CHECKING:
 
 from raymlops.data.prediction_log import configured_log
 from raymlops.monitor.kpis import _kpis, _load_reference, _performance, _read_labels, _Reference
-from raymlops.monitor.record import _log_to_mlflow, _write_outputs
+from raymlops.monitor.record import (
+    _log_to_mlflow,
+    _write_outputs,
+    report_location,
+    staged_report,
+)
 from raymlops.monitor.scan import (
     _Files,
     _list_source,
@@ -114,6 +119,24 @@ def _since(files: _Files, since_at: datetime | None) -> _Files:
     )
 
 
+def _check_columns(
+    root: str, names: set[str], ref: _Reference, model: str, since: bool, labels: bool
+) -> None:
+    """DataError naming what the source lacks for the version's features, `--since` (a
+    timestamp) or `--labels` (the prediction and the request id to join on)."""
+    missing = [c for c in [*ref.numeric, *ref.categorical] if c not in names]
+    if missing:
+        raise DataError(
+            f"{root} lacks feature column(s) of {model} v{ref.version}: {', '.join(missing)}"
+        )
+    if since and "timestamp" not in names:
+        raise DataError(f"--since needs a 'timestamp' column, which {root} does not have")
+    if labels and "prediction" not in names:
+        raise DataError(f"--labels needs the log's 'prediction' column, which {root} lacks")
+    if labels and "request_id" not in names:
+        raise DataError(f"--labels joins on 'request_id', which {root} does not have")
+
+
 def run_monitor(
     config: PipelineConfig,
     *,
@@ -155,22 +178,12 @@ def run_monitor(
     say(f"▸ monitoring {model_name} v{ref.version}: {root} against its training profile", when=echo)
     files = _list_source(root)
     names = set(_schema_names(files))
-    missing = [c for c in [*ref.numeric, *ref.categorical] if c not in names]
-    if missing:
-        raise DataError(
-            f"{root} lacks feature column(s) of {model_name} v{ref.version}: {', '.join(missing)}"
-        )
-    if since_at is not None and "timestamp" not in names:
-        raise DataError(f"--since needs a 'timestamp' column, which {root} does not have")
     labels_path = labels if labels is not None else cfg.labels
+    _check_columns(root, names, ref, model_name, since_at is not None, labels_path is not None)
     label_column = cfg.label_column or config.data.label
     task = ref.dataset.get("task", "classification")
     classes = ref.dataset.get("classes")
     proba_columns = [f"proba_{c}" for c in classes or []]
-    if labels_path is not None and "prediction" not in names:
-        raise DataError(f"--labels needs the log's 'prediction' column, which {root} lacks")
-    if labels_path is not None and "request_id" not in names:
-        raise DataError(f"--labels joins on 'request_id', which {root} does not have")
     include_pred = cfg.include_prediction and "prediction" in names and ref.prediction is not None
     pred_ref = ref.prediction if include_pred else None
     files = _since(files, since_at)
@@ -212,17 +225,20 @@ def run_monitor(
         classes,
     )
     result.timings = timings
-    if write_files:
-        t0 = time.monotonic()
-        _write_outputs(result, report if report is not None else cfg.report, registry.home)
-        timings["report"] = time.monotonic() - t0
-    if log_to_mlflow if log_to_mlflow is not None else cfg.log_to_mlflow:
-        t0 = time.monotonic()
-        result.run_id = _log_to_mlflow(registry, config, result)
-        timings["mlflow"] = time.monotonic() - t0
-    timings["total"] = time.monotonic() - started
-    if write_files and result.json_path is not None:  # final timings and run id
-        result.json_path.write_text(json.dumps(result.to_dict(), indent=2))
+    location = report if report is not None else cfg.report
+    destination = report_location(result, location, registry.home, config.storage)
+    with staged_report(result, destination if write_files else None) as local:
+        if local is not None:
+            t0 = time.monotonic()
+            _write_outputs(result, local)
+            timings["report"] = time.monotonic() - t0
+        if log_to_mlflow if log_to_mlflow is not None else cfg.log_to_mlflow:
+            t0 = time.monotonic()
+            result.run_id = _log_to_mlflow(registry, config, result)
+            timings["mlflow"] = time.monotonic() - t0
+        timings["total"] = time.monotonic() - started
+        if isinstance(result.json_path, Path):  # final timings and run id
+            result.json_path.write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
 

@@ -401,3 +401,21 @@ def test_a_tsv_source_is_split_on_tabs_like_everywhere_else(tmp_path: Path) -> N
     table = _read_unit(unit, files.filesystem, files.format)
     assert table.column_names == ["f0", "c0"]
     assert table.column("f0").to_pylist() == [1.5, 2.5]
+
+
+def test_a_report_goes_where_it_was_asked_else_to_shared_storage_else_home(
+    reference: _Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raymlops.monitor.record import report_location
+
+    monkeypatch.delenv("RAYMLOPS_STORAGE", raising=False)
+
+    plan = _plan(reference)
+    result = _result(reference, summarise_block(_log(np.random.default_rng(1), 200), plan), plan)
+    name = f"monitor-v1-{result.generated_at:%Y%m%d-%H%M%S}.html"
+    home = tmp_path / "home"
+    assert report_location(result, "s3://b/r.html", home, None) == "s3://b/r.html"
+    assert report_location(result, tmp_path / "r.html", home, "s3://b") == str(tmp_path / "r.html")
+    # A cluster's job writes where the laptop reads: the shared storage, not a node's disk.
+    assert report_location(result, None, home, "s3://b/rmo/") == f"s3://b/rmo/reports/m/{name}"
+    assert report_location(result, None, home, None) == str(home / "reports" / "m" / name)
