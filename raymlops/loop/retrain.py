@@ -8,6 +8,7 @@ in the model's alias history.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,12 +292,14 @@ def _higher_is_better(metric: str) -> bool:
 
 def build_training_data(config: PipelineConfig, home: Path, recent: str | None) -> tuple[str, int]:
     """The new training set: the reference data (if configured) plus recent labelled rows,
-    aligned to the reference's columns, written as one Parquet file under home. The
-    reference is copied batch by batch, so data too large for memory (`data.streaming`)
-    stays so."""
+    aligned to the reference's columns, written as one Parquet file under the shared
+    `storage` when one is configured (a cluster's trials read it from any node), else under
+    home. The reference is copied batch by batch, so data too large for memory
+    (`data.streaming`) stays so."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from raymlops.core.storage import join, open_location, storage_root
     from raymlops.data.dataset import iter_tables, load_table
 
     policy = config.retrain
@@ -304,10 +307,11 @@ def build_training_data(config: PipelineConfig, home: Path, recent: str | None) 
         raise UserInputError(
             "retrain has no data: set retrain.recent_data or retrain.include_reference"
         )
-    folder = home / "retrain" / config.registry.model_name / time.strftime("%Y%m%d-%H%M%S")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "train.parquet"
-    hidden = folder / ".train.parquet.tmp"
+    root = storage_root(config.storage) or str(home)
+    location = join(root, "retrain", config.registry.model_name, time.strftime("%Y%m%d-%H%M%S"))
+    fs, folder = open_location(location)
+    fs.create_dir(folder, recursive=True)
+    target, hidden = f"{folder}/train.parquet", f"{folder}/.train.parquet.tmp"
     writer: pq.ParquetWriter | None = None
     rows = 0
     try:
@@ -317,7 +321,7 @@ def build_training_data(config: PipelineConfig, home: Path, recent: str | None) 
             if not policy.include_reference:
                 break  # only its columns are needed
             if writer is None:
-                writer = pq.ParquetWriter(hidden, schema)
+                writer = pq.ParquetWriter(hidden, schema, filesystem=fs)
             writer.write_table(table)
             rows += table.num_rows
         if schema is None:
@@ -336,18 +340,19 @@ def build_training_data(config: PipelineConfig, home: Path, recent: str | None) 
                 fresh = fresh.append_column(name, pa.nulls(fresh.num_rows, schema.field(name).type))
             fresh = fresh.select(schema.names).cast(schema, safe=False)
             if writer is None:
-                writer = pq.ParquetWriter(hidden, schema)
+                writer = pq.ParquetWriter(hidden, schema, filesystem=fs)
             writer.write_table(fresh)
             rows += fresh.num_rows
     except BaseException:
         if writer is not None:
             writer.close()
-        hidden.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, pa.ArrowException):
+            fs.delete_file(hidden)
         raise
     assert writer is not None  # the reference or the recent rows were written
     writer.close()
-    hidden.replace(target)
-    return str(target), rows
+    fs.move(hidden, target)  # a rename on disks; on object stores the file appears whole
+    return join(location, "train.parquet"), rows
 
 
 # --------------------------------------------------------------------------- the policy
