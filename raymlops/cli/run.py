@@ -283,7 +283,10 @@ def _option_value(args: list[str], name: str) -> str | None:
 
 
 @cli.command()
-@click.argument("step", type=click.Choice(["train", "run", "batch", "monitor", "serve"]))
+@click.argument(
+    "step",
+    type=click.Choice(["train", "run", "batch", "monitor", "serve", "retrain", "watch"]),
+)
 @click.argument("step_args", nargs=-1, metavar="[-- STEP ARGS]")
 @_config_options
 @_home_option
@@ -320,6 +323,7 @@ def submit(
       raymlops submit train -c examples/synthetic.yaml --address http://127.0.0.1:8265
       raymlops submit train --no-wait && raymlops jobs list
       raymlops submit batch -- --input s3://bucket/in/ --output s3://bucket/out/ --gpus 1
+      raymlops submit retrain --set storage=s3://bucket/raymlops
 
     The step's own options follow `--` (batch: --input and --output, which must be paths
     or URIs the cluster can reach: object-store URIs on a cluster of other machines; local

@@ -235,6 +235,33 @@ class JobLauncher:
                     "e.g. s3://bucket/raymlops"
                 )
 
+    def check_data(
+        self, config: PipelineConfig | None, step: str, working_dir: str | Path | None
+    ) -> None:
+        """Exit 2 (UserInputError) before anything is submitted when the job would read a
+        `data.path` it cannot reach: a relative path must be inside the working dir that
+        travels with the job, and an absolute path on this machine's disk only works on a
+        cluster that is this machine. URIs and bundled datasets always pass."""
+        if config is None or step not in ("run", "train", "retrain", "watch"):
+            return
+        path = config.data.path
+        if path.startswith("sklearn:") or not is_local(path):
+            return
+        local = Path(path.removeprefix("file://"))
+        if not local.is_absolute():
+            if working_dir is not None and not (Path(working_dir) / local).exists():
+                raise UserInputError(
+                    f"data.path {path} is not in the working dir ({Path(working_dir).resolve()}) "
+                    "that travels with the job; give a path inside it or an object store URI"
+                )
+            return
+        if not self.is_this_machine():
+            raise UserInputError(
+                f"{self.address} is a cluster of other machines but data.path ({path}) is on "
+                "this machine's disk; give a path relative to the working dir (it travels with "
+                "the job) or an object store URI, e.g. s3://bucket/data/"
+            )
+
     def submit(
         self,
         step: str,
@@ -259,6 +286,7 @@ class JobLauncher:
                 f"unknown step '{step}' (submittable: {', '.join(SUBMITTABLE_STEPS)})"
             )
         self.check_storage(storage_settings(config, step))
+        self.check_data(config, step, working_dir)
         # `python` as the cluster's nodes resolve it, like any `ray job submit -- python …`.
         entrypoint = shlex.join(["python", "-m", "raymlops.cli", step, *args])
         label = label or step

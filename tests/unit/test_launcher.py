@@ -4,6 +4,7 @@ job's runtime environment carries, and refusing a remote cluster with a laptop r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,40 @@ def test_run_step_needs_a_work_folder() -> None:
 
     result = CliRunner().invoke(cli, ["run", "--step", "gate"])
     assert result.exit_code == 2 and "--step needs --work" in result.output
+
+
+def test_a_job_is_refused_data_it_cannot_reach(tmp_path: Path) -> None:
+    """data.path travels with the working dir (relative), lives in an object store, or is
+    on this machine's disk only for a cluster that is this machine."""
+    from raymlops.core.config import load_config
+
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "train.parquet").write_bytes(b"")
+    remote = _offline_launcher("http://127.0.0.1:8265", tmp_path, here=False)
+    here = _offline_launcher("http://127.0.0.1:8265", tmp_path, here=True)
+
+    def data(path: str) -> Any:
+        return load_config(None, [f"data.path={path}"])
+
+    remote.check_data(data("data/train.parquet"), "train", work)  # travels with the job
+    remote.check_data(data("s3://bucket/train.parquet"), "retrain", work)
+    remote.check_data(load_config(None), "run", work)  # the bundled dataset
+    with pytest.raises(UserInputError, match=r"data.path data/other.parquet is not in the work"):
+        remote.check_data(data("data/other.parquet"), "train", work)
+    absolute = str(work / "data" / "train.parquet")
+    with pytest.raises(UserInputError, match=r"cluster of other machines but data.path \(/"):
+        remote.check_data(data(absolute), "watch", work)
+    here.check_data(data(absolute), "train", work)  # this machine's disk is the nodes' disk
+    remote.check_data(data(absolute), "batch", work)  # batch reads --input, not data.path
+
+
+def test_submit_offers_every_step_the_launcher_runs() -> None:
+    import click
+
+    from raymlops.cli.run import submit
+    from raymlops.cluster.launcher import SUBMITTABLE_STEPS
+
+    (step,) = [p for p in submit.params if p.name == "step"]
+    assert isinstance(step.type, click.Choice)
+    assert sorted(step.type.choices) == sorted(SUBMITTABLE_STEPS)
