@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from raymlops.core.errors import RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
@@ -346,6 +346,18 @@ def _http_url(route_prefix: str) -> str:
     return f"http://{host}:{options.port}{route_prefix.rstrip('/')}"
 
 
+def _base_url(url: str) -> str:
+    """scheme://host:port of a URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _asked_url(host: str, port: int) -> str:
+    """The base URL serve.host and serve.port ask for, spelled as `_http_url` spells it."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+
+
 def _wait_ready(url: str, deploy_id: str | None = None, timeout_s: float = 90.0) -> None:
     """Until GET <url>/readyz answers 200 from this deployment (HAProxy picks up new
     replicas after a reload; during a redeploy old replicas answer for a while)."""
@@ -485,6 +497,15 @@ def serve_model(
             controller_options={"runtime_env": {"env_vars": env}},
         )
         url = _http_url(cfg.route_prefix)
+        base = _base_url(url)
+        if running is not None and base != _base_url(_asked_url(cfg.host, cfg.port)):
+            # Serve's HTTP options are fixed for the cluster's lifetime by whoever started
+            # it: a different serve.host/port is not applied, and saying so beats a URL
+            # that nothing answers.
+            say(
+                f"  Serve already runs in this cluster at {base}: serve.host/serve.port "
+                f"({cfg.host}:{cfg.port}) apply only when it starts"
+            )
         args = application_args(config, info.version, home=home_path, proxy=proxy, env=env, url=url)
         replicas = cfg.autoscaling.initial_replicas or cfg.autoscaling.min_replicas
         say(f"  deploying ({proxy} proxy, {replicas} replica(s))…")
