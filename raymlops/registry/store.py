@@ -216,6 +216,9 @@ class Registry:
     def client(self) -> MlflowClient:
         if self._client is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            # MLflow prints "🏃 View run … at: URL" to stdout for every run that ends against
+            # a server (a search's trials: one line each); raymlops names its runs itself.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             if self.tracking_uri.startswith(("http://", "https://")):
                 check_server(self.tracking_uri)
             from mlflow import MlflowClient
