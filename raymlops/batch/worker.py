@@ -38,6 +38,7 @@ from raymlops.batch.plan import (
     parse_csv_column_error,
 )
 from raymlops.core.errors import DataError, UserInputError
+from raymlops.core.storage import join, read_bytes, write_bytes
 
 if TYPE_CHECKING:
     from raymlops.model.predictor import Prediction, Predictor
@@ -145,17 +146,11 @@ class OutputFolder:
 
     def write_text(self, name: str, text: str) -> None:
         """Write a small file atomically."""
-        self.fs.create_dir(self.root, recursive=True)
-        temp = self.temp_path(name)
-        with self.fs.open_output_stream(temp) as sink:
-            sink.write(text.encode())
-        self.commit(temp, name)
+        write_bytes(join(self.location, name), text.encode())
 
     def read_text(self, name: str) -> str | None:
-        if not self.exists(name):
-            return None
-        with self.fs.open_input_stream(self.path(name)) as source:
-            return bytes(source.read()).decode()
+        data = read_bytes(join(self.location, name))
+        return data.decode() if data is not None else None
 
     def clean_temp(self) -> None:
         """Remove what crashed attempts left in `.tmp/` (never a committed file)."""
