@@ -193,6 +193,7 @@ class SharedNothingCluster:
     folder: Path
     services: list[Service] = field(default_factory=list)
     node_ips: dict[str, str] = field(default_factory=dict)
+    node_args: dict[str, list[str]] = field(default_factory=dict)
 
     def uri(self, *parts: str) -> str:
         """An s3:// URI in the cluster's bucket."""
@@ -221,6 +222,36 @@ class SharedNothingCluster:
             [RAYMLOPS, *args], env=self.laptop_env(home), cwd=cwd or home,
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
+
+    def alive_nodes(self) -> set[str]:
+        """The addresses of the nodes the cluster reports alive (its dashboard's view)."""
+        import json
+
+        request = urllib.request.Request(
+            f"{self.api}/nodes?view=summary", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            summary = json.load(answer)["data"]["summary"]
+        return {n["ip"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"}
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL every process of node `name` at once (raylet, object store, its workers
+        and actors): a machine that dies, not one that shuts down."""
+        (service,) = [s for s in self.services if s.name == name]
+        stop_session(service.process.pid, term_s=0.0, kill_s=20.0)
+        service.process.wait(timeout=10)
+        self.services.remove(service)
+        deadline = time.monotonic() + 120
+        while self.node_ips[name] in self.alive_nodes():
+            assert time.monotonic() < deadline, f"the cluster still reports {name} alive"
+            time.sleep(1)
+
+    def start_node(self, name: str) -> None:
+        """Start worker node `name`; after `kill_node`, a fresh node with empty disks under
+        the dead one's name and address, as an autoscaler replaces a machine that died."""
+        ip = self.node_ips[name]
+        ready = lambda: ip in self.alive_nodes()  # noqa: E731
+        self.services.append(_ray_node(self, name, ip, self.node_args[name], ready))
 
     def stop(self) -> None:
         for service in reversed(self.services):
@@ -325,17 +356,8 @@ def _ray_node(
                "--temp-dir=/tmp/ray", "--object-store-memory=400000000",
                f"--dashboard-agent-listen-port={free_port()}",
                f"--metrics-export-port={free_port()}", *args]  # fmt: skip
-    service = _start(name, command, cluster.folder, _node_env(cluster), ready, timeout_s=240)
-    cluster.node_ips[name] = ip
-    return service
-
-
-def _nodes_alive(cluster: SharedNothingCluster, count: int) -> bool:
-    env = {**_node_env(cluster)}
-    out = subprocess.run(
-        [RAY, "status", f"--address={cluster.gcs}"], capture_output=True, env=env, timeout=30
-    ).stdout
-    return out.count(b" node_") >= count
+    cluster.node_ips[name], cluster.node_args[name] = ip, args
+    return _start(name, command, cluster.folder, _node_env(cluster), ready, timeout_s=240)
 
 
 @contextlib.contextmanager
@@ -366,11 +388,10 @@ def shared_nothing_cluster() -> Iterator[SharedNothingCluster]:
         head_ready = lambda: _http_ok(f"{cluster.api}/api/version", auth)  # noqa: E731
         cluster.services.append(_ray_node(cluster, "rmo-head", "127.0.0.2", head_args, head_ready))
         for n in (1, 2):
-            args = [f"--address={cluster.gcs}", "--num-cpus=1"]
-            ready = lambda n=n: _nodes_alive(cluster, n + 1)  # type: ignore[misc]  # noqa: E731
-            cluster.services.append(
-                _ray_node(cluster, f"rmo-worker-{n}", f"127.0.0.{n + 2}", args, ready)
-            )
+            name, ip = f"rmo-worker-{n}", f"127.0.0.{n + 2}"
+            cluster.node_ips[name] = ip
+            cluster.node_args[name] = [f"--address={cluster.gcs}", "--num-cpus=1"]
+            cluster.start_node(name)
         yield cluster
     finally:
         cluster.stop()
