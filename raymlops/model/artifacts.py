@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,16 @@ import torch
 from raymlops.core.errors import ArtifactIntegrityError
 
 MANIFEST = "manifest.json"
+
+#: What a digest list (a version's tags, a folder's manifest) may name: a plain file in the
+#: model folder (no folder part, not hidden), so that a tampered list cannot make a loader
+#: read or write outside that folder.
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def plain_artifact_name(name: str) -> bool:
+    """Whether `name` is a plain artifact file name (see `_ARTIFACT_NAME`)."""
+    return bool(_ARTIFACT_NAME.fullmatch(name)) and ".." not in name
 
 
 def sha256_file(path: Path) -> str:
@@ -38,8 +49,11 @@ def write_manifest(folder: Path) -> dict[str, str]:
 
 
 def verify_folder(folder: Path, expected: dict[str, str]) -> None:
-    """Raise ArtifactIntegrityError unless every expected file exists with its digest."""
+    """Raise ArtifactIntegrityError unless every expected file exists with its digest (and
+    is named as a plain file of `folder`)."""
     for name, digest in expected.items():
+        if not plain_artifact_name(name):
+            raise ArtifactIntegrityError(f"artifact file name {name!r} is not a plain file name")
         path = folder / name
         if not path.is_file():
             raise ArtifactIntegrityError(f"artifact file {name} is missing from {folder}")

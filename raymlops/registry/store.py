@@ -170,6 +170,20 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if not isinstance(value, str) else value
 
 
+def _check_artifact_names(name: str, version: int, digests: dict[str, str]) -> None:
+    """RegistryError (exit 2) naming the version and the tag when a digest tag names
+    anything but a plain artifact file: a tampered tag cannot make a loader read or write
+    outside the model folder."""
+    from raymlops.model.artifacts import plain_artifact_name
+
+    for file in digests:
+        if not plain_artifact_name(file):
+            raise RegistryError(
+                f"{name} v{version}: tag {_DIGEST_TAG}{file} names {file!r}, not a plain "
+                "artifact file name; refusing to load it"
+            )
+
+
 def check_server(uri: str, attempts: int = 3, timeout_s: float = 3.0) -> None:
     """ServiceUnreachableError naming `uri` unless the MLflow tracking server there answers
     (any HTTP status counts). Asked once before the first request: MLflow's own client
@@ -584,19 +598,26 @@ class Registry:
         digests = info.digests
         if not digests:
             raise RegistryError(f"{name} v{info.version} records no artifact digests")
+        _check_artifact_names(name, info.version, digests)
         cache = self.home / "cache" / "models" / name / str(info.version)
         try:
             verify_folder(cache, digests)
             return cache, info
         except Exception:
-            shutil.rmtree(cache, ignore_errors=True)
+            if cache.exists():  # corrupt or incomplete: fetched again below
+                shutil.rmtree(cache, ignore_errors=True)
         cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=mv.source, dst_path=tmp, tracking_uri=self.tracking_uri
             )
             verify_folder(Path(local), digests)
-            os.replace(local, cache)
+            try:
+                os.replace(local, cache)  # the whole verified folder appears at once
+            except OSError:
+                # Another process (replicas and batch actors start together) put the same
+                # version there first: theirs is as good as ours once verified.
+                verify_folder(cache, digests)
         return cache, info
 
     def run_text(self, run_id: str, path: str) -> str | None:

@@ -37,6 +37,7 @@ from raymlops.model.features import Preprocessor
 from raymlops.model.predictor import Predictor
 from raymlops.registry.store import CHAMPION, Registry
 from raymlops.train.loop import TrainingArrays, evaluate, fit, load_best_predictor
+from tests.unit.cache_support import cold_load
 
 SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "RAYMLOPS_DEBUG", "RAYMLOPS_USER")
 
@@ -562,3 +563,36 @@ def test_cli_gate_promote_approve_rollback_history_card(
     printed = invoke("card", "m", "champion")
     assert printed.exit_code == 0 and printed.stdout.startswith("# Model card: m v3")
     assert invoke("card", "m", "7").exit_code == 2
+
+
+# --------------------------------------------------------------------------- tampered names
+
+
+def test_a_digest_tag_that_names_a_path_is_refused(registry: Registry, trained: Trained) -> None:
+    """A version whose digest tags name `../x` (written by anyone who can tag versions) is
+    refused before any file is read: exit 2 naming the version and the tag (#15)."""
+    version = register(registry, trained, trained.good)
+    digest = registry.version_info("m", version).digests["config.json"]
+    registry.client.set_model_version_tag("m", str(version), "raymlops.sha256.../x", digest)
+    with pytest.raises(RegistryError, match=r"m v1: tag raymlops.sha256.../x names '../x'"):
+        registry.download("m", version)
+    args = ["predict", "m", "--home", str(registry.home), "--input", str(trained.data)]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 2 and "not a plain artifact file name" in done.output, done.output
+
+
+def test_cold_loads_of_one_version_at_once_all_succeed(
+    registry: Registry, trained: Trained
+) -> None:
+    """32 processes fetch the same version into an empty model cache together (serve
+    replicas and batch actors start so): every one gets the verified folder (#15)."""
+    import multiprocessing
+
+    version = register(registry, trained, trained.good)
+    shutil.rmtree(registry.home / "cache", ignore_errors=True)
+    # Fresh processes (no MLflow store inherited), forked from one that imported them once.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.unit.cache_support", "mlflow", "raymlops.model.artifacts"])
+    with ctx.Pool(32) as pool:
+        results = pool.starmap(cold_load, [(str(registry.home), "m", version)] * 32)
+    assert results == ["ok"] * 32, [r for r in results if r != "ok"][:3]
