@@ -70,6 +70,18 @@ def _failed_chunk(
     )
 
 
+def _first_non_finite(outcome: _Outcome) -> int | None:
+    """The first row whose prediction or probabilities are NaN or infinite, or None."""
+    rows = len(outcome.predictions)
+    bad = np.zeros(rows, dtype=bool)
+    if outcome.predictions.dtype.kind == "f":
+        bad |= ~np.isfinite(outcome.predictions.reshape(rows, -1)).all(axis=1)
+    if outcome.probabilities is not None:
+        bad |= ~np.isfinite(np.asarray(outcome.probabilities).reshape(rows, -1)).all(axis=1)
+    found = np.flatnonzero(bad)
+    return int(found[0]) if found.size else None
+
+
 class Ingress:
     """HTTP endpoint and model replica in one process (see the module docstring)."""
 
@@ -271,33 +283,9 @@ class Ingress:
                         _failed_chunk(request_id, champion, columns, elapsed, message, CHAMPION)
                     )
                 return
-            response: dict[str, Any] = {
-                "predictions": outcome.predictions.tolist(),
-                "model": self.model,
-                "version": answer.version,
-                "role": role,
-                "request_id": request_id,
-            }
-            if outcome.probabilities is not None:
-                response["probabilities"] = outcome.probabilities.tolist()
-                response["classes"] = answer.classes
-            payload = to_json(response)
-            elapsed = (time.perf_counter() - started) * 1000
-            await _send(send, 200, payload)
-            self._record(answer.version, role, elapsed)
-            if self.log is not None:
-                self.log.append(
-                    LogChunk(
-                        request_id,
-                        time.time(),
-                        answer.version,
-                        role,
-                        elapsed,
-                        columns,
-                        outcome.predictions,
-                        outcome.probabilities,
-                    )
-                )
+            if not await self._answer(send, request_id, started, answer, role, columns,
+                                      outcome):  # fmt: skip
+                return
             if mirror and routing.challenger is not None and routing.challenger in self.loaded:
                 self._spawn(self._shadow(self.loaded[routing.challenger], parsed, request_id))
         except RequestError as err:
@@ -308,6 +296,61 @@ class Ingress:
             logger.exception("raymlops: /predict failed")
             message = f"internal error ({type(exc).__name__})"
             await _send(send, 500, _error_body(message, request_id))
+
+    async def _answer(
+        self,
+        send: Any,
+        request_id: str,
+        started: float,
+        answer: _Loaded,
+        role: str,
+        columns: dict[str, np.ndarray],
+        outcome: _Outcome,
+    ) -> bool:
+        """Send the predictions (200) and log them; or, when an output is not a finite
+        number (inputs far outside what the model was trained on overflow float32), a 422
+        naming the row instead of invalid JSON with NaN in it, counted as an error in the
+        metrics and the log. Returns whether the request was answered with predictions."""
+        bad = _first_non_finite(outcome)
+        if bad is not None:
+            elapsed = (time.perf_counter() - started) * 1000
+            self._record(answer.version, role, elapsed, error=True)
+            message = (
+                f"instances[{bad}]: the model's output is not a finite number (an input far "
+                "outside the range it was trained on?)"
+            )
+            await _send(send, 422, _error_body(message, request_id, f"instances[{bad}]"))
+            if self.log is not None:
+                self.log.append(_failed_chunk(request_id, answer, columns, elapsed, message, role))
+            return False
+        response: dict[str, Any] = {
+            "predictions": outcome.predictions.tolist(),
+            "model": self.model,
+            "version": answer.version,
+            "role": role,
+            "request_id": request_id,
+        }
+        if outcome.probabilities is not None:
+            response["probabilities"] = outcome.probabilities.tolist()
+            response["classes"] = answer.classes
+        payload = to_json(response)
+        elapsed = (time.perf_counter() - started) * 1000
+        await _send(send, 200, payload)
+        self._record(answer.version, role, elapsed)
+        if self.log is not None:
+            self.log.append(
+                LogChunk(
+                    request_id,
+                    time.time(),
+                    answer.version,
+                    role,
+                    elapsed,
+                    columns,
+                    outcome.predictions,
+                    outcome.probabilities,
+                )
+            )
+        return True
 
     def _item(self, loaded: _Loaded, parsed: ParsedRequest) -> _Item | None:
         """The request as `loaded` reads it; None when its schema rejects the rows."""

@@ -331,6 +331,10 @@ def test_prediction_log_holds_exactly_the_requests_sent(served: Served) -> None:
         assert (rows.model_name == MODEL).all() and (rows.latency_ms > 0).all()
 
 
+def _no_constants(name: str) -> Any:
+    raise AssertionError(f"{name} in a response: not JSON")
+
+
 def test_bad_inputs_get_their_status_codes(served: Served) -> None:
     good = served.records(1)[0]
     cases: list[tuple[str, bytes, dict[str, str], int, str | None]] = [
@@ -347,6 +351,9 @@ def test_bad_inputs_get_their_status_codes(served: Served) -> None:
             422, "instances[0].f0"),
         ("Infinity", json.dumps({"instances": [{**good, "f3": float("inf")}]}).encode(),
             _auth(), 422, "instances[0].f3"),
+        # Valid JSON numbers beyond float32: the model's output overflows (#15).
+        ("beyond float32", json.dumps({"instances": [good, {**good, **{f"f{i}": 1e300
+            for i in range(4)}}]}).encode(), _auth(), 422, "instances[1]"),
         ("no token", json.dumps({"instances": [good]}).encode(),
             {"content-type": "application/json"}, 401, None),
         ("wrong token", json.dumps({"instances": [good]}).encode(),
@@ -356,12 +363,26 @@ def test_bad_inputs_get_their_status_codes(served: Served) -> None:
         status, response_headers, payload = _raw(served, "POST", "/predict", body, headers)
         assert status == code, f"{name}: {status} {payload!r}"
         assert b"Traceback" not in payload, name
-        document = json.loads(payload)
+        document = json.loads(payload, parse_constant=_no_constants)  # strict JSON: no NaN
         assert document["error"], name
         if field is not None:
             assert document["field"] == field, name
         if code == 401:
             assert response_headers["www-authenticate"].startswith("Bearer")
+
+    # The overflowing request is in the log as an error (the error-rate KPI counts it).
+    overflow = f"overflow-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"instances": [{**good, **{f"f{i}": 1e300 for i in range(4)}}]}).encode()
+    status, _, _ = _raw(served, "POST", "/predict", body, {**_auth(), "x-request-id": overflow})
+    assert status == 422
+    root = prediction_log_root(served.config, served.home)
+
+    def logged() -> pd.DataFrame:
+        table = read_prediction_log(root).to_pandas()
+        return table[table.request_id == overflow] if "request_id" in table else table
+
+    _wait_for(lambda: len(logged()) == 1, 10, "the overflowing request's log row")
+    assert "not a finite number" in logged().error.iloc[0]
 
     # Over the body limit: refused from the Content-Length, before the body is read.
     huge = json.dumps({"instances": [good] * 2000}).encode()
