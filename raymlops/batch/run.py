@@ -55,6 +55,7 @@ from raymlops.batch.plan import (
     usable_resources,
 )
 from raymlops.batch.worker import OutputFolder, UnitActor, WorkerSpec, read_unit_stats
+from raymlops.core.architecture_params import architecture_names
 from raymlops.core.errors import DataError, RaymlopsError, UserInputError
 from raymlops.core.report import progress, say
 from raymlops.model.features import Preprocessor
@@ -752,6 +753,7 @@ def _worker_spec(
         compression=config.batch.compression,
         model_name=request.name,
         model_version=model.version,
+        architectures=[a for a in architecture_names() if ":" in a],
     )
 
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from raymlops.batch.plan import (
     output_schema,
     parse_csv_column_error,
 )
+from raymlops.core.architecture_params import params_schema
 from raymlops.core.errors import DataError, UserInputError
 from raymlops.core.storage import join, read_bytes, write_bytes
 
@@ -74,6 +75,9 @@ class WorkerSpec:
     compression: str
     model_name: str
     model_version: int
+    #: User architectures (`package.module:Name`) the driver's config registered: an actor
+    #: imports them before loading, as a model's own files never make it import anything.
+    architectures: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -419,13 +423,15 @@ class UnitActor:
         # Arrow's default (every core) two actors on two cores ran about 10% slower.
         torch.set_num_threads(torch_threads)
         pa.set_cpu_count(torch_threads)
+        self.spec = WorkerSpec.from_json(spec_json)
+        for architecture in self.spec.architectures:
+            params_schema(architecture)  # imports and registers it, as the driver's config did
         with tempfile.TemporaryDirectory(prefix="raymlops-batch-model-") as tmp:
             for name, content in model_files.items():
                 (Path(tmp) / name).write_bytes(content)
             self.predictor = Predictor.load(
                 tmp, expected_digests=digests, metadata=metadata, device=device
             )
-        self.spec = WorkerSpec.from_json(spec_json)
         self.in_fs = open_location(self.spec.input)[0]
         self.out = OutputFolder(self.spec.output)
         try:

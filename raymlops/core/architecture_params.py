@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 __all__ = [
     "MLPParams",
     "architecture_names",
+    "import_modules",
     "params_schema",
     "register_params",
     "validate_params",
@@ -49,6 +50,18 @@ def register_params(name: str, schema: type[BaseModel]) -> None:
 def architecture_names() -> list[str]:
     """Names of the known architectures."""
     return sorted(_SCHEMAS)
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import the modules of user architectures a config allows (importing one registers
+    its architectures); ValueError naming one that cannot be imported."""
+    for module_name in modules:
+        try:
+            importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(
+                f"model.allowed_modules: cannot import '{module_name}': {exc}"
+            ) from None
 
 
 def params_schema(name: str) -> type[BaseModel]:

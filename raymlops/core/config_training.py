@@ -112,11 +112,19 @@ class ModelConfig(_Section):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the architecture (depth, width…)."
     )
+    allowed_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules of user architectures that registered versions may use besides "
+        "`architecture` (imported when the config is loaded). A version whose files name any "
+        "other 'package.module:Class' is refused: a model never makes raymlops import a "
+        "module by itself (RAYMLOPS_ALLOWED_MODULES adds modules for every process).",
+    )
 
     @model_validator(mode="after")
     def _check_params(self) -> ModelConfig:
-        from raymlops.core.architecture_params import validate_params
+        from raymlops.core.architecture_params import import_modules, validate_params
 
+        import_modules(self.allowed_modules)
         self.__dict__["params"] = validate_params(self.architecture, self.params)
         return self
 

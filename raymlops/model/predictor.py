@@ -9,6 +9,7 @@ digests are checked before anything is loaded; nothing in it is ever executed.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from raymlops.core.errors import ArtifactIntegrityError
-from raymlops.model.architectures import build_model
+from raymlops.core.errors import ArtifactIntegrityError, RegistryError
+from raymlops.model.architectures import build_model, list_architectures
 from raymlops.model.artifacts import MANIFEST, verify_folder, write_json, write_manifest
 from raymlops.model.features import Preprocessor, TabularInput, to_columns
 
@@ -137,6 +138,12 @@ class Predictor:
                 raise ArtifactIntegrityError(f"no digest recorded for {required}")
         verify_folder(source, expected_digests)
         architecture = json.loads((source / ARCHITECTURE).read_text())
+        where = (
+            f"{metadata['name']} v{metadata['version']}"
+            if metadata and "version" in metadata
+            else str(source)
+        )
+        _check_architecture(architecture, where)
         preprocessor = Preprocessor.from_dict(json.loads((source / PREPROCESSING).read_text()))
         model = build_model(
             architecture["name"],
@@ -151,6 +158,39 @@ class Predictor:
         meta = self.metadata
         where = f"{meta.get('name')} v{meta.get('version')}" if "version" in meta else "unsaved"
         return f"Predictor({where}, task={self.task}, features={len(self.feature_names)})"
+
+
+#: Environment variable: modules (comma-separated) that a model's architecture.json may name
+#: for import (`package.module:Name`) when no process has registered that architecture yet.
+ENV_ALLOWED_MODULES = "RAYMLOPS_ALLOWED_MODULES"
+#: Bounds on a saved model's shape: a tampered architecture.json cannot make a loader
+#: allocate without limit.
+MAX_IN_FEATURES, MAX_OUT_FEATURES = 1_000_000, 100_000
+
+
+def _check_architecture(architecture: dict[str, Any], where: str) -> None:
+    """RegistryError (exit 2) naming the model and the field unless architecture.json names
+    a registered architecture (or one whose module the operator allows, which is then
+    imported) and a bounded shape. Registered means: built in, or imported by a config that
+    names it; a name in a model's files alone never makes raymlops import a module."""
+    name = architecture.get("name")
+    if not isinstance(name, str):
+        raise RegistryError(f"{where}: architecture.json has no architecture name")
+    if name not in list_architectures():
+        module = name.split(":", 1)[0] if ":" in name else None
+        allowed = {m.strip() for m in os.environ.get(ENV_ALLOWED_MODULES, "").split(",")}
+        if module is None or module not in allowed:
+            raise RegistryError(
+                f"{where}: architecture.json names {name!r}, which no config registered; "
+                f"raymlops imports a module a model names only when {ENV_ALLOWED_MODULES} "
+                "lists it"
+            )
+    for field, bound in (("in_features", MAX_IN_FEATURES), ("out_features", MAX_OUT_FEATURES)):
+        value = architecture.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= bound:
+            raise RegistryError(
+                f"{where}: architecture.json {field}={value!r} is outside 1…{bound:,}"
+            )
 
 
 def warn_on_environment_change(recorded: dict[str, str], current: dict[str, str]) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse, urlsplit
 
+from raymlops.core.architecture_params import architecture_names
 from raymlops.core.errors import RaymlopsError, UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say as report
@@ -201,6 +202,9 @@ def application_args(
         "env": dict(env or {}),
         "url": url,
         "pythonpath": os.environ.get("PYTHONPATH"),
+        # User architectures this config registered (its own and model.allowed_modules'):
+        # replicas import them, as a version's files never make them import anything.
+        "architectures": [a for a in architecture_names() if ":" in a],
     }
 
 

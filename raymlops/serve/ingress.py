@@ -18,6 +18,7 @@ import numpy as np
 from pydantic_core import to_json
 from ray import serve
 
+from raymlops.core.architecture_params import params_schema
 from raymlops.core.config import ServeConfig
 from raymlops.serve.app_shared import (
     _BATCH_ROWS_BUCKETS,
@@ -90,6 +91,8 @@ class Ingress:
 
         self.args = args
         self.cfg = ServeConfig.model_validate(args["serve"])
+        for architecture in args.get("architectures") or []:
+            params_schema(architecture)  # the deploying config's user architectures
         torch.set_num_threads(self.cfg.torch_threads)
         self.model = str(args["model_name"])
         self.registry = _registry(args)

@@ -98,7 +98,12 @@ def _config(data: Path, port: int, **serve: Any) -> PipelineConfig:
         {
             "name": MODEL,
             "data": {"path": str(data), "label": "label", "id_columns": ["id"]},
-            "model": {"params": {"depth": 1, "width": 16, "dropout": 0.0}},
+            "model": {
+                "params": {"depth": 1, "width": 16, "dropout": 0.0},
+                # The challengers' architectures: a version's files alone never make a
+                # replica import a module (#15).
+                "allowed_modules": ["tests.integration.serving_arch"],
+            },
             "train": {"epochs": 2, "batch_size": 64, "early_stopping_patience": None},
             "registry": {"model_name": MODEL, "experiment": MODEL},
             "serve": {

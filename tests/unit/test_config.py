@@ -413,3 +413,13 @@ def test_search_space_param_error_has_no_pydantic_prefix(tmp_path: Path) -> None
 
     message = _config_error(_write(tmp_path, mutate))
     assert "Value error," not in message
+
+
+def test_allowed_modules_are_imported_with_the_config_and_a_missing_one_is_named() -> None:
+    from raymlops.core.architecture_params import architecture_names
+
+    config = load_config(None, ["model.allowed_modules=[tests.integration.serving_arch]"])
+    assert config.model.allowed_modules == ["tests.integration.serving_arch"]
+    assert "tests.integration.serving_arch:raising" in architecture_names()  # registered
+    with pytest.raises(ConfigError, match=r"allowed_modules: cannot import 'no_such_module_x'"):
+        load_config(None, ["model.allowed_modules=[no_such_module_x]"])

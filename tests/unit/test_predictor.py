@@ -493,3 +493,59 @@ def test_training_arrays_match_preprocessor(classification: Prepared) -> None:
     labels = classification.splits.train.column("label").cast(pa.string()).to_pylist()
     assert arrays.y_train.tolist() == [prep.classes.index(v) for v in labels]  # type: ignore[union-attr]
     assert Preprocessor.from_dict(arrays.preprocessor) == prep
+
+
+_USER_MODULE = """
+from pathlib import Path
+
+from raymlops.core.architecture_params import MLPParams
+from raymlops.model.architectures import MLP, register_architecture
+
+Path(__file__).with_suffix(".imported").write_text("imported")
+register_architecture("{name}:Net", MLPParams)(type("Net", (MLP,), {{}}))
+"""
+
+
+def _retarget(folder: Path, **changes: Any) -> None:
+    """Rewrite the saved architecture.json with `changes`, and the manifest to match (as
+    someone who can write a version's files and digests could)."""
+    from raymlops.model.artifacts import write_manifest
+
+    path = folder / "architecture.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    write_manifest(folder)
+
+
+def test_a_model_never_makes_raymlops_import_a_module_it_was_not_allowed(
+    classification: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """architecture.json naming `package.module:Name` that no config registered: refused
+    before the module is imported, unless RAYMLOPS_ALLOWED_MODULES lists it (#15)."""
+    from raymlops.core.errors import RegistryError
+
+    name = f"rmo_user_arch_{tmp_path.name[-6:].replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(_USER_MODULE.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "model"
+    _predictor(classification).save(folder)
+    _retarget(folder, name=f"{name}:Net")
+    monkeypatch.delenv("RAYMLOPS_ALLOWED_MODULES", raising=False)
+    with pytest.raises(RegistryError, match=rf"synth v3: architecture.json names '{name}:Net'"):
+        Predictor.load(folder, metadata={"name": "synth", "version": 3})
+    assert not (tmp_path / f"{name}.imported").exists()  # never imported
+    monkeypatch.setenv("RAYMLOPS_ALLOWED_MODULES", f"other, {name}")
+    loaded = Predictor.load(folder)
+    assert (tmp_path / f"{name}.imported").exists()
+    assert len(loaded.predict(classification.splits.test.slice(0, 3)).predictions) == 3
+
+
+def test_a_model_shape_beyond_bounds_is_refused(classification: Prepared, tmp_path: Path) -> None:
+    from raymlops.core.errors import RegistryError
+
+    _predictor(classification).save(tmp_path)
+    _retarget(tmp_path, in_features=10**9)
+    with pytest.raises(RegistryError, match=r"in_features=1000000000 is outside 1…1,000,000"):
+        Predictor.load(tmp_path)
+    _retarget(tmp_path, in_features=5, out_features=-1)
+    with pytest.raises(RegistryError, match=r"out_features=-1"):
+        Predictor.load(tmp_path)
