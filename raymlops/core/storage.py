@@ -76,16 +76,14 @@ def open_location(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
 
 
-#: What pyarrow's and the cloud SDKs' errors say when the store itself did not answer
-#: (as opposed to a missing file or a refused permission).
+#: What pyarrow's object-store clients say when the store itself did not answer (as
+#: opposed to a missing file or a refused permission). Only their own phrases: a plain
+#: "Connection refused" may come from any service (an MLflow server's, Ray's).
 _NETWORK_SIGNS = (
-    "NETWORK_CONNECTION",
+    "AWS Error NETWORK_CONNECTION",
     "curlCode",
-    "Could not connect",
-    "resolve host",
-    "Connection refused",
-    "Failed to connect",
-    "timed out",
+    "Could not resolve host",
+    "Couldn't resolve host",
 )
 
 

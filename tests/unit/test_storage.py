@@ -43,3 +43,10 @@ def test_reaching_names_the_location_and_passes_other_errors(
     with pytest.raises(FileNotFoundError), reaching("s3://b/x"):
         raise FileNotFoundError("no such key")
     check_reachable(str(tmp_path / "not-there-yet"))  # a local path: nothing to reach
+
+
+def test_another_service_refusing_is_not_called_the_object_store() -> None:
+    """An MLflow server or Ray refusing a connection says so in its own words."""
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert network_failure(refused) is None
+    assert network_failure(OSError("HTTPConnectionPool(host='h', port=5000): timed out")) is None
