@@ -64,6 +64,11 @@ def _print_serve_status(status: Any, as_json: bool) -> None:
     help="Run Ray inside this process and serve in the foreground until Ctrl-C or SIGTERM "
     "(containers); without it the endpoint keeps running after the command returns.",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow serve.host beyond loopback without a token (anyone who reaches it can use it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the deployed status as JSON.")
 @click.pass_context
 @_handle_errors
@@ -75,6 +80,7 @@ def serve(
     address: str | None,
     version: str | None,
     blocking: bool,
+    insecure: bool,
     as_json: bool,
 ) -> None:
     """Serve the champion over HTTP on Ray Serve (HAProxy ingress, batching, canary).
@@ -99,7 +105,9 @@ def serve(
     _check_serve_address(address)
     config = _load(config_path, overrides)
     ref: int | str | None = _version_arg(version) if version is not None else None
-    status = serve_model(config, version=ref, address=address, home=home, blocking=blocking)
+    status = serve_model(
+        config, version=ref, address=address, home=home, blocking=blocking, insecure=insecure
+    )
     if blocking:
         return
     _print_serve_status(status, as_json)

@@ -170,8 +170,46 @@ def prediction_log_root(config: PipelineConfig, home: str | Path | None = None) 
     return configured_log(config, home_dir(home))
 
 
+#: Fewest characters of a bearer token (the config's `serve.token` has the same bound).
+MIN_TOKEN_CHARS = 8
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _token(config: PipelineConfig) -> str | None:
-    return config.serve.token or os.environ.get(config.serve.token_env) or None
+    """The endpoint's bearer token: `serve.token`, else the variable `serve.token_env`
+    names. That variable set but empty or short is a UserInputError (exit 2): an endpoint
+    must not quietly run without the token its operator meant to give it."""
+    if config.serve.token:
+        return config.serve.token
+    name = config.serve.token_env
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if len(value.strip()) < MIN_TOKEN_CHARS:
+        shown = "empty" if not value.strip() else f"{len(value.strip())} characters"
+        raise UserInputError(
+            f"${name} is {shown}: an endpoint token needs at least {MIN_TOKEN_CHARS} characters "
+            "(e.g. `openssl rand -hex 16`); unset it to serve without one on loopback"
+        )
+    return value.strip()
+
+
+def check_exposure(config: PipelineConfig, insecure: bool, say: Any = None) -> None:
+    """UserInputError (exit 2) when the token variable is malformed (`_token`), or when the
+    endpoint would listen beyond this machine (a host other than loopback) without a token,
+    unless `insecure` says that is meant; then warn."""
+    token = _token(config)  # a malformed token is refused first, wherever it serves
+    host = config.serve.host
+    if host in _LOOPBACK or token is not None:
+        return
+    if not insecure:
+        raise UserInputError(
+            f"serve.host {host} exposes the endpoint beyond this machine and no token is set: "
+            f"set ${config.serve.token_env} (at least {MIN_TOKEN_CHARS} characters), or pass "
+            "--insecure if anyone who reaches it may use it"
+        )
+    if say is not None:
+        say(f"  ⚠ serving on {host} without a token (--insecure): anyone who reaches it can use it")
 
 
 def application_args(
@@ -459,16 +497,23 @@ def serve_model(
     home: str | Path | None = None,
     blocking: bool = False,
     echo: bool = True,
+    insecure: bool = False,
 ) -> ServeStatus:
     """Deploy `version` (default: the registry's champion) of the config's model and wait
     until it answers; returns the deployed status (URL, routing). With `blocking`, serve
-    from this process until SIGINT/SIGTERM, then take the application down."""
+    from this process until SIGINT/SIGTERM, then take the application down. A host other
+    than loopback needs a token, or `insecure` (`check_exposure`)."""
     from ray import serve
 
     from raymlops.registry.store import Registry
     from raymlops.serve.app import build_application
     from raymlops.serve.head import serve_env
 
+    def say(message: str) -> None:
+        if echo:
+            report(message)
+
+    check_exposure(config, insecure, say)  # before anything starts
     home_path = home_dir(home)
     registry = Registry.from_config(config, home_path)
     name = config.registry.model_name
@@ -476,10 +521,6 @@ def serve_model(
     cfg = config.serve
     app = _app_name(config, None)
     proxy = _resolve_proxy(config)
-
-    def say(message: str) -> None:
-        if echo:
-            report(message)
 
     say(f"▸ serving {name} v{info.version} as application '{app}'")
     with _cluster(

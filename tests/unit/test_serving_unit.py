@@ -276,3 +276,40 @@ def test_client_sends_dataframe_nan_as_null(server: tuple[str, _Script]) -> None
 def test_client_rejects_a_non_http_url() -> None:
     with pytest.raises(UserInputError):
         Client("ftp://example.com")
+
+
+def test_an_empty_or_short_token_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token variable that is set must hold a real token: an endpoint must not quietly
+    serve without the token its operator meant to give it (#15)."""
+    from raymlops.core.errors import UserInputError
+    from raymlops.serve.api import _token
+
+    config = load_config(None)
+    monkeypatch.delenv("RAYMLOPS_SERVE_TOKEN", raising=False)
+    assert _token(config) is None  # unset: no token (loopback only, see below)
+    for value, shown in (("", "empty"), ("   ", "empty"), ("abc", "3 characters")):
+        monkeypatch.setenv("RAYMLOPS_SERVE_TOKEN", value)
+        with pytest.raises(UserInputError, match=rf"\$RAYMLOPS_SERVE_TOKEN is {shown}"):
+            _token(config)
+    monkeypatch.setenv("RAYMLOPS_SERVE_TOKEN", "a-long-enough-token")
+    assert _token(config) == "a-long-enough-token"
+
+
+def test_an_endpoint_beyond_loopback_needs_a_token_or_insecure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raymlops.core.errors import UserInputError
+    from raymlops.serve.api import check_exposure
+
+    monkeypatch.delenv("RAYMLOPS_SERVE_TOKEN", raising=False)
+    check_exposure(load_config(None), insecure=False)  # 127.0.0.1: fine without one
+    exposed = load_config(None, ["serve.host=0.0.0.0"])
+    with pytest.raises(UserInputError, match=r"serve.host 0.0.0.0 exposes .* --insecure"):
+        check_exposure(exposed, insecure=False)
+    said: list[str] = []
+    check_exposure(exposed, insecure=True, say=said.append)
+    assert said and "without a token (--insecure)" in said[0]
+    monkeypatch.setenv("RAYMLOPS_SERVE_TOKEN", "a-long-enough-token")
+    check_exposure(exposed, insecure=False)  # a token: fine
