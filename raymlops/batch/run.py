@@ -35,6 +35,7 @@ import importlib
 import json
 import logging
 import time
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -496,7 +497,7 @@ class _Scan:
 def _scan(input: str, output: str) -> _Scan:
     """Read the input's and the output's metadata; refuse an output inside the input."""
     in_fs, in_root, files = scan_input(input)
-    out = OutputFolder(output)
+    out = OutputFolder(output, run=uuid.uuid4().hex[:12])  # its own temporary folder
     if type(out.fs) is type(in_fs) and _inside(out.root, in_root):
         raise UserInputError(
             f"--output {output} is inside --input {input}: a rerun would read the "
@@ -754,6 +755,7 @@ def _worker_spec(
         model_name=request.name,
         model_version=model.version,
         architectures=[a for a in architecture_names() if ":" in a],
+        run=out.run,
     )
 
 

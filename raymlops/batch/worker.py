@@ -78,6 +78,8 @@ class WorkerSpec:
     #: User architectures (`package.module:Name`) the driver's config registered: an actor
     #: imports them before loading, as a model's own files never make it import anything.
     architectures: list[str] = field(default_factory=list)
+    #: The run's id: its temporary files live in `.tmp/<run>/` of the output.
+    run: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -90,16 +92,24 @@ class WorkerSpec:
 # --------------------------------------------------------------------------- output folder
 
 
+#: A run's temporary folder older than this with nothing newer in it is a dead run's: the
+#: next run removes it (a live run writes into its own folder every unit).
+STALE_TEMP_S = 6 * 3600.0
+
+
 class OutputFolder:
     """An output folder (local path or URI) where files appear atomically.
 
-    A file is written under `.tmp/` and moved into place once complete: a rename on a local
-    or network file system (atomic), a server-side copy on an object store (s3://, gs://),
-    where an object becomes visible whole or not at all. A failed attempt's temporary file
-    is deleted, never moved, so a partial file can never take a final name."""
+    A file is written under `.tmp/<run>/` and moved into place once complete: a rename on a
+    local or network file system (atomic), a server-side copy on an object store (s3://,
+    gs://), where an object becomes visible whole or not at all. A failed attempt's
+    temporary file is deleted, never moved, so a partial file can never take a final name.
+    Each run writes into a temporary folder of its own (`run`), so two runs into one output
+    never remove each other's files: both finish, and a unit they both did is one file."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, run: str = "") -> None:
         self.location = location
+        self.run = run
         self.fs, self.root = open_location(location)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
@@ -130,11 +140,15 @@ class OutputFolder:
             raise UserInputError(f"output {self.location} is a file; give a folder")
         return not self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
 
+    def _temp_dir(self) -> str:
+        return f"{TMP_DIR}/{self.run}" if self.run else TMP_DIR
+
     def temp_path(self, name: str) -> str:
-        """Where a file is written before it is committed under `name`."""
-        self.fs.create_dir(self.path(TMP_DIR), recursive=True)
+        """Where a file is written before it is committed under `name` (in this run's own
+        temporary folder)."""
+        self.fs.create_dir(self.path(self._temp_dir()), recursive=True)
         flat = name.replace("/", "__")
-        return self.path(f"{TMP_DIR}/{flat}.{uuid.uuid4().hex[:12]}")
+        return self.path(f"{self._temp_dir()}/{flat}.{uuid.uuid4().hex[:12]}")
 
     def commit(self, temp: str, name: str) -> None:
         """Make the written file visible under `name` (a rename on local disks)."""
@@ -156,10 +170,33 @@ class OutputFolder:
         data = read_bytes(join(self.location, name))
         return data.decode() if data is not None else None
 
-    def clean_temp(self) -> None:
-        """Remove what crashed attempts left in `.tmp/` (never a committed file)."""
-        if self.fs.get_file_info(self.path(TMP_DIR)).type == pafs.FileType.Directory:
-            self.fs.delete_dir(self.path(TMP_DIR))
+    def clean_temp(self, stale_s: float = STALE_TEMP_S) -> None:
+        """Remove this run's temporary folder and what dead runs left in `.tmp/` (nothing
+        written there for `stale_s`); never a committed file, never a live run's. A folder
+        opened without a run (direct use) removes all of `.tmp/`."""
+        base = self.path(TMP_DIR)
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return
+        now = time.time()
+        for entry in self.fs.get_file_info(pafs.FileSelector(base)):
+            mine = not self.run or entry.base_name == self.run
+            if mine or now - self._newest(entry) > stale_s:
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    if entry.type == pafs.FileType.Directory:
+                        self.fs.delete_dir(entry.path)
+                    else:  # a loose file of the layout before per-run folders
+                        self.fs.delete_file(entry.path)
+        with contextlib.suppress(OSError, pa.ArrowException):
+            if not self.fs.get_file_info(pafs.FileSelector(base)):
+                self.fs.delete_dir(base)
+
+    def _newest(self, entry: pafs.FileInfo) -> float:
+        """When anything at or under `entry` was last written (POSIX seconds)."""
+        found = [entry]
+        if entry.type == pafs.FileType.Directory:
+            found += self.fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
+        times = [i.mtime.timestamp() for i in found if i.mtime is not None]
+        return max(times, default=0.0)
 
 
 def read_unit_stats(out: OutputFolder, unit: WorkUnit) -> dict[str, Any]:
@@ -433,7 +470,7 @@ class UnitActor:
                 tmp, expected_digests=digests, metadata=metadata, device=device
             )
         self.in_fs = open_location(self.spec.input)[0]
-        self.out = OutputFolder(self.spec.output)
+        self.out = OutputFolder(self.spec.output, run=self.spec.run)
         try:
             import ray
 

@@ -396,6 +396,29 @@ def test_a_run_killed_midway_resumes_and_writes_every_row_once(
 
 
 @pytest.mark.slow
+def test_two_runs_into_one_output_both_finish_and_write_every_row_once(
+    tmp_path: Path, home: Path, data: Path, slow_model: PipelineConfig
+) -> None:
+    """A second run started while the first writes never removes the first's temporary
+    files (each has its own folder in `.tmp/`): both finish, every row is there once (#15)."""
+    out = tmp_path / "preds"
+    config = config_file(tmp_path, slow_model)
+    first = start_cli(home, config, data, out, slow_s=0.4)
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: any((out / ".tmp").glob("*/part-*")), 150, "the first run writing")
+        second = start_cli(home, config, data, out, slow_s=0.4)
+        answers = [proc.communicate(timeout=400) for proc in (first, second)]
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                kill_session(proc.pid)
+    assert first.returncode == 0, answers[0][1][-3000:]
+    assert second.returncode == 0, answers[1][1][-3000:]
+    assert_every_row_once(out)  # and no temporary folder left behind
+
+
+@pytest.mark.slow
 def test_an_actor_killed_midway_is_replaced_and_every_row_is_still_written_once(
     tmp_path: Path, home: Path, data: Path, slow_model: PipelineConfig
 ) -> None:

@@ -437,6 +437,19 @@ def test_output_folder_refuses_foreign_folders_and_cleans_temp(tmp_path: Path) -
     Path(temp).write_text("partial")
     out.clean_temp()
     assert not (tmp_path / "new" / ".tmp").exists()
+    # Two runs into one output: each cleans its own temporary folder and dead runs', never
+    # a live run's (#15).
+    first, second = (OutputFolder(str(tmp_path / "new"), run=r) for r in ("aaa", "bbb"))
+    Path(first.temp_path("part-00000.parquet")).write_text("partial")
+    Path(second.temp_path("part-00001.parquet")).write_text("partial")
+    first.clean_temp()
+    assert sorted(p.name for p in (tmp_path / "new" / ".tmp").iterdir()) == ["bbb"]
+    old = Path(first.temp_path("part-00002.parquet"))
+    old.write_text("a dead run's")
+    os.utime(old, (1, 1))
+    os.utime(old.parent, (1, 1))
+    second.clean_temp()  # its own and the dead one's
+    assert not (tmp_path / "new" / ".tmp").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserInputError, match="is a file"):
         OutputFolder(str(tmp_path / "file")).is_empty()
