@@ -21,7 +21,10 @@ __all__ = ["session_processes", "stop_session"]
 def session_processes(sid: int) -> dict[int, str]:
     """Live processes of session `sid`, PID → command line; zombies and this process are
     left out."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True)
+    # -ww: whole command lines (ps cuts them to $COLUMNS otherwise).
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True
+    )
     found = {}
     for line in out.stdout.splitlines():
         parts = line.split(None, 3)

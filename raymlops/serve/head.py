@@ -29,6 +29,7 @@ from pathlib import Path
 
 from raymlops.core.errors import RaymlopsError
 from raymlops.core.processes import session_processes, stop_session
+from raymlops.core.report import say
 
 __all__ = [
     "OwnedHead",
@@ -163,9 +164,17 @@ class OwnedHead:
     proxy: str
     env: dict[str, str]
 
+    def processes(self) -> dict[int, str]:
+        """This head's processes, PID → command line: its session's, once one of them proves
+        that the session still is this head (its command line names the head's temp dir,
+        as Ray's daemons' do). A session id that now belongs to something else (ids are
+        reused once a session is gone, after a reboot too) gives {}: nothing to touch."""
+        found = session_processes(self.session_id)
+        return found if any(self.temp_dir in cmd for cmd in found.values()) else {}
+
     def alive(self) -> bool:
         """Its processes run and its GCS accepts connections (three tries)."""
-        if not session_processes(self.session_id):
+        if not self.processes():
             return False
         host, port = self.address.rsplit(":", 1)
         for _ in range(3):
@@ -192,10 +201,24 @@ def load_owned_head(home: Path) -> OwnedHead | None:
     if head.alive():
         return head
     # What is left of a head that died (a Ray process killed, an HAProxy orphaned) is ours:
-    # stop it before a new head wants the same ports.
-    stop_session(head.session_id)
+    # stop it before a new head wants the same ports. A session that is not this head's
+    # any more is left alone.
+    _stop(head)
     path.unlink(missing_ok=True)
     return None
+
+
+def _stop(head: OwnedHead) -> bool:
+    """Stop the head's processes if its session is still provably its own (see
+    `OwnedHead.processes`); report a stale record. Whether anything was stopped."""
+    if head.processes():
+        return bool(stop_session(head.session_id))
+    if session_processes(head.session_id):
+        say(
+            f"  the recorded Ray head (session {head.session_id}) is gone and its session id "
+            "now belongs to other processes: left alone, record removed"
+        )
+    return False
 
 
 def _temp_dir(home: Path) -> Path:
@@ -273,6 +296,6 @@ def stop_owned_head(home: Path) -> bool:
     except (ValueError, TypeError):
         path.unlink(missing_ok=True)
         return False
-    stopped = bool(stop_session(head.session_id))
+    stopped = _stop(head)
     path.unlink(missing_ok=True)
     return stopped

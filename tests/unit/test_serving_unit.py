@@ -313,3 +313,45 @@ def test_an_endpoint_beyond_loopback_needs_a_token_or_insecure(
     assert said and "without a token (--insecure)" in said[0]
     monkeypatch.setenv("RAYMLOPS_SERVE_TOKEN", "a-long-enough-token")
     check_exposure(exposed, insecure=False)  # a token: fine
+
+
+def test_a_stale_head_record_never_signals_processes_that_are_not_the_head(
+    tmp_path: Path,
+) -> None:
+    """The recorded session id now belongs to an unrelated `sleep` (ids are reused): the
+    record is removed and the sleep left alone. A session that proves to be the head's (a
+    process naming its temp dir, as Ray's daemons do) is stopped (#15)."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+
+    from raymlops.serve.head import OwnedHead, _state_path, load_owned_head, stop_owned_head
+
+    temp_dir = str(tmp_path / "serve" / "ray")
+    path = _state_path(tmp_path)
+    path.parent.mkdir(parents=True)
+
+    def record(pid: int) -> None:
+        head = OwnedHead("127.0.0.1:1", "", 0, temp_dir, pid, time.time(), "default", {})
+        path.write_text(json.dumps(asdict(head)))
+
+    sleeper = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    owned = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", temp_dir], start_new_session=True
+    )
+    try:
+        record(sleeper.pid)
+        assert load_owned_head(tmp_path) is None
+        assert sleeper.poll() is None and not path.exists()  # untouched; record gone
+        record(sleeper.pid)
+        assert stop_owned_head(tmp_path) is False
+        assert sleeper.poll() is None and not path.exists()
+        record(owned.pid)
+        assert stop_owned_head(tmp_path) is True
+        assert owned.wait(timeout=30) is not None and not path.exists()
+    finally:
+        for proc in (sleeper, owned):
+            proc.kill()
+            proc.wait(timeout=10)
