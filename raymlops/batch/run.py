@@ -627,7 +627,8 @@ def _compute(
         registry.run(run_name, tags, experiment=config.registry.experiment)
     )
     marks["execute"] = time.time()
-    new, plan = _run_rounds(config, request, work, model, echo)
+    with out.alive():  # another run into this output leaves our temporary files alone
+        new, plan = _run_rounds(config, request, work, model, echo)
     computed = time.monotonic()
     marks["computed"] = time.time()
     missing = [u.output_name for u in units if not out.exists(u.output_name)]

@@ -92,9 +92,10 @@ class WorkerSpec:
 # --------------------------------------------------------------------------- output folder
 
 
-#: A run's temporary folder older than this with nothing newer in it is a dead run's: the
-#: next run removes it (a live run writes into its own folder every unit).
-STALE_TEMP_S = 6 * 3600.0
+#: A run's driver marks its temporary folder alive this often (`OutputFolder.alive`)...
+HEARTBEAT_S = 15.0
+#: ...and a folder with nothing written for this long is a dead run's: the next run removes it.
+STALE_TEMP_S = 120.0
 
 
 class OutputFolder:
@@ -169,6 +170,33 @@ class OutputFolder:
     def read_text(self, name: str) -> str | None:
         data = read_bytes(join(self.location, name))
         return data.decode() if data is not None else None
+
+    @contextlib.contextmanager
+    def alive(self) -> Iterator[None]:
+        """While the block runs, keep this run's temporary folder marked alive (a heartbeat
+        file rewritten every HEARTBEAT_S), so that another run into the same output never
+        takes it for a dead run's."""
+        import threading
+
+        stop = threading.Event()
+        beat = self.path(f"{self._temp_dir()}/.heartbeat")
+
+        def touch() -> None:
+            while True:
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    self.fs.create_dir(self.path(self._temp_dir()), recursive=True)
+                    with self.fs.open_output_stream(beat) as sink:
+                        sink.write(str(time.time()).encode())
+                if stop.wait(HEARTBEAT_S):
+                    return
+
+        thread = threading.Thread(target=touch, name="raymlops-batch-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=30)
 
     def clean_temp(self, stale_s: float = STALE_TEMP_S) -> None:
         """Remove this run's temporary folder and what dead runs left in `.tmp/` (nothing
