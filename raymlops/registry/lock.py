@@ -45,6 +45,8 @@ _EXPIRES_TAG = "raymlops.lock.expires"
 LEASE_S = 30.0
 #: Seconds a writer waits for the lock before giving up.
 WAIT_S = 120.0
+#: What a failed create of a lock that someone else holds (or just released) answers.
+_CONTENDED = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 
 
 def is_lock_name(name: str) -> bool:
@@ -83,7 +85,10 @@ def _registry_lock(client: MlflowClient, name: str) -> Iterator[None]:
             )
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # Held by another writer. The server may also answer RESOURCE_DOES_NOT_EXIST:
+            # after its insert fails it reads the existing model to word the error, and the
+            # holder can release it in between (seen with 16 writers on two nodes).
+            if exc.error_code not in _CONTENDED:
                 raise
         _remove_if_expired(client, name)
         if time.monotonic() > deadline:
