@@ -312,15 +312,31 @@ def _boto_keys() -> dict[str, str]:
     }
 
 
-def _mlflow_server(folder: Path, database: str, endpoint: str) -> tuple[Service, str]:
+def _mlflow_server(
+    folder: Path, database: str, artifacts: str, env: dict[str, str]
+) -> tuple[Service, str]:
+    """`mlflow server` on `database` with artifacts proxied to `artifacts`, on a free port;
+    returns it and its URI once /health answers."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
     command = [str(BIN / "mlflow"), "server", "--backend-store-uri", database,
-               "--artifacts-destination", f"s3://{BUCKET}/mlflow",
+               "--artifacts-destination", artifacts,
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    service = _start("mlflow", command, folder, env, lambda: _http_ok(f"{uri}/health"))
+    service = _start("mlflow", command, folder, env, lambda: _http_ok(f"{uri}/health"), 300)
     return service, uri
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, artifacts: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """An `mlflow server` of its own (SQLite in `folder`, artifacts proxied to `artifacts`)
+    for the block; yields its URI and stops it (its session) at the end."""
+    service, uri = _mlflow_server(
+        folder, f"sqlite:///{folder / 'mlflow.db'}", artifacts, env or dict(os.environ)
+    )
+    try:
+        yield uri
+    finally:
+        service.stop()
 
 
 def _node_env(cluster: SharedNothingCluster) -> dict[str, str]:
@@ -379,7 +395,10 @@ def shared_nothing_cluster() -> Iterator[SharedNothingCluster]:
         cluster.services.append(pg)
         s3, cluster.s3_endpoint = _object_store(folder)
         cluster.services.append(s3)
-        server, cluster.tracking_uri = _mlflow_server(folder, database, cluster.s3_endpoint)
+        server, cluster.tracking_uri = _mlflow_server(
+            folder, database, f"s3://{BUCKET}/mlflow",
+            {**os.environ, **S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": cluster.s3_endpoint},
+        )  # fmt: skip
         cluster.services.append(server)
         auth = {"Authorization": f"Bearer {cluster.token}"}
         head_args = ["--head", "--num-cpus=0", f"--port={gcs_port}",

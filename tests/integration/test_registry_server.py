@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +14,7 @@ import pytest
 
 from raymlops.registry.lock import LOCK_PREFIX
 from raymlops.registry.store import CHAMPION, Registry
-from tests.integration.shared_nothing import free_port
+from tests.integration.shared_nothing import mlflow_server
 
 pytestmark = [pytest.mark.integration]
 
@@ -30,32 +26,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An MLflow tracking server of its own (SQLite behind it: the lock under test is the
     server's, whatever its database)."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = open(folder / "server.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"mlflow server did not start:\n{(folder / 'server.log').read_text()}"
-                    )
-                time.sleep(0.5)
+    with mlflow_server(folder, str(folder / "artifacts")) as uri:
         yield uri
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
-        log.close()
 
 
 def _versions(uri: str, home: Path, count: int) -> Registry:

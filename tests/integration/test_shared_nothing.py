@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import textwrap
 import threading
 import time
 import urllib.error
@@ -183,51 +182,18 @@ def test_the_main_job_runs_as_jobs_with_its_state_in_the_object_store(
     assert "monitor/drift-report.html" in files, files
 
 
-_REGISTER = textwrap.dedent(
-    """
-    import shutil, socket, sys, tempfile
-    from pathlib import Path
-
-    from raymlops.core.config import load_config
-    from raymlops.data.dataset import load_dataset
-    from raymlops.model.features import Preprocessor
-    from raymlops.registry.store import Registry
-    from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
-
-    config = load_config(None, ["train.epochs=1", "registry.model_name=concurrent"])
-    dataset, splits, roles = load_dataset(config.data, config.features)
-    prep = Preprocessor.fit(splits.train, roles, config.features)
-    arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
-    keep = Path(tempfile.mkdtemp())
-
-    def report(metrics, folder):
-        if folder is not None:
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(folder, keep)
-
-    best = fit(config, arrays, report)
-    predictor = load_best_predictor(keep, config, arrays.preprocessor)
-    registry = Registry()  # MLFLOW_TRACKING_URI: the cluster's server
-    metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
-    with registry.pipeline_run(config, "concurrent") as run_id:
-        info = registry.register(config, run_id, predictor, dataset, metrics)
-    print("registered", info.version, "on", socket.gethostname())
-    """
-)
-
-
 @pytest.mark.timeout(1800)
 def test_registrations_from_both_workers_at_once_keep_one_champion(
     cluster: SharedNothingCluster, tmp_path: Path
 ) -> None:
     from raymlops.registry.store import Registry
 
-    (tmp_path / "register.py").write_text(_REGISTER)
+    shutil.copy(REPO / "tests" / "integration" / "register_once.py", tmp_path / "register.py")
     client = _jobs(cluster)
     env = {"MLFLOW_TRACKING_URI": cluster.tracking_uri}
     ids = [
         client.submit_job(
-            entrypoint="python register.py",
+            entrypoint="python register.py concurrent",
             runtime_env={"working_dir": str(tmp_path), "env_vars": env},
             entrypoint_resources={f"node:127.0.0.{3 + n % 2}": 0.01},
         )
