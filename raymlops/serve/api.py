@@ -374,30 +374,25 @@ def _cluster_is_local() -> bool:
     return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") in (here, "127.0.0.1")
 
 
+def _endpoint(host: str, port: int) -> str:
+    """http://host:port as a client on this machine reaches an endpoint bound to `host`."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+
+
 def _http_url(route_prefix: str) -> str:
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     options = ray.get(controller.get_http_config.remote(), timeout=30)
-    host = options.host or "127.0.0.1"
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{options.port}{route_prefix.rstrip('/')}"
+    return _endpoint(options.host or "127.0.0.1", options.port) + route_prefix.rstrip("/")
 
 
 def _base_url(url: str) -> str:
     """scheme://host:port of a URL."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def _asked_url(host: str, port: int) -> str:
-    """The base URL serve.host and serve.port ask for, spelled as `_http_url` spells it."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
 
 
 def _wait_ready(url: str, deploy_id: str | None = None, timeout_s: float = 90.0) -> None:
@@ -543,7 +538,7 @@ def serve_model(
         )
         url = _http_url(cfg.route_prefix)
         base = _base_url(url)
-        if running is not None and base != _base_url(_asked_url(cfg.host, cfg.port)):
+        if running is not None and base != _endpoint(cfg.host, cfg.port):
             # Serve's HTTP options are fixed for the cluster's lifetime by whoever started
             # it: a different serve.host/port is not applied, and saying so beats a URL
             # that nothing answers.
