@@ -698,22 +698,46 @@ class Registry:
         details: dict[str, Any] | None = None,
         expected_from: int | str | None = "any",
     ) -> AliasEvent:
-        """`set_alias`'s work, the alias lock already held."""
+        """`set_alias`'s work, the alias lock already held.
+
+        The event is written first as an intent (its run still RUNNING), then the alias
+        moves, then the event is marked done: a writer killed between any two steps leaves
+        either no move and an intent that the next writer marks aborted, or a move whose
+        event is already in the history (`_settle_intents`). Never a moved alias without
+        its history."""
+        self._settle_intents(name)
         current = self.alias_target(name, alias)
         if expected_from != "any" and current != expected_from:
             raise RegistryError(
                 f"alias '{alias}' of '{name}' moved to "
                 f"{'v' + str(current) if current is not None else 'nothing'} meanwhile"
             )
+        if version is not None:
+            self._resolve(name, version)
+        event = self._append_event(
+            name, alias, action, current, version, reason, by, details, moved=True
+        )
         if version is None:
             if current is not None:
                 self.client.delete_registered_model_alias(name, alias)
         else:
-            self._resolve(name, version)
             self.client.set_registered_model_alias(name, alias, str(version))
-        return self._append_event(
-            name, alias, action, current, version, reason, by, details, moved=True
-        )
+        assert event.run_id is not None
+        self.client.set_terminated(event.run_id, status="FINISHED")
+        return event
+
+    def _settle_intents(self, name: str) -> None:
+        """Finish what a writer killed inside `_move_alias` left (the alias lock held): an
+        intent whose alias points where it says moved, and is marked done; any other was
+        not carried out, and is marked aborted (left out of the history)."""
+        for event, state in self._events(name):
+            if state == _MOVED:
+                assert event.run_id is not None
+                self.client.set_terminated(event.run_id, status="FINISHED")
+            elif state == _NOT_MOVED:
+                assert event.run_id is not None
+                self.client.set_tag(event.run_id, f"{_AUDIT_TAG}state", "aborted")
+                self.client.set_terminated(event.run_id, status="FAILED")
 
     def record_event(
         self,
@@ -769,7 +793,8 @@ class Registry:
             tags=tags,
             run_name=f"{name}:{alias}:{action}",
         )
-        client.set_terminated(run.info.run_id, status="FINISHED", end_time=int(now * 1000))
+        if not moved:  # a move's event stays an intent until the alias has moved
+            client.set_terminated(run.info.run_id, status="FINISHED", end_time=int(now * 1000))
         return AliasEvent(
             name,
             alias,
@@ -786,7 +811,13 @@ class Registry:
         )
 
     def alias_history(self, name: str) -> list[AliasEvent]:
-        """Every recorded alias change and lifecycle decision of a model, oldest first."""
+        """Every recorded alias change and lifecycle decision of a model, oldest first (a
+        move whose writer died before the alias moved is not in it)."""
+        return [event for event, state in self._events(name) if state in (_DONE, _MOVED)]
+
+    def _events(self, name: str) -> list[tuple[AliasEvent, str]]:
+        """Every audit event of a model, oldest first, with its state: done, aborted, or
+        for an intent whose writer has not finished it, whether its alias moved."""
         client = self.client
         experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
         if experiment is None:
@@ -796,28 +827,45 @@ class Registry:
             filter_string=f"tags.`{_AUDIT_TAG}model` = '{name}'",
             max_results=50000,
         )
+        events = []
+        for run in runs:
+            event = _event(name, run)
+            if run.data.tags.get(f"{_AUDIT_TAG}state") == "aborted":
+                state = _ABORTED
+            elif run.info.status != "RUNNING" or not event.moved:
+                state = _DONE  # a non-move event is whole once its run exists
+            else:
+                moved = self.alias_target(name, event.alias) == event.to_version
+                state = _MOVED if moved else _NOT_MOVED
+            events.append((event, state))
+        return sorted(events, key=lambda pair: (pair[0].sequence, pair[0].timestamp))
 
-        def version(text: str | None) -> int | None:
-            return int(text) if text else None
 
-        events = [
-            AliasEvent(
-                model=name,
-                alias=r.data.tags.get(f"{_AUDIT_TAG}alias", ""),
-                action=r.data.tags.get(f"{_AUDIT_TAG}action", ""),
-                from_version=version(r.data.tags.get(f"{_AUDIT_TAG}from_version")),
-                to_version=version(r.data.tags.get(f"{_AUDIT_TAG}to_version")),
-                timestamp=r.info.start_time / 1000,
-                by=r.data.tags.get(f"{_AUDIT_TAG}by", ""),
-                reason=r.data.tags.get(f"{_AUDIT_TAG}reason", ""),
-                sequence=int(r.data.tags.get(f"{_AUDIT_TAG}sequence", "0")),
-                details=json.loads(r.data.tags.get(f"{_AUDIT_TAG}details", "{}")),
-                run_id=r.info.run_id,
-                moved=r.data.tags.get(f"{_AUDIT_TAG}moved") == "true",
-            )
-            for r in runs
-        ]
-        return sorted(events, key=lambda e: (e.sequence, e.timestamp))
+#: States of an audit event (see `Registry._events`).
+_DONE, _ABORTED, _MOVED, _NOT_MOVED = "done", "aborted", "intent-moved", "intent-not-moved"
+
+
+def _event(name: str, run: Any) -> AliasEvent:
+    """The alias event an audit run records."""
+    tags = run.data.tags
+
+    def version(text: str | None) -> int | None:
+        return int(text) if text else None
+
+    return AliasEvent(
+        model=name,
+        alias=tags.get(f"{_AUDIT_TAG}alias", ""),
+        action=tags.get(f"{_AUDIT_TAG}action", ""),
+        from_version=version(tags.get(f"{_AUDIT_TAG}from_version")),
+        to_version=version(tags.get(f"{_AUDIT_TAG}to_version")),
+        timestamp=run.info.start_time / 1000,
+        by=tags.get(f"{_AUDIT_TAG}by", ""),
+        reason=tags.get(f"{_AUDIT_TAG}reason", ""),
+        sequence=int(tags.get(f"{_AUDIT_TAG}sequence", "0")),
+        details=json.loads(tags.get(f"{_AUDIT_TAG}details", "{}")),
+        run_id=run.info.run_id,
+        moved=tags.get(f"{_AUDIT_TAG}moved") == "true",
+    )
 
 
 def load_predictor(

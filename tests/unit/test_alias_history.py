@@ -4,6 +4,9 @@ a stale move, and concurrent movers leave a gap-free, ordered history."""
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -87,3 +90,54 @@ def test_concurrent_moves_leave_a_complete_ordered_history(tmp_path: Path) -> No
     for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version
     assert base.alias_target("m", CHAMPION) == history[-1].to_version
+
+
+_KILLED_MOVER = """
+import os, signal, sys
+from mlflow import MlflowClient
+from raymlops.registry.store import CHAMPION, Registry
+
+home, when = sys.argv[1], sys.argv[2]
+original = MlflowClient.set_registered_model_alias
+
+def killed(self, *args, **kwargs):
+    if when == "after":
+        original(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+MlflowClient.set_registered_model_alias = killed
+Registry(home=home).set_alias("m", CHAMPION, 2, action="promote", reason="killed")
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_writer_killed_around_the_alias_move_leaves_alias_and_history_agreeing(
+    registry: Registry, tmp_path: Path, when: str
+) -> None:
+    registry.set_alias("m", CHAMPION, 1, action="register")
+    died = subprocess.run(
+        [sys.executable, "-c", _KILLED_MOVER, str(tmp_path), when],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    moved = when == "after"
+    assert registry.alias_target("m", CHAMPION) == (2 if moved else 1)
+    history = registry.alias_history("m")
+    assert [(e.action, e.to_version) for e in history] == [("register", 1)] + (
+        [("promote", 2)] if moved else []
+    )
+    assert history[-1].to_version == registry.alias_target("m", CHAMPION)
+    # The next writer finishes what the killed one left, and the history goes on gap-free.
+    registry.set_alias("m", CHAMPION, 3, action="promote")
+    history = registry.alias_history("m")
+    assert [e.sequence for e in history] == list(range(1, len(history) + 1))
+    assert [e.to_version for e in history] == ([1, 2, 3] if moved else [1, 3])
+    for before, after in itertools.pairwise(history):
+        assert after.from_version == before.to_version
+    runs = registry.client.search_runs(
+        [registry.client.get_experiment_by_name("raymlops-audit").experiment_id]
+    )
+    # Nothing is left half-done: every event is finished, the one never carried out aborted.
+    assert sorted(r.info.status for r in runs) == ([] if moved else ["FAILED"]) + [
+        "FINISHED"
+    ] * len(history)
