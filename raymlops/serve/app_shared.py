@@ -1,11 +1,14 @@
 """What the Serve application's deployments share: the sync interval, request-id and
-error-body helpers, the per-request records, and the registry they open."""
+error-body helpers, the per-request records, the registry they open, and a hook on the
+replica process's SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +59,6 @@ class _PendingMetrics:
     latencies: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     errors: dict[tuple[int, str], int] = field(default_factory=dict)
     batch_rows: dict[int, list[int]] = field(default_factory=dict)
-    dropped_rows: int = 0
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
@@ -90,6 +92,44 @@ def _error_body(message: str, request_id: str, field_name: str | None = None) ->
         out["field"] = field_name
     out["request_id"] = request_id
     return json.dumps(out).encode()
+
+
+_SIGTERM_HOOKS: list[Callable[[], None]] = []
+_RAY_EXIT = "raise_sys_exit_with_custom_error_message"
+
+
+def on_sigterm(hook: Callable[[], None]) -> bool:
+    """Run `hook` in this Ray worker when it gets SIGTERM, before Ray's handler starts the
+    worker's exit; False (and logged) where that handler cannot be chained.
+
+    Why not a handler of our own: only the main thread may install one, and a replica's code
+    never runs there. Ray's worker handles SIGTERM with a handler that calls
+    `raise_sys_exit_with_custom_error_message`, looked up in its module at call time; that
+    name is wrapped so the hooks run first. Nor atexit alone: Ray 2.60's worker exit first
+    waits for the tasks the worker submitted to finish, and under traffic we saw a SIGTERMed
+    replica keep answering for a minute, until Serve force-killed it; that kill runs no
+    exit hook."""
+    handler = signal.getsignal(signal.SIGTERM)
+    code = getattr(handler, "__code__", None)
+    scope = getattr(handler, "__globals__", None)
+    if code is None or scope is None or _RAY_EXIT not in code.co_names or _RAY_EXIT not in scope:
+        logger.warning("raymlops: SIGTERM handler %r is not Ray's; not hooked", handler)
+        return False
+    if not _SIGTERM_HOOKS:
+        original = scope[_RAY_EXIT]
+
+        def chained(*args: Any, **kwargs: Any) -> Any:
+            logger.warning("raymlops: SIGTERM; running %d hook(s)", len(_SIGTERM_HOOKS))
+            for each in list(_SIGTERM_HOOKS):
+                try:
+                    each()
+                except Exception:
+                    logger.exception("raymlops: a SIGTERM hook failed")
+            return original(*args, **kwargs)
+
+        scope[_RAY_EXIT] = chained
+    _SIGTERM_HOOKS.append(hook)
+    return True
 
 
 def _registry(args: dict[str, Any]) -> Any:

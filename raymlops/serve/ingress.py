@@ -34,6 +34,7 @@ from raymlops.serve.app_shared import (
     _registry,
     _send,
     logger,
+    on_sigterm,
 )
 from raymlops.serve.canary import (
     CHALLENGER,
@@ -113,6 +114,7 @@ class Ingress:
         self._challenger_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self._metrics()
         self.log: PredictionLogWriter | None = None
+        self._reported_dropped = self._reported_lost = 0
         if self.cfg.prediction_log.enabled and args.get("log_root"):
             plc = self.cfg.prediction_log
             self.log = PredictionLogWriter(
@@ -121,14 +123,20 @@ class Ingress:
                 flush_interval_s=plc.flush_interval_s,
                 max_rows_per_flush=plc.max_rows_per_flush,
                 max_buffered_rows=plc.max_buffered_rows,
-                on_dropped=self._count_dropped,
+                # On this node's disk: what a killed replica left unwritten is counted by
+                # the others (raymlops.serve.log_ledger).
+                ledger_root=Path(args["home"]) / "serve" / "log-ledgers",
+                owner=f"{self.model} replica {self.replica_id}",
             )
+            # SIGTERM: write the buffer; rows answered after it are written before their
+            # answer leaves (the writer is closed), however the process ends.
+            on_sigterm(self._close)
         table = RoutingTable.from_dict(
             await self.coordinator.sync.remote(self.replica_id, [], [], {})
         )
         self.routing = RoutingTable(champion=table.champion)
         await self._apply(table, required=True)
-        self._spawn(self._sync_forever())
+        self._sync_task = self._spawn(self._sync_forever())
         self.api = self._build_api()
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -144,9 +152,19 @@ class Ingress:
         self._close()
 
     def _close(self) -> None:
-        log, self.log = getattr(self, "log", None), None
+        """Write every buffered log row; rows logged later are written as they come."""
+        log = getattr(self, "log", None)
         if log is not None:
             log.close()
+
+    async def _shutdown(self) -> None:
+        """Serve stops this replica (redeploy, scale-down, `serve stop`), its requests
+        drained: let shadow answers finish, write the log, report the last figures."""
+        shadows = [t for t in self._tasks if t is not self._sync_task]
+        if shadows:
+            await asyncio.wait(shadows, timeout=5.0)
+        await asyncio.to_thread(self._close)
+        self._flush_metrics()
 
     # ------------------------------------------------------------------ ASGI
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -186,7 +204,7 @@ class Ingress:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self._close()
+                await self._shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -280,11 +298,11 @@ class Ingress:
                 self._record(champion.version, CHAMPION, elapsed, error=True)
                 logger.error("raymlops: v%s failed: %r", champion.version, outcome)
                 message = f"prediction failed ({type(outcome).__name__})"
-                await _send(send, 500, _error_body(message, request_id))
                 if self.log is not None:  # the failed rows count in the error-rate KPI
                     self.log.append(
                         _failed_chunk(request_id, champion, columns, elapsed, message, CHAMPION)
                     )
+                await _send(send, 500, _error_body(message, request_id))
                 return
             if not await self._answer(send, request_id, started, answer, role, columns,
                                       outcome):  # fmt: skip
@@ -322,9 +340,9 @@ class Ingress:
                 f"instances[{bad}]: the model's output is not a finite number (an input far "
                 "outside the range it was trained on?)"
             )
-            await _send(send, 422, _error_body(message, request_id, f"instances[{bad}]"))
             if self.log is not None:
                 self.log.append(_failed_chunk(request_id, answer, columns, elapsed, message, role))
+            await _send(send, 422, _error_body(message, request_id, f"instances[{bad}]"))
             return False
         response: dict[str, Any] = {
             "predictions": outcome.predictions.tolist(),
@@ -338,9 +356,7 @@ class Ingress:
             response["classes"] = answer.classes
         payload = to_json(response)
         elapsed = (time.perf_counter() - started) * 1000
-        await _send(send, 200, payload)
-        self._record(answer.version, role, elapsed)
-        if self.log is not None:
+        if self.log is not None:  # logged before answered: a kill in between is counted lost
             self.log.append(
                 LogChunk(
                     request_id,
@@ -353,6 +369,8 @@ class Ingress:
                     outcome.probabilities,
                 )
             )
+        await _send(send, 200, payload)
+        self._record(answer.version, role, elapsed)
         return True
 
     def _item(self, loaded: _Loaded, parsed: ParsedRequest) -> _Item | None:
@@ -510,10 +528,11 @@ class Ingress:
         return loaded
 
     # ------------------------------------------------------------------ background
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _sync_forever(self) -> None:
         failures = 0
@@ -565,9 +584,12 @@ class Ingress:
             "Prediction-log rows dropped (buffer full or write failed).",
             tag_keys=("model",),
         )
-
-    def _count_dropped(self, rows: int) -> None:
-        self.pending.dropped_rows += rows  # flushed to the metric from the event loop
+        self.m_lost = metrics.Counter(
+            "raymlops_prediction_log_lost_rows",
+            "Prediction-log rows a killed replica held unwritten, counted from its ledger "
+            "by a replica on the same node (raymlops.serve.log_ledger).",
+            tag_keys=("model",),
+        )
 
     def _flush_metrics(self) -> None:
         pending, self.pending = self.pending, _PendingMetrics()
@@ -583,8 +605,18 @@ class Ingress:
             tags = {"model": self.model, "version": str(version)}
             for size in sizes:
                 self.m_batch.observe(size, tags=tags)
-        if pending.dropped_rows:
-            self.m_dropped.inc(pending.dropped_rows, tags={"model": self.model})
+        log = self.log
+        if log is not None:  # the writer's running totals; what grew since the last report
+            dropped, lost = log.dropped_rows, log.counted_lost_rows
+            if dropped > self._reported_dropped:
+                self.m_dropped.inc(dropped - self._reported_dropped, tags={"model": self.model})
+            if lost > self._reported_lost:
+                self.m_lost.inc(lost - self._reported_lost, tags={"model": self.model})
+                logger.warning(
+                    "raymlops: a killed replica of %s left %d prediction-log rows unwritten "
+                    "(counted from its ledger)", self.model, lost - self._reported_lost,
+                )  # fmt: skip
+            self._reported_dropped, self._reported_lost = dropped, lost
 
     # ------------------------------------------------------------------ other endpoints
     def _model_document(self) -> dict[str, Any]:

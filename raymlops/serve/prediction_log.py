@@ -11,28 +11,47 @@ n log rows with its request_id, in request order.
 
 The request path only appends column arrays to an in-memory buffer (no per-row Python
 work); a background thread writes whatever is buffered every `flush_interval_s`, or as soon
-as `max_rows_per_flush` rows wait. A crash loses at most that window. Memory is bounded by
-`max_buffered_rows`: beyond it rows are dropped and counted, never blocking a response.
+as `max_rows_per_flush` rows wait. Memory is bounded by `max_buffered_rows`: beyond it rows
+are dropped and counted, never blocking a response.
+
+What a replica's end costs:
+- Shutting down (`close`: Serve stops the replica for a redeploy, a scale-down, `serve
+  stop`; or SIGTERM, through an `atexit` hook, which Ray's worker runs when it exits on
+  SIGTERM) writes everything buffered; a row appended after that is written at once, in
+  the caller's thread. Nothing is lost.
+- A kill (SIGKILL, the OOM killer) loses what was buffered: at most the rows appended in
+  the last `flush_interval_s` plus the time one write takes (or `max_rows_per_flush`
+  rows). The writer's ledger (raymlops.serve.log_ledger) survives the process, and another
+  writer of the same log on the same node counts those rows (`on_lost`; the Serve replica
+  exports them as the metric raymlops_prediction_log_lost_rows).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime as dt
+import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from raymlops.data.prediction_log import model_log_root, partition
+from raymlops.serve.log_ledger import Ledger, claim_dead_ledgers
 
 __all__ = ["LogChunk", "PredictionLogWriter", "log_schema", "read_log"]
 
 logger = logging.getLogger(__name__)
 
+#: How often a writer looks for dead writers' ledgers to count what they lost.
+DEAD_WRITER_SCAN_S = 5.0
 BASE_COLUMNS = ("request_id", "timestamp", "model_name", "model_version", "role", "latency_ms")
 
 
@@ -86,7 +105,11 @@ class _VersionLayout:
 
 
 class PredictionLogWriter:
-    """Buffers LogChunks and writes them as Parquet files from a background thread."""
+    """Buffers LogChunks and writes them as Parquet files from a background thread.
+
+    With `ledger_root` (a folder on this node's disk) it keeps a ledger there and counts
+    the rows that dead writers of the same log left unwritten (`on_lost`, see the module
+    docstring); `owner` names this writer in that folder (the replica id)."""
 
     def __init__(
         self,
@@ -98,6 +121,9 @@ class PredictionLogWriter:
         max_buffered_rows: int = 200_000,
         on_dropped: Callable[[int], None] | None = None,
         on_flushed: Callable[[int], None] | None = None,
+        ledger_root: str | Path | None = None,
+        owner: str = "",
+        on_lost: Callable[[int], None] | None = None,
     ) -> None:
         from pyarrow import fs as pafs
 
@@ -109,6 +135,7 @@ class PredictionLogWriter:
         self.max_buffered_rows = max_buffered_rows
         self._on_dropped = on_dropped
         self._on_flushed = on_flushed
+        self._on_lost = on_lost
         self._layouts: dict[int, _VersionLayout] = {}
         self._buffer: list[LogChunk] = []
         self._buffered_rows = 0
@@ -116,9 +143,18 @@ class PredictionLogWriter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
+        self._closed = False
         self.dropped_rows = 0
         self.written_rows = 0
         self.failed_writes = 0
+        self.counted_lost_rows = 0  # rows dead writers of this log left unwritten
+        self.ledger_folder: Path | None = None
+        self._ledger: Ledger | None = None
+        if ledger_root is not None:
+            digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+            self.ledger_folder = Path(ledger_root) / digest
+            self._ledger = Ledger.create(self.ledger_folder, owner or model_name)
+        atexit.register(self._shutdown)  # SIGTERM: Ray's worker exits through sys.exit
         self._thread = threading.Thread(
             target=self._run, name="raymlops-prediction-log", daemon=True
         )
@@ -134,18 +170,26 @@ class PredictionLogWriter:
             )
 
     def append(self, chunk: LogChunk) -> bool:
-        """Queue a chunk for writing; False (and counted) if the buffer is full."""
+        """Queue a chunk for writing; False (and counted) if the buffer is full. After
+        `close` the chunk is written at once, in the caller's thread."""
         rows = chunk.rows
-        full = False
+        full = dropped = False
         with self._lock:
-            if self._buffered_rows + rows > self.max_buffered_rows:
+            closed = self._closed
+            if closed:
+                pass
+            elif self._buffered_rows + rows > self.max_buffered_rows:
                 self.dropped_rows += rows
                 dropped = True
             else:
                 self._buffer.append(chunk)
                 self._buffered_rows += rows
-                dropped = False
+                if self._ledger is not None:
+                    self._ledger.accepted(rows)
                 full = self._buffered_rows >= self.max_rows_per_flush
+        if closed:  # no ledger: these rows are written before the caller answers
+            with self._write_lock:
+                return self._write([chunk], None) == rows
         if dropped:
             if self._on_dropped is not None:
                 self._on_dropped(rows)
@@ -161,26 +205,84 @@ class PredictionLogWriter:
         if not chunks:
             return 0
         with self._write_lock:
-            return self._write(chunks)
+            return self._write(chunks, self._ledger)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the thread and write what is left (called on replica shutdown)."""
+        """Stop the thread and write what is left (called on replica shutdown); rows
+        appended later are written as they come."""
+        atexit.unregister(self._shutdown)
+        self._shutdown(timeout_s)
+
+    def count_dead_writers(self) -> int:
+        """Count (and forget) the ledgers of this log's dead writers on this node; returns
+        the rows they lost. The background thread calls it every DEAD_WRITER_SCAN_S."""
+        if self.ledger_folder is None:
+            return 0
+        own = self._ledger.path if self._ledger is not None else None
+        lost = 0
+        for dead in claim_dead_ledgers(self.ledger_folder, self._published, own):
+            if dead.lost_rows:
+                logger.warning(
+                    "prediction log: writer %s (pid %d) died with %d rows unwritten",
+                    dead.owner, dead.pid, dead.lost_rows,
+                )  # fmt: skip
+            lost += dead.lost_rows
+        if lost:
+            self.counted_lost_rows += lost
+            if self._on_lost is not None:
+                self._on_lost(lost)
+        return lost
+
+    # ------------------------------------------------------------------ internals
+    def _shutdown(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
         self.flush()
+        with self._write_lock:
+            ledger, self._ledger = self._ledger, None
+            if ledger is not None:
+                ledger.close()
 
-    # ------------------------------------------------------------------ internals
     def _run(self) -> None:
+        next_scan = 0.0
+        due = time.monotonic() + self.flush_interval_s
         while not self._stop.is_set():
-            self._wake.wait(self.flush_interval_s)
+            if time.monotonic() >= next_scan:
+                try:
+                    self.count_dead_writers()
+                except Exception:
+                    logger.exception("prediction log: counting dead writers failed")
+                next_scan = time.monotonic() + DEAD_WRITER_SCAN_S
+            self._wake.wait(max(0.0, min(due, next_scan) - time.monotonic()))
+            if time.monotonic() < due and not self._wake.is_set():
+                continue  # woken for the scan only
             self._wake.clear()
+            # The next flush is due an interval after this one starts, not after it ends.
+            due = time.monotonic() + self.flush_interval_s
             try:
                 self.flush()
             except Exception:  # never let the writer die; the rows are counted as lost
                 logger.exception("prediction log: flush failed")
 
-    def _write(self, chunks: list[LogChunk]) -> int:
+    def _published(self, relative: str) -> bool:
+        """Whether a dead writer's file reached the log; its hidden leftover is removed."""
+        from pyarrow import fs as pafs
+
+        folder, name = f"{self._base}/{relative}".rsplit("/", 1)
+        if self.filesystem.get_file_info(f"{folder}/{name}").type == pafs.FileType.File:
+            return True
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            with contextlib.suppress(OSError):
+                self.filesystem.delete_file(f"{folder}/.{name}.tmp")
+        return False
+
+    def _write(self, chunks: list[LogChunk], ledger: Ledger | None) -> int:
+        """Write `chunks` (under the write lock); `ledger` records them if it holds them."""
         groups: dict[tuple[str, int], list[LogChunk]] = {}
         for chunk in chunks:
             day = dt.datetime.fromtimestamp(chunk.timestamp, dt.timezone.utc).date().isoformat()
@@ -189,33 +291,41 @@ class PredictionLogWriter:
         for (day, version), group in groups.items():
             rows = sum(c.rows for c in group)
             try:
-                table = self._table(version, group)
-                folder = f"{self._base}/{partition(day, version)}"
-                self.filesystem.create_dir(folder, recursive=True)
                 name = f"part-{uuid.uuid4().hex}.parquet"
-                import pyarrow.parquet as pq
-                from pyarrow import fs as pafs
-
-                # Dictionary encoding pays for the string columns only (floats rarely repeat).
-                options = {"use_dictionary": self._string_columns(version)}
-                if isinstance(self.filesystem, pafs.LocalFileSystem):
-                    # Readers never see half a file: written under a hidden name, then renamed.
-                    hidden = f"{folder}/.{name}.tmp"
-                    pq.write_table(table, hidden, filesystem=self.filesystem, **options)
-                    self.filesystem.move(hidden, f"{folder}/{name}")
-                else:  # object stores publish an object only once it is complete
-                    pq.write_table(table, f"{folder}/{name}", filesystem=self.filesystem, **options)
+                if ledger is not None:
+                    ledger.begin(f"{partition(day, version)}/{name}", rows)
+                self._publish(version, group, f"{self._base}/{partition(day, version)}", name)
                 written += rows
             except Exception:
-                self.failed_writes += 1
-                self.dropped_rows += rows
+                with self._lock:  # also counted by `append`, in another thread
+                    self.failed_writes += 1
+                    self.dropped_rows += rows
                 logger.exception("prediction log: writing %d rows of v%d failed", rows, version)
                 if self._on_dropped is not None:
                     self._on_dropped(rows)
+            if ledger is not None:  # written, or counted as dropped
+                ledger.settled(rows)
         self.written_rows += written
         if written and self._on_flushed is not None:
             self._on_flushed(written)
         return written
+
+    def _publish(self, version: int, group: list[LogChunk], folder: str, name: str) -> None:
+        """One file of `group`'s rows, visible to readers only once complete."""
+        import pyarrow.parquet as pq
+        from pyarrow import fs as pafs
+
+        table = self._table(version, group)
+        self.filesystem.create_dir(folder, recursive=True)
+        # Dictionary encoding pays for the string columns only (floats rarely repeat).
+        options = {"use_dictionary": self._string_columns(version)}
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            # Readers never see half a file: written under a hidden name, then renamed.
+            hidden = f"{folder}/.{name}.tmp"
+            pq.write_table(table, hidden, filesystem=self.filesystem, **options)
+            self.filesystem.move(hidden, f"{folder}/{name}")
+        else:  # object stores publish an object only once it is complete
+            pq.write_table(table, f"{folder}/{name}", filesystem=self.filesystem, **options)
 
     def _string_columns(self, version: int) -> list[str]:
         layout = self._layouts[version]

@@ -1,9 +1,13 @@
 """The prediction log writer: the fixed layout and schema monitoring reads, batching off the
-request path, the memory bound and the flush window."""
+request path, the memory bound and the flush window, and what a writer's end costs (SIGTERM
+writes everything; SIGKILL's loss is counted by another writer from the ledger)."""
 
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymlops.serve.api import read_prediction_log
+from raymlops.serve.log_ledger import Ledger, claim_dead_ledgers
 from raymlops.serve.prediction_log import LogChunk, PredictionLogWriter, log_schema, read_log
 
 
@@ -170,3 +175,122 @@ def test_a_failed_request_is_logged_with_its_error(
     assert table.column("prediction").to_pylist() == ["yes", "yes", None]
     assert math.isnan(table.column("proba_yes").to_pylist()[2])
     assert table.column("a").to_pylist()[2] == 7.0
+
+
+# --------------------------------------------------------------------------- a writer's end
+
+# A writer in a process of its own: it logs `flushed` one-row requests and writes them, logs
+# `held` more and keeps them buffered, says "ready", then waits to be signalled. With
+# `ray_sigterm`, SIGTERM raises SystemExit as Ray's worker's handler does.
+_CHILD = """
+import signal, sys, time
+import numpy as np
+from raymlops.serve.prediction_log import LogChunk, PredictionLogWriter
+
+root, ledgers, flushed, held, ray_sigterm = sys.argv[1:6]
+if ray_sigterm == "1":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+log = PredictionLogWriter(root, "m", flush_interval_s=60, ledger_root=ledgers, owner="child")
+log.register_version(1, ["a"], [], ["no", "yes"])
+
+def chunk(i):
+    return LogChunk(f"r{i}", time.time(), 1, "champion", 1.0, {"a": np.array([float(i)])},
+                    np.array(["yes"], dtype=object), np.array([[0.5, 0.5]]))
+
+for i in range(int(flushed)):
+    log.append(chunk(i))
+log.flush()
+for i in range(int(flushed), int(flushed) + int(held)):
+    log.append(chunk(i))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _child(tmp_path: Path, flushed: int, held: int, ray_sigterm: bool) -> subprocess.Popen[str]:
+    args = [str(tmp_path / "log"), str(tmp_path / "ledgers"), str(flushed), str(held)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args, "1" if ray_sigterm else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    return child
+
+
+def _ledgers(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "ledgers").glob("*/*.ledger"))
+
+
+def test_a_killed_writers_buffered_rows_are_counted_by_another_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL loses the buffered rows; the next writer of the log on this node counts
+    exactly those from the dead writer's ledger, once, and removes the ledger."""
+    # The survivor's thread scans once as it starts (nothing to find yet), then never: the
+    # test's own calls are the only ones that can count.
+    monkeypatch.setattr("raymlops.serve.prediction_log.DEAD_WRITER_SCAN_S", 3600.0)
+    lost: list[int] = []
+    survivor = PredictionLogWriter(
+        str(tmp_path / "log"), "m", flush_interval_s=60, ledger_root=tmp_path / "ledgers",
+        on_lost=lost.append,
+    )  # fmt: skip
+    child = _child(tmp_path, flushed=5, held=7, ray_sigterm=False)
+    assert len(_ledgers(tmp_path)) == 2
+    assert survivor.count_dead_writers() == 0  # alive: its ledger is left alone
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    assert read_prediction_log(tmp_path / "log" / "m").num_rows == 5
+    assert survivor.count_dead_writers() == 7
+    assert (lost, survivor.counted_lost_rows) == ([7], 7)
+    assert survivor.count_dead_writers() == 0  # counted once
+    assert len(_ledgers(tmp_path)) == 1  # the survivor's own
+    survivor.close()
+    assert _ledgers(tmp_path) == []  # a writer that closes removes its ledger
+
+
+def test_sigterm_writes_what_the_writer_holds(tmp_path: Path) -> None:
+    """SIGTERM as Ray's workers handle it (SystemExit): the atexit hook writes the buffer,
+    and the ledger goes with it (nothing to count)."""
+    child = _child(tmp_path, flushed=5, held=7, ray_sigterm=True)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(30) == 1
+    assert read_prediction_log(tmp_path / "log" / "m").num_rows == 12
+    assert _ledgers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("published", "lost"), [(True, 2), (False, 5)])
+def test_a_file_being_published_at_the_kill_counts_as_lost_only_if_unpublished(
+    tmp_path: Path, published: bool, lost: int
+) -> None:
+    folder = tmp_path / "ledgers"
+    ledger = Ledger.create(folder, "dead")
+    assert ledger is not None
+    ledger.accepted(5)
+    ledger.begin("date=2026-01-01/version=1/part-x.parquet", 3)
+    ledger.close()  # 5 unsettled: left in place, and unlocked as by the owner's death
+    asked: list[str] = []
+
+    def is_published(path: str) -> bool:
+        asked.append(path)
+        return published
+
+    [dead] = claim_dead_ledgers(folder, is_published)
+    assert (dead.owner, dead.lost_rows) == ("dead", lost)
+    assert asked == ["date=2026-01-01/version=1/part-x.parquet"]
+    assert list(folder.iterdir()) == []
+
+
+def test_rows_after_close_are_written_at_once(tmp_path: Path) -> None:
+    """What a replica logs after its writer closed (a shadow answer finishing late) is
+    written in the caller's thread, not lost."""
+    log = PredictionLogWriter(
+        str(tmp_path), "m", flush_interval_s=60, ledger_root=tmp_path / "ledgers"
+    )
+    log.register_version(1, ["a"], ["colour"], ["no", "yes"])
+    log.append(_chunk("before", rows=2))
+    log.close()
+    assert read_prediction_log(tmp_path / "m").num_rows == 2
+    assert log.append(_chunk("after"))
+    assert read_prediction_log(tmp_path / "m").num_rows == 3
+    assert list((tmp_path / "ledgers").glob("*/*.ledger")) == []
