@@ -311,7 +311,12 @@ def _cluster(
     `in_process` a local Ray living as long as this process."""
     import ray
 
-    from raymlops.serve.head import load_owned_head, serve_env, start_owned_head
+    from raymlops.serve.head import (
+        joining,
+        load_owned_head,
+        serve_env,
+        start_owned_head,
+    )
 
     if ray.is_initialized():
         yield _Session(None, False)
@@ -319,32 +324,36 @@ def _cluster(
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     target = address or os.environ.get("RAY_ADDRESS")
     head = None
-    if in_process and not target:
-        env = serve_env(proxy, host, home)
-        os.environ.update(env)
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address="local", include_dashboard=False, **kwargs)
-    else:
-        if not target:
-            head = load_owned_head(home)
-            if head is None:
-                if not start:
-                    raise UserInputError(
-                        f"nothing is being served from {home} (start with: raymlops serve), "
-                        "or pass --address of the cluster that serves it"
-                    )
-                head = start_owned_head(home, proxy, host)
-            target = head.address
-        # With an explicit address ray.init sends no token unless told to; find it as Ray's
-        # CLI does ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
-        from raymlops.core.ray_session import use_token_if_available
+    with contextlib.ExitStack() as joined:
+        if in_process and not target:
+            env = serve_env(proxy, host, home)
+            os.environ.update(env)
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            ray.init(address="local", include_dashboard=False, **kwargs)
+        else:
+            if not target:
+                head = load_owned_head(home)
+                if head is None:
+                    if not start:
+                        raise UserInputError(
+                            f"nothing is being served from {home} (start with: raymlops "
+                            "serve), or pass --address of the cluster that serves it"
+                        )
+                    head = start_owned_head(home, proxy, host)
+                target = head.address
+                # Its own token, its node on loopback, for as long as the session lasts.
+                kwargs.update(joined.enter_context(joining(home)))
+            else:
+                # With an explicit address ray.init sends no token unless told to; find it
+                # as Ray's CLI does ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
+                from raymlops.core.ray_session import use_token_if_available
 
-        use_token_if_available()
-        ray.init(address=target, **kwargs)
-    try:
-        yield _Session(head, in_process and not address)
-    finally:
-        ray.shutdown()
+                use_token_if_available()
+            ray.init(address=target, **kwargs)
+        try:
+            yield _Session(head, in_process and not address)
+        finally:
+            ray.shutdown()
 
 
 def _running_proxy() -> str | None:

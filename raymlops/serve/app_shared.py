@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 from collections.abc import Callable
@@ -129,6 +130,40 @@ def on_sigterm(hook: Callable[[], None]) -> bool:
 
         scope[_RAY_EXIT] = chained
     _SIGTERM_HOOKS.append(hook)
+    return True
+
+
+#: Set (to "1") in the environment of a head whose listeners must all be on loopback.
+LOOPBACK_ONLY_ENV = "RAYMLOPS_LOOPBACK_ONLY"
+_ANY_PORT = "[::]:0"
+
+
+def keep_replica_grpc_on_loopback() -> bool:
+    """On a loopback-only head, make this replica's inter-deployment gRPC server listen on
+    127.0.0.1 instead of every interface; whether it was arranged.
+
+    Ray 2.60's replica starts that server after the deployment's constructor with the
+    address "[::]:0" hard-coded and no setting for it; the helper it binds with is looked
+    up in the replica module at call time, so that name is wrapped to rewrite exactly that
+    address (any other passes unchanged). Called from the deployments' constructors."""
+    if os.environ.get(LOOPBACK_ONLY_ENV) != "1":
+        return False
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return False
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None:
+        logger.warning("raymlops: Ray's replica gRPC bind is not where expected; not narrowed")
+        return False
+    if getattr(bind, "_raymlops_loopback", False):
+        return True
+
+    def on_loopback(server: Any, address: str) -> Any:
+        return bind(server, "127.0.0.1:0" if address == _ANY_PORT else address)
+
+    on_loopback._raymlops_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback
     return True
 
 

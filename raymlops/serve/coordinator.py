@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raymlops.core.config import ServeConfig
-from raymlops.serve.app_shared import _registry, logger
+from raymlops.serve.app_shared import _registry, keep_replica_grpc_on_loopback, logger
 from raymlops.serve.canary import (
     CHALLENGER,
     CHAMPION,
@@ -33,6 +33,7 @@ class Coordinator:
     """Routing table, canary figures, automatic rollback, alias following, events."""
 
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
+        keep_replica_grpc_on_loopback()
         self.args = args
         self.cfg = ServeConfig.model_validate(args["serve"])
         self.model = str(args["model_name"])

@@ -4,12 +4,20 @@ the command returns and `raymlops serve stop` can take it down again.
 The head is a plain `ray start --head` in a process session of its own, with its own temp
 dir and free ports; where it listens and which processes belong to it are recorded in
 `<home>/serve/ray-head.json`. Stopping it signals exactly those processes (never
-`ray stop`, which would also stop every other Ray instance on the machine). Ray's token
-authentication stays as Ray sets it up by default.
+`ray stop`, which would also stop every other Ray instance on the machine).
+
+It is a single-machine head that nothing else needs to reach but Serve's HTTP port, so every
+Ray listener is on loopback: Ray binds its servers to the node's IP, and
+`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (Ray's single-machine mode, which refuses worker
+nodes) keeps `--node-ip-address=127.0.0.1` from being replaced by the machine's address.
+Token authentication is always on, with a token of its own kept in the home (mode 0600).
 
 Also here: the environment that turns on Ray Serve's HAProxy ingress, and a small wrapper
 around the HAProxy binary that binds its stats and Prometheus listeners to the configured
-host instead of every interface (Ray 2.60's template hard-codes `bind :PORT` for those).
+host instead of every interface (Ray 2.60's template hard-codes `bind :PORT` for those) and
+makes its admin socket private (the template's is `mode 666 level admin`). Its config and
+sockets live in a folder of the home's own (mode 0700), not Ray's one shared
+`/tmp/haproxy-serve`, so two homes serving on one machine cannot steer each other.
 """
 
 from __future__ import annotations
@@ -18,33 +26,45 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from raymlops.core.errors import RaymlopsError
 from raymlops.core.processes import session_processes, stop_session
 from raymlops.core.report import say
+from raymlops.serve.app_shared import LOOPBACK_ONLY_ENV
 
 __all__ = [
     "OwnedHead",
     "free_port",
     "haproxy_binary",
     "haproxy_wrapper",
+    "head_token",
+    "head_token_env",
+    "joining",
     "load_owned_head",
+    "private_folder",
     "serve_env",
     "start_owned_head",
     "stop_owned_head",
 ]
 
 STATE_FILE = "ray-head.json"
+TOKEN_FILE = "auth-token"
 # Unix socket paths (temp dir + session name + socket) must stay under ~107 bytes.
 _MAX_TEMP_DIR = 40
+# HAProxy's sockets are <folder>/<56-hex node id>/metrics.sock, and HAProxy takes at most
+# 97 bytes for a socket path.
+_MAX_HAPROXY_DIR = 24
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,14 +88,15 @@ def haproxy_binary() -> str | None:
 
 
 _WRAPPER = """#!/bin/sh
-# Written by raymlops: runs Ray Serve's HAProxy with the listeners that Ray's template binds
-# to every interface (stats, Prometheus) bound to {host} instead. Regenerated on deploy.
+# Written by raymlops: runs Ray Serve's HAProxy with its admin socket private (mode 600) and
+# the listeners that Ray's template binds to every interface (stats, Prometheus) bound to
+# {host} instead. Regenerated on deploy.
 REAL='{real}'
 prev=""
 for arg in "$@"; do
   shift
   if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
-    sed -E 's/^([[:space:]]*bind[[:space:]]+)(\\*|0\\.0\\.0\\.0)?:([0-9]+)/\\1{host}:\\3/' \\
+    sed -E -e 's/^([[:space:]]*stats socket .*) mode 666 /\\1 mode 600 /' {bind} \\
       "$arg" > "$arg.raymlops" && arg="$arg.raymlops"
   fi
   set -- "$@" "$arg"
@@ -83,6 +104,7 @@ for arg in "$@"; do
 done
 exec "$REAL" "$@"
 """
+_BIND = "-e 's/^([[:space:]]*bind[[:space:]]+)(\\*|0\\.0\\.0\\.0)?:([0-9]+)/\\1{host}:\\3/'"
 
 
 def haproxy_wrapper(home: Path, host: str) -> str | None:
@@ -94,19 +116,32 @@ def haproxy_wrapper(home: Path, host: str) -> str | None:
     if real.startswith(str(home / "serve" / "bin")):
         return real
     bind_host = "127.0.0.1" if host in ("localhost",) else host
-    if bind_host in ("0.0.0.0", "::", "*"):
-        return real  # every interface was asked for: nothing to narrow
+    every = bind_host in ("0.0.0.0", "::", "*")  # every interface asked for: no narrowing
     folder = home / "serve" / "bin"
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{real}\0{bind_host}".encode()).hexdigest()[:10]
     path = folder / f"haproxy-{digest}"
-    text = _WRAPPER.format(real=real.replace("'", ""), host=bind_host)
+    bind = "" if every else _BIND.format(host=bind_host)
+    text = _WRAPPER.format(real=real.replace("'", ""), host=bind_host, bind=bind)
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         os.replace(tmp, path)
     return str(path)
+
+
+def private_folder(home: Path, name: str, limit: int) -> Path:
+    """A folder of this home's own (mode 0700): `<home>/serve/<name>`, or when that path is
+    longer than `limit` (Unix socket paths must stay short) one under /tmp named after the
+    home's digest."""
+    preferred = home / "serve" / name
+    if len(str(preferred)) > limit:
+        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
+        preferred = Path("/tmp") / f"rmo-{digest}-{name}"[: limit - 5]
+    preferred.mkdir(parents=True, exist_ok=True)
+    preferred.chmod(0o700)
+    return preferred
 
 
 def serve_env(proxy: str, host: str, home: Path | None) -> dict[str, str]:
@@ -145,6 +180,16 @@ def serve_env(proxy: str, host: str, home: Path | None) -> dict[str, str]:
         wrapper = haproxy_wrapper(home, host)
         if wrapper is not None:
             env["RAY_SERVE_HAPROXY_BINARY_PATH"] = wrapper
+        folder = str(private_folder(home, "haproxy", _MAX_HAPROXY_DIR))
+        env.update(
+            {
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+            }
+        )
     return env
 
 
@@ -229,6 +274,76 @@ def _temp_dir(home: Path) -> Path:
     return Path("/tmp") / f"raymlops-{digest}"
 
 
+#: What the head must not take from the caller's environment: another cluster's address and
+#: token settings (it has its own).
+_NOT_INHERITED = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+#: Ray's single-machine switch (see the module's docstring).
+_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def head_token(home: Path) -> str:
+    """The token of this home's head: read from `<home>/serve/auth-token`, created there
+    (mode 0600, 256 random bits) when it does not exist yet."""
+    path = home / "serve" / TOKEN_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):  # another process wrote one first
+            os.link(tmp, path)
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def head_token_env(home: Path) -> dict[str, str]:
+    """Environment that makes Ray (the head, or a client joining it) use token
+    authentication with this home's token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head_token(home)}
+
+
+@contextlib.contextmanager
+def joining(home: Path) -> Iterator[dict[str, Any]]:
+    """For the block, this process can `ray.init` the owned head: its token, and loopback
+    kept as loopback. Yields the extra `ray.init` arguments.
+
+    Ray turns a loopback address into the machine's address before connecting, unless its
+    single-machine mode is on; that switch is read from a module constant at call time
+    (`ray._private.ray_constants.ENABLE_RAY_CLUSTER`, set from
+    $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import), so it is set for the block and restored.
+    Ray caches the token settings of the environment; they are reloaded as Ray's own
+    token set-up does, on the way in and out.
+    """
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in (*_NOT_INHERITED, _SINGLE_MACHINE)}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(head_token_env(home))
+    os.environ[_SINGLE_MACHINE] = "0"
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    _reload_token_settings()
+    try:
+        yield {"_node_ip_address": "127.0.0.1"}
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _reload_token_settings()
+
+
+def _reload_token_settings() -> None:
+    """Make Ray read $RAY_AUTH_MODE and the token again (it caches both per process)."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def start_owned_head(
     home: Path, proxy: str, host: str, num_cpus: int | None = None, timeout_s: float = 120.0
 ) -> OwnedHead:
@@ -245,14 +360,18 @@ def start_owned_head(
     args = [
         ray_bin, "start", "--head", "--disable-usage-stats",
         f"--num-cpus={num_cpus or os.cpu_count() or 1}",
+        "--node-ip-address=127.0.0.1",
         f"--port={gcs}", f"--temp-dir={temp}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         f"--metrics-export-port={metrics}",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
     ]  # fmt: skip
-    child_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    child_env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     child_env.update(env)
+    child_env.update(head_token_env(home))
+    child_env[_SINGLE_MACHINE] = "0"  # see the module's docstring
+    child_env[LOOPBACK_ONLY_ENV] = "1"  # Serve replicas' own gRPC server too
     # Serving replicas should not yield the CPU to every batch job on the machine.
     child_env.setdefault("RAY_worker_niceness", "0")
     log_path = serve_dir / "ray-head.log"

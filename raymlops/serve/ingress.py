@@ -33,6 +33,7 @@ from raymlops.serve.app_shared import (
     _PendingMetrics,
     _registry,
     _send,
+    keep_replica_grpc_on_loopback,
     logger,
     on_sigterm,
 )
@@ -90,6 +91,7 @@ class Ingress:
     async def __init__(self, coordinator: Any, args: dict[str, Any]) -> None:  # type: ignore[misc]
         import torch
 
+        keep_replica_grpc_on_loopback()
         self.args = args
         self.cfg = ServeConfig.model_validate(args["serve"])
         for architecture in args.get("architectures") or []:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -125,12 +126,20 @@ def test_serve_env_per_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0.5")
     faster = serve_env("haproxy", "127.0.0.1", tmp_path)
     assert faster["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0.5"
+    # HAProxy's config and sockets in a folder of this home's own, nobody else's.
+    folder = Path(haproxy["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
+    assert folder == tmp_path / "serve" / "haproxy" or folder.name.startswith("rmo-")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    other = serve_env("haproxy", "127.0.0.1", tmp_path / "other")
+    assert Path(other["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent != folder
+    for key in ("CONFIG_FILE_LOC", "METRICS_SOCKET_PATH", "SERVER_STATE_FILE"):
+        assert Path(haproxy[f"RAY_SERVE_HAPROXY_{key}"]).parent == folder
 
 
 # --------------------------------------------------------------------------- HAProxy wrapper
 
 
-def test_haproxy_wrapper_binds_stats_and_metrics_to_the_host(
+def test_haproxy_wrapper_binds_listeners_to_the_host_and_keeps_the_admin_socket_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = tmp_path / "fake-haproxy"
@@ -142,6 +151,7 @@ def test_haproxy_wrapper_binds_stats_and_metrics_to_the_host(
     assert wrapper is not None and wrapper != str(fake) and os.access(wrapper, os.X_OK)
     config = tmp_path / "haproxy.cfg"
     config.write_text(
+        "global\n    stats socket /x/admin.sock mode 666 level admin expose-fd listeners\n"
         "frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
         "    bind 127.0.0.1:8000\nlisten stats\n  bind *:8404\n"
     )
@@ -153,8 +163,14 @@ def test_haproxy_wrapper_binds_stats_and_metrics_to_the_host(
     assert "bind 127.0.0.1:8404" in out
     assert "bind 127.0.0.1:8000" in out
     assert "bind :" not in out and "bind *" not in out
-    # Every interface asked for: the real binary, unwrapped.
-    assert haproxy_wrapper(tmp_path / "home", "0.0.0.0") == str(fake)
+    assert "stats socket /x/admin.sock mode 600 level admin" in out and "666" not in out
+    # Every interface asked for: binds as they are, the admin socket still private.
+    everywhere = haproxy_wrapper(tmp_path / "home", "0.0.0.0")
+    assert everywhere is not None and everywhere != wrapper
+    out = subprocess.run(
+        [everywhere, "-f", str(config)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "bind :9101" in out and "bind *:8404" in out and "mode 600 level admin" in out
 
 
 # --------------------------------------------------------------------------- client
@@ -355,3 +371,43 @@ def test_a_stale_head_record_never_signals_processes_that_are_not_the_head(
         for proc in (sleeper, owned):
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_replica_grpc_is_narrowed_to_loopback_only_on_a_loopback_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray.serve._private import replica
+
+    from raymlops.serve.app_shared import LOOPBACK_ONLY_ENV, keep_replica_grpc_on_loopback
+
+    bound: list[str] = []
+    monkeypatch.setattr(replica, "add_port_to_grpc_server", lambda _s, a: bound.append(a) or 7)
+    monkeypatch.delenv(LOOPBACK_ONLY_ENV, raising=False)
+    assert not keep_replica_grpc_on_loopback()
+    replica.add_port_to_grpc_server(None, "[::]:0")
+    monkeypatch.setenv(LOOPBACK_ONLY_ENV, "1")
+    assert keep_replica_grpc_on_loopback() and keep_replica_grpc_on_loopback()  # once only
+    assert replica.add_port_to_grpc_server(None, "[::]:0") == 7
+    replica.add_port_to_grpc_server(None, "10.0.0.1:5")
+    assert bound == ["[::]:0", "127.0.0.1:0", "10.0.0.1:5"]
+
+
+def test_joining_the_owned_head_is_undone_after_the_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray._private import ray_constants
+
+    from raymlops.serve.head import head_token, joining
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "another-clusters-token")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    flag = ray_constants.ENABLE_RAY_CLUSTER
+    with joining(tmp_path) as extra:
+        assert extra == {"_node_ip_address": "127.0.0.1"}
+        assert os.environ["RAY_AUTH_TOKEN"] == head_token(tmp_path) != "another-clusters-token"
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+    assert os.environ["RAY_AUTH_TOKEN"] == "another-clusters-token"
+    assert "RAY_AUTH_MODE" not in os.environ and flag == ray_constants.ENABLE_RAY_CLUSTER
+    token = tmp_path / "serve" / "auth-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(head_token(tmp_path)) == 64
