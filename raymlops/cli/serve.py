@@ -22,7 +22,10 @@ from raymlops.cli.base import (
 
 def _serve_target_options(func: F) -> F:
     func = click.option(
-        "--app", default=None, help="Serve application name; default: serve.app_name or the model."
+        "--app",
+        default=None,
+        help="Serve application name; default: serve.app_name or the model (status and stop "
+        "without -c/--set: the raymlops applications running).",
     )(func)
     func = click.option(
         "--address",
@@ -44,6 +47,15 @@ def _check_serve_address(address: str | None) -> None:
 
 def _print_serve_status(status: Any, as_json: bool) -> None:
     click.echo(json.dumps(status.to_dict(), indent=2, default=str) if as_json else status.summary())
+
+
+def _named_config(config_path: str | None, overrides: tuple[str, ...]) -> Any:
+    """The config when -c or --set is given, else None: with neither, and no --app, `serve
+    status` and `serve stop` act on the raymlops applications found running, whichever
+    config deployed them, not on the embedded default's application name."""
+    if config_path is None and not overrides:
+        return None
+    return _load(config_path, overrides)
 
 
 @cli.group(invoke_without_command=True)
@@ -131,15 +143,27 @@ def serve_status(
 ) -> None:
     """Show the application, its replicas, the traffic split and per-version figures.
 
+    Which application: --app, else the one -c/--set configure; with none of them, every
+    raymlops application running (on --address/$RAY_ADDRESS, else on the local head this
+    home started), whichever config deployed it. --json prints the status object, or a
+    list of them when several applications run and none was named.
+
     \b
     Example:
       raymlops serve status --json
+      raymlops serve status -c other.yaml          # the application other.yaml deploys
     """
-    from raymlops.serve.api import serve_status as status_of
+    from raymlops.serve.api import serve_statuses
 
     _check_serve_address(address)
-    status = status_of(_load(config_path, overrides), app=app, address=address, home=home)
-    _print_serve_status(status, as_json)
+    config = _named_config(config_path, overrides)
+    statuses = serve_statuses(config, app=app, address=address, home=home)
+    if len(statuses) == 1:
+        _print_serve_status(statuses[0], as_json)
+    elif as_json:
+        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2, default=str))
+    else:
+        click.echo("\n\n".join(s.summary() for s in statuses))
 
 
 @serve.command("canary")
@@ -292,12 +316,20 @@ def serve_stop(
     """Delete the application, and stop the local Ray head raymlops started for it (only
     that head, by its recorded processes) when nothing else is served there.
 
+    Which application: --app, else the one -c/--set configure. With none of them: every
+    raymlops application on the local head this home started (each was started from this
+    home, whichever config), then the head; on --address/$RAY_ADDRESS the one raymlops
+    application there, and when several run there, none: they are listed (exit 2) and
+    --app picks one.
+
     \b
     Example:
-      raymlops serve stop
+      raymlops serve stop                    # everything this home serves
+      raymlops serve stop --app other-app    # only that application
     """
     from raymlops.serve.api import serve_stop as stop_serving
 
     _check_serve_address(address)
-    stopped = stop_serving(_load(config_path, overrides), app=app, address=address, home=home)
+    config = _named_config(config_path, overrides)
+    stopped = stop_serving(config, app=app, address=address, home=home)
     click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")

@@ -112,6 +112,97 @@ def test_serve_status_stop_with_a_raymlops_owned_head(tmp_path: Path) -> None:
     assert not Client(f"http://127.0.0.1:{port}", max_retries=0).ready()
 
 
+def _other_config(home: Path, port: int) -> Path:
+    """The embedded default as a file of its own that names another application and port
+    (what a user's `-c other.yaml` holds), one replica of half a CPU."""
+    import yaml
+
+    from raymlops.core.config import load_config
+
+    config = load_config(None, []).model_dump(mode="json")
+    config["serve"].update(app_name="other-app", port=port, cpus_per_replica=0.5)
+    config["serve"]["autoscaling"].update(min_replicas=1, initial_replicas=1)
+    path = home / "other.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _answers(url: str) -> bool:
+    return Client(url, max_retries=0).ready()
+
+
+def test_status_and_stop_without_config_find_an_app_deployed_from_another(
+    tmp_path: Path,
+) -> None:
+    """`serve -c other.yaml` (another app name, another port), then `serve status` and
+    `serve stop` with no -c: they act on that application, and the endpoint stops answering."""
+    _register_champion(tmp_path)
+    port = _free_port()
+    other = _other_config(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    deployed = _raymlops("serve", "-c", str(other), "--json", home=tmp_path)
+    state_file = tmp_path / "serve" / "ray-head.json"
+    head = json.loads(state_file.read_text()) if state_file.exists() else None
+    try:
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        assert json.loads(deployed.stdout)["app"] == "other-app"
+        assert _answers(url)
+
+        shown = _raymlops("serve", "status", home=tmp_path)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        assert shown.stdout.startswith(f"other-app: RUNNING at {url}"), shown.stdout
+        as_json = _raymlops("serve", "status", "--json", home=tmp_path)
+        assert as_json.returncode == 0, as_json.stderr[-3000:]
+        document = json.loads(as_json.stdout)  # one application: the object, as before
+        assert (document["app"], document["url"], document["champion"]) == ("other-app", url, 1)
+    finally:
+        stopped = _raymlops("serve", "stop", home=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert stopped.stdout.strip() == "stopped: application other-app, raymlops Ray head"
+    assert not _answers(url)
+    assert not state_file.exists()
+    assert head is not None and not _session_alive(head["session_id"])
+
+
+@pytest.mark.long
+def test_several_apps_status_lists_them_stop_takes_all_this_home_serves(tmp_path: Path) -> None:
+    """Two applications on the head this home started: `status` shows both (--json: a list);
+    `stop --address` of that head (a cluster that may serve others' too) refuses and names
+    them; plain `stop` stops both and the head."""
+    _register_champion(tmp_path)
+    port = _free_port()
+    other = _other_config(tmp_path, port)
+    second = ["--set", "serve.app_name=second", "--set", "serve.route_prefix=/second"]
+    urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/second"]
+    first_run = _raymlops("serve", "-c", str(other), home=tmp_path)
+    second_run = _raymlops("serve", "-c", str(other), *second, home=tmp_path)
+    state_file = tmp_path / "serve" / "ray-head.json"
+    head = json.loads(state_file.read_text()) if state_file.exists() else None
+    try:
+        assert first_run.returncode == 0, first_run.stderr[-3000:]
+        assert second_run.returncode == 0, second_run.stderr[-3000:]
+        assert head is not None and all(_answers(url) for url in urls)
+
+        shown = _raymlops("serve", "status", "--json", home=tmp_path)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        assert [d["app"] for d in json.loads(shown.stdout)] == ["other-app", "second"]
+        text = _raymlops("serve", "status", home=tmp_path).stdout
+        assert "other-app: RUNNING" in text and "second: RUNNING" in text
+
+        refused = _raymlops("serve", "stop", "--address", head["address"], home=tmp_path)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "other-app, second" in refused.stderr and "--app NAME" in refused.stderr
+        assert all(_answers(url) for url in urls)
+    finally:
+        stopped = _raymlops("serve", "stop", home=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert stopped.stdout.strip() == (
+        "stopped: application other-app, application second, raymlops Ray head"
+    )
+    assert not any(_answers(url) for url in urls)
+    assert head is not None and not _session_alive(head["session_id"])
+
+
 def test_serve_commands_without_a_running_endpoint_exit_2(tmp_path: Path) -> None:
     for command in ("status", "promote", "stop"):
         proc = _raymlops("serve", command, home=tmp_path, timeout=120)

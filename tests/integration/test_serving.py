@@ -689,3 +689,17 @@ def test_cli_status_canary_promote_rollback(served: Served) -> None:
 
     app = app_builder({"config": str(config_file), "home": str(served.home)})
     assert isinstance(app, Application)
+
+
+def test_cli_status_without_config_finds_the_running_app(served: Served) -> None:
+    """Without -c the embedded default would name 'breast-cancer'; the application this
+    module serves is found instead, and a wrong --app is told which ones run."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["serve", "status", "--home", str(served.home), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert (document["app"], document["url"], document["champion"]) == (MODEL, served.url, 1)
+
+    result = runner.invoke(cli, ["serve", "promote", "--home", str(served.home), "--app", "nope"])
+    assert result.exit_code == 2, result.output
+    assert "no application 'nope'" in result.output and f"running here: {MODEL}" in result.output
