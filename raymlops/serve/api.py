@@ -5,7 +5,7 @@ canary, promote or roll back, and read what was predicted.
     Client(status.url).predict([{"mean_radius": 14.1, ...}])
     serve_canary(config, version=3, percent=10)   # v3 answers 10% of requests
     serve_promote(config) | serve_rollback(config)
-    serve_stop(config)
+    serve_stop(config)                             # or serve_stop(None): all this home serves
 
 Where it runs: on the Ray cluster given by `address` (or $RAY_ADDRESS), else on a local Ray
 head that raymlops starts once in the background and records under the home folder, so
@@ -57,18 +57,23 @@ __all__ = [
     "application_args",
     "prediction_log_root",
     "read_prediction_log",
+    "serve_applications",
     "serve_canary",
     "serve_config_yaml",
     "serve_model",
     "serve_promote",
     "serve_rollback",
     "serve_status",
+    "serve_statuses",
     "serve_stop",
 ]
 
 logger = logging.getLogger(__name__)
 
 _COORDINATOR = "Coordinator"
+#: The deployments every raymlops application has (raymlops.serve.app): how a Serve
+#: application is recognised as one of ours.
+_DEPLOYMENTS = frozenset({_COORDINATOR, "Ingress"})
 
 
 class ServingError(RaymlopsError):
@@ -450,16 +455,45 @@ def _call(app: str, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
     return getattr(handle, method).remote(*args).result(timeout_s=timeout_s)
 
 
-def _app_name(config: PipelineConfig, app: str | None) -> str:
-    return app or config.serve.app_name or config.registry.model_name
+def _app_name(config: PipelineConfig | None, app: str | None) -> str:
+    if app:
+        return app
+    if config is None:
+        raise ValueError("name an application: `app` or a config")
+    return config.serve.app_name or config.registry.model_name
 
 
-def _collect_status(app: str, session: _Session | None = None) -> ServeStatus:
+def _raymlops_apps() -> list[str]:
+    """The raymlops applications in the connected cluster's Serve (those with the deployments
+    raymlops creates, whatever config named them), sorted; none when Serve is not running."""
+    from ray import serve
+
+    return sorted(
+        name
+        for name, overview in serve.status().applications.items()
+        if set(overview.deployments) >= _DEPLOYMENTS
+    )
+
+
+def _require_app(app: str) -> Any:
+    """The application's Serve overview; UserInputError (exit 2) naming the raymlops
+    applications that do run when `app` does not."""
     from ray import serve
 
     overview = serve.status().applications.get(app)
-    if overview is None:
-        raise UserInputError(f"no application '{app}' is deployed on this cluster")
+    if overview is not None:
+        return overview
+    running = _raymlops_apps()
+    hint = (
+        f" (running here: {', '.join(running)}; pick one with --app NAME)"
+        if running
+        else " (start one with: raymlops serve)"
+    )
+    raise UserInputError(f"no application '{app}' is deployed on this cluster{hint}")
+
+
+def _collect_status(app: str, session: _Session | None = None) -> ServeStatus:
+    overview = _require_app(app)
     deployments = {
         name: {
             "status": str(dep.status.value if hasattr(dep.status, "value") else dep.status),
@@ -591,16 +625,50 @@ def _serve_until_signalled(app: str, say: Any) -> None:
         serve.shutdown()
 
 
+def serve_applications(address: str | None = None, home: str | Path | None = None) -> list[str]:
+    """Names of the raymlops applications running on the cluster `address` names, else on
+    the head this home started (`raymlops serve`), whichever configs deployed them."""
+    with _cluster(address, home_dir(home)):
+        return _raymlops_apps()
+
+
+def serve_statuses(
+    config: PipelineConfig | None = None,
+    *,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> list[ServeStatus]:
+    """The status of the application `app` or `config` names; with neither, of every
+    raymlops application running there (an endpoint deployed from any config), so that
+    `raymlops serve status` finds what this home serves without being told its config."""
+    with _cluster(address, home_dir(home)) as session:
+        if config is not None or app is not None:
+            return [_collect_status(_app_name(config, app), session)]
+        names = _raymlops_apps()
+        if not names:
+            raise UserInputError(
+                "no raymlops application is deployed on this cluster (start one with: "
+                "raymlops serve)"
+            )
+        return [_collect_status(name, session) for name in names]
+
+
 def serve_status(
-    config: PipelineConfig,
+    config: PipelineConfig | None,
     *,
     app: str | None = None,
     address: str | None = None,
     home: str | Path | None = None,
 ) -> ServeStatus:
-    """The deployed application's routing, replicas and per-version figures."""
-    with _cluster(address, home_dir(home)) as session:
-        return _collect_status(_app_name(config, app), session)
+    """The deployed application's routing, replicas and per-version figures: the one `app`
+    or `config` names, else the one raymlops application running (several: UserInputError
+    naming them; `serve_statuses` gives them all)."""
+    statuses = serve_statuses(config, app=app, address=address, home=home)
+    if len(statuses) > 1:
+        names = ", ".join(s.app for s in statuses)
+        raise UserInputError(f"several raymlops applications run: {names}; name one (--app)")
+    return statuses[0]
 
 
 def _command(
@@ -613,6 +681,7 @@ def _command(
 ) -> ServeStatus:
     name = _app_name(config, app)
     with _cluster(address, home_dir(home)) as session:
+        _require_app(name)
         result = _call(name, method, *args)
         if not result.get("ok"):
             raise UserInputError(str(result.get("error")))
@@ -685,30 +754,49 @@ def serve_rollback(
     return _command(config, "rollback", _actor(by), reason, app=app, address=address, home=home)
 
 
+def _stop_targets(config: PipelineConfig | None, app: str | None, session: _Session) -> list[str]:
+    """The applications `serve_stop` deletes: the one named, else every raymlops application
+    on this home's own head (this home started each of them), else the one on the cluster
+    given; several there may be other people's, so they are listed and none is stopped."""
+    if config is not None or app is not None:
+        return [_app_name(config, app)]
+    found = _raymlops_apps()
+    if len(found) > 1 and session.head is None:
+        raise UserInputError(
+            f"{len(found)} raymlops applications run on this cluster: {', '.join(found)}; "
+            "name the one to stop with --app NAME (or -c its config)"
+        )
+    return found
+
+
 def serve_stop(
-    config: PipelineConfig,
+    config: PipelineConfig | None,
     *,
     app: str | None = None,
     address: str | None = None,
     home: str | Path | None = None,
 ) -> list[str]:
-    """Delete the application; stop the raymlops-owned head when nothing else is served
-    on it. Returns what was stopped."""
+    """Delete the application `app` or `config` names; with neither, what `_stop_targets`
+    finds running (every raymlops application on this home's head, whichever config
+    deployed it). Stop the raymlops-owned head when nothing else is served on it. Returns
+    what was stopped."""
     from raymlops.serve.head import stop_owned_head
 
-    name = _app_name(config, app)
     home_path = home_dir(home)
     stopped: list[str] = []
     with _cluster(address, home_path) as session:
         from ray import serve
 
-        if name in serve.status().applications:
-            serve.delete(name)
-            stopped.append(f"application {name}")
+        names = _stop_targets(config, app, session)
+        for name in names:
+            if name in serve.status().applications:
+                serve.delete(name)
+                stopped.append(f"application {name}")
         remaining = set(serve.status().applications)
         if session.head is not None and not remaining:
             serve.shutdown()
-    (home_path / "serve" / "apps" / f"{name}.json").unlink(missing_ok=True)
+    for name in names:
+        (home_path / "serve" / "apps" / f"{name}.json").unlink(missing_ok=True)
     if session.head is not None and not remaining and stop_owned_head(home_path):
         stopped.append("raymlops Ray head")
     return stopped

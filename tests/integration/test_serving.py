@@ -703,3 +703,34 @@ def test_cli_status_without_config_finds_the_running_app(served: Served) -> None
     result = runner.invoke(cli, ["serve", "promote", "--home", str(served.home), "--app", "nope"])
     assert result.exit_code == 2, result.output
     assert "no application 'nope'" in result.output and f"running here: {MODEL}" in result.output
+
+
+def test_stop_without_config_on_a_given_cluster_refuses_several_apps(served: Served) -> None:
+    """On a cluster raymlops did not start (this process's Ray), two raymlops applications
+    may be different people's: `serve stop` with no -c/--app stops neither and names both;
+    --app stops that one, whose URL then stops answering while the other's still does."""
+    from ray import serve
+
+    document = served.config.model_dump(mode="json")
+    document["serve"].update(app_name="second", route_prefix="/second")
+    document["serve"]["autoscaling"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
+    runner = CliRunner()
+    home = ["--home", str(served.home)]
+    try:
+        second = serve_model(PipelineConfig.model_validate(document), home=served.home, echo=False)
+        assert second.url == f"{served.url}/second"
+
+        refused = runner.invoke(cli, ["serve", "stop", *home])
+        assert refused.exit_code == 2, refused.output
+        assert f"second, {MODEL}" in refused.output and "--app NAME" in refused.output
+        assert served.client().ready() and Client(second.url).ready()
+
+        stopped = runner.invoke(cli, ["serve", "stop", *home, "--app", "second"])
+        assert stopped.exit_code == 0, stopped.output
+        assert stopped.output.strip() == "stopped: application second"
+        gone = Client(second.url, max_retries=0)
+        _wait_for(lambda: not gone.ready(), 30, "the second application to stop answering")
+        assert served.client().ready()
+    finally:
+        if "second" in serve.status().applications:
+            serve.delete("second")
