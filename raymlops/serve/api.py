@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse, urlsplit
 
 from raymlops.core.architecture_params import architecture_names
-from raymlops.core.errors import RaymlopsError, UserInputError
+from raymlops.core.errors import RaymlopsError, ServiceUnreachableError, UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say as report
 from raymlops.core.storage import storage_root
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from raymlops.core.config import PipelineConfig
+    from raymlops.serve.head import OwnedHead
 
 __all__ = [
     "Client",
@@ -317,6 +318,7 @@ def _cluster(
     import ray
 
     from raymlops.serve.head import (
+        head_died,
         joining,
         load_owned_head,
         serve_env,
@@ -339,13 +341,24 @@ def _cluster(
             if not target:
                 head = load_owned_head(home)
                 if head is None:
+                    died = head_died(home, forget=start)
                     if not start:
+                        if died is not None:
+                            raise ServiceUnreachableError(
+                                f"{died}: nothing answers for {home}; `raymlops serve` "
+                                "starts a new head and deploys the registry's champion"
+                            )
                         raise UserInputError(
                             f"nothing is being served from {home} (start with: raymlops "
                             "serve), or pass --address of the cluster that serves it"
                         )
+                    if died is not None:
+                        report(f"  {died}: starting a new one")
                     head = start_owned_head(home, proxy, host)
                 target = head.address
+            else:
+                head = _owned_head_at(home, target)
+            if head is not None:
                 # Its own token, its node on loopback, for as long as the session lasts.
                 kwargs.update(joined.enter_context(joining(home)))
             else:
@@ -359,6 +372,17 @@ def _cluster(
             yield _Session(head, in_process and not address)
         finally:
             ray.shutdown()
+
+
+def _owned_head_at(home: Path, address: str) -> OwnedHead | None:
+    """The head this home started, when `address` names it (as `--address` may)."""
+    from raymlops.serve.head import load_owned_head
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        return None
+    head = load_owned_head(home)
+    return head if head is not None and head.address.endswith(f":{port}") else None
 
 
 def _running_proxy() -> str | None:

@@ -48,6 +48,7 @@ __all__ = [
     "free_port",
     "haproxy_binary",
     "haproxy_wrapper",
+    "head_died",
     "head_token",
     "head_token_env",
     "joining",
@@ -211,11 +212,17 @@ class OwnedHead:
 
     def processes(self) -> dict[int, str]:
         """This head's processes, PID → command line: its session's, once one of them proves
-        that the session still is this head (its command line names the head's temp dir,
-        as Ray's daemons' do). A session id that now belongs to something else (ids are
-        reused once a session is gone, after a reboot too) gives {}: nothing to touch."""
+        that the session still is this head — its command line names the head's temp dir (as
+        Ray's daemons' do), or it holds a file open under it (Ray's workers rename their
+        process title but keep their log files there, so what is left of a head whose
+        daemons were killed is still found). A session id that now belongs to something
+        else (ids are reused once a session is gone, after a reboot too) gives {}: nothing
+        to touch."""
         found = session_processes(self.session_id)
-        return found if any(self.temp_dir in cmd for cmd in found.values()) else {}
+        ours = any(self.temp_dir in cmd for cmd in found.values()) or any(
+            _holds_files_under(pid, self.temp_dir) for pid in found
+        )
+        return found if ours else {}
 
     def alive(self) -> bool:
         """Its processes run and its GCS accepts connections (three tries)."""
@@ -227,6 +234,21 @@ class OwnedHead:
                 return True
             time.sleep(0.5)
         return False
+
+
+def _holds_files_under(pid: int, folder: str) -> bool:
+    """Whether process `pid` has a file open under `folder` (False where /proc says nothing:
+    another OS, another user's process, a process gone meanwhile)."""
+    prefix = folder.rstrip("/") + "/"
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+    return False
 
 
 def _state_path(home: Path) -> Path:
@@ -249,8 +271,32 @@ def load_owned_head(home: Path) -> OwnedHead | None:
     # stop it before a new head wants the same ports. A session that is not this head's
     # any more is left alone.
     _stop(head)
+    _died_path(home).write_text(json.dumps({"found_dead": time.time(), "started": head.started}))
     path.unlink(missing_ok=True)
     return None
+
+
+def _died_path(home: Path) -> Path:
+    return home / "serve" / "ray-head.died"
+
+
+def head_died(home: Path, forget: bool = False) -> str | None:
+    """When the recorded head was found dead (killed, crashed, the machine rebooted) and no
+    head was started since: one line saying so; None otherwise. `forget` clears the note
+    (a new head is starting)."""
+    path = _died_path(home)
+    if not path.is_file():
+        return None
+    try:
+        note = json.loads(path.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(note["started"])))
+        found = time.strftime("%H:%M:%S", time.localtime(float(note["found_dead"])))
+        line = f"the local Ray head started {since} is gone (found dead at {found})"
+    except (OSError, ValueError, KeyError, TypeError):
+        line = "the local Ray head is gone"
+    if forget:
+        path.unlink(missing_ok=True)
+    return line
 
 
 def _stop(head: OwnedHead) -> bool:

@@ -1,14 +1,17 @@
 """What a neighbour on the same host sees of `raymlops serve`: the head raymlops starts
 listens on loopback only (every socket of its process session, HAProxy included), always
 requires a token of its own, and two homes serving at once keep their HAProxy config, admin
-socket and token apart, so neither can see or steer the other.
+socket and token apart, so neither can see or steer the other. A head killed outright is
+reported in one line by `serve status`, and `serve` starts it again from the registry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -24,9 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 LOOPBACK = ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]")
 
 
-def _listeners(session_id: int) -> list[tuple[str, str]]:
-    """(address:port, process name) of every TCP socket listening in a process session."""
-    pids = {
+def _session_pids(session_id: int) -> set[int]:
+    return {
         int(pid)
         for sid, pid in (
             line.split()
@@ -37,6 +39,11 @@ def _listeners(session_id: int) -> list[tuple[str, str]]:
         )
         if int(sid) == session_id
     }
+
+
+def _listeners(session_id: int) -> list[tuple[str, str]]:
+    """(address:port, process name) of every TCP socket listening in a process session."""
+    pids = _session_pids(session_id)
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     found = []
     for line in out.splitlines():
@@ -125,6 +132,22 @@ def test_two_homes_serve_on_loopback_with_tokens_and_private_haproxy(tmp_path: P
             refused = _gcs_answers(address, token)
             assert refused.returncode != 0 and "NODES" not in refused.stdout, refused.stdout
 
+        # One home's head killed (SIGKILL to its whole session) leaves the other answering;
+        # `serve status` says in one line that it is gone, `serve` brings it back.
+        for pid in _session_pids(heads[1]["session_id"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert Client(str(served[0]["url"])).predict(row).version == 1
+        shown = _raymlops("serve", "status", "--set", f"serve.port={ports[1]}", home=homes[1])
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        said = [line for line in shown.stderr.splitlines() if line.strip()]
+        assert len(said) == 1 and "local Ray head" in said[0] and "is gone" in said[0], said
+        assert "Traceback" not in shown.stderr
+        again = _serve(homes[1], ports[1])
+        assert again["url"] == served[1]["url"]
+        assert Client(str(again["url"])).predict(row).version == 1
+        restarted = json.loads((homes[1] / "serve" / "ray-head.json").read_text())
+        assert restarted["session_id"] != heads[1]["session_id"]
         # Stopping one home's endpoint leaves the other's answering.
         stopped = _raymlops("serve", "stop", "--set", f"serve.port={ports[1]}", home=homes[1])
         assert stopped.returncode == 0, stopped.stderr[-3000:]
