@@ -12,20 +12,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pandas as pd
 import pytest
 
-from raymlops.data.dataset import synth_dataset
-from raymlops.serve.api import ServingError, serve_canary, serve_model, serve_rollback, serve_status
-from tests.integration.ray_support import local_ray
-from tests.integration.test_serving import (
-    MODEL,
-    Served,
-    _config,
-    _free_port,
-    _register,
-    _wait_for,
-)
+from raymlops.serve.api import ServingError, serve_canary, serve_rollback, serve_status
+from tests.integration.test_serving import MODEL, Served, _wait_for, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -34,24 +24,12 @@ IN_FLIGHT = 200
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The serving module's model and config on a Ray of this module's own."""
-    from ray import serve
-
-    with local_ray(env={"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}):
-        home = tmp_path_factory.mktemp("faults-home")
-        data = home / "data.parquet"
-        synth_dataset(str(data), rows=600, features=4, categorical=1, seed=0)
-        # 200 requests in flight on 2 CPUs make p95 latency noise: the canary here may
-        # roll back on errors only (what is under test is its state surviving a fault).
-        canary = {"min_requests": 40, "error_rate_margin": 0.05, "p95_latency_margin_ms": 1e6}
-        config = _config(data, _free_port(), cpus_per_replica=0.25, canary=canary)
-        _register(home, config, data)
-        try:
-            status = serve_model(config, home=home, echo=False)
-            rows = pd.read_parquet(data).drop(columns=["id", "label"])
-            yield Served(config, home, status.url, rows, status)
-        finally:
-            serve.shutdown()
+    """The serving module's model and config on a Ray of this module's own. 200 requests in
+    flight on 2 CPUs make p95 latency noise: the canary here rolls back on errors only
+    (what is under test is its state surviving a fault)."""
+    canary = {"min_requests": 40, "error_rate_margin": 0.05, "p95_latency_margin_ms": 1e6}
+    with serving(tmp_path_factory, "faults-home", cpus_per_replica=0.25, canary=canary) as app:
+        yield app
 
 
 def _under_load(

@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,26 +153,35 @@ def _register(home: Path, config: PipelineConfig, data: Path) -> None:
     store_card(registry, MODEL, 1)  # as train_and_register does for every version it registers
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Ray (2 CPUs) in this process, the registry, and the application on a free port.
-    Replicas import tests.integration.serving_arch, so the repository root goes on the
-    PYTHONPATH they inherit."""
-    from ray import serve
+@contextmanager
+def serving(
+    tmp_path_factory: pytest.TempPathFactory, folder: str, **serve: Any
+) -> Iterator[Served]:
+    """Ray (2 CPUs) in this process, the registry, and the application on a free port, with
+    `serve` settings over the module's. Replicas import tests.integration.serving_arch, so
+    the repository root goes on the PYTHONPATH they inherit."""
+    from ray import serve as ray_serve
 
     # Replicas leave within 1 s of `serve.delete`/shutdown instead of 5 (no traffic then).
     with local_ray(env={"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}):
-        home = tmp_path_factory.mktemp("serve-home")
+        home = tmp_path_factory.mktemp(folder)
         data = home / "data.parquet"
         synth_dataset(str(data), rows=600, features=4, categorical=1, seed=0)
-        config = _config(data, _free_port())
+        config = _config(data, _free_port(), **serve)
         _register(home, config, data)
         try:
             status = serve_model(config, home=home, echo=False)
             rows = pd.read_parquet(data).drop(columns=["id", "label"])
             yield Served(config, home, status.url, rows, status)
         finally:
-            serve.shutdown()
+            ray_serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The module's application (see `serving`)."""
+    with serving(tmp_path_factory, "serve-home") as app:
+        yield app
 
 
 @pytest.fixture(autouse=True)
