@@ -143,6 +143,10 @@ def serve_status(
 ) -> None:
     """Show the application, its replicas, the traffic split and per-version figures.
 
+    Per deployment: replicas by state, Serve's target replica count with the autoscaling
+    bounds, and the requests ongoing at each running replica (its queue length) and in
+    total, as the replicas report them now.
+
     Which application: --app, else the one -c/--set configure; with none of them, every
     raymlops application running (on --address/$RAY_ADDRESS, else on the local head this
     home started), whichever config deployed it. --json prints the status object, or a

@@ -41,6 +41,7 @@ from raymlops.core.home import home_dir
 from raymlops.core.report import say as report
 from raymlops.core.storage import storage_root
 from raymlops.data.prediction_log import configured_log, log_root
+from raymlops.serve.scaling import scaling_figures
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,7 +97,14 @@ class ServingError(RaymlopsError):
 
 @dataclass
 class ServeStatus:
-    """What is deployed: application, URL, routing and per-version figures."""
+    """What is deployed: application, URL, routing and per-version figures.
+
+    `deployments` maps each Serve deployment to its `status`, `message` and `replicas`
+    (count per replica state) and, when Serve's controller answered, how it scales now:
+    `running` replicas, `target` (the replica count Serve's autoscaler aims for),
+    `autoscaling` (min/max replicas, target_ongoing_requests; None for a fixed count),
+    `ongoing` (each running replica's ongoing requests, its queue length) and
+    `ongoing_total` (see raymlops.serve.scaling)."""
 
     app: str
     model: str
@@ -139,7 +147,10 @@ class ServeStatus:
         ]
         for name, dep in self.deployments.items():
             states = ", ".join(f"{n} {s.lower()}" for s, n in dep.get("replicas", {}).items())
-            lines.append(f"  {name:<12} {dep.get('status', '?'):<10} replicas: {states or '-'}")
+            lines.append(
+                f"  {name:<12} {dep.get('status', '?'):<10} replicas: {states or '-'}"
+                + _scaling_text(dep)
+            )
         rows = self.details.get("since_deploy", [])
         if rows:
             lines.append(
@@ -166,6 +177,23 @@ class ServeStatus:
         if metrics_port:
             lines.append(f"  metrics: http://127.0.0.1:{metrics_port}/metrics (raymlops_serve_*)")
         return "\n".join(lines)
+
+
+def _scaling_text(dep: dict[str, Any]) -> str:
+    """The status line's scaling part: Serve's target and autoscaling bounds, and the
+    ongoing requests in total and per running replica ("?" for one that did not answer)."""
+    if "target" not in dep:
+        return ""
+    text = f"; target {dep['target']}"
+    bounds = dep.get("autoscaling")
+    if bounds:
+        text += (
+            f" (autoscaling {bounds['min_replicas']}-{bounds['max_replicas']} at "
+            f"{bounds['target_ongoing_requests']:g} ongoing/replica)"
+        )
+    total = dep.get("ongoing_total")
+    each = ", ".join("?" if n is None else str(n) for n in dep.get("ongoing", {}).values())
+    return text + f"; ongoing {'?' if total is None else total}" + (f" ({each})" if each else "")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -528,6 +556,9 @@ def _collect_status(app: str, session: _Session | None = None) -> ServeStatus:
         }
         for name, dep in overview.deployments.items()
     }
+    for name, figures in scaling_figures(app).items():
+        if name in deployments:
+            deployments[name].update(figures)
     details = _call(app, "status")
     if session is not None and session.head is not None:
         details["metrics_export_port"] = session.head.metrics_export_port
