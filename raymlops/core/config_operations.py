@@ -324,6 +324,14 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Larger request bodies get 413 before being parsed."
     )
+    request_read_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Deadline for a request's headers and body to arrive: a slower client "
+        "gets 408 and its connection is closed, so stalled uploads cannot hold the replicas "
+        "(slowloris). The cluster's proxy uses the value of the application deployed last.",
+    )
     token: str | None = Field(
         None,
         min_length=8,

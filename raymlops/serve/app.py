@@ -19,12 +19,20 @@ This module imports Ray Serve at import time; only raymlops.serve.api imports it
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from raymlops.core.config import ServeConfig
-from raymlops.serve.app_shared import SYNC_INTERVAL_S
+from raymlops.serve.app_shared import (
+    READ_DEADLINE_CALLBACK,
+    READ_TIMEOUT_ENV,
+    READ_TIMEOUT_FILE_ENV,
+    SYNC_INTERVAL_S,
+    read_timeout_ms,
+)
 from raymlops.serve.coordinator import Coordinator
 from raymlops.serve.ingress import Ingress
 
@@ -46,13 +54,33 @@ def _replica_env(args: dict[str, Any]) -> dict[str, str]:
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
         )
     }
-    env["OMP_NUM_THREADS"] = str(ServeConfig.model_validate(args["serve"]).torch_threads)
+    cfg = ServeConfig.model_validate(args["serve"])
+    env["OMP_NUM_THREADS"] = str(cfg.torch_threads)
+    # The replicas' own HTTP servers (HAProxy sends requests to them) read with this
+    # application's deadline.
+    env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = READ_DEADLINE_CALLBACK
+    env[READ_TIMEOUT_ENV] = repr(cfg.request_read_timeout_s)
     return env
+
+
+def _record_read_deadline(args: dict[str, Any], cfg: ServeConfig) -> None:
+    """Write this deploy's read deadline where the cluster's shared front (HAProxy at its
+    next reload, which this deploy causes; Serve's Python proxy within a second) reads it,
+    when the cluster is on this machine."""
+    path = dict(args.get("env") or {}).get(READ_TIMEOUT_FILE_ENV)
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_text(str(read_timeout_ms(cfg.request_read_timeout_s)))
+    os.replace(tmp, target)
 
 
 def build_application(args: dict[str, Any]) -> Any:
     """The bound Serve application for `args` (see raymlops.serve.api.application_args)."""
     cfg = ServeConfig.model_validate(args["serve"])
+    _record_read_deadline(args, cfg)
     runtime_env = {"env_vars": _replica_env(args)}
     extra_path = args.get("pythonpath")
     if extra_path:

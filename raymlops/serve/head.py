@@ -15,7 +15,9 @@ Token authentication is always on, with a token of its own kept in the home (mod
 Also here: the environment that turns on Ray Serve's HAProxy ingress, and a small wrapper
 around the HAProxy binary that binds its stats and Prometheus listeners to the configured
 host instead of every interface (Ray 2.60's template hard-codes `bind :PORT` for those) and
-makes its admin socket private (the template's is `mode 666 level admin`). Its config and
+makes its admin socket private (the template's is `mode 666 level admin`), and gives
+requests a read deadline (`timeout http-request` with `option http-buffer-request`: Ray's
+template sets neither, and leaves a client an hour). Its config and
 sockets live in a folder of the home's own (mode 0700), not Ray's one shared
 `/tmp/haproxy-serve`, so two homes serving on one machine cannot steer each other.
 """
@@ -41,7 +43,13 @@ from typing import Any
 from raymlops.core.errors import RaymlopsError
 from raymlops.core.processes import session_processes, stop_session
 from raymlops.core.report import say
-from raymlops.serve.app_shared import LOOPBACK_ONLY_ENV
+from raymlops.serve.app_shared import (
+    LOOPBACK_ONLY_ENV,
+    READ_DEADLINE_CALLBACK,
+    READ_TIMEOUT_FILE_ENV,
+    default_read_timeout_s,
+    read_timeout_ms,
+)
 
 __all__ = [
     "OwnedHead",
@@ -54,6 +62,7 @@ __all__ = [
     "joining",
     "load_owned_head",
     "private_folder",
+    "read_deadline_file",
     "serve_env",
     "start_owned_head",
     "stop_owned_head",
@@ -89,16 +98,21 @@ def haproxy_binary() -> str | None:
 
 
 _WRAPPER = """#!/bin/sh
-# Written by raymlops: runs Ray Serve's HAProxy with its admin socket private (mode 600) and
-# the listeners that Ray's template binds to every interface (stats, Prometheus) bound to
-# {host} instead. Regenerated on deploy.
+# Written by raymlops: runs Ray Serve's HAProxy with its admin socket private (mode 600), the
+# listeners that Ray's template binds to every interface (stats, Prometheus) bound to
+# {host} instead, and a read deadline: a request's headers and body (buffered before a
+# replica sees it) arrive within the milliseconds the last deploy wrote to {deadline}
+# (else {default_ms}), or the client gets 408 and is disconnected. Regenerated on deploy.
 REAL='{real}'
+ms=$(cat '{deadline}' 2>/dev/null)
+case "$ms" in ''|0|*[!0-9]*) ms={default_ms} ;; esac
 prev=""
 for arg in "$@"; do
   shift
   if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
     sed -E -e 's/^([[:space:]]*stats socket .*) mode 666 /\\1 mode 600 /' {bind} \\
-      "$arg" > "$arg.raymlops" && arg="$arg.raymlops"
+      -e "s/^defaults[[:space:]]*\\$/defaults\\n    option http-buffer-request\\n\\
+    timeout http-request ${{ms}}ms/" "$arg" > "$arg.raymlops" && arg="$arg.raymlops"
   fi
   set -- "$@" "$arg"
   prev="$arg"
@@ -123,13 +137,25 @@ def haproxy_wrapper(home: Path, host: str) -> str | None:
     digest = hashlib.sha256(f"{real}\0{bind_host}".encode()).hexdigest()[:10]
     path = folder / f"haproxy-{digest}"
     bind = "" if every else _BIND.format(host=bind_host)
-    text = _WRAPPER.format(real=real.replace("'", ""), host=bind_host, bind=bind)
+    text = _WRAPPER.format(
+        real=real.replace("'", ""),
+        host=bind_host,
+        bind=bind,
+        deadline=str(read_deadline_file(home)).replace("'", ""),
+        default_ms=read_timeout_ms(default_read_timeout_s()),
+    )
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         os.replace(tmp, path)
     return str(path)
+
+
+def read_deadline_file(home: Path) -> Path:
+    """Where a deploy from `home` records its request-read deadline (milliseconds) for the
+    cluster's shared front (see raymlops.serve.app_shared.READ_TIMEOUT_FILE_ENV)."""
+    return home / "serve" / "read-timeout-ms"
 
 
 def private_folder(home: Path, name: str, limit: int) -> Path:
@@ -154,8 +180,15 @@ def serve_env(proxy: str, host: str, home: Path | None) -> dict[str, str]:
     per-request log-datagram metrics are off (raymlops records its own per version), its
     stats, Prometheus and fallback-proxy listeners get free ports, and it retries a request
     on another replica when one dies before answering (predictions are idempotent).
+
+    For a cluster on this machine (`home` given) the front enforces a request-read
+    deadline: HAProxy through its wrapper, Serve's Python proxy through a middleware
+    (`READ_DEADLINE_CALLBACK`); both take it from the file the last deploy wrote.
     """
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    if home is not None:
+        env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = READ_DEADLINE_CALLBACK
+        env[READ_TIMEOUT_FILE_ENV] = str(read_deadline_file(home))
     if proxy != "haproxy":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"

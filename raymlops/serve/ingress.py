@@ -36,6 +36,7 @@ from raymlops.serve.app_shared import (
     keep_replica_grpc_on_loopback,
     logger,
     on_sigterm,
+    receive_by,
 )
 from raymlops.serve.canary import (
     CHALLENGER,
@@ -231,13 +232,21 @@ class Ingress:
         await _send(send, 401, body, [(b"www-authenticate", b'Bearer realm="raymlops"')])
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        """The request's body, read within the deadline (408 past it): where no front read
+        it first (Serve's proxy on a cluster elsewhere), a stalled upload holds this
+        replica's slot that long at most."""
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise RequestError(413, f"body of {int(length)} bytes exceeds {self.max_body}")
         chunks: list[bytes] = []
         size = 0
+        timeout = self.cfg.request_read_timeout_s
+        until = asyncio.get_running_loop().time() + timeout
         while True:
-            message = await receive()
+            try:
+                message = await receive_by(receive, until)
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"the request was not read within {timeout:g} s") from None
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
@@ -312,7 +321,9 @@ class Ingress:
             if mirror and routing.challenger is not None and routing.challenger in self.loaded:
                 self._spawn(self._shadow(self.loaded[routing.challenger], parsed, request_id))
         except RequestError as err:
-            await _send(send, err.status, _error_body(err.message, request_id, err.field))
+            # An unread body's rest would be taken for the next request: close after a 408.
+            close = [(b"connection", b"close")] if err.status == 408 else None
+            await _send(send, err.status, _error_body(err.message, request_id, err.field), close)
         except _Disconnected:
             return
         except Exception as exc:  # never a traceback in a response

@@ -19,7 +19,8 @@ import yaml
 from raymlops.core.config import ServeConfig, load_config
 from raymlops.core.errors import ConfigError, UserInputError
 from raymlops.serve.api import Client, ServingError, application_args, serve_config_yaml
-from raymlops.serve.head import haproxy_wrapper, serve_env
+from raymlops.serve.app_shared import READ_DEADLINE_CALLBACK, READ_TIMEOUT_FILE_ENV
+from raymlops.serve.head import haproxy_wrapper, read_deadline_file, serve_env
 
 # --------------------------------------------------------------------------- config
 
@@ -136,6 +137,19 @@ def test_serve_env_per_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert Path(haproxy[f"RAY_SERVE_HAPROXY_{key}"]).parent == folder
 
 
+def test_serve_env_gives_the_front_the_recorded_read_deadline(tmp_path: Path) -> None:
+    """On this machine Serve's proxy and HAProxy read the deadline a deploy recorded; on a
+    cluster elsewhere nothing of this machine's is named (its replicas' servers still read
+    with their application's deadline)."""
+    for proxy in ("default", "haproxy"):
+        local = serve_env(proxy, "127.0.0.1", tmp_path)
+        assert local["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == READ_DEADLINE_CALLBACK
+        assert local[READ_TIMEOUT_FILE_ENV] == str(read_deadline_file(tmp_path))
+        elsewhere = serve_env(proxy, "127.0.0.1", None)
+        assert "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH" not in elsewhere
+        assert READ_TIMEOUT_FILE_ENV not in elsewhere
+
+
 # --------------------------------------------------------------------------- HAProxy wrapper
 
 
@@ -171,6 +185,36 @@ def test_haproxy_wrapper_binds_listeners_to_the_host_and_keeps_the_admin_socket_
         [everywhere, "-f", str(config)], capture_output=True, text=True, check=True
     ).stdout
     assert "bind :9101" in out and "bind *:8404" in out and "mode 600 level admin" in out
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [(None, "5000ms"), ("2500", "2500ms"), ("0", "5000ms"), ("x", "5000ms")],
+)
+def test_haproxy_wrapper_reads_requests_within_the_recorded_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: str | None, expected: str
+) -> None:
+    """Headers and body (buffered before a replica sees them) within the deadline the last
+    deploy recorded, else the default; never HAProxy's 0 (no deadline)."""
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text('#!/bin/sh\nprev=""\nfor a in "$@"; do\n'
+                    '  if [ "$prev" = "-f" ]; then cat "$a"; fi\n  prev="$a"\ndone\n')  # fmt: skip
+    fake.chmod(0o755)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake))
+    home = tmp_path / "home"
+    wrapper = haproxy_wrapper(home, "127.0.0.1")
+    assert wrapper is not None
+    if recorded is not None:
+        read_deadline_file(home).write_text(recorded)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("global\n    maxconn 10\ndefaults\n    mode http\nfrontend f\n    bind :1\n")
+    out = subprocess.run([wrapper, "-f", str(config)], capture_output=True, text=True, check=True)
+    defaults = out.stdout.split("defaults\n", 1)[1].split("frontend", 1)[0]
+    assert defaults.split("\n")[:3] == [
+        "    option http-buffer-request",
+        f"    timeout http-request {expected}",
+        "    mode http",
+    ]
 
 
 # --------------------------------------------------------------------------- client
