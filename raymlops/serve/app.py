@@ -26,15 +26,15 @@ from typing import Any
 from ray import serve
 
 from raymlops.core.config import ServeConfig
-from raymlops.serve.app_shared import (
+from raymlops.serve.app_shared import SYNC_INTERVAL_S
+from raymlops.serve.coordinator import Coordinator
+from raymlops.serve.ingress import Ingress
+from raymlops.serve.read_deadline import (
     READ_DEADLINE_CALLBACK,
     READ_TIMEOUT_ENV,
     READ_TIMEOUT_FILE_ENV,
-    SYNC_INTERVAL_S,
     read_timeout_ms,
 )
-from raymlops.serve.coordinator import Coordinator
-from raymlops.serve.ingress import Ingress
 
 __all__ = ["SYNC_INTERVAL_S", "Coordinator", "Ingress", "build_application"]
 

@@ -43,8 +43,8 @@ from typing import Any
 from raymlops.core.errors import RaymlopsError
 from raymlops.core.processes import session_processes, stop_session
 from raymlops.core.report import say
-from raymlops.serve.app_shared import (
-    LOOPBACK_ONLY_ENV,
+from raymlops.serve.app_shared import LOOPBACK_ONLY_ENV
+from raymlops.serve.read_deadline import (
     READ_DEADLINE_CALLBACK,
     READ_TIMEOUT_FILE_ENV,
     default_read_timeout_s,
@@ -154,7 +154,7 @@ def haproxy_wrapper(home: Path, host: str) -> str | None:
 
 def read_deadline_file(home: Path) -> Path:
     """Where a deploy from `home` records its request-read deadline (milliseconds) for the
-    cluster's shared front (see raymlops.serve.app_shared.READ_TIMEOUT_FILE_ENV)."""
+    cluster's shared front (see raymlops.serve.read_deadline.READ_TIMEOUT_FILE_ENV)."""
     return home / "serve" / "read-timeout-ms"
 
 

@@ -36,7 +36,6 @@ from raymlops.serve.app_shared import (
     keep_replica_grpc_on_loopback,
     logger,
     on_sigterm,
-    receive_by,
 )
 from raymlops.serve.canary import (
     CHALLENGER,
@@ -48,6 +47,7 @@ from raymlops.serve.canary import (
     choose_route,
 )
 from raymlops.serve.prediction_log import LogChunk, PredictionLogWriter
+from raymlops.serve.read_deadline import receive_by
 from raymlops.serve.schema import ParsedRequest, RequestError, RequestSchema
 
 __all__ = ["Ingress"]

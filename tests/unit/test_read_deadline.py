@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from raymlops.serve.app_shared import (
+from raymlops.serve.read_deadline import (
     BUFFERED_BODY_BYTES,
     READ_TIMEOUT_ENV,
     read_deadline_middlewares,

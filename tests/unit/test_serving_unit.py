@@ -19,8 +19,8 @@ import yaml
 from raymlops.core.config import ServeConfig, load_config
 from raymlops.core.errors import ConfigError, UserInputError
 from raymlops.serve.api import Client, ServingError, application_args, serve_config_yaml
-from raymlops.serve.app_shared import READ_DEADLINE_CALLBACK, READ_TIMEOUT_FILE_ENV
 from raymlops.serve.head import haproxy_wrapper, read_deadline_file, serve_env
+from raymlops.serve.read_deadline import READ_DEADLINE_CALLBACK, READ_TIMEOUT_FILE_ENV
 
 # --------------------------------------------------------------------------- config
 
