@@ -205,6 +205,21 @@ class ServeAutoscalingConfig(_Section):
     downscale_delay_s: float = Field(
         600.0, ge=0, description="Seconds of low load before a replica is removed."
     )
+    metrics_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between a replica's reports of its ongoing requests to Serve's "
+        "controller (it records them as often, or every look_back_period_s / 5 if that is "
+        "shorter): how late the autoscaler can learn of a change of load. Serve's own "
+        "default is 10 s; shorter costs one small message per replica per interval.",
+    )
+    look_back_period_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds of reports the autoscaler averages the ongoing requests over: "
+        "longer smooths bursts but holds a scale-down back this long after a load ends. "
+        "Must exceed metrics_interval_s. Serve's own default is 30 s.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ServeAutoscalingConfig:
@@ -213,6 +228,11 @@ class ServeAutoscalingConfig(_Section):
             raise ValueError(
                 f"replicas must satisfy min ({self.min_replicas}) <= initial ({initial}) "
                 f"<= max ({self.max_replicas})"
+            )
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s}) must exceed "
+                f"metrics_interval_s ({self.metrics_interval_s})"
             )
         return self
 

@@ -103,6 +103,11 @@ def build_application(args: dict[str, Any]) -> Any:
             "target_ongoing_requests": scaling.target_ongoing_requests,
             "upscale_delay_s": scaling.upscale_delay_s,
             "downscale_delay_s": scaling.downscale_delay_s,
+            # In Ray 2.60 each replica pushes its figures every metrics_interval_s (Ray
+            # marks the field deprecated in favour of an environment variable it does not
+            # read yet) and the controller averages them over look_back_period_s.
+            "metrics_interval_s": scaling.metrics_interval_s,
+            "look_back_period_s": scaling.look_back_period_s,
         },
         ray_actor_options={
             "num_cpus": cfg.cpus_per_replica,
