@@ -1,8 +1,17 @@
-"""Shared pytest hooks: tests marked `gpu` are skipped unless torch sees a CUDA device."""
+"""Shared pytest hooks: tests marked `gpu` are skipped unless torch sees a CUDA device; the
+repository root is importable, so any test module may use helpers of another as
+`tests.<package>.<module>` (pytest puts only the test files' own folders on sys.path)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,17 +5,11 @@ store bound, environment for its workers) overrides `ray_cluster` with `local_ra
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # helpers are imported as tests.integration.*
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.integration.ray_support import SCRUBBED_ENV, local_ray  # noqa: E402
+from tests.integration.ray_support import SCRUBBED_ENV, local_ray
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,7 @@ def test_serve_defaults_keep_existing_configs_valid() -> None:
         ("serve.proxy=nginx", "serve.proxy"),
         ("serve.colour=blue", "serve.colour: unknown key"),
         ("serve.token=short", "serve.token"),
+        ("serve.autoscaling.look_back_period_s=1", "must exceed metrics_interval_s"),
     ],
 )
 def test_impossible_serve_settings_are_rejected(override: str, text: str) -> None:
