@@ -131,6 +131,7 @@ def _answers(url: str) -> bool:
     return Client(url, max_retries=0).ready()
 
 
+@pytest.mark.long
 def test_status_and_stop_without_config_find_an_app_deployed_from_another(
     tmp_path: Path,
 ) -> None:

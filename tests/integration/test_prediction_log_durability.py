@@ -35,7 +35,8 @@ from raymlops.serve.api import (
 from tests.integration.test_serving import MODEL, TOKEN, Served, _wait_for
 from tests.integration.test_serving import served as served  # the module's Ray + registry
 
-pytestmark = [pytest.mark.integration]
+# A minute or more with its own application: the `long` pass.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 LOST_METRIC = "ray_raymlops_prediction_log_lost_rows_total"
 _CLIENTS = 4  # each keeps one 1-row request in flight
