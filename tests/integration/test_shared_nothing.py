@@ -49,6 +49,10 @@ QUICK = ["--set", "tune.num_samples=2", "--set", "train.epochs=2"]
 #: One wrong answer among breast-cancer's 86 test rows is 0.012 of accuracy: with the default
 #: slack of 0.01 whether the chain's retrained candidate is promoted would be a coin toss.
 LENIENT_GATE = ["--set", "gate.champion.max_regression=0.05"]
+#: Three Ray nodes and a test process on 2 CPUs: p95 latencies of two versions differ by noise
+#: (seen: a retrained candidate rolled back at 137.5 ms against the champion's 85.7 ms). The
+#: chain's canary here judges errors; latency rollbacks have tests of their own.
+LENIENT_CANARY = ["--set", "serve.canary.p95_latency_margin_ms=5000"]
 MODEL = "breast-cancer"
 
 
@@ -140,7 +144,8 @@ def test_the_main_job_runs_as_jobs_with_its_state_in_the_object_store(
     home = tmp_path / "laptop"
     home.mkdir()
     storage = cluster.uri("raymlops")
-    args = ["run", "--address", cluster.api, *QUICK, *LENIENT_GATE, "--set", f"storage={storage}"]
+    args = ["run", "--address", cluster.api, *QUICK, *LENIENT_GATE, *LENIENT_CANARY]
+    args += ["--set", f"storage={storage}"]
     done = cluster.raymlops(*args, home=home, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for step in ("train", "gate", "promote", "batch", "serve", "traffic", "monitor", "retrain"):
