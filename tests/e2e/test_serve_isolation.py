@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from raymlops.core.processes import session_processes
 from raymlops.serve.api import Client
 from tests.e2e.test_serve_cli import _free_port, _raymlops, _register_champion
 
@@ -27,23 +28,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 LOOPBACK = ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]")
 
 
-def _session_pids(session_id: int) -> set[int]:
-    return {
-        int(pid)
-        for sid, pid in (
-            line.split()
-            for line in subprocess.run(
-                ["ps", "-eo", "sid=,pid="], capture_output=True, text=True, check=True
-            ).stdout.splitlines()
-            if line.strip()
-        )
-        if int(sid) == session_id
-    }
-
-
 def _listeners(session_id: int) -> list[tuple[str, str]]:
     """(address:port, process name) of every TCP socket listening in a process session."""
-    pids = _session_pids(session_id)
+    pids = set(session_processes(session_id))
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     found = []
     for line in out.splitlines():
@@ -134,7 +121,7 @@ def test_two_homes_serve_on_loopback_with_tokens_and_private_haproxy(tmp_path: P
 
         # One home's head killed (SIGKILL to its whole session) leaves the other answering;
         # `serve status` says in one line that it is gone, `serve` brings it back.
-        for pid in _session_pids(heads[1]["session_id"]):
+        for pid in session_processes(heads[1]["session_id"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert Client(str(served[0]["url"])).predict(row).version == 1
