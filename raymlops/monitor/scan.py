@@ -18,6 +18,7 @@ from raymlops.core.errors import DataError, RaymlopsError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say
 from raymlops.data.dataset import csv_parse_options, read_file
+from raymlops.data.log_compaction import visible_files
 from raymlops.data.prediction_log import log_root, model_log_root, parse_partition
 from raymlops.monitor.drift import (
     DriftSettings,
@@ -59,13 +60,16 @@ def _list_source(path: str) -> _Files:
     source = resolve_source(path)
     if source.format == "sklearn":
         raise DataError(f"{path} is a bundled training dataset, not traffic to monitor")
+    files = source.files
+    if source.format == "parquet":  # a compaction's merged inputs are read in its output
+        files = visible_files(source.filesystem, files)
     dates: list[date | None] = []
     versions: list[int | None] = []
-    for file in source.files:
+    for file in files:
         day, version = parse_partition(file)
         dates.append(day)
         versions.append(version)
-    return _Files(path, source.filesystem, source.files, source.format, dates, versions)
+    return _Files(path, source.filesystem, files, source.format, dates, versions)
 
 
 def _schema_names(files: _Files) -> list[str]:

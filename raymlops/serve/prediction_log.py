@@ -39,10 +39,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from raymlops.data.log_compaction import visible_files
 from raymlops.data.prediction_log import model_log_root, partition
 from raymlops.serve.log_ledger import Ledger, claim_dead_ledgers
 
@@ -382,23 +384,34 @@ def read_log(root: str, since: dt.datetime | float | None = None) -> pa.Table:
     Hive partition keys stay in the path, the table has the columns above. `since` (a
     datetime, or a POSIX timestamp) keeps the rows logged at or after it.
     """
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
     from pyarrow import fs as pafs
 
     filesystem, base = pafs.FileSystem.from_uri(root)
     info = filesystem.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         return pa.table({})
-    files = [
-        f.path
-        for f in filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
-        if f.type == pafs.FileType.File
-        and f.path.endswith(".parquet")
-        and not f.base_name.startswith((".", "_"))
-    ]
-    if not files:
-        return pa.table({})
+    for attempt in range(3):
+        files = [
+            f.path
+            for f in filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
+            if f.type == pafs.FileType.File
+            and f.path.endswith(".parquet")
+            and not f.base_name.startswith((".", "_"))
+        ]
+        if not files:
+            return pa.table({})
+        try:  # a compaction may remove files between listing and reading: list again
+            return _read_files(filesystem, visible_files(filesystem, files), since)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_files(filesystem: Any, files: list[str], since: dt.datetime | float | None) -> pa.Table:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
     # One schema per version folder: every file of a version has the same columns.
     firsts: dict[str, str] = {}
     for path in files:
