@@ -11,6 +11,7 @@ from raymlops.cli import (  # noqa: F401  (imported to register their commands)
     config,
     data,
     governance,
+    log,
     models,
     monitor,
     predict,

@@ -309,6 +309,13 @@ class ServePredictionLogConfig(_Section):
         description="Memory bound: rows beyond this while the writer is behind are dropped "
         "and counted (metric raymlops_prediction_log_dropped_rows).",
     )
+    compact_every_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Every this many seconds the replicas merge the log's files that are at "
+        "least this old into one file per day and version (readers pay per file); 0 turns "
+        "it off (`raymlops log compact` does it on demand).",
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> ServePredictionLogConfig:

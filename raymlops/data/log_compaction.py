@@ -57,7 +57,7 @@ ROW_GROUP_ROWS = 131_072
 #: At most this many files, or bytes of them, go into one merge: a merge holds its rows in
 #: memory, and the lock only seconds.
 MAX_FILES_PER_MERGE = 4_096
-MAX_BYTES_PER_MERGE = 256 * 2**20
+MAX_BYTES_PER_MERGE = 64 * 2**20
 
 
 @dataclass
@@ -212,6 +212,8 @@ def _candidates(
             continue
         if before is not None and info.mtime is not None and info.mtime >= before:
             continue
+        if (info.size or 0) > MAX_BYTES_PER_MERGE // 2:
+            continue  # big enough: rewriting it would cost more than it saves readers
         groups.setdefault(info.path.rsplit("/", 1)[0], []).append(info)
     return groups
 
@@ -246,8 +248,8 @@ def compact_log(
 
     Files younger than `settled_s` seconds stay as they are (automatic compaction merges
     what finished hours wrote); a partition with fewer than `min_files` mergeable files is
-    left alone. `lock` guards against a second compaction of the same log (default: a file
-    lock in a local log; required for a log in object storage). `on_partition` is told each
+    left alone. `lock` keeps a second compaction of the same log out of each merge (default: a
+    file lock in a local log; required for a log in object storage). `on_partition` is told each
     merged partition and its file count (progress)."""
     started = time.monotonic()
     if lock is None:
@@ -255,24 +257,36 @@ def compact_log(
     filesystem, base = _open(root)
     result = CompactionResult()
     before = datetime.now(timezone.utc) - timedelta(seconds=settled_s) if settled_s > 0 else None
-    with lock():
-        infos = _listing(filesystem, base)
-        if not dry_run:
+    infos = _listing(filesystem, base)
+    if not dry_run:
+        with lock():
             result.recovered = _recover(filesystem, infos)
-            if result.recovered:
-                infos = _listing(filesystem, base)
-        for folder, group in sorted(_candidates(infos, before).items()):
-            if len(group) < min_files:
+        if result.recovered:
+            infos = _listing(filesystem, base)
+    for folder, group in sorted(_candidates(infos, before).items()):
+        if len(group) < min_files:
+            continue
+        result.partitions += 1
+        result.merged.append(folder[len(base) :].lstrip("/") or ".")
+        for chunk in _chunks(sorted(group, key=lambda i: i.path)):
+            if len(chunk) < 2:
                 continue
-            result.partitions += 1
-            result.merged.append(folder[len(base) :].lstrip("/") or ".")
-            for chunk in _chunks(sorted(group, key=lambda i: i.path)):
-                result.files_in += len(chunk)
-                result.files_out += 1
-                if not dry_run:
-                    result.rows += _merge(filesystem, folder, chunk)
-            if on_partition is not None:
-                on_partition(folder, len(group))
+            if dry_run:
+                result.files_in, result.files_out = (
+                    result.files_in + len(chunk),
+                    result.files_out + 1,
+                )
+                continue
+            # The lock is held per merge (seconds), so a lease-based lock never runs out
+            # mid-merge; under it, what another compactor did meanwhile is settled first.
+            with lock():
+                _recover(filesystem, _listing(filesystem, folder))
+                if not all(_exists(filesystem, path) for path in chunk):
+                    continue  # merged by another compaction since the listing
+                result.rows += _merge(filesystem, folder, chunk)
+            result.files_in, result.files_out = result.files_in + len(chunk), result.files_out + 1
+        if on_partition is not None:
+            on_partition(folder, len(group))
     result.seconds = time.monotonic() - started
     return result
 

@@ -656,6 +656,14 @@ class Registry:
         with alias_lock(self.client, self.tracking_uri, self.home, name):
             yield
 
+    @contextmanager
+    def log_compaction_lock(self, name: str) -> Iterator[None]:
+        """Held during each merge of model `name`'s prediction log
+        (`raymlops.data.log_compaction`), by every compactor of it wherever it runs: the
+        alias lock's mechanism under its own name."""
+        with alias_lock(self.client, self.tracking_uri, self.home, f"{name}--prediction-log"):
+            yield
+
     def alias_target(self, name: str, alias: str) -> int | None:
         """The version an alias points to now, or None."""
         from mlflow.exceptions import MlflowException

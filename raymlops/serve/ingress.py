@@ -5,12 +5,14 @@ raymlops.serve.app)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,10 @@ class Ingress:
                 # the others (raymlops.serve.log_ledger).
                 ledger_root=Path(args["home"]) / "serve" / "log-ledgers",
                 owner=f"{self.model} replica {self.replica_id}",
+                compact_every_s=plc.compact_every_s,
+                compaction_lock=functools.partial(
+                    self.registry.log_compaction_lock, self.model
+                ),
             )
             # SIGTERM: write the buffer; rows answered after it are written before their
             # answer leaves (the writer is closed), however the process ends.

@@ -24,6 +24,10 @@ What a replica's end costs:
   rows). The writer's ledger (raymlops.serve.log_ledger) survives the process, and another
   writer of the same log on the same node counts those rows (`on_lost`; the Serve replica
   exports them as the metric raymlops_prediction_log_lost_rows).
+
+Every `compact_every_s` a writer also compacts the log (`raymlops.data.log_compaction`):
+the files at least that old merge into one per partition, under `compaction_lock`, in a
+thread of its own so that flushes never wait for it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import random
 import threading
 import time
 import uuid
@@ -48,7 +53,13 @@ from raymlops.data.log_compaction import visible_files
 from raymlops.data.prediction_log import model_log_root, partition
 from raymlops.serve.log_ledger import Ledger, claim_dead_ledgers
 
-__all__ = ["LogChunk", "PredictionLogWriter", "log_schema", "read_log"]
+__all__ = [
+    "LogChunk",
+    "PredictionLogWriter",
+    "compact_prediction_log",
+    "log_schema",
+    "read_log",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +137,8 @@ class PredictionLogWriter:
         ledger_root: str | Path | None = None,
         owner: str = "",
         on_lost: Callable[[int], None] | None = None,
+        compact_every_s: float = 0.0,
+        compaction_lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         from pyarrow import fs as pafs
 
@@ -161,6 +174,14 @@ class PredictionLogWriter:
             target=self._run, name="raymlops-prediction-log", daemon=True
         )
         self._thread.start()
+        self.compactions = 0  # compaction passes that merged files
+        if compact_every_s > 0:
+            threading.Thread(
+                target=self._compact_periodically,
+                args=(compact_every_s, compaction_lock),
+                name="raymlops-prediction-log-compaction",
+                daemon=True,
+            ).start()
 
     def register_version(
         self, version: int, numeric: list[str], categorical: list[str], classes: list[str] | None
@@ -270,6 +291,30 @@ class PredictionLogWriter:
                 self.flush()
             except Exception:  # never let the writer die; the rows are counted as lost
                 logger.exception("prediction log: flush failed")
+
+    def _compact_periodically(
+        self,
+        every_s: float,
+        lock: Callable[[], contextlib.AbstractContextManager[Any]] | None,
+    ) -> None:
+        """Compact what is at least `every_s` old, every `every_s` (first after a random
+        part of it, so that replicas started together do not all list the log at once)."""
+        from raymlops.data.log_compaction import compact_log
+
+        wait = every_s * (0.5 + random.random() / 2)
+        while not self._stop.wait(wait):
+            wait = every_s
+            try:
+                done = compact_log(self.root, lock=lock, settled_s=every_s)
+            except Exception:  # the log stays readable uncompacted; try again next time
+                logger.exception("prediction log: compaction failed")
+                continue
+            if done.files_in:
+                self.compactions += 1
+                logger.info(
+                    "prediction log: compacted %d files into %d (%d rows) in %.1f s",
+                    done.files_in, done.files_out, done.rows, done.seconds,
+                )  # fmt: skip
 
     def _published(self, relative: str) -> bool:
         """Whether a dead writer's file reached the log; its hidden leftover is removed."""
@@ -437,3 +482,27 @@ def _read_files(filesystem: Any, files: list[str], since: dt.datetime | float | 
     if table.num_rows:
         table = table.sort_by([("timestamp", "ascending")])
     return table
+
+
+def compact_prediction_log(
+    config: Any,
+    home: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    on_partition: Callable[[str, int], None] | None = None,
+) -> Any:
+    """Compact the prediction log of `config`'s model now (`raymlops log compact`): every
+    published file, one file per day and version after it; returns the
+    `raymlops.data.log_compaction.CompactionResult`. Safe beside serving replicas that write
+    and compact the same log (they take the same lock: the registry's)."""
+    import functools
+
+    from raymlops.core.home import home_dir
+    from raymlops.data.log_compaction import compact_log
+    from raymlops.data.prediction_log import configured_log
+    from raymlops.registry.store import Registry
+
+    root = configured_log(config, home_dir(home))
+    registry = Registry.from_config(config, home)
+    lock = functools.partial(registry.log_compaction_lock, config.registry.model_name)
+    return compact_log(root, lock=lock, dry_run=dry_run, on_partition=on_partition)

@@ -102,7 +102,7 @@ def test_young_files_hidden_files_and_small_partitions_stay(tmp_path: Path) -> N
     assert _ids(root) == sorted(ids)
 
 
-def test_compaction_beside_a_writer_loses_and_repeats_nothing(tmp_path: Path) -> None:
+def test_two_compactions_beside_a_writer_lose_and_repeat_nothing(tmp_path: Path) -> None:
     writer = _writer(tmp_path)
     root = tmp_path / MODEL
     ids: list[str] = []
@@ -118,8 +118,13 @@ def test_compaction_beside_a_writer_loses_and_repeats_nothing(tmp_path: Path) ->
         writer.close()
         done.set()
 
-    thread = threading.Thread(target=write)
+    def compact() -> None:  # a second compaction of the same log, all along
+        while not done.is_set():
+            compact_log(str(root))
+
+    thread, other = threading.Thread(target=write), threading.Thread(target=compact)
     thread.start()
+    other.start()
     passes = 0
     seen = 0
     while not done.is_set() or passes == 0:
@@ -128,6 +133,7 @@ def test_compaction_beside_a_writer_loses_and_repeats_nothing(tmp_path: Path) ->
         assert rows >= seen  # a reader never sees rows vanish (or a row twice: below)
         seen = rows
     thread.join()
+    other.join()
     compact_log(str(root))
     assert passes >= 1
     assert _ids(root) == sorted(ids)
@@ -208,3 +214,43 @@ def test_a_log_in_object_storage_needs_a_lock_from_the_caller() -> None:
 
     with pytest.raises(DataError, match="lock that holds across machines"):
         compact_log("s3://bucket/predictions/m")
+
+
+def test_a_writer_compacts_its_log_periodically(tmp_path: Path) -> None:
+    writer = PredictionLogWriter(str(tmp_path), MODEL, flush_interval_s=60, compact_every_s=0.3)
+    writer.register_version(1, ["x"], ["c"], None)
+    root = tmp_path / MODEL
+    ids: list[str] = []
+    for _ in range(6):
+        chunk = _chunk(5)
+        ids += [chunk.request_id] * chunk.rows
+        writer.append(chunk)
+        writer.flush()
+    assert len(_parts(root)) == 6
+    deadline = time.monotonic() + 30
+    while writer.compactions == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    writer.close()
+    assert writer.compactions >= 1
+    assert len(_parts(root)) == 1 and _ids(root) == sorted(ids)
+
+
+def test_log_compact_command(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from raymlops.cli import cli
+
+    home = tmp_path / "home"
+    root, ids = _log(home / "predictions", files=12)
+    args = ["log", "compact", "--home", str(home), "--set", f"registry.model_name={MODEL}"]
+    dry = CliRunner().invoke(cli, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would merge 12 files into 4 in 4 partitions" in dry.output
+    assert len(_parts(root)) == 12
+    done = CliRunner().invoke(cli, [*args, "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert (result["files_in"], result["files_out"], result["rows"]) == (12, 4, len(ids))
+    assert len(_parts(root)) == 4 and _ids(root) == sorted(ids)
