@@ -29,6 +29,12 @@ rows/s; ≥ 1 means raymlops is faster).
     python benchmarks/monitor_throughput.py            # 1M rows, 5 repetitions
     python benchmarks/monitor_throughput.py --quick    # 1M rows, 3 repetitions (< 3 min)
     python benchmarks/monitor_throughput.py --files 2000   # serving-like small part files
+    python benchmarks/monitor_throughput.py --files 2000 --compact
+
+With `--compact` the log is compacted first (`raymlops.data.log_compaction`, what serving
+replicas do every hour and `raymlops log compact` does on demand; timed, not in the ratio):
+(a) reads the compacted log, (b) an uncompacted copy of it — what a user without raymlops'
+compaction reads.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import statistics
 import time
 import uuid
@@ -223,10 +230,15 @@ def main() -> None:
         help="Part files of the log (serving writes one per flush: try 2000)",
     )
     parser.add_argument("--quick", action="store_true", help="3 repetitions, under 3 minutes")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="(a) reads the log compacted, (b) an uncompacted copy of it",
+    )
     args = parser.parse_args()
     repeat = args.repeat or (3 if args.quick else 5)
 
-    home = DATA / f"monitor-{args.rows}-{args.files}"
+    home = DATA / (f"monitor-{args.rows}-{args.files}" + ("-compacted" if args.compact else ""))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "train.parquet").exists():
         synth_dataset(str(home / "train.parquet"), 20_000, FEATURES, CATEGORICAL, seed=1)
@@ -237,6 +249,20 @@ def main() -> None:
         f"log: {args.rows} rows in {len(list(root.rglob('*.parquet')))} files "
         f"({time.perf_counter() - t0:.1f} s to prepare)"
     )
+    raw, compact_s = root, None
+    if args.compact:
+        from raymlops.data.log_compaction import compact_log
+
+        raw = home / "uncompacted" / MODEL
+        if not raw.exists():
+            shutil.copytree(root, raw)
+        done = compact_log(str(root))
+        compact_s = done.seconds
+        print(
+            f"compacted: {done.files_in} files into {done.files_out} in {done.seconds:.2f} s "
+            f"(now {len(list(root.rglob('*.parquet')))} files; (b) reads the "
+            f"{len(list(raw.rglob('*.parquet')))} of the uncompacted copy)"
+        )
 
     from raymlops.cluster.launcher import ray_session
     from raymlops.monitor.run import run_monitor
@@ -263,7 +289,7 @@ def main() -> None:
                 first_call = elapsed
             t = time.perf_counter()
             profile = json.loads((folder / "profile.json").read_text())
-            baseline = pandas_monitor(root, profile, 1, settings)
+            baseline = pandas_monitor(raw, profile, 1, settings)
             elapsed = time.perf_counter() - t
             if i:
                 pandas_times.append(elapsed)
@@ -314,7 +340,10 @@ def main() -> None:
             {
                 "ratio": round(ray_rate / pandas_rate, 3),
                 "rows": args.rows,
-                "files": len(list(root.rglob("*.parquet"))),
+                "files": len(list(raw.rglob("*.parquet"))),
+                "compacted": args.compact,
+                "files_read_by_monitor": len(list(root.rglob("*.parquet"))),
+                "compact_s": None if compact_s is None else round(compact_s, 2),
                 "monitor_s": round(ray_s, 3),
                 "pandas_s": round(pandas_s, 3),
                 "monitor_rows_per_s": round(ray_rate),

@@ -43,7 +43,10 @@ _EXPORTS: dict[str, str] = {
     "TrainingError": "raymlops.core.errors",
     "UserInputError": "raymlops.core.errors",
     "approve": "raymlops.loop.governance",
+    "card": "raymlops.loop.api",
+    "compact_prediction_log": "raymlops.serve.prediction_log",
     "describe_path": "raymlops.data.dataset",
+    "gate": "raymlops.loop.api",
     "list_architectures": "raymlops.model.architectures",
     "load_config": "raymlops.core.config",
     "load_dataset": "raymlops.data.dataset",
@@ -110,8 +113,17 @@ if TYPE_CHECKING:
         ServeStatus,
         ServingError,
         read_prediction_log,
+        serve_canary,
+        serve_canary_quality,
+        serve_config_yaml,
         serve_model,
+        serve_promote,
+        serve_rollback,
+        serve_status,
+        serve_statuses,
+        serve_stop,
     )
+    from raymlops.serve.prediction_log import compact_prediction_log
 
 
 def __getattr__(name: str) -> Any:
