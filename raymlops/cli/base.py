@@ -9,6 +9,7 @@ work itself fails, printing one clear line instead of a traceback (RAYMLOPS_DEBU
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import sys
@@ -139,6 +140,44 @@ def _load(config_path: str | None, overrides: tuple[str, ...]) -> Any:
     from raymlops.core.config import load_config
 
     return load_config(config_path, list(overrides))
+
+
+_MODEL_HELP = (
+    "Registered model: a name, models:/NAME@ALIAS or models:/NAME/VERSION (then without "
+    "--version); default: the config's registry.model_name."
+)
+
+
+def _model_option(func: F) -> F:
+    """-m/--model NAME|URI on a command that takes its model from the config."""
+    return click.option(
+        "-m", "--model", "model", default=None, metavar="NAME|URI", help=_MODEL_HELP
+    )(func)
+
+
+def _load_for_model(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    model: str | None,
+    version: str | None,
+) -> tuple[Any, int | str | None]:
+    """The config, with -m's model name as `registry.model_name`, and the version or alias
+    asked for (-m's URI or --version; None: the command's default)."""
+    from raymlops.core.model_uri import resolve_model_ref
+
+    if model is None:
+        return _load(config_path, overrides), _ref_or_none(version)
+    name, ref = resolve_model_ref(model, version)
+    return _load(config_path, (*overrides, f"registry.model_name={json.dumps(name)}")), ref
+
+
+def _ref_or_none(version: str | None) -> int | str | None:
+    return None if version is None else _version_arg(version)
+
+
+def _json_out(value: Any) -> None:
+    """`value` as JSON on stdout: one object or array, nothing else."""
+    click.echo(json.dumps(value, indent=2, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

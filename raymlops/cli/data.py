@@ -9,6 +9,7 @@ import click
 
 from raymlops.cli.base import (
     _handle_errors,
+    _json_out,
     cli,
 )
 
@@ -61,9 +62,17 @@ def data() -> None:
     required=True,
     help="*.parquet or *.csv for one file, anything else for a folder of parts.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_handle_errors
 def data_synth(
-    rows: int, features: int, categorical: int, task: str, drift: float, seed: int, out: str
+    rows: int,
+    features: int,
+    categorical: int,
+    task: str,
+    drift: float,
+    seed: int,
+    out: str,
+    as_json: bool,
 ) -> None:
     """Write a seeded synthetic dataset with a known feature→label relation.
 
@@ -86,6 +95,19 @@ def data_synth(
             seed,
             progress=advance,
         )
+    if as_json:
+        _json_out(
+            {
+                "path": str(path),
+                "rows": rows,
+                "numeric_features": features,
+                "categorical_features": categorical,
+                "task": task,
+                "drift": drift,
+                "seed": seed,
+            }
+        )
+        return
     click.echo(f"wrote {rows} rows × {features} numeric + {categorical} categorical → {path}")
 
 

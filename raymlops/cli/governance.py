@@ -14,12 +14,11 @@ from raymlops.cli.base import (
     _fail,
     _handle_errors,
     _home_option,
+    _json_out,
     _load,
-    _version_arg,
     cli,
 )
 from raymlops.cli.models import models
-from raymlops.core.report import say
 
 # --------------------------------------------------------------------------- gate / promotion
 
@@ -48,6 +47,19 @@ def _policy_options(func: F) -> F:
         "was trained with (recorded with it).",
     )(func)
     return func
+
+
+def _name_and_version(name: str, version: str | None) -> tuple[str, int | str]:
+    """NAME and VERSION (number or alias) from the two arguments, or from NAME as a
+    models:/ URI (then without VERSION)."""
+    from raymlops.core.model_uri import resolve_model_ref
+
+    name, ref = resolve_model_ref(name, version)
+    if ref is None:
+        raise click.UsageError(
+            "give NAME VERSION (a number or alias) or a URI: models:/NAME@ALIAS, models:/NAME/N"
+        )
+    return name, ref
 
 
 def _governed(
@@ -87,8 +99,8 @@ def _governed(
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("version")
+@click.argument("name", metavar="NAME|URI")
+@click.argument("version", required=False)
 @_policy_options
 @click.option(
     "--data",
@@ -105,7 +117,7 @@ def _governed(
 @_handle_errors
 def gate(
     name: str,
-    version: str,
+    version: str | None,
     config_path: str | None,
     overrides: tuple[str, ...],
     data_path: str | None,
@@ -117,27 +129,32 @@ def gate(
 ) -> None:
     """Gate a version on held-out rows: thresholds, champion, behaviour, fairness, latency.
 
-    Exit 0 when every check passes, 1 when one fails, 2 on bad input. The result is logged
-    to MLflow and attached to the version (`raymlops promote` requires a pass).
+    NAME VERSION (a number or alias), or one URI: models:/NAME/VERSION or
+    models:/NAME@ALIAS. Exit 0 when every check passes, 1 when one fails, 2 on bad input.
+    The result is logged to MLflow and attached to the version (`raymlops promote`
+    requires a pass).
 
     \b
     Example:
       raymlops gate breast-cancer 2
+      raymlops gate models:/breast-cancer@challenger
       raymlops gate breast-cancer 2 -c examples/ci/pipeline.yaml --json
       raymlops gate synthetic challenger --data data/holdout.parquet
     """
-    from raymlops.loop.gate import run_gate
+    from raymlops.loop.api import gate as gate_version
 
-    registry, config = _governed(name, version, config_path, overrides, tracking_uri, home)
-    result = run_gate(
-        registry,
-        config,
+    name, ref = _name_and_version(name, version)
+    registry, config = _governed(name, str(ref), config_path, overrides, tracking_uri, home)
+    result = gate_version(
         name,
-        _version_arg(version),
-        data_path,
+        ref,
+        config=config,
+        data=data_path,
         record=not no_record,
         by=by,
-        echo=say,
+        tracking_uri=registry.tracking_uri,
+        home=home,
+        echo=True,
     )
     click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.table())
     if not result.passed:
@@ -198,7 +215,10 @@ def promote(
     registry, config = _governed(name, version, config_path, overrides, tracking_uri, home)
     if registry.version_info(name, int(version)).version == registry.alias_target(name, alias):
         # Idempotent for pipelines: a first version is champion from registration on.
-        click.echo(f"{alias} of {name} already points to v{version}; nothing to do")
+        if as_json:
+            _json_out({"name": name, "alias": alias, "to_version": int(version), "moved": False})
+        else:
+            click.echo(f"{alias} of {name} already points to v{version}; nothing to do")
         return
     event = governance.promote(
         registry, name, int(version), reason=reason, by=by, alias=alias, force=force, config=config
@@ -218,6 +238,7 @@ def promote(
 @click.option("--by", required=True, help="Who approves.")
 @click.option("--reason", default="", help="Why (recorded in the history).")
 @click.option("--alias", default="champion", show_default=True, help="Alias the approval is for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded event as JSON.")
 @_home_option
 @_tracking_option
 @_handle_errors
@@ -227,6 +248,7 @@ def approve(
     by: str,
     reason: str,
     alias: str,
+    as_json: bool,
     home: str | None,
     tracking_uri: str | None,
 ) -> None:
@@ -244,6 +266,9 @@ def approve(
     registry = Registry(tracking_uri, home)
     event = governance.approve(registry, name, int(version), by=by, reason=reason, alias=alias)
     approvers = governance.approvals_for(registry.alias_history(name), int(version), alias)
+    if as_json:
+        _json_out({**event.to_dict(), "approvals": approvers})
+        return
     click.echo(
         f"{name} v{event.to_version} approved for {alias} by {event.by} "
         f"({len(approvers)} approval(s) since its latest gate: {', '.join(approvers)})"
@@ -338,8 +363,8 @@ def models_history(
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("version")
+@click.argument("name", metavar="NAME|URI")
+@click.argument("version", required=False)
 @click.option(
     "--format",
     "fmt",
@@ -353,23 +378,27 @@ def models_history(
 @_tracking_option
 @_handle_errors
 def card(
-    name: str, version: str, fmt: str, out: str | None, home: str | None, tracking_uri: str | None
+    name: str,
+    version: str | None,
+    fmt: str,
+    out: str | None,
+    home: str | None,
+    tracking_uri: str | None,
 ) -> None:
     """Print or write a version's model card (use, data, search, metrics, gate, history).
+
+    NAME VERSION (a number or alias), or one URI: models:/NAME@ALIAS or models:/NAME/VERSION.
 
     \b
     Example:
       raymlops card breast-cancer champion
-      raymlops card breast-cancer 2 --format html --out card.html
+      raymlops card models:/breast-cancer/2 --format html --out card.html
     """
-    from raymlops.loop.cards import render_card
-    from raymlops.registry.store import Registry
+    from raymlops.loop.api import card as render_card
 
+    name, ref = _name_and_version(name, version)
     text = render_card(
-        Registry(tracking_uri, home),
-        name,
-        _version_arg(version),
-        cast(Literal["md", "html"], fmt),
+        name, ref, cast(Literal["md", "html"], fmt), tracking_uri=tracking_uri, home=home
     )
     if out is None:
         click.echo(text, nl=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from raymlops.cli.base import (
@@ -11,7 +9,9 @@ from raymlops.cli.base import (
     _fail,
     _handle_errors,
     _home_option,
-    _load,
+    _json_out,
+    _load_for_model,
+    _model_option,
     cli,
 )
 
@@ -33,6 +33,7 @@ from raymlops.cli.base import (
     help="'prediction-log' (the model's log) or a Parquet/CSV file, folder or URI; "
     "default monitor.source.",
 )
+@_model_option
 @click.option(
     "--version", "version", default=None, help="Version number or alias (default: champion)."
 )
@@ -62,6 +63,7 @@ def monitor(
     home: str | None,
     since: str | None,
     source: str | None,
+    model: str | None,
     version: str | None,
     labels: str | None,
     report: str | None,
@@ -83,16 +85,16 @@ def monitor(
       raymlops monitor --since 1d
       raymlops monitor -c my.yaml --source traffic.parquet --version 3 --fail-on-drift
       raymlops monitor --since 2024-05-01 --labels labels.parquet --report drift.html --json
+      raymlops monitor -m models:/breast-cancer@challenger --since 2h
     """
     from raymlops.cluster.launcher import is_job_address
     from raymlops.monitor.run import run_monitor
 
-    config = _load(config_path, overrides)
+    config, ref = _load_for_model(config_path, overrides, model, version)
     if is_job_address(address):
         raise click.UsageError(
             f"--address {address} is a job API: use `raymlops submit monitor --address {address}`"
         )
-    ref: str | int | None = int(version) if version is not None and version.isdigit() else version
     result = run_monitor(
         config,
         since=since,
@@ -105,7 +107,10 @@ def monitor(
         log_to_mlflow=False if no_mlflow else None,
         echo=not as_json,
     )
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if as_json:
+        _json_out(result.to_dict())
+    else:
+        click.echo(result.summary())
     if fail_on_drift and result.drift_detected:
         drifted = ", ".join(result.dataset.drifted_features)
         _fail(f"drift detected in {result.model_name} v{result.version}: {drifted}", 1)

@@ -13,7 +13,9 @@ from raymlops.cli.base import (
     _exit_fast_after,
     _handle_errors,
     _home_option,
-    _load,
+    _json_out,
+    _load_for_model,
+    _model_option,
     cli,
 )
 
@@ -21,9 +23,12 @@ from raymlops.cli.base import (
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", metavar="NAME|URI")
 @click.option(
-    "--version", "version", default="champion", show_default=True, help="Version number or alias."
+    "--version",
+    "version",
+    default=None,
+    help="Version number or alias (default: champion); not with a models:/ URI.",
 )
 @click.option("--input", "input_path", required=True, help="Parquet/CSV file or folder.")
 @click.option(
@@ -31,32 +36,44 @@ from raymlops.cli.base import (
 )
 @_home_option
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded).")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_handle_errors
 def predict(
     name: str,
-    version: str,
+    version: str | None,
     input_path: str,
     limit: int,
     home: str | None,
     tracking_uri: str | None,
+    as_json: bool,
 ) -> None:
     """Predict a few rows of a file with a registered model (verified before load).
+
+    NAME is a registered model's name, or a URI that also names the version:
+    models:/NAME@ALIAS or models:/NAME/VERSION.
 
     \b
     Example:
       raymlops predict breast-cancer --input data.parquet --limit 5
+      raymlops predict models:/breast-cancer@champion --input data.parquet --json
     """
     from raymlops.core.errors import DataError
+    from raymlops.core.model_uri import resolve_model_ref
     from raymlops.data.dataset import iter_tables
-    from raymlops.registry.store import Registry
+    from raymlops.registry.store import CHAMPION, load_predictor
 
-    predictor = Registry(tracking_uri, home).load_predictor(name, version)
+    name, ref = resolve_model_ref(name, version)
+    predictor = load_predictor(name, CHAMPION if ref is None else ref, tracking_uri, home)
     # The first rows only: the input may be a folder larger than memory.
     rows = next((t for t in iter_tables(input_path) if t.num_rows), None)
     if rows is None:
         raise DataError(f"{input_path} has no rows")
     rows = rows.slice(0, limit)
     frame = predictor.predict(rows).to_frame()
+    if as_json:
+        records = json.loads(frame.to_json(orient="records"))
+        _json_out({"model": name, "version": predictor.metadata["version"], "rows": records})
+        return
     click.echo(f"{name} v{predictor.metadata['version']}:")
     click.echo(frame.to_string(float_format=lambda v: f"{v:.4f}"))
 
@@ -73,6 +90,7 @@ def predict(
 @click.option(
     "--output", "output_path", required=True, help="Folder or URI that receives the predictions."
 )
+@_model_option
 @click.option(
     "--version", "version", default=None, help="Version number or alias (default: champion)."
 )
@@ -98,6 +116,7 @@ def batch(
     home: str | None,
     input_path: str,
     output_path: str,
+    model: str | None,
     version: str | None,
     gpus: float | None,
     on_bad_rows: str | None,
@@ -115,17 +134,17 @@ def batch(
       raymlops batch --input data/ --output preds/      # champion of the configured model
       raymlops batch -c my.yaml --input s3://bucket/in/ --output s3://bucket/out/ \\
           --version 4 --gpus 1 --on-bad-rows skip
+      raymlops batch -m models:/breast-cancer/3 --input data/ --output preds/
     """
     from raymlops.batch.run import run_batch
     from raymlops.cluster.launcher import is_job_address
 
-    config = _load(config_path, overrides)
+    config, ref = _load_for_model(config_path, overrides, model, version)
     if is_job_address(address):
         raise click.UsageError(
             f"--address {address} is a job API: use `raymlops submit batch --address {address} "
             "-- --input … --output …`"
         )
-    ref: str | int | None = int(version) if version is not None and version.isdigit() else version
     # Ray prints its notices (a worker that died, …) on stdout; they belong with the
     # progress on stderr, so that stdout holds the summary or the JSON alone.
     with contextlib.redirect_stdout(sys.stderr):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -11,6 +10,7 @@ from raymlops.cli.base import (
     _config_options,
     _handle_errors,
     _home_option,
+    _json_out,
     _load,
     cli,
 )
@@ -62,22 +62,20 @@ def retrain(
       raymlops retrain                                # decide from the prediction log
       raymlops retrain --force --recent-data labelled.parquet
     """
-    from raymlops.loop.retrain import ServingCanary, retrain_once
+    from raymlops.loop.api import retrain as retrain_model
 
-    config = _load(config_path, overrides)
-    canary = None if no_canary else ServingCanary.if_serving(config, home=home, address=address)
-    result = retrain_once(
-        config,
+    result = retrain_model(
+        _load(config_path, overrides),
         force=force,
         since=since,
-        canary=canary,
+        canary=not no_canary,
         recent_data=recent_data,
         home=home,
         address=address,
         echo=not as_json,
     )
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        _json_out(result.to_dict())
     else:
         click.echo(result.summary())
     if result.outcome in ("rejected", "rolled-back"):
@@ -94,6 +92,12 @@ def retrain(
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Stop after N passes.")
 @click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the passes' results as one JSON list when the watch ends (with --iterations).",
+)
 @_handle_errors
 def watch(
     config_path: str | None,
@@ -102,6 +106,7 @@ def watch(
     interval: str | None,
     iterations: int | None,
     address: str | None,
+    as_json: bool,
 ) -> None:
     """Run monitor → retrain on an interval, as a long-running job (Ctrl-C stops).
 
@@ -110,22 +115,22 @@ def watch(
       raymlops watch --interval 1h
       ray job submit --working-dir . -- python jobs/lifecycle.py --interval 1h
     """
-    from raymlops.loop.retrain import ServingCanary
-    from raymlops.loop.retrain import watch as watch_loop
+    from raymlops.loop.api import watch as watch_loop
 
-    config = _load(config_path, overrides)
-    canary = ServingCanary.if_serving(config, home=home, address=address)
     try:
         results = watch_loop(
-            config,
+            _load(config_path, overrides),
             interval=interval,
             iterations=iterations,
-            canary=canary,
             home=home,
             address=address,
+            echo=not as_json,
         )
     except KeyboardInterrupt:
         say("stopped")
+        return
+    if as_json:
+        _json_out([result.to_dict() for result in results])
         return
     for result in results:
         click.echo(result.summary())

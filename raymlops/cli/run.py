@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from raymlops.cli.base import (
     _fail,
     _handle_errors,
     _home_option,
+    _json_out,
     _load,
     cli,
 )
@@ -51,11 +54,64 @@ def _forward_args(
     return args
 
 
-def _report_jobs(outcomes: list[Any]) -> None:
+def _train_dict(result: Any) -> dict[str, Any]:
+    """`raymlops train --json`: the registered version and how the search went."""
+    return {
+        "model": result.model_name,
+        "version": result.version.version,
+        "aliases": result.version.aliases,
+        "run_id": result.run_id,
+        "best_params": result.best_params,
+        "test_metrics": result.test_metrics,
+        "trials": result.trials,
+        "failed_trials": result.failed_trials,
+        "dataset_digest": result.dataset.digest,
+    }
+
+
+def _run_result_dict(result: Any) -> dict[str, Any]:
+    """`raymlops run --json`: each step's result (null for a step that did not run), the
+    step timings and where the outputs live."""
+
+    def part(value: Any) -> Any:
+        return value.to_dict() if value is not None else None
+
+    return {
+        "train": _train_dict(result.train),
+        "champion": result.champion,
+        "sample_predictions": json.loads(result.sample_predictions.to_json(orient="records")),
+        "gate": part(result.gate),
+        "served_url": result.served_url,
+        "batch": part(result.batch),
+        "monitor": part(result.monitored),
+        "retrain": part(result.retrained),
+        "card_path": result.card_path,
+        "report_path": result.report_path,
+        "tracking_uri": result.train.tracking_uri,
+        "steps": [{"step": name, "seconds": seconds} for name, seconds in result.steps],
+        "wall_time_s": result.wall_time_s,
+    }
+
+
+def _outcome_dict(outcome: Any) -> dict[str, Any]:
+    """A Ray job's outcome for --json (its log tail stays out: the job's log has it)."""
+    return {
+        "step": outcome.step,
+        "status": outcome.status,
+        "submission_id": outcome.submission_id,
+        "submission_ids": outcome.submission_ids,
+        "attempts": outcome.attempts,
+    }
+
+
+def _report_jobs(outcomes: list[Any], as_json: bool = False) -> None:
+    """Each job's end (on stderr with --json, whose caller prints the JSON); the failed
+    one's log tail, and exit 1, when one failed."""
     for outcome in outcomes:
-        click.echo(
+        say(
             f"{outcome.step}: {outcome.status} (job {outcome.submission_id}, "
-            f"attempt {outcome.attempts})"
+            f"attempt {outcome.attempts})",
+            err=as_json,
         )
     failed = next((o for o in outcomes if not o.succeeded), None)
     if failed is not None:
@@ -96,6 +152,12 @@ _working_dir_option = click.option(
 )
 @_retries_option
 @_working_dir_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON (the narration stays on stderr).",
+)
 @click.option("--step", type=click.Choice(PIPELINE_STEPS), default=None, hidden=True)
 @click.option("--work", default=None, hidden=True)
 @_handle_errors
@@ -109,6 +171,7 @@ def run(
     keep_serving: bool,
     max_retries: int,
     working_dir: str,
+    as_json: bool,
     step: str | None,
     work: str | None,
 ) -> None:
@@ -153,22 +216,31 @@ def run(
             train_only=train_only,
             keep_serving=keep_serving,
         )
-        _report_jobs(outcomes)
+        _report_jobs(outcomes, as_json)
         from raymlops.registry.store import Registry
 
         champion = Registry.from_config(config, home).alias_target(
             config.registry.model_name, "champion"
         )
-        click.echo(f"champion now: {config.registry.model_name} v{champion}")
+        if as_json:
+            jobs = [_outcome_dict(o) for o in outcomes]
+            _json_out({"model": config.registry.model_name, "champion": champion, "jobs": jobs})
+        else:
+            click.echo(f"champion now: {config.registry.model_name} v{champion}")
         return
-    result = run_pipeline(
-        config,
-        address=address,
-        home=home,
-        samples=samples,
-        full=not train_only,
-        keep_serving=keep_serving,
-    )
+    # Ray prints its notices on stdout: with --json they join the narration on stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = run_pipeline(
+            config,
+            address=address,
+            home=home,
+            samples=samples,
+            full=not train_only,
+            keep_serving=keep_serving,
+        )
+    if as_json:
+        _json_out(_run_result_dict(result))
+        return
     if not train_only:
         click.echo(result.summary())
         return
@@ -217,22 +289,7 @@ def train(
         )
     result = train_and_register(config, address=address, resume=resume, home=home)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "model": result.model_name,
-                    "version": result.version.version,
-                    "aliases": result.version.aliases,
-                    "run_id": result.run_id,
-                    "best_params": result.best_params,
-                    "test_metrics": result.test_metrics,
-                    "trials": result.trials,
-                    "failed_trials": result.failed_trials,
-                    "dataset_digest": result.dataset.digest,
-                },
-                indent=2,
-            )
-        )
+        _json_out(_train_dict(result))
     else:
         click.echo(result.summary())
 
@@ -302,6 +359,7 @@ def _option_value(args: list[str], name: str) -> str | None:
     help="Upload this raymlops package with the job (py_modules); off when the cluster's "
     "image has the same version installed.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the job's outcome as JSON.")
 @_handle_errors
 def submit(
     step: str,
@@ -315,6 +373,7 @@ def submit(
     resume: bool,
     no_wait: bool,
     ship_raymlops: bool,
+    as_json: bool,
 ) -> None:
     """Run a step as a Ray job on a cluster, streaming its logs; the exit code is the job's.
 
@@ -350,6 +409,11 @@ def submit(
         ship_raymlops=ship_raymlops,
         config=config,
     )
+    if as_json:
+        if not no_wait:
+            _report_jobs([outcome], as_json=True)
+        _json_out(_outcome_dict(outcome))
+        return
     if no_wait:
         click.echo(outcome.submission_id)
         return
@@ -408,8 +472,9 @@ def jobs_logs(submission_id: str, address: str) -> None:
 @jobs.command("stop")
 @click.argument("submission_id")
 @_job_address_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_handle_errors
-def jobs_stop(submission_id: str, address: str) -> None:
+def jobs_stop(submission_id: str, address: str, as_json: bool) -> None:
     """Stop a running job.
 
     \b
@@ -419,4 +484,7 @@ def jobs_stop(submission_id: str, address: str) -> None:
     from raymlops.cluster.launcher import JobLauncher
 
     stopped = JobLauncher(address).stop(submission_id)
+    if as_json:
+        _json_out({"submission_id": submission_id, "stop_requested": stopped})
+        return
     click.echo(f"{submission_id}: {'stop requested' if stopped else 'already ended'}")

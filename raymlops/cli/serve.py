@@ -12,8 +12,10 @@ from raymlops.cli.base import (
     _config_options,
     _handle_errors,
     _home_option,
+    _json_out,
     _load,
-    _version_arg,
+    _load_for_model,
+    _model_option,
     cli,
 )
 
@@ -36,6 +38,9 @@ def _serve_target_options(func: F) -> F:
     return _home_option(_config_options(func))
 
 
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
 def _check_serve_address(address: str | None) -> None:
     from raymlops.cluster.launcher import is_job_address
 
@@ -46,7 +51,22 @@ def _check_serve_address(address: str | None) -> None:
 
 
 def _print_serve_status(status: Any, as_json: bool) -> None:
-    click.echo(json.dumps(status.to_dict(), indent=2, default=str) if as_json else status.summary())
+    if as_json:
+        _json_out(status.to_dict())
+    else:
+        click.echo(status.summary())
+
+
+def _endpoint_overrides(
+    overrides: tuple[str, ...], host: str | None, port: int | None
+) -> tuple[str, ...]:
+    """--host and --port as the `--set serve.host=…`/`serve.port=…` they stand for (after
+    the other --set items, so the flags win)."""
+    if host is not None:
+        overrides = (*overrides, f"serve.host={json.dumps(host)}")
+    if port is not None:
+        overrides = (*overrides, f"serve.port={port}")
+    return overrides
 
 
 def _named_config(config_path: str | None, overrides: tuple[str, ...]) -> Any:
@@ -67,8 +87,21 @@ def _named_config(config_path: str | None, overrides: tuple[str, ...]) -> Any:
     help="Ray cluster to deploy on (ray://head:10001, auto, host:port); default: $RAY_ADDRESS, "
     "else a local Ray head that raymlops starts once in the background.",
 )
+@_model_option
 @click.option(
     "--version", "version", default=None, help="Version number or alias; default: the champion."
+)
+@click.option(
+    "--host",
+    default=None,
+    help="Interface the endpoint listens on (same as --set serve.host=…); default serve.host "
+    "(127.0.0.1). Beyond loopback it needs a token or --insecure.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the endpoint (same as --set serve.port=…); default serve.port (8000).",
 )
 @click.option(
     "--blocking",
@@ -90,7 +123,10 @@ def serve(
     overrides: tuple[str, ...],
     home: str | None,
     address: str | None,
+    model: str | None,
     version: str | None,
+    host: str | None,
+    port: int | None,
     blocking: bool,
     insecure: bool,
     as_json: bool,
@@ -102,6 +138,7 @@ def serve(
     \b
     Example:
       raymlops serve                                 # the embedded default's champion
+      raymlops serve -m models:/breast-cancer@champion --port 8080
       curl -X POST http://127.0.0.1:8000/predict -H 'content-type: application/json' \\
            -d '{"instances": [{"mean_radius": 14.1, "...": 0}]}'
       raymlops serve status
@@ -115,8 +152,8 @@ def serve(
     from raymlops.serve.api import serve_model
 
     _check_serve_address(address)
-    config = _load(config_path, overrides)
-    ref: int | str | None = _version_arg(version) if version is not None else None
+    overrides = _endpoint_overrides(overrides, host, port)
+    config, ref = _load_for_model(config_path, overrides, model, version)
     status = serve_model(
         config, version=ref, address=address, home=home, blocking=blocking, insecure=insecure
     )
@@ -188,6 +225,7 @@ def serve_status(
 )
 @click.option("--reason", default="", help="Why (recorded in the alias history).")
 @click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_json_flag
 @_handle_errors
 def serve_canary(
     config_path: str | None,
@@ -200,6 +238,7 @@ def serve_canary(
     shadow: float | None,
     reason: str,
     by: str | None,
+    as_json: bool,
 ) -> None:
     """Put a challenger version on a share of live traffic (rolled back automatically if
     its error rate or p95 latency is worse than the champion's by the configured margins).
@@ -223,13 +262,14 @@ def serve_canary(
         address=address,
         home=home,
     )
-    _print_serve_status(status, False)
+    _print_serve_status(status, as_json)
 
 
 @serve.command("promote")
 @_serve_target_options
 @click.option("--reason", default="", help="Why (recorded in the alias history).")
 @click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_json_flag
 @_handle_errors
 def serve_promote(
     config_path: str | None,
@@ -239,6 +279,7 @@ def serve_promote(
     app: str | None,
     reason: str,
     by: str | None,
+    as_json: bool,
 ) -> None:
     """Make the canary's challenger the champion: registry alias, then all traffic.
 
@@ -252,13 +293,14 @@ def serve_promote(
     status = promote_canary(
         _load(config_path, overrides), reason=reason, by=by, app=app, address=address, home=home
     )
-    _print_serve_status(status, False)
+    _print_serve_status(status, as_json)
 
 
 @serve.command("rollback")
 @_serve_target_options
 @click.option("--reason", default="", help="Why (recorded in the alias history).")
 @click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
+@_json_flag
 @_handle_errors
 def serve_rollback(
     config_path: str | None,
@@ -268,6 +310,7 @@ def serve_rollback(
     app: str | None,
     reason: str,
     by: str | None,
+    as_json: bool,
 ) -> None:
     """Stop the canary; without one, return traffic and the champion alias to the previous
     champion.
@@ -282,7 +325,7 @@ def serve_rollback(
     status = rollback_serving(
         _load(config_path, overrides), reason=reason, by=by, app=app, address=address, home=home
     )
-    _print_serve_status(status, False)
+    _print_serve_status(status, as_json)
 
 
 @serve.command("config")
@@ -309,6 +352,7 @@ def serve_config(
 
 @serve.command("stop")
 @_serve_target_options
+@_json_flag
 @_handle_errors
 def serve_stop(
     config_path: str | None,
@@ -316,6 +360,7 @@ def serve_stop(
     home: str | None,
     address: str | None,
     app: str | None,
+    as_json: bool,
 ) -> None:
     """Delete the application, and stop the local Ray head raymlops started for it (only
     that head, by its recorded processes) when nothing else is served there.
@@ -336,4 +381,7 @@ def serve_stop(
     _check_serve_address(address)
     config = _named_config(config_path, overrides)
     stopped = stop_serving(config, app=app, address=address, home=home)
+    if as_json:
+        _json_out({"stopped": stopped})
+        return
     click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
-__all__ = ["Reporter", "current", "progress", "reporting", "say"]
+__all__ = ["Reporter", "aligned", "current", "progress", "reporting", "say"]
 
 #: Seconds between two redraws of a bar on a terminal.
 _REDRAW_S = 0.1
@@ -96,6 +96,28 @@ def progress(total: int, label: str, *, show_pos: bool = False) -> Iterator[Call
     """A progress bar over `total` units of work; yields `update(units_done)`."""
     with _current.bar(total, label, show_pos) as update:
         yield update
+
+
+def aligned(
+    rows: Sequence[Sequence[str]], *, indent: str = "  ", right: Collection[int] = ()
+) -> list[str]:
+    """`rows` as lines of columns, each as wide as its widest cell whatever the lengths
+    (a fixed width breaks the columns of the row with the long name); the column numbers
+    in `right` align right (figures), the others left. The last column is not padded."""
+    widths = [
+        max((len(row[i]) for row in rows if i < len(row)), default=0)
+        for i in range(max((len(row) for row in rows), default=0))
+    ]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        if cells and len(row) - 1 not in right:
+            cells[-1] = row[-1]
+        lines.append((indent + " ".join(cells)).rstrip())
+    return lines
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,15 +21,24 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raymlops.core.errors import ArtifactIntegrityError, RegistryError
+from raymlops.core.model_uri import parse_model_uri
 from raymlops.model.architectures import build_model, list_architectures
 from raymlops.model.artifacts import MANIFEST, verify_folder, write_json, write_manifest
 from raymlops.model.features import Preprocessor, TabularInput, to_columns
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "PredictorSource"]
 
 WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "architecture.json"
 PREPROCESSING = "preprocessing.json"
+
+
+class PredictorSource(Protocol):
+    """Where registered Predictors come from: `raymlops.Registry` is one."""
+
+    def load_predictor(self, name: str, ref: str | int = ...) -> Predictor:
+        """The verified Predictor of `name`'s version number or alias `ref`."""
+        ...
 
 
 @dataclass
@@ -153,6 +162,20 @@ class Predictor:
         )
         model.load_state_dict(load_file(str(source / WEIGHTS)))
         return cls(model, preprocessor, architecture, metadata, device=device)
+
+    @classmethod
+    def from_uri(cls, uri: str, registry: PredictorSource) -> Predictor:
+        """The verified Predictor that `models:/NAME@ALIAS` or `models:/NAME/VERSION` names
+        in `registry` (a `raymlops.Registry`), e.g.
+        `Predictor.from_uri("models:/breast-cancer@champion", Registry())`.
+
+        The registry is an argument because this layer may not import it (it sits above the
+        model); `raymlops.load_predictor(uri)` does the same with the default registry.
+        Raises UserInputError on a malformed URI, RegistryError on an unknown model, alias
+        or version.
+        """
+        parsed = parse_model_uri(uri)
+        return registry.load_predictor(parsed.name, parsed.ref)
 
     def __repr__(self) -> str:
         meta = self.metadata
