@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from raymlops.core.config import PipelineConfig
     from raymlops.data.dataset import DatasetVersion
+    from raymlops.model.features import TabularInput
     from raymlops.model.predictor import Predictor
 
 __all__ = [
@@ -450,12 +451,24 @@ class Registry:
         metrics: dict[str, float],
         extra_tags: dict[str, str] | None = None,
         extra_files: dict[str, Any] | None = None,
+        input_example: TabularInput | None = None,
     ) -> ModelVersionInfo:
         """Save the predictor as run artifacts and create a registered model version.
 
-        The first version of a model gets the `champion` alias, later ones `challenger`.
+        The version is an MLflow pyfunc model (models from code: `raymlops.model.pyfunc`)
+        with a signature, an input example (`input_example`, else the first rows of the
+        training data) and requirements pinned to this environment, so MLflow's own tools
+        load and serve it; the digests recorded cover MLflow's files too. The first version
+        of a model gets the `champion` alias, later ones `challenger`.
         """
         from mlflow.exceptions import MlflowException
+
+        from raymlops.model.pyfunc import (
+            example_frame,
+            example_rows,
+            input_types,
+            save_mlflow_model,
+        )
 
         client = self.client
         name = config.registry.model_name
@@ -466,7 +479,16 @@ class Registry:
             "metrics.json": metrics,
             **(extra_files or {}),
         }
+        prep = predictor.preprocessor
+        types = input_types(prep, dataset.schema, dataset.profile)
+        example = (
+            example_rows(prep, types, dataset.source, config.data.format, dataset.profile)
+            if input_example is None
+            else example_frame(prep, types, input_example)
+        )
         with tempfile.TemporaryDirectory(prefix="raymlops-model-") as tmp:
+            # MLflow writes into an empty folder only: its files first, then raymlops'.
+            save_mlflow_model(tmp, prep, types, example, optional=config.serve.allow_missing)
             digests = predictor.save(tmp, extra_files=files)
             client.log_artifacts(run_id, tmp, artifact_path="model")
         self.log(run_id, metrics=[(k, v, 0) for k, v in metrics.items()])
@@ -646,6 +668,53 @@ class Registry:
                 "run_id": info.run_id,
             },
         )
+
+    def add_mlflow_flavor(self, name: str, ref: str | int) -> list[str]:
+        """Make a version registered before raymlops wrote MLflow's files an MLflow pyfunc
+        model in place: MLmodel, requirements, input example and the code file are written
+        next to its existing artifacts (which stay as they are), their digests are added to
+        the version's tags and to the folder's manifest. Returns the files added; [] when
+        the version already is an MLflow model."""
+        from raymlops.model.artifacts import MANIFEST, sha256_file, write_json
+        from raymlops.model.features import Preprocessor
+        from raymlops.model.predictor import PREPROCESSING
+        from raymlops.model.pyfunc import MLMODEL, example_rows, input_types, save_mlflow_model
+
+        folder, info = self.download(name, ref)  # digests verified
+        if (folder / MLMODEL).is_file():
+            return []
+        mv = self._resolve(name, info.version)
+        run_uri = self.client.get_run(mv.run_id).info.artifact_uri if mv.run_id else None
+        if not run_uri or not mv.source.startswith(f"{run_uri}/"):
+            raise RegistryError(
+                f"{name} v{info.version}: its source {mv.source} is not under its run's "
+                "artifacts; raymlops cannot add files next to it"
+            )
+
+        def read(file: str) -> dict[str, Any]:
+            path = folder / file
+            data = json.loads(path.read_text()) if path.is_file() else {}
+            return data if isinstance(data, dict) else {}
+
+        prep = Preprocessor.from_dict(read(PREPROCESSING))
+        data, config, profile = read("dataset.json"), read("config.json"), read("profile.json")
+        schema = {str(k): str(v) for k, v in (data.get("schema") or {}).items()}
+        types = input_types(prep, schema, profile)
+        fmt = str((config.get("data") or {}).get("format", "auto"))
+        example = example_rows(prep, types, str(data.get("source", "")), fmt, profile)
+        optional = bool((config.get("serve") or {}).get("allow_missing", True))
+        with tempfile.TemporaryDirectory(prefix="raymlops-flavor-") as tmp:
+            staged = Path(tmp)
+            added = save_mlflow_model(staged / "model", prep, types, example, optional)
+            new = {file: sha256_file(staged / "model" / file) for file in added}
+            write_json(staged / "model" / MANIFEST, {**info.digests, **new})
+            self.client.log_artifacts(
+                mv.run_id, str(staged / "model"), artifact_path=mv.source[len(run_uri) + 1 :]
+            )
+        for file, digest in new.items():
+            self.set_version_tag(name, info.version, f"{_DIGEST_TAG}{file}", digest)
+        self.set_version_tag(name, info.version, "raymlops.mlflow_flavor", "added")
+        return added
 
     # ------------------------------------------------------------------ alias history
     @contextmanager
