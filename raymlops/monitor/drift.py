@@ -22,8 +22,18 @@ practically irrelevant differences on large samples while effect sizes are noise
 | min_samples (100) ≤ n < large_sample | two-sample KS, p < 0.05 | chi-square 2×k, p < 0.05 |
 | n < min_samples | no verdict | no verdict |
 
-PSI (10 reference-decile bins) is reported for every feature but decides nothing. The
-dataset drifts when at least `drift_share` (0.5) of the features with a verdict drift.
+PSI (10 reference-decile bins) is reported for every feature; it decides only where a
+feature's rule says so. `monitor.features.<name>: {method, threshold}` overrides the method
+(`wasserstein`, `ks` or `psi` for a numeric column; `jensenshannon`, `chi2` or `psi` for a
+categorical one; `auto` = the table above) and its bound per feature.
+
+The dataset verdict (`verdict`): `weighted` (the default) weighs each feature's drift by its
+normalised permutation importance to the model (stored with the version) — the dataset
+drifts when the drifted features carry at least `drift_share` of the importance, or when the
+prediction itself drifts against the version's prediction profile; `share` (and `weighted`
+for a version without stored importance) counts features: at least `drift_share` (0.5) of
+those with a verdict, the prediction included. docs/drift.md compares these conventions with
+Evidently's.
 
 Approximations, documented and tested against scipy on raw data: per-bin counts and sums
 make ∫(F_cur − F_ref) over every bin exact, so Wasserstein is exact wherever the two CDFs do
@@ -46,11 +56,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "FEATURE_METHODS",
     "CategoricalReference",
     "CategoricalSketch",
     "DatasetDrift",
     "DriftSettings",
     "FeatureDrift",
+    "FeatureRule",
     "NumericReference",
     "NumericSketch",
     "categorical_drift",
@@ -62,8 +74,25 @@ __all__ = [
 
 Kind = Literal["numeric", "categorical"]
 Role = Literal["feature", "prediction"]
+Verdict = Literal["share", "weighted"]
 OTHER = "(other)"
 _PSI_FLOOR = 1e-4
+#: Default bound of PSI when a feature's rule makes it decide (Evidently's default too).
+PSI_THRESHOLD = 0.1
+#: Methods a feature's rule may name, per kind (`auto`: chosen by the sample size).
+FEATURE_METHODS: dict[str, tuple[str, ...]] = {
+    "numeric": ("auto", "wasserstein", "ks", "psi"),
+    "categorical": ("auto", "jensenshannon", "chi2", "psi"),
+}
+
+
+@dataclass(frozen=True)
+class FeatureRule:
+    """One feature's own method and bound (`threshold` None: the method's default bound —
+    the p-value for tests, the distance bound for distances)."""
+
+    method: str = "auto"
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,8 @@ class DriftSettings:
     large_sample: int = 1000
     drift_share: float = 0.5
     psi_bins: int = 10
+    verdict: Verdict = "weighted"
+    features: dict[str, FeatureRule] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.min_samples < 1:
@@ -575,14 +606,65 @@ def numeric_drift(
     if n < s.min_samples:
         result.reason = f"{n} values < min_samples {s.min_samples}"
         return result
-    if n < s.large_sample and current.sample is not None:
-        result.method, result.statistic = "ks", result.ks_statistic
-        result.threshold, result.p_value = s.p_value, ks_p
-        result.drifted = bool(ks_p < s.p_value)
+    rule = _rule(s, name, "numeric")
+    method = rule.method
+    if method == "auto":
+        method = "ks" if n < s.large_sample and current.sample is not None else "wasserstein"
+    if method == "ks":
+        if math.isnan(ks_p):  # too many values kept no sample: D at the edges (a lower bound)
+            ks_p = _ks_p_value(result.ks_statistic, n, reference.n)
+        _decide_test(result, "ks", result.ks_statistic, ks_p, _bound(rule, s.p_value))
+    elif method == "psi":
+        _decide_distance(result, "psi", result.psi, _bound(rule, PSI_THRESHOLD))
     else:
-        result.method, result.statistic, result.threshold = "wasserstein", w, s.numeric_threshold
-        result.drifted = bool(w >= s.numeric_threshold)
+        _decide_distance(result, "wasserstein", w, _bound(rule, s.numeric_threshold))
     return result
+
+
+def _rule(settings: DriftSettings, name: str, kind: Kind) -> FeatureRule:
+    """The feature's own rule (the default `auto` one when it has none); DataError when it
+    names a method the feature's kind has not."""
+    from raymlops.core.errors import DataError
+
+    rule = settings.features.get(name, FeatureRule())
+    if rule.method not in FEATURE_METHODS[kind]:
+        raise DataError(
+            f"monitor.features.{name}.method '{rule.method}' does not apply to a {kind} "
+            f"feature (choose one of {', '.join(FEATURE_METHODS[kind])})"
+        )
+    return rule
+
+
+def _bound(rule: FeatureRule, default: float) -> float:
+    return rule.threshold if rule.threshold is not None else default
+
+
+def _decide_test(
+    result: FeatureDrift, method: str, statistic: float | None, p: float, alpha: float
+) -> None:
+    """A test decides: drift when its p-value is below `alpha`."""
+    result.method, result.statistic, result.threshold, result.p_value = method, statistic, alpha, p
+    result.drifted = bool(p < alpha)
+
+
+def _decide_distance(
+    result: FeatureDrift, method: str, statistic: float | None, bound: float
+) -> None:
+    """A distance decides: drift when it reaches `bound` (no value: no verdict)."""
+    result.method, result.statistic, result.threshold = method, statistic, bound
+    if statistic is None or math.isnan(statistic):
+        result.reason = f"{method} is undefined here"
+        return
+    result.drifted = bool(statistic >= bound)
+
+
+def _ks_p_value(d: float | None, n: int, m: int) -> float:
+    """Two-sample KS p-value of statistic `d` (scipy's asymptotic `kstwo`, n·m/(n+m))."""
+    from scipy.stats import kstwo
+
+    if d is None or n == 0 or m == 0:
+        return math.nan
+    return float(np.clip(kstwo.sf(d, max(round(n * m / (n + m)), 1)), 0.0, 1.0))
 
 
 def _numeric_distribution(reference: NumericReference, current: NumericSketch) -> dict[str, Any]:
@@ -663,26 +745,33 @@ def categorical_drift(
     if n < s.min_samples:
         result.reason = f"{n} values < min_samples {s.min_samples}"
         return result
-    if n < s.large_sample:
+    rule = _rule(s, name, "categorical")
+    method = rule.method
+    if method == "auto":
+        method = "chi2" if n < s.large_sample else "jensenshannon"
+    if method == "chi2":
         if len(ref_counts) < 2:
             chi2_stat, p = 0.0, 1.0
         else:
             test = chi2_contingency(np.vstack([ref_counts, cur_counts]), correction=False)
             chi2_stat, p = float(test.statistic), float(test.pvalue)
-        result.method, result.statistic = "chi2", chi2_stat
-        result.threshold, result.p_value = s.p_value, p
-        result.drifted = bool(p < s.p_value)
+        _decide_test(result, "chi2", chi2_stat, p, _bound(rule, s.p_value))
+    elif method == "psi":
+        _decide_distance(result, "psi", result.psi, _bound(rule, PSI_THRESHOLD))
     else:
-        result.method, result.statistic = "jensenshannon", js
-        result.threshold = s.categorical_threshold
-        result.drifted = bool(js >= s.categorical_threshold)
+        _decide_distance(result, "jensenshannon", js, _bound(rule, s.categorical_threshold))
     return result
 
 
 @dataclass
 class DatasetDrift:
-    """The dataset-level verdict: drift when at least `threshold` of the features (with a
-    verdict) drift; `drifted` is None when no feature has a verdict."""
+    """The dataset-level verdict; `drifted` is None when no feature has a verdict.
+
+    `method` 'share': drift when at least `threshold` of the features (with a verdict, the
+    prediction included) drift; `share` is that share. `method` 'weighted': `share` is the
+    importance the drifted features carry (normalised over the features with a verdict,
+    `weights`), and the dataset drifts when it reaches `threshold` or when the prediction
+    drifts (`prediction_drifted`). `note` says why a weighted verdict fell back to share."""
 
     drifted: bool | None
     share: float | None
@@ -690,29 +779,99 @@ class DatasetDrift:
     evaluated: int
     drifted_features: list[str]
     undecided_features: list[str]
+    method: Verdict = "share"
+    prediction_drifted: bool | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def explain(self) -> str:
+        """One line: what decided the verdict."""
+        if self.drifted is None:
+            return "no feature has a verdict"
+        names = ", ".join(self.drifted_features[:5]) + (
+            "…" if len(self.drifted_features) > 5 else ""
+        )
+        counted = f"{len(self.drifted_features)} of {self.evaluated} features drifted"
+        counted += f" ({names})" if names else ""
+        share = self.share if self.share is not None else 0.0
+        if self.method == "share":
+            return f"{counted}; share {share:.0%} (threshold {self.threshold:.0%})"
+        feats = [n for n in self.drifted_features if n in self.weights]
+        listed = ", ".join(feats[:5]) + ("…" if len(feats) > 5 else "")
+        pred = {True: "drifted", False: "did not drift", None: "does not decide"}
+        return (
+            f"{len(feats)} of {len(self.weights)} features drifted"
+            + (f" ({listed})" if listed else "")
+            + f", carrying {share:.0%} of the model's feature importance (threshold "
+            f"{self.threshold:.0%}); the prediction {pred[self.prediction_drifted]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "drifted": self.drifted,
+            "method": self.method,
             "share": self.share,
             "threshold": self.threshold,
             "evaluated": self.evaluated,
             "drifted_features": self.drifted_features,
             "undecided_features": self.undecided_features,
+            "prediction_drifted": self.prediction_drifted,
+            "weights": self.weights,
+            "note": self.note,
+            "explanation": self.explain(),
         }
 
 
 def dataset_drift(
-    features: Sequence[FeatureDrift], settings: DriftSettings | None = None
+    features: Sequence[FeatureDrift],
+    settings: DriftSettings | None = None,
+    importance: dict[str, float] | None = None,
+    prediction_decides: bool = True,
 ) -> DatasetDrift:
-    """Share of drifted features among those with a verdict, against `drift_share`."""
+    """The dataset verdict over the features' verdicts (see `DatasetDrift`).
+
+    `importance` (feature → weight, from the version's permutation importance) is what the
+    `weighted` verdict weighs by; without it the verdict is `share`, and says so. The
+    prediction decides in the weighted verdict only when `prediction_decides` (its
+    reference is the version's own prediction profile, not the training labels)."""
     s = settings or DriftSettings()
     decided = [f for f in features if f.drifted is not None]
     drifted = [f.name for f in decided if f.drifted]
     undecided = [f.name for f in features if f.drifted is None]
-    if not decided:
-        return DatasetDrift(None, None, s.drift_share, 0, [], undecided)
-    share = len(drifted) / len(decided)
+    note = ""
+    if s.verdict == "weighted" and not importance:
+        note = "the version stores no feature importance: the unweighted share decides"
+    if s.verdict == "share" or not importance:
+        if not decided:
+            return DatasetDrift(None, None, s.drift_share, 0, [], undecided, "share", note=note)
+        share = len(drifted) / len(decided)
+        return DatasetDrift(
+            share >= s.drift_share - 1e-12,
+            share,
+            s.drift_share,
+            len(decided),
+            drifted,
+            undecided,
+            "share",
+            note=note,
+        )
+    feats = [f for f in decided if f.role == "feature"]
+    pred = next((f for f in decided if f.role == "prediction"), None)
+    pred_drifted = pred.drifted if pred is not None and prediction_decides else None
+    total = sum(importance.get(f.name, 0.0) for f in feats)
+    weights = {f.name: importance.get(f.name, 0.0) / total for f in feats} if total > 0 else {}
+    if not feats and pred_drifted is None:
+        return DatasetDrift(None, None, s.drift_share, 0, [], undecided, "weighted")
+    share = sum(weights.get(f.name, 0.0) for f in feats if f.drifted)
+    verdict = share >= s.drift_share - 1e-12 or pred_drifted is True
     return DatasetDrift(
-        share >= s.drift_share - 1e-12, share, s.drift_share, len(decided), drifted, undecided
+        verdict,
+        share,
+        s.drift_share,
+        len(decided),
+        drifted,
+        undecided,
+        "weighted",
+        pred_drifted,
+        weights,
     )

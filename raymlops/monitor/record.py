@@ -93,6 +93,9 @@ def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorRe
         "raymlops.model_version": str(result.version),
         "raymlops.monitor.verdict": result.verdict,
         "raymlops.monitor.source": result.source,
+        # How the verdict was taken: 'weighted' by importance, or 'share' (also the fallback
+        # for a version without stored importance).
+        "raymlops.monitor.verdict_method": result.dataset.method,
     }
     with registry.run(run_name, tags, experiment=config.registry.experiment) as run_id:
         metrics: list[tuple[str, float, int]] = [
@@ -139,6 +142,7 @@ def _log_to_mlflow(registry: Registry, config: PipelineConfig, result: MonitorRe
             "min_samples": str(result.settings.min_samples),
             "large_sample": str(result.settings.large_sample),
             "drift_share": str(result.settings.drift_share),
+            "verdict": result.settings.verdict,
         }
         registry.log(run_id, metrics=metrics, params=params)
         _log_window_history(registry, run_id, result)

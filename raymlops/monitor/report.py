@@ -302,11 +302,30 @@ img { max-width: 100%; }
 """
 
 
+def _verdict_text(result: MonitorResult) -> str:
+    """How the dataset verdict is taken, in words, with its fallback when there is one."""
+    d = result.dataset
+    if d.method == "weighted":
+        top = sorted(d.weights.items(), key=lambda kv: -kv[1])[:5]
+        weights = ", ".join(f"{html.escape(k)} {v:.0%}" for k, v in top)
+        text = (
+            "weighted — each feature's drift counts by its permutation importance to the "
+            f"model ({weights}); drift when the drifted features carry at least "
+            f"{d.threshold:.0%} of it, or when the prediction drifts."
+        )
+    else:
+        text = (
+            f"share — drift when at least {d.threshold:.0%} of the features with a verdict "
+            "drift (the prediction counted as one)."
+        )
+    return text + (f" <em>{html.escape(d.note)}.</em>" if d.note else "")
+
+
 def render_html(result: MonitorResult) -> str:
     """The whole report as one HTML string (no external files or scripts)."""
     d = result.dataset
     cls = {True: "drift", False: "ok", None: "na"}[d.drifted]
-    share = f"{d.share:.0%}" if d.share is not None else "–"
+    is_log = result.source_kind == "prediction-log"
     period = (
         f"{result.period[0]:%Y-%m-%d %H:%M} – {result.period[1]:%Y-%m-%d %H:%M} UTC"
         if result.period
@@ -316,14 +335,18 @@ def render_html(result: MonitorResult) -> str:
     s = result.settings
     sections = [
         f"<h1>Monitoring: {html.escape(result.model_name)} v{result.version}</h1>",
-        f"<p class='verdict {cls}'>{result.verdict.upper()}: {len(d.drifted_features)} of "
-        f"{d.evaluated} features drifted (share {share}; drift from {d.threshold:.0%})</p>",
+        f"<p class='verdict {cls}'>{result.verdict.upper()}: {html.escape(d.explain())}</p>",
+        f"<p>Verdict: {_verdict_text(result)}</p>",
         "<table>"
-        f"<tr><th>source</th><td>{html.escape(result.source)}</td></tr>"
-        f"<tr><th>since</th><td>{since}</td></tr>"
-        f"<tr><th>period seen</th><td>{period}</td></tr>"
-        f"<tr><th>rows compared / read</th><td>{result.rows_compared} / {result.rows_read}</td>"
-        f"</tr><tr><th>training rows</th><td>{result.reference_rows}</td></tr>"
+        f"<tr><th>source</th><td>{html.escape(result.source)} "
+        f"({'prediction log' if is_log else 'dataset'})</td></tr>"
+        f"<tr><th>rows compared</th><td>{html.escape(result.compared())}</td></tr>"
+        + (
+            f"<tr><th>since</th><td>{since}</td></tr><tr><th>period seen</th><td>{period}</td></tr>"
+            if is_log
+            else ""
+        )
+        + f"<tr><th>training rows</th><td>{result.reference_rows}</td></tr>"
         f"<tr><th>generated</th><td>{result.generated_at:%Y-%m-%d %H:%M:%S} UTC</td></tr>"
         "</table>",
         "<p>Numeric: Wasserstein-1 / training std ≥ "
@@ -342,10 +365,13 @@ def render_html(result: MonitorResult) -> str:
         _features_table(result.features),
         "<h2>Training vs current distributions</h2>",
         _distribution_grid(result.features),
-        f"<h2>Serving KPIs (per {html.escape(result.window)})</h2>",
-        _kpi_table(result),
-        _kpi_chart(result),
     ]
+    if is_log:  # a dataset has no requests, times or latencies
+        sections += [
+            f"<h2>Serving KPIs (per {html.escape(result.window)})</h2>",
+            _kpi_table(result),
+            _kpi_chart(result),
+        ]
     if result.performance:
         sections += [
             "<h2>Performance on labelled requests</h2>",

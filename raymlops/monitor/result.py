@@ -140,6 +140,26 @@ class MonitorResult:
     json_path: Path | str | None = None
     run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: 'prediction-log' (requests served) or 'dataset' (rows given with --source).
+    source_kind: str = "prediction-log"
+    #: Rows the version's Predictor ran over for the prediction's drift (a dataset without
+    #: predictions), None when the predictions came from the source.
+    predicted_rows: int | None = None
+
+    def compared(self) -> str:
+        """Which rows were compared, in words: source, row count and sample."""
+        what = (
+            "requests of the prediction log"
+            if self.source_kind == "prediction-log"
+            else ("rows of the dataset")
+        )
+        text = f"{self.rows_compared} {what} {self.source} (of {self.rows_read} read)"
+        if self.predicted_rows is not None:
+            text += (
+                f"; prediction by the version's Predictor on a uniform sample of "
+                f"{self.predicted_rows} of them"
+            )
+        return text
 
     @property
     def drift_detected(self) -> bool:
@@ -170,6 +190,9 @@ class MonitorResult:
             "rows_compared": self.rows_compared,
             "reference_rows": self.reference_rows,
             "prediction_reference": self.prediction_reference,
+            "source_kind": self.source_kind,
+            "predicted_rows": self.predicted_rows,
+            "compared": self.compared(),
             "settings": {
                 "numeric_threshold": s.numeric_threshold,
                 "categorical_threshold": s.categorical_threshold,
@@ -177,6 +200,10 @@ class MonitorResult:
                 "min_samples": s.min_samples,
                 "large_sample": s.large_sample,
                 "drift_share": s.drift_share,
+                "verdict": s.verdict,
+                "features": {
+                    k: {"method": r.method, "threshold": r.threshold} for k, r in s.features.items()
+                },
                 "window": self.window,
             },
             "features": [f.to_dict() for f in self.features],
@@ -194,13 +221,12 @@ class MonitorResult:
         """The terminal summary: verdict, one line per feature, KPIs per version."""
         period = f"{_iso(self.period[0])} … {_iso(self.period[1])}" if self.period else "no rows"
         d = self.dataset
-        share = f"{d.share:.0%}" if d.share is not None else "-"
         lines = [
-            f"{self.model_name} v{self.version}: {self.verdict.upper()} — "
-            f"{len(d.drifted_features)} of {d.evaluated} features drifted "
-            f"(share {share}, threshold {d.threshold:.0%})",
-            f"  rows: {self.rows_compared} compared (of {self.rows_read} read) against "
-            f"{self.reference_rows} training rows; period {period}",
+            f"{self.model_name} v{self.version}: {self.verdict.upper()} ({d.method}) — "
+            f"{d.explain()}",
+            f"  compared: {self.compared()}, against {self.reference_rows} training rows"
+            + (f"; period {period}" if self.source_kind == "prediction-log" else ""),
+            *([f"  note: {d.note}"] if d.note else []),
             "",
             f"  {'FEATURE':<24} {'KIND':<11} {'METHOD':<13} {'STATISTIC':>10} {'BOUND':>7} "
             f"{'P':>9} {'PSI':>7} {'N':>8}  DRIFT",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from raymlops.monitor.drift import (
     CategoricalSketch,
     DriftSettings,
     FeatureDrift,
+    FeatureRule,
     NumericReference,
     NumericSketch,
     categorical_drift,
@@ -54,7 +56,8 @@ from raymlops.monitor.result import (
 )
 
 if TYPE_CHECKING:
-    from raymlops.core.config import PipelineConfig
+    from raymlops.core.config import MonitorConfig, PipelineConfig
+    from raymlops.registry.store import Registry
 
 from raymlops.data.prediction_log import configured_log
 from raymlops.monitor.kpis import _kpis, _load_reference, _performance, _read_labels, _Reference
@@ -167,12 +170,13 @@ def run_monitor(
 
     started = time.monotonic()
     cfg = config.monitor
-    settings = _settings(cfg)
+    settings = _drift_settings(cfg)
     model_name = config.registry.model_name
     registry = Registry.from_config(config, home)
     since_at = parse_since(since if since is not None else cfg.since)
     window = parse_duration(cfg.window)
     window_us = int(window.total_seconds() * 1_000_000)
+    is_log = (source or cfg.source) == PREDICTION_LOG
     root = _source_root(config, source or cfg.source, registry.home)
     ref = _load_reference(registry, model_name, version if version is not None else cfg.version)
     say(f"▸ monitoring {model_name} v{ref.version}: {root} against its training profile", when=echo)
@@ -184,8 +188,9 @@ def run_monitor(
     task = ref.dataset.get("task", "classification")
     classes = ref.dataset.get("classes")
     proba_columns = [f"proba_{c}" for c in classes or []]
-    include_pred = cfg.include_prediction and "prediction" in names and ref.prediction is not None
+    predict_sample, include_pred = _prediction_plan(cfg, ref, names, is_log)
     pred_ref = ref.prediction if include_pred else None
+    importance = _stored_importance(registry, model_name, ref.version)
     files = _since(files, since_at)
     timings: dict[str, float] = {"prepare": time.monotonic() - started}
     with ray_session(address):
@@ -205,12 +210,20 @@ def run_monitor(
             sample_cap=settings.large_sample,
             labels=labels_obj,
             proba_columns=[c for c in proba_columns if c in names],
+            row_sample=PREDICTION_SAMPLE_ROWS if predict_sample else 0,
         )
         mask = [v is None or v == ref.version for v in files.versions]
         t0 = time.monotonic()
         say(f"  reading {len(files.files)} file(s) with Ray Data", when=echo)
         partial = run_pass(files, plan, mask, show_progress=echo) if files.files else _Partial()
         timings["scan"] = time.monotonic() - t0
+    predicted_rows = (
+        _predict_sample(registry, model_name, ref, partial, settings, timings)
+        if predict_sample
+        else None
+    )
+    if not is_log:  # a dataset has no requests, times or latencies: no KPIs
+        partial.kpi, partial.errors = [], []
     result = _assemble(
         partial,
         ref,
@@ -223,7 +236,10 @@ def run_monitor(
         plan,
         task,
         classes,
+        importance,
     )
+    result.source_kind = PREDICTION_LOG if is_log else "dataset"
+    result.predicted_rows = predicted_rows
     result.timings = timings
     location = report if report is not None else cfg.report
     destination = report_location(result, location, registry.home, config.storage)
@@ -242,6 +258,70 @@ def run_monitor(
     return result
 
 
+#: Rows of a dataset source (one without a `prediction` column) that the version's
+#: Predictor runs over, for the prediction's drift: a uniform sample (smallest row hashes).
+PREDICTION_SAMPLE_ROWS = 5000
+
+
+def _prediction_plan(
+    cfg: MonitorConfig, ref: _Reference, names: set[str], is_log: bool
+) -> tuple[bool, bool]:
+    """Whether the version's Predictor must predict over a sample of the rows (a dataset
+    without a `prediction` column), and whether the prediction is compared at all."""
+    compare = cfg.include_prediction and ref.prediction is not None
+    predict_sample = compare and not is_log and "prediction" not in names
+    return predict_sample, compare and ("prediction" in names or predict_sample)
+
+
+def _drift_settings(cfg: MonitorConfig) -> DriftSettings:
+    """The `monitor` section as drift settings, the verdict and per-feature rules included."""
+    rules = {k: FeatureRule(v.method, v.threshold) for k, v in cfg.features.items()}
+    return replace(_settings(cfg), verdict=cfg.verdict, features=rules)
+
+
+def _stored_importance(registry: Registry, name: str, version: int) -> dict[str, float]:
+    """The version's normalised permutation importance (feature → weight), empty for a
+    version registered before importance was stored."""
+    from raymlops.model.importance import IMPORTANCE_FILE, FeatureImportance
+
+    folder, _ = registry.download(name, version)  # cached and verified by _load_reference
+    path = folder / IMPORTANCE_FILE
+    if not path.exists():
+        return {}
+    stored = FeatureImportance.from_dict(json.loads(path.read_text()))
+    return stored.weights if stored.importance else {}
+
+
+def _predict_sample(
+    registry: Registry,
+    name: str,
+    ref: _Reference,
+    partial: _Partial,
+    settings: DriftSettings,
+    timings: dict[str, float],
+) -> int | None:
+    """The version's predictions over the pass's sample of the monitored rows, summarised
+    into `partial.prediction` like a log's `prediction` column; the rows predicted."""
+    from raymlops.monitor.summary import _KEY
+
+    sample = partial.sample
+    if sample is None or sample.num_rows == 0:
+        return None
+    started = time.monotonic()
+    predictor = registry.load_predictor(name, ref.version)
+    predictions = predictor.predict(sample.drop_columns([_KEY])).predictions
+    if isinstance(ref.prediction, NumericReference):
+        sketch = ref.prediction.new_sketch(settings.large_sample)
+        sketch.update(np.asarray(predictions, dtype=np.float64))
+        partial.prediction = sketch
+    else:
+        counts = CategoricalSketch()
+        counts.update(pa.array(np.asarray(predictions).astype(str)))
+        partial.prediction = counts
+    timings["predict"] = time.monotonic() - started
+    return int(sample.num_rows)
+
+
 #: The same function under the name of its command (`from raymlops.monitor.run import monitor`).
 monitor = run_monitor
 
@@ -258,6 +338,7 @@ def _assemble(
     plan: _Plan,
     task: str,
     classes: list[str] | None,
+    importance: dict[str, float] | None = None,
 ) -> MonitorResult:
     """Statistics from the merged summary: per-feature drift, the verdict, KPIs, metrics."""
     features: list[FeatureDrift] = []
@@ -284,7 +365,12 @@ def _assemble(
             if f.drifted is not None:
                 f.drifted = None
                 f.reason = f"{partial.rows_compared} rows < min_samples {settings.min_samples}"
-    verdict = dataset_drift(features, settings)
+    verdict = dataset_drift(
+        features,
+        settings,
+        importance,
+        prediction_decides=ref.prediction_source == "prediction profile",
+    )
     kpis, kpi_windows = _kpis(partial, window_us)
     labelled = partial.labelled
     perf, perf_windows = _performance(

@@ -55,6 +55,9 @@ class _Plan:
     sample_cap: int
     labels: Any = None  # an ObjectRef (Ray) or a pa.Table: request_id + __label__
     proba_columns: list[str] = field(default_factory=list)
+    #: Rows of the monitored features to sample (0: none): a source without predictions
+    #: has the version's Predictor run over this sample on the driver.
+    row_sample: int = 0
 
     def columns(self, drift: bool = True) -> list[str]:
         """The columns a block needs: the log's meta columns (each file gives those it has),
@@ -89,6 +92,9 @@ class _Partial:
     errors: list[dict[str, np.ndarray]] = field(default_factory=list)
     labelled_parts: list[pa.Table] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # the meta columns some block had
+    #: A uniform sample of the compared rows' features (`_Plan.row_sample` rows at most).
+    sample: pa.Table | None = None
+    sample_cap: int = 0
 
     def merge(self, other: _Partial) -> _Partial:
         self.seen |= other.seen
@@ -116,6 +122,12 @@ class _Partial:
         self.kpi += other.kpi
         self.errors += other.errors
         self.labelled_parts += other.labelled_parts
+        if other.sample is not None:
+            both = [t for t in (self.sample, other.sample) if t is not None]
+            self.sample_cap = max(self.sample_cap, other.sample_cap)
+            self.sample = _bottom_k(
+                pa.concat_tables(both, promote_options="permissive"), self.sample_cap
+            )
         return self
 
     @property
@@ -263,6 +275,8 @@ def summarise_block(table: pa.Table, plan: _Plan) -> _Partial:
     out.numeric = _numeric_sketches(rows, names, plan)
     out.categorical = _categorical_sketches(rows, names, plan)
     out.prediction = _prediction_sketch(rows, names, plan)
+    if plan.row_sample > 0:
+        out.sample, out.sample_cap = _row_sample(rows, names, plan), plan.row_sample
     if plan.labels is not None and "request_id" in names:
         out.labelled_parts = [_join_labels(rows, ts, plan)]
     return out
@@ -395,6 +409,33 @@ def _prediction_sketch(
         pred_cat.update(rows.column("prediction"))
         return pred_cat
     return None
+
+
+#: The column of a row sample holding each row's sampling key.
+_KEY = "__sample_key__"
+
+
+def _row_sample(rows: pa.Table, names: set[str], plan: _Plan) -> pa.Table:
+    """The block's rows (feature columns, dictionaries decoded) with the smallest keys, a
+    key being a hash of the row's values: merging blocks and keeping the smallest keys
+    again gives the same uniform sample however the rows were split into blocks."""
+    import pandas as pd
+
+    columns = [c for c in [*plan.numeric, *plan.categorical] if c in names]
+    table = rows.select(columns)
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(i, columns[i], column.cast(column.type.value_type))
+    keys = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy(np.uint64)
+    return _bottom_k(table.append_column(_KEY, pa.array(keys)), plan.row_sample)
+
+
+def _bottom_k(table: pa.Table, k: int) -> pa.Table:
+    """The `k` rows with the smallest sampling keys (all of them when there are fewer)."""
+    if table.num_rows <= k:
+        return table
+    keys = table.column(_KEY).to_numpy()
+    return table.take(pa.array(np.sort(np.argpartition(keys, k - 1)[:k])))
 
 
 def _join_labels(rows: pa.Table, ts: np.ndarray | None, plan: _Plan) -> pa.Table:
