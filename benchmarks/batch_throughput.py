@@ -25,17 +25,31 @@ Prints rows/s of each, the ratio (a)/(b) and the driver's peak memory (VmHWM of 
 (`read_parquet` → `map_batches` with a Predictor actor → `write_parquet`) for reference,
 and with `--two-node` (a) on a local cluster of two `ray start` nodes.
 
-    python benchmarks/batch_throughput.py            # 3 repetitions, both datasets, (c)
-    python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric data: ~50 s
+A third workload, "small" (1M rows, 4 numeric + 3 categorical columns, a depth 2 × width 32
+regression MLP), is what many users have: there start-up, not compute, decides. For every
+workload three more figures:
+
+- `cold_ratio`: end to end as a user waits, (b) from its spawn against (a)'s whole wall time,
+  a local Ray's start and stop included when (a) starts one (on a small input
+  `batch.executor: auto` runs the units in the command's own process instead);
+- `address_ratio`: the same with (a) joining an already running Ray (`--address`, a one-node
+  `ray start --head` of this machine's CPUs): the actor pool, no Ray start;
+- `per_actor_ratio`: one actor's steady state (its units' rows over the seconds they took,
+  from the statistics in the output footers) against (b)'s loop alone.
+
+    python benchmarks/batch_throughput.py            # 3 repetitions, all workloads, (c)
+    python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric and small
                                                      # (first run: + 40-70 s per dataset)
 
-The last line is one JSON object with at least `ratio` and `driver_peak_mb`.
+The last line is one JSON object with at least `ratio`, `cold_ratio`, `address_ratio`,
+`per_actor_ratio` (the last three per workload) and `driver_peak_mb`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -60,24 +74,53 @@ CATEGORICAL = 4
 BATCH = 65_536
 
 
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    rows: int
+    features: int
+    categorical: int
+    task: str
+    width: int
+
+
+#: "numeric" and "categorical": 5M rows × 64 floats (+ 4 categorical columns), a depth 2 ×
+#: width 64 classifier — compute-bound. "small": 1M rows, 4 numeric and 3 categorical
+#: columns, a depth 2 × width 32 regression MLP — where start-up decides (issue #18).
+WORKLOADS = {
+    "numeric": Workload(ROWS, FEATURES, 0, "classification", 64),
+    "categorical": Workload(ROWS, FEATURES, CATEGORICAL, "classification", 64),
+    "small": Workload(1_000_000, 4, 3, "regression", 32),
+}
+
+
 # --------------------------------------------------------------------------- data and model
 
 
-def dataset(rows: int, categorical: int) -> Path:
+def dataset(
+    rows: int, categorical: int, features: int = FEATURES, task: str = "classification"
+) -> Path:
     """The benchmark input, generated once and kept under benchmarks/.data/."""
     from raymlops.data.dataset import synth_dataset
 
-    target = DATA / f"batch-{rows}x{FEATURES}c{categorical}"
+    suffix = "" if task == "classification" else f"-{task}"
+    target = DATA / f"batch-{rows}x{features}c{categorical}{suffix}"
     if not target.is_dir():
         print(f"generating {target.name} (once) …", file=sys.stderr, flush=True)
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        synth_dataset(str(partial), rows, FEATURES, categorical, seed=0)
+        synth_dataset(str(partial), rows, features, categorical, task=task, seed=0)  # type: ignore[arg-type]
         partial.rename(target)
     return target
 
 
-def register(home: Path, name: str, categorical: int) -> Path:
+def register(
+    home: Path,
+    name: str,
+    categorical: int,
+    features: int = FEATURES,
+    task: str = "classification",
+    width: int = 64,
+) -> Path:
     """Train on a 20k-row sample of the same concept (seed 0) in this process and register
     the best epoch as version 1 (champion); returns the config file for `-c`."""
     import yaml
@@ -89,12 +132,12 @@ def register(home: Path, name: str, categorical: int) -> Path:
     from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 
     sample = home / f"{name}-train.parquet"
-    synth_dataset(str(sample), 20_000, FEATURES, categorical, seed=0)
+    synth_dataset(str(sample), 20_000, features, categorical, task=task, seed=0)  # type: ignore[arg-type]
     config = PipelineConfig.model_validate(
         {
             "name": name,
-            "data": {"path": str(sample), "label": "label", "id_columns": ["id"]},
-            "model": {"params": {"depth": 2, "width": 64, "dropout": 0.0}},
+            "data": {"path": str(sample), "label": "label", "id_columns": ["id"], "task": task},
+            "model": {"params": {"depth": 2, "width": width, "dropout": 0.0}},
             "train": {"epochs": 3, "batch_size": 256, "early_stopping_patience": None},
             "registry": {"model_name": name, "experiment": name},
         }
@@ -140,15 +183,26 @@ def plain_loop(home: Path, name: str, source: Path, out: Path, threads: int) -> 
     for file in sorted(source.glob("*.parquet")):
         for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH, columns=columns):
             prediction = predictor.predict(batch)
-            assert prediction.probabilities is not None and prediction.classes is not None
-            probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
-            table = pa.table(
-                {
-                    "id": batch.column("id"),
-                    "prediction": pa.array(prediction.predictions, type=pa.string()),
-                    **{f"proba_{c}": probabilities[:, j] for j, c in enumerate(prediction.classes)},
-                }
-            )
+            if prediction.classes is None:  # regression: the value
+                table = pa.table(
+                    {
+                        "id": batch.column("id"),
+                        "prediction": pa.array(np.asarray(prediction.predictions, np.float64)),
+                    }
+                )
+            else:
+                assert prediction.probabilities is not None
+                probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+                table = pa.table(
+                    {
+                        "id": batch.column("id"),
+                        "prediction": pa.array(prediction.predictions, type=pa.string()),
+                        **{
+                            f"proba_{c}": probabilities[:, j]
+                            for j, c in enumerate(prediction.classes)
+                        },
+                    }
+                )
             if writer is None:
                 writer = pq.ParquetWriter(out, table.schema)
             writer.write_table(table)
@@ -265,14 +319,21 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def two_nodes(cpus_each: int) -> Any:
-    """A head and a second node of `cpus_each` CPUs on this machine, each in a temp dir of
-    its own; yields the GCS address to join."""
+    """A head and a second node of `cpus_each` CPUs on this machine; yields the GCS address."""
+    with ray_nodes(2, cpus_each) as gcs:
+        yield gcs
+
+
+@contextlib.contextmanager
+def ray_nodes(count: int, cpus_each: int) -> Any:
+    """A head (and `count` - 1 more nodes) of `cpus_each` CPUs on this machine, each in a
+    temp dir of its own; yields the GCS address to join."""
     gcs = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env["RAY_AUTH_MODE"] = "token"
     nodes = []
     try:
-        for i in range(2):
+        for i in range(count):
             temp = tempfile.mkdtemp(prefix="rmo-bt-", dir="/tmp")
             args = (
                 ["--head", f"--port={gcs.split(':')[1]}", "--include-dashboard=false"]
@@ -298,11 +359,11 @@ def two_nodes(cpus_each: int) -> Any:
                 [str(BIN / "ray"), "status", f"--address={gcs}"],
                 capture_output=True, text=True, env=env, timeout=30,
             )  # fmt: skip
-            if status.stdout.count(" node_") >= 2:
+            if status.stdout.count(" node_") >= count:
                 break
             time.sleep(1)
         else:
-            sys.exit("the two-node cluster did not come up")
+            sys.exit(f"the {count}-node cluster did not come up")
         yield gcs
     finally:
         for proc, temp in reversed(nodes):
@@ -329,10 +390,9 @@ def plain_script(home: Path, name: str, source: Path, out: Path, threads: int) -
 
 
 def measure(
-    home: Path, name: str, config: Path, source: Path, work: Path, threads: int
+    home: Path, name: str, config: Path, source: Path, work: Path, threads: int, rows: int = ROWS
 ) -> dict[str, Any]:
     """One repetition on one dataset: (b) then (a)."""
-    rows = ROWS
     b_out = work / "plain.parquet"
     b = plain_script(home, name, source, b_out, threads)
     b_s, b_loop_s = b["seconds"], b["loop_s"]
@@ -343,6 +403,10 @@ def measure(
     assert a["rows_out"] == rows, a
     a_s = a["wall_s"] - a["ray_start_s"] - a["ray_stop_s"]
     return {
+        # End to end as a user waits for it: (b) from its spawn, (a) the command's whole
+        # wall time, a local Ray's start and stop included when it starts one.
+        "cold_ratio": b_s / a["wall_s"],
+        "in_process": bool(a.get("in_process")),
         "a_rows_per_s": rows / a_s,
         "b_rows_per_s": rows / b_s,
         "b_loop_rows_per_s": rows / b_loop_s,
@@ -366,6 +430,33 @@ def measure(
     }
 
 
+def measure_joined(
+    home: Path, config: Path, source: Path, work: Path, rows: int, gcs: str, b: dict[str, float]
+) -> dict[str, Any]:
+    """(a) joining an already running Ray (`--address`): its end-to-end ratio against (b),
+    and the steady state of one actor — rows over the seconds its units took, from the
+    statistics in the output files' footers — against (b)'s loop."""
+    import pyarrow.parquet as pq
+
+    out = work / "joined"
+    a = raymlops_batch(home, config, source, out, "--address", gcs, RAY_AUTH_MODE="token")
+    stats = [
+        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch"])
+        for part in sorted(out.glob("part-*.parquet"))
+    ]
+    shutil.rmtree(out)
+    assert a["rows_out"] == rows, a
+    per_actor = sum(s["rows_in"] for s in stats) / sum(s["seconds"] for s in stats)
+    return {
+        "address_ratio": b["seconds"] / a["wall_s"],
+        "address_wall_s": a["wall_s"],
+        "per_actor_rows_per_s": per_actor,
+        "per_actor_ratio": per_actor / (rows / b["loop_s"]),
+        "address_actors": a["actors"],
+        "address_phases": {"process": a["wall_s"] - a["wall_time_s"], **a["phases"]},
+    }
+
+
 def _show(label: str, r: dict[str, Any]) -> None:
     print(
         f"{label}: (a) raymlops batch {r['a_rows_per_s']:,.0f} rows/s "
@@ -374,7 +465,9 @@ def _show(label: str, r: dict[str, Any]) -> None:
         f"({r['b_seconds']:.1f} s, the loop alone {r['b_loop_seconds']:.1f} s) | ratio "
         f"{r['ratio']:.3f} (with Ray start/stop {r['ratio_incl_ray']:.3f}; against the loop "
         f"alone {r['ratio_loop']:.3f}) | driver peak {r['driver_peak_mb']:.0f} MB | "
-        f"{r['actors']} actors × {r['cpus_per_actor']} CPU, {r['torch_threads']} thread(s)\n"
+        f"{r['actors']} {'threads in process' if r['in_process'] else 'actors'} × "
+        f"{r['cpus_per_actor']} CPU, {r['torch_threads']} thread(s) | end to end, cold "
+        f"{r['cold_ratio']:.3f}\n"
         "    (a) phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items()),
         flush=True,
     )
@@ -395,17 +488,20 @@ def main() -> None:
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     repeat = 1 if args.quick else args.repeat
-    variants = [("numeric", 0)] if args.quick else [("numeric", 0), ("categorical", CATEGORICAL)]
+    names = ["numeric", "small"] if args.quick else list(WORKLOADS)
     figures: dict[str, Any] = {"rows": ROWS, "features": FEATURES, "cores": threads}
     with tempfile.TemporaryDirectory(prefix="raymlops-bt-") as tmp:
         work = Path(tmp)
-        for label, categorical in variants:
-            source = dataset(ROWS, categorical)
+        prepared = {}
+        for label in names:
+            w = WORKLOADS[label]
+            source = dataset(w.rows, w.categorical, w.features, w.task)
             home = work / label
-            config = register(home, f"bt-{label}", categorical)
+            config = register(home, f"bt-{label}", w.categorical, w.features, w.task, w.width)
+            prepared[label] = (home, config, source)
             runs = []
             for i in range(repeat):
-                r = measure(home, f"bt-{label}", config, source, work, threads)
+                r = measure(home, f"bt-{label}", config, source, work, threads, w.rows)
                 _show(f"{label} #{i + 1}", r)
                 runs.append(r)
             median = {
@@ -414,7 +510,7 @@ def main() -> None:
                 if isinstance(runs[0][k], int | float)
             }
             figures[label] = median
-            if not args.quick:
+            if not args.quick and WORKLOADS[label].task == "classification":
                 c = plain_ray_data(home, f"bt-{label}", source, work / "plain-ray-data")
                 shutil.rmtree(work / "plain-ray-data", ignore_errors=True)
                 c_rate = ROWS / c["seconds"]
@@ -426,6 +522,31 @@ def main() -> None:
                     f"| (c)/(b) {figures[label]['c_ratio']:.3f}",
                     flush=True,
                 )
+        # (a) joining a Ray that is already running (one node, this machine's CPUs): what a
+        # user of a running cluster or `watch` waits for, and one actor's steady state.
+        with ray_nodes(1, threads) as gcs:
+            for label in names:
+                home, config, source = prepared[label]
+                rows = WORKLOADS[label].rows
+                joined = []
+                for i in range(repeat):
+                    b = {
+                        "seconds": rows / figures[label]["b_rows_per_s"],
+                        "loop_s": rows / figures[label]["b_loop_rows_per_s"],
+                    }
+                    j = measure_joined(home, config, source, work, rows, gcs, b)
+                    print(
+                        f"{label} --address #{i + 1}: end to end {j['address_ratio']:.3f} "
+                        f"({j['address_wall_s']:.1f} s vs (b) {b['seconds']:.1f} s) | one "
+                        f"actor {j['per_actor_rows_per_s']:,.0f} rows/s = "
+                        f"{j['per_actor_ratio']:.3f} × (b)'s loop | {j['address_actors']} "
+                        "actors\n    phases: "
+                        + ", ".join(f"{k} {v:.2f} s" for k, v in j["address_phases"].items()),
+                        flush=True,
+                    )
+                    joined.append(j)
+                for key in ("address_ratio", "per_actor_rows_per_s", "per_actor_ratio"):
+                    figures[label][key] = statistics.median(j[key] for j in joined)
         if args.two_node:
             home = work / "numeric"
             source = dataset(ROWS, 0)
@@ -448,12 +569,13 @@ def main() -> None:
             )
     numeric = figures["numeric"]
     figures["ratio"] = numeric["ratio"]
-    figures["driver_peak_mb"] = max(
-        figures[v]["driver_peak_mb"] for v, _ in variants if v in figures
-    )
+    figures["driver_peak_mb"] = max(figures[v]["driver_peak_mb"] for v in names)
     figures["ray_start_s"] = numeric["ray_start_s"]
     figures["ratio_loop"] = numeric["ratio_loop"]
-    keys = ("ratio", "ratio_loop", "driver_peak_mb", "ray_start_s")
+    for key in ("cold_ratio", "address_ratio", "per_actor_ratio"):
+        figures[key] = {v: round(figures[v][key], 3) for v in names}
+    keys = ("ratio", "ratio_loop", "cold_ratio", "address_ratio", "per_actor_ratio")
+    keys += ("driver_peak_mb", "ray_start_s")
     print(json.dumps({k: figures[k] for k in keys} | figures))
 
 

@@ -365,6 +365,8 @@ class ResourcePlan:
     gpus_per_actor: float
     torch_threads: int
     batch_size: int
+    #: The units run in the driver's process, `actors` threads sharing one Predictor, no Ray.
+    in_process: bool = False
 
     @property
     def device(self) -> str:
@@ -384,11 +386,18 @@ class ResourcePlan:
             "gpus_per_actor": self.gpus_per_actor,
             "torch_threads": self.torch_threads,
             "batch_size": self.batch_size,
+            "in_process": int(self.in_process),
         }
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
         threads = "thread" if self.torch_threads == 1 else "threads"
+        if self.in_process:
+            return (
+                f"in this process (no Ray): {self.actors} worker thread"
+                f"{'s' if self.actors != 1 else ''}, {self.torch_threads} torch {threads} each, "
+                f"batch {self.batch_size:,}"
+            )
         return (
             f"{self.actors} actor{'s' if self.actors != 1 else ''} × "
             f"{self.cpus_per_actor:g} CPU{gpu}, {self.torch_threads} torch {threads}, "

@@ -9,7 +9,10 @@ units* (a run of row groups of a Parquet file, or a CSV file) on a pool of actor
 holding one verified `Predictor`: an actor reads its unit with pyarrow, predicts batch by
 batch, and writes the unit's predictions as one Parquet file that appears atomically. Rows
 never pass through Ray's object store and the driver holds only per-unit statistics, so
-memory stays bounded whatever the input's size.
+memory stays bounded whatever the input's size. A small input on one machine
+(`batch.executor: auto`, up to `batch.local_max_mb`) runs the same units in this process
+instead, a worker thread per CPU sharing one Predictor: starting Ray and an actor pool costs
+more seconds than such an input takes.
 
 Output layout (every name starting with `_` or `.` is ignored by Parquet readers)::
 
@@ -31,16 +34,21 @@ existing output is refused instead of mixing two runs' predictions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
+import os
+import sys
 import time
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
 
 from raymlops.batch.plan import (
     MANIFEST_NAME,
@@ -120,13 +128,16 @@ class BatchResult:
         ]
         if self.units_run:
             seconds = self.rows_run / self.rows_per_s if self.rows_per_s else 0.0
+            local = self.plan is not None and self.plan.in_process
             lines.append(
                 f"  throughput: {self.rows_per_s:,.0f} rows/s ({self.rows_run:,} rows in "
-                f"{seconds:.1f} s; Ray start-up {self.ray_start_s:.1f} s not counted)"
+                f"{seconds:.1f} s"
+                + (")" if local else f"; Ray start-up {self.ray_start_s:.1f} s not counted)")
             )
         if self.plan is not None:
             nodes = f" on {len(self.nodes)} node(s)" if self.nodes else ""
-            lines.append(f"  actors:     {self.plan.describe()}{nodes}")
+            label = "workers" if self.plan.in_process else "actors"
+            lines.append(f"  {label + ':':<11} {self.plan.describe()}{nodes}")
         if self.run_id:
             lines.append(f"  MLflow run: {self.run_id}")
         return "\n".join(lines)
@@ -156,6 +167,7 @@ class BatchResult:
             "gpus_per_actor": self.plan.gpus_per_actor if self.plan else None,
             "torch_threads": self.plan.torch_threads if self.plan else None,
             "batch_size": self.plan.batch_size if self.plan else None,
+            "in_process": self.plan.in_process if self.plan else None,
             "nodes": self.nodes,
             "phases": {k: round(v, 3) for k, v in self.phases.items()},
         }
@@ -395,12 +407,13 @@ def run_batch(
 
     registry = Registry.from_config(config, home)
     ray_start_s = 0.0
+    local = _in_process(config, request, scan, address)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-batch") as background:
         lookup = background.submit(
             _resolve_model, registry, request.name, request.ref, config.registry.experiment, echo
         )
         with contextlib.ExitStack() as session:
-            if not scan.nothing_left:
+            if not scan.nothing_left and not local:
                 # Ray Data's import takes a second too; done in the thread, after the model.
                 background.submit(importlib.import_module, "ray.data")
                 ray_started = time.monotonic()
@@ -430,6 +443,7 @@ def run_batch(
                 echo,
                 ray_start_s=ray_start_s,
                 started=started,
+                local=local,
             )
             stopping = time.monotonic()
         # Leaving the block ends the MLflow run (FINISHED) and stops the local Ray.
@@ -601,9 +615,10 @@ def _compute(
     *,
     ray_start_s: float,
     started: float,
+    local: bool = False,
 ) -> BatchResult:
-    """Run the pending units on an actor pool sized to the cluster, inside an MLflow run
-    of the batch, and mark the output complete."""
+    """Run the pending units on an actor pool sized to the cluster (`local`: in this
+    process), inside an MLflow run of the batch, and mark the output complete."""
     out = work.out
     name, version, units = request.name, model.version, work.units
     say(
@@ -628,7 +643,14 @@ def _compute(
     )
     marks["execute"] = time.time()
     with out.alive():  # another run into this output leaves our temporary files alone
-        new, plan = _run_rounds(config, request, work, model, echo)
+        if local:
+            plan = _local_plan(config, len(work.pending))
+            say(f"▸ {plan.describe()}", when=echo)
+            new: list[dict[str, Any]] = []
+            spec = _worker_spec(config, request, work, model, out, plan)
+            _execute_local(work.pending, plan, spec, model, echo, new)
+        else:
+            new, plan = _run_rounds(config, request, work, model, echo)
     computed = time.monotonic()
     marks["computed"] = time.time()
     missing = [u.output_name for u in units if not out.exists(u.output_name)]
@@ -705,6 +727,89 @@ def _run_rounds(
             )
             time.sleep(pause)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _in_process(
+    config: PipelineConfig, request: _Request, scan: _Scan, address: str | None
+) -> bool:
+    """Whether the units run in this process instead of on a Ray actor pool
+    (`batch.executor`, see its description)."""
+    executor = config.batch.executor
+    if executor == "local":
+        if address is not None:
+            raise UserInputError("batch.executor 'local' runs without Ray: drop --address")
+        if request.gpus_per_actor > 0:
+            raise UserInputError("batch.executor 'local' runs on CPUs: drop --gpus")
+        return True
+    if executor == "ray" or address is not None or request.gpus_per_actor > 0:
+        return False
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False  # a caller that joined a cluster wants it used
+    size = sum(int(f.size) for f in scan.files)
+    return size <= config.batch.local_max_mb * 2**20
+
+
+def _local_plan(config: PipelineConfig, pending: int) -> ResourcePlan:
+    """The in-process plan: a worker thread per CPU of this machine (at most one per unit),
+    torch threads sharing the CPUs among them."""
+    settings = config.batch
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    plan = plan_resources(
+        {"CPU": float(cpus or 1)},
+        pending,
+        actors=settings.actors,
+        torch_threads=settings.torch_threads,
+        batch_size=settings.batch_size,
+    )
+    return dataclasses.replace(plan, cpus_per_actor=0.0, in_process=True)
+
+
+def _execute_local(
+    pending: list[WorkUnit],
+    plan: ResourcePlan,
+    spec: WorkerSpec,
+    model: _Model,
+    echo: bool,
+    results: list[dict[str, Any]],
+) -> None:
+    """Run the pending units in this process: `plan.actors` threads share one verified
+    Predictor (torch and Arrow release the GIL for the heavy work). Statistics are appended
+    to `results` as units finish; the first unit error stops the rest and is raised as
+    `_execute` raises it. Torch's and Arrow's thread settings are restored afterwards."""
+    import torch
+
+    saved = (torch.get_num_threads(), pa.cpu_count())
+    worker = UnitActor(
+        model.files, model.digests, model.metadata, spec.to_json(), "cpu", plan.torch_threads
+    )
+    total = sum(u.num_rows or 0 for u in pending)
+    failure: dict[str, Any] | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            update = (
+                stack.enter_context(progress(total, f"predicting {total:,} rows"))
+                if echo and total
+                else (lambda rows: None)
+            )
+            pool = stack.enter_context(ThreadPoolExecutor(plan.actors, "raymlops-batch-unit"))
+            futures = [pool.submit(worker.run, unit) for unit in pending]
+            for future in as_completed(futures):
+                result = future.result()
+                if "error" in result:
+                    failure = result
+                    for other in futures:
+                        other.cancel()
+                    break
+                results.append(result)
+                update(int(result["rows_in"]))
+    finally:
+        torch.set_num_threads(saved[0])
+        pa.set_cpu_count(saved[1])
+    if failure is not None:
+        if failure.get("user"):
+            raise DataError(str(failure["error"]))
+        raise RaymlopsError(f"unit {failure['unit']} ({failure['file']}): {failure['error']}")
 
 
 def _actor_plan(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -499,34 +500,34 @@ class UnitActor:
             )
         self.in_fs = open_location(self.spec.input)[0]
         self.out = OutputFolder(self.spec.output, run=self.spec.run)
-        try:
-            import ray
-
+        # Asking Ray outside a Ray worker would start one (the in-process executor).
+        ray = sys.modules.get("ray")
+        self.node_id = ""
+        if ray is not None and ray.is_initialized():
             self.node_id = str(ray.get_runtime_context().get_node_id())
-        except Exception:  # not in a Ray worker (direct use)
-            self.node_id = ""
         self.ready_at = time.time()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = []
-        for text in batch["unit"]:
-            unit = WorkUnit.from_json(str(text))
-            stats: dict[str, Any]
-            try:
-                stats = process_unit(
-                    unit, self.predictor, self.spec, self.in_fs, self.out, self.node_id
-                )
-                # When this actor started and was ready: where a run's start-up time goes.
-                stats["actor"] = {"created_at": self.created_at, "ready_at": self.ready_at}
-            except UserInputError as exc:
-                stats = {"unit": unit.index, "file": unit.path, "error": str(exc), "user": True}
-            except Exception as exc:
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                stats = {
-                    "unit": unit.index,
-                    "file": unit.path,
-                    "error": f"{type(exc).__name__}: {detail}",
-                    "user": False,
-                }
-            results.append(json.dumps(stats))
+        results = [json.dumps(self.run(WorkUnit.from_json(str(text)))) for text in batch["unit"]]
         return {"result": np.array(results, dtype=object)}
+
+    def run(self, unit: WorkUnit) -> dict[str, Any]:
+        """One unit's statistics, or its error as a result line (`error`, `user`)."""
+        stats: dict[str, Any]
+        try:
+            stats = process_unit(
+                unit, self.predictor, self.spec, self.in_fs, self.out, self.node_id
+            )
+            # When this actor started and was ready: where a run's start-up time goes.
+            stats["actor"] = {"created_at": self.created_at, "ready_at": self.ready_at}
+        except UserInputError as exc:
+            stats = {"unit": unit.index, "file": unit.path, "error": str(exc), "user": True}
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            stats = {
+                "unit": unit.index,
+                "file": unit.path,
+                "error": f"{type(exc).__name__}: {detail}",
+                "user": False,
+            }
+        return stats

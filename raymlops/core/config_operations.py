@@ -178,6 +178,19 @@ class BatchConfig(_Section):
         description="Times a unit is retried when its actor dies (crash, out of memory, lost "
         "node); its partial output is discarded, so a retried unit is still written once.",
     )
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto",
+        description="Where the units run: 'ray' on a Ray actor pool; 'local' in this process "
+        "(one worker thread per CPU sharing one Predictor, no Ray); 'auto' local when no "
+        "--address is given, this process is not connected to Ray, no GPUs are asked and the "
+        "input is at most local_max_mb — starting Ray and an actor pool costs seconds a "
+        "small input never wins back on one machine.",
+    )
+    local_max_mb: float = Field(
+        512.0,
+        ge=0,
+        description="Input size (MiB, as stored) up to which executor 'auto' runs locally.",
+    )
 
 
 class ServeAutoscalingConfig(_Section):
