@@ -138,10 +138,10 @@ def serve(
     \b
     Example:
       raymlops serve                                 # the embedded default's champion
-      raymlops serve -m models:/breast-cancer@champion --port 8080
       curl -X POST http://127.0.0.1:8000/predict -H 'content-type: application/json' \\
            -d '{"instances": [{"mean_radius": 14.1, "...": 0}]}'
       raymlops serve status
+      raymlops serve -m models:/breast-cancer/2 --port 8080   # after serve stop
       raymlops serve canary --version 3 --percent 10
       raymlops serve promote      # or: raymlops serve rollback
       raymlops serve config > serve.yaml             # for `serve deploy` on a cluster
