@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import click
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -201,6 +202,44 @@ def test_governance_results_as_json(
     event = json.loads(approved.stdout)
     assert (event["action"], event["by"], event["to_version"]) == ("approve", "ann", 1)
     assert event["approvals"] == ["ann"]
+
+
+def test_run_result_renders_as_one_json_document() -> None:
+    from raymlops.cli.run import _run_result_dict
+
+    version = SimpleNamespace(version=3, aliases=["champion"])
+    train = SimpleNamespace(
+        model_name="m",
+        version=version,
+        run_id="r1",
+        best_params={"lr": 0.01},
+        test_metrics={"accuracy": 0.9},
+        trials=4,
+        failed_trials=0,
+        dataset=SimpleNamespace(digest="abc"),
+        tracking_uri="sqlite:///x/mlflow.db",
+    )
+    predictions = pd.DataFrame({"prediction": ["1", "0"], "proba_1": [0.9, float("nan")]})
+    result = RunResult(
+        train=train,  # type: ignore[arg-type]  # the fields the document reads
+        champion=3,
+        sample_predictions=predictions,
+        card_path=Path("/tmp/card.md"),
+        steps=[("train", 1.5)],
+        wall_time_s=2.0,
+    )
+    document = json.loads(json.dumps(_run_result_dict(result), default=str))
+    assert document["train"]["version"] == 3 and document["champion"] == 3
+    assert document["sample_predictions"] == [
+        {"prediction": "1", "proba_1": 0.9},
+        {"prediction": "0", "proba_1": None},  # NaN is JSON's null, not a bare NaN
+    ]
+    assert (document["gate"], document["batch"], document["card_path"]) == (
+        None,
+        None,
+        "/tmp/card.md",
+    )
+    assert document["steps"] == [{"step": "train", "seconds": 1.5}]
 
 
 # --------------------------------------------------------------------------- serve flags
