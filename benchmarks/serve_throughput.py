@@ -1,6 +1,7 @@
-"""Online serving: `raymlops serve` against a bare single-process FastAPI + uvicorn server.
+"""Online serving: `raymlops serve` against a bare single-process FastAPI + uvicorn server and
+against MLflow's own `mlflow models serve`.
 
-Both serve the same registered model (the embedded default's MLP, depth 2 × width 64, 30
+All three serve the same registered model (the embedded default's MLP, depth 2 × width 64, 30
 numeric features, trained for a few epochs in this process) and are driven by the same load
 generator with the same payloads:
 
@@ -11,6 +12,11 @@ generator with the same payloads:
     FastAPI with a pydantic request model, an `async def` endpoint calling
     `Predictor.predict(instances)` (the faster of sync/async endpoints measured), 1 torch
     thread; no validation beyond pydantic's, no log, no metrics.
+(c) `mlflow models serve -m models:/breast-cancer@champion --env-manager local --workers 2`:
+    what an MLflow user gets from the same version (every registered version is an MLflow
+    pyfunc model, #17): MLflow's scoring server (FastAPI + uvicorn, 2 worker processes, the
+    signature enforced on each request), 1 torch thread per worker, posted the same rows as
+    `dataframe_records` to /invocations.
 
 Load: `wrk` (Debian's package; C, 1–2 threads) with a Lua script posting the same JSON body,
 keep-alive connections, at concurrency 1, 8 and 32 with single-row requests, plus one run at
@@ -29,7 +35,8 @@ repetitions and the ratios (a)/(b) of the medians.
     python benchmarks/serve_throughput.py            # 3 repetitions, 8 s per run
     python benchmarks/serve_throughput.py --quick    # 1 repetition, 4 s per run, < 3 minutes
 
-The last line is one JSON object with `rps_ratio_c32`, `p99_ratio_c32` and `p50_delta_ms_c1`.
+The last line is one JSON object with `rps_ratio_c32`, `p99_ratio_c32` and `p50_delta_ms_c1`
+((a)/(b)) and `rps_ratio_vs_mlflow_c32` ((a)/(c)).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -85,9 +93,13 @@ def register_model(home: Path) -> None:
     """Version 1 (champion) of the embedded default, trained briefly in this process."""
     from raymlops.registry.store import Registry
 
+    registry = Registry(home=home)
+    registered = False
     with contextlib.suppress(Exception):
-        if Registry(home=home).alias_target(MODEL, "champion") is not None:
-            return
+        registered = registry.alias_target(MODEL, "champion") is not None
+    if registered:
+        registry.add_mlflow_flavor(MODEL, "champion")  # registered before #17: (c) needs it
+        return
     from raymlops.core.config import load_config
     from raymlops.data.dataset import load_dataset
     from raymlops.model.features import Preprocessor
@@ -107,22 +119,52 @@ def register_model(home: Path) -> None:
 
     best = fit(config, arrays, keep)
     predictor = load_best_predictor(ckpt, config, arrays.preprocessor)
-    registry = Registry(home=home)
     with registry.pipeline_run(config, "serve-benchmark") as run_id:
         registry.register(config, run_id, predictor, data, {"val_loss": best["val_loss"]})
 
 
-def payloads(folder: Path) -> dict[int, Path]:
-    """JSON bodies of 1 and 256 rows of the dataset."""
+def payloads(folder: Path) -> dict[str, dict[int, Path]]:
+    """JSON bodies of 1 and 256 rows of the dataset: `instances` for raymlops and the bare
+    server, `dataframe_records` (the same records) for MLflow's /invocations."""
     from raymlops.data.dataset import load_table
 
     frame = load_table("sklearn:breast_cancer").to_pandas().drop(columns=["target"])
-    out = {}
-    for rows in (1, 256):
-        path = folder / f"body-{rows}.json"
-        path.write_text(json.dumps({"instances": frame.head(rows).to_dict(orient="records")}))
-        out[rows] = path
+    out: dict[str, dict[int, Path]] = {"instances": {}, "dataframe_records": {}}
+    for key, by_rows in out.items():
+        for rows in (1, 256):
+            path = folder / f"body-{key}-{rows}.json"
+            path.write_text(json.dumps({key: frame.head(rows).to_dict(orient="records")}))
+            by_rows[rows] = path
     return out
+
+
+def mlflow_server(port: int, home: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """(c): `mlflow models serve` on the champion, in a session of its own (its workers
+    are counted and stopped with it)."""
+    command = [
+        str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+    ]  # fmt: skip
+    server_env = {
+        **env,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "OMP_NUM_THREADS": "1",  # 1 torch thread per worker, as the other two servers
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # MLflow starts `uvicorn` by name
+    }
+    return subprocess.Popen(
+        command, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _session_pids(session: int) -> list[int]:
+    """The processes of a session (a server and its workers), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == session:
+                pids.append(int(stat.parent.name))
+    return pids
 
 
 # --------------------------------------------------------------------------- (b) bare server
@@ -184,7 +226,7 @@ def _wrk(url: str, body: Path, concurrency: int, seconds: float, script: Path) -
     proc = subprocess.run(
         [
             "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s",
-            "-s", str(script), f"{url}/predict",
+            "-s", str(script), url,
         ],
         capture_output=True, text=True, env={**os.environ, "RAYMLOPS_BODY": str(body)},
     )  # fmt: skip
@@ -210,7 +252,7 @@ def _python_load(url: str, body: Path, concurrency: int, seconds: float) -> dict
             started = time.perf_counter()
             try:
                 async with session.post(
-                    f"{url}/predict", data=payload, headers={"content-type": "application/json"}
+                    url, data=payload, headers={"content-type": "application/json"}
                 ) as response:
                     await response.read()
                     if response.status != 200:
@@ -252,7 +294,8 @@ def measure(
     pids: Any,
     script: Path | None,
 ) -> dict[str, Any]:
-    """One run against one server; `pids()` lists the server's processes for CPU time."""
+    """One run against one server's predict endpoint `url`; `pids()` lists the server's
+    processes for CPU time."""
     before = _cpu_seconds(pids())
     if script is not None:
         result = _wrk(url, body, concurrency, seconds, script)
@@ -273,11 +316,12 @@ def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _wait_ready(url: str, timeout_s: float = 120) -> None:
+    """Until `url` (a readiness endpoint) answers 200."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with (
             contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/readyz", timeout=2) as response,
+            urllib.request.urlopen(url, timeout=2) as response,
         ):
             if response.status == 200:
                 return
@@ -295,7 +339,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=None, help="default 3 (quick: 1)")
     parser.add_argument("--home", default=None, help="registry home (default benchmarks/.data)")
     parser.add_argument("--python-load", action="store_true", help="asyncio client, not wrk")
-    parser.add_argument("--only", choices=["raymlops", "bare"], default=None)
+    parser.add_argument("--only", choices=["raymlops", "bare", "mlflow"], default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "HOME"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -315,13 +359,15 @@ def main() -> None:
         script.write_text(WRK_SCRIPT)
     print(
         f"load generator: {'wrk' if script else 'python asyncio (aiohttp)'}; {seconds:g} s/run, "
-        f"{repetitions} repetition(s), the two servers alternating"
+        f"{repetitions} repetition(s), the servers taking turns"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
     env["RAYMLOPS_HOME"] = str(home)
 
-    servers: dict[str, tuple[str, Any]] = {}
+    # Per server: its predict endpoint, its processes, its request bodies.
+    servers: dict[str, tuple[str, Any, dict[int, Path]]] = {}
     bare: subprocess.Popen[bytes] | None = None
+    mlflow: subprocess.Popen[bytes] | None = None
     raymlops = str(BIN / "raymlops")
     sets: list[str] = []
     try:
@@ -334,8 +380,19 @@ def main() -> None:
             )  # fmt: skip
             process = bare
             url = f"http://127.0.0.1:{port}"
-            _wait_ready(url)
-            servers["bare"] = (url, lambda: [process.pid])
+            _wait_ready(f"{url}/readyz")
+            servers["bare"] = (f"{url}/predict", lambda: [process.pid], bodies["instances"])
+        if opts.only in (None, "mlflow"):
+            port = _free_port()
+            print(f"(c) mlflow models serve on :{port}", flush=True)
+            mlflow = mlflow_server(port, home, env)
+            session = mlflow.pid
+            _wait_ready(f"http://127.0.0.1:{port}/ping", timeout_s=300)
+            servers["mlflow"] = (
+                f"http://127.0.0.1:{port}/invocations",
+                lambda: _session_pids(session),
+                bodies["dataframe_records"],
+            )
         if opts.only in (None, "raymlops"):
             port = _free_port()
             sets = ["--set", f"serve.port={port}"]
@@ -351,17 +408,21 @@ def main() -> None:
             deployed = json.loads(deploy.stdout)
             print(f"  deployed in {time.monotonic() - started:.1f} s ({deployed['proxy']} proxy)")
             sid = json.loads((home / "serve" / "ray-head.json").read_text())["session_id"]
-            servers["raymlops"] = (deployed["url"], lambda: list(session_processes(sid)))
-        for url, pids in servers.values():  # warm-up: connections, first calls
-            measure(url, bodies[1], 1, 8, 2, pids, script)
+            servers["raymlops"] = (
+                f"{deployed['url']}/predict",
+                lambda: list(session_processes(sid)),
+                bodies["instances"],
+            )
+        for url, pids, body in servers.values():  # warm-up: connections, first calls
+            measure(url, body[1], 1, 8, 2, pids, script)
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {side: {} for side in servers}
         for rep in range(repetitions):
             for name, concurrency, rows in RUNS:
                 # Alternate which server goes first, so drifting background load is shared.
                 order = list(servers) if rep % 2 == 0 else list(reversed(servers))
                 for side in order:
-                    url, pids = servers[side]
-                    result = measure(url, bodies[rows], rows, concurrency, seconds, pids, script)
+                    url, pids, body = servers[side]
+                    result = measure(url, body[rows], rows, concurrency, seconds, pids, script)
                     runs[side].setdefault(name, []).append(result)
                     print(
                         f"  rep {rep + 1} {side:<8} {name:<7} {result['rps']:>8.1f} req/s "
@@ -374,6 +435,10 @@ def main() -> None:
         if bare is not None:
             bare.terminate()
             bare.wait(30)
+        if mlflow is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(mlflow.pid, signal.SIGTERM)
+            mlflow.wait(30)
         if "raymlops" in servers:
             subprocess.run([raymlops, "serve", "stop", *sets], env=env, capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -411,6 +476,15 @@ def main() -> None:
             f"c32 p99 ratio {figures['p99_ratio_c32']:.2f} (<= 1.0), "
             f"c1 p50 delta {figures['p50_delta_ms_c1']:+.2f} ms (<= +3)"
         )
+    if "mlflow" in results and "raymlops" in results:
+        a, c = results["raymlops"], results["mlflow"]
+        print("ratios (a)/(c), raymlops serve over mlflow models serve:")
+        for name, _, _ in RUNS:
+            rps = a[name]["rps"] / c[name]["rps"]
+            p99 = a[name]["p99_ms"] / c[name]["p99_ms"]
+            print(f"  {name:<7} requests/s {rps:6.2f}   p99 {p99:6.2f}")
+            figures[f"rps_ratio_vs_mlflow_{name}"] = round(rps, 3)
+        print(f"goal: c32 rps ratio vs mlflow {figures['rps_ratio_vs_mlflow_c32']:.2f} (>= 3)")
     print(json.dumps(figures))
 
 
