@@ -148,11 +148,8 @@ class MonitorResult:
 
     def compared(self) -> str:
         """Which rows were compared, in words: source, row count and sample."""
-        what = (
-            "requests of the prediction log"
-            if self.source_kind == "prediction-log"
-            else ("rows of the dataset")
-        )
+        is_log = self.source_kind == "prediction-log"
+        what = "requests of the prediction log" if is_log else "rows of the dataset"
         text = f"{self.rows_compared} {what} {self.source} (of {self.rows_read} read)"
         if self.predicted_rows is not None:
             text += (
