@@ -69,6 +69,28 @@ def _endpoint_overrides(
     return overrides
 
 
+def _challenger(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    model: str | None,
+    version: int | None,
+    home: str | None,
+) -> tuple[Any, int]:
+    """The config and the canary's version number: --version, or -m's URI (an alias is
+    looked up in the registry: the canary holds the version it points to now)."""
+    config, ref = _load_for_model(
+        config_path, overrides, model, None if version is None else str(version)
+    )
+    if ref is None:
+        raise click.UsageError("name the challenger: --version N or -m models:/NAME/VERSION")
+    if isinstance(ref, int):
+        return config, ref
+    from raymlops.registry.store import Registry
+
+    info = Registry.from_config(config, home).version_info(config.registry.model_name, ref)
+    return config, info.version
+
+
 def _named_config(config_path: str | None, overrides: tuple[str, ...]) -> Any:
     """The config when -c or --set is given, else None: with neither, and no --app, `serve
     status` and `serve stop` act on the raymlops applications found running, whichever
@@ -209,7 +231,10 @@ def serve_status(
 
 @serve.command("canary")
 @_serve_target_options
-@click.option("--version", "version", required=True, type=int, help="Challenger version.")
+@_model_option
+@click.option(
+    "--version", "version", type=int, default=None, help="Challenger version (or -m with a URI)."
+)
 @click.option(
     "--percent",
     type=click.FloatRange(0, 100),
@@ -233,7 +258,8 @@ def serve_canary(
     home: str | None,
     address: str | None,
     app: str | None,
-    version: int,
+    model: str | None,
+    version: int | None,
     percent: float | None,
     shadow: float | None,
     reason: str,
@@ -247,13 +273,15 @@ def serve_canary(
     Example:
       raymlops serve canary --version 3 --percent 10
       raymlops serve canary --version 3 --percent 0 --shadow 50     # shadow only
+      raymlops serve canary -m models:/breast-cancer@challenger --percent 10
     """
     from raymlops.serve.api import serve_canary as start_canary
 
     _check_serve_address(address)
+    config, challenger = _challenger(config_path, overrides, model, version, home)
     status = start_canary(
-        _load(config_path, overrides),
-        version,
+        config,
+        challenger,
         percent=percent,
         shadow_percent=shadow,
         reason=reason,

@@ -1,5 +1,6 @@
 """`raymlops serve canary/promote/rollback/stop --json` against a real endpoint: each prints
-one JSON document on stdout (the deployed status; for stop, what was stopped).
+one JSON document on stdout (the deployed status; for stop, what was stopped), and
+`serve canary -m models:/NAME@ALIAS` puts the version the alias names on the canary.
 
 Reuses test_serving's `serving()` (Ray with 2 CPUs in this process, the registry, the test
 model's application on a free port). Long: it starts Ray and Serve.
@@ -38,8 +39,11 @@ def test_serve_commands_print_json(served: Served) -> None:
     runner = CliRunner()
     base = ["-c", str(config_file), "--home", str(served.home)]
 
+    # -m with an alias: the canary holds the version the alias points to now.
+    served.registry.set_alias(MODEL, "candidate", 2, action="set", reason="test")
+    uri = f"models:/{MODEL}@candidate"
     canary = _json(
-        runner.invoke(cli, ["serve", "canary", *base, "--version", "2", "--percent", "5", "--json"])
+        runner.invoke(cli, ["serve", "canary", *base, "-m", uri, "--percent", "5", "--json"])
     )
     assert (canary["app"], canary["champion"], canary["challenger"]) == (MODEL, 1, 2)
     promoted = _json(runner.invoke(cli, ["serve", "promote", *base, "--reason", "t", "--json"]))

@@ -176,6 +176,13 @@ def test_model_option_refuses_a_malformed_uri_before_any_work(
     assert "is a stage" in result.stderr
 
 
+def test_serve_canary_needs_a_challenger_by_number_or_uri(invoke: Callable[..., Any]) -> None:
+    neither = invoke("serve", "canary")
+    assert neither.exit_code == 2 and "name the challenger" in neither.stderr
+    both = invoke("serve", "canary", "-m", "models:/m/2", "--version", "3")
+    assert both.exit_code == 2 and "already names a version or alias" in both.stderr
+
+
 def test_model_option_names_the_model_and_its_version() -> None:
     config, ref = _load_for_model(None, (), "models:/other-model@challenger", None)
     assert (config.registry.model_name, ref) == ("other-model", "challenger")
