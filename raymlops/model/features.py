@@ -225,6 +225,37 @@ class Preprocessor:
             offset += len(vocab) + 1
         return out
 
+    def unseen_categories(self, data: TabularInput) -> dict[str, tuple[np.ndarray, list[str]]]:
+        """Categorical values outside the training vocabulary, which `transform` maps to
+        the column's unknown bucket without a word: per column that has any, the indices of
+        those rows and their values (spelled as `transform` reads them). A missing value is
+        not unseen. Outside the vocabulary means never seen in training, or rarer there than
+        `min_frequency`, or beyond `max_categories`.
+
+        Serving answers such rows and says so (a per-row warning and a metric), so the
+        common case is cheap: a numpy column of strings and nulls (what serving parses) whose
+        values are all known or missing is checked in one vectorised pass; only otherwise is
+        it read the way `transform` reads it."""
+        columns = data if isinstance(data, dict) else to_columns(data)
+        found: dict[str, tuple[np.ndarray, list[str]]] = {}
+        for col in self.categorical:
+            values = columns[col]
+            if isinstance(values, np.ndarray) and values.dtype.kind in "OU":
+                known = np.isin(values, self.vocab[col])
+                if values.dtype.kind == "O":
+                    known |= pd.isna(values)
+                if known.all():
+                    continue
+            series = _as_string_series(values)
+            codes = np.asarray(pd.Categorical(series, categories=self.vocab[col]).codes)
+            unseen = codes < 0
+            if unseen.any():
+                unseen &= series.notna().to_numpy(dtype=bool)
+                if unseen.any():
+                    rows = np.flatnonzero(unseen)
+                    found[col] = (rows, [str(v) for v in series.iloc[rows]])
+        return found
+
     def encode_target(self, values: Any) -> np.ndarray:
         """Labels → class indices (int64) or standardised targets (float32)."""
         if self.classes is not None:

@@ -88,6 +88,45 @@ def _first_non_finite(outcome: _Outcome) -> int | None:
     return int(found[0]) if found.size else None
 
 
+@dataclass
+class _Answer(_Outcome):
+    """An outcome with its rows' warnings: None when no row has one, else one entry per
+    row (None for a row without), e.g. `{"unseen_category": {"colour": "purple"}}`."""
+
+    warnings: list[dict[str, Any] | None] | None = None
+
+
+def _unseen_warnings(
+    loaded: _Loaded, columns: dict[str, np.ndarray], sizes: list[int]
+) -> list[list[dict[str, Any] | None] | None]:
+    """Per request of a batch (`sizes` rows each, in the order of `columns`), its rows'
+    unseen-category warnings, or None for a request without any. Vectorised over the batch:
+    Python per row only for rows that have an unseen value."""
+    per_request: list[list[dict[str, Any] | None] | None] = [None] * len(sizes)
+    if not loaded.schema.categorical:
+        return per_request
+    try:
+        found = loaded.predictor.preprocessor.unseen_categories(columns)
+    except Exception as exc:  # the rows were predicted: answer them, without warnings
+        logger.warning("raymlops: checking v%s's categories failed: %r", loaded.version, exc)
+        return per_request
+    if not found:
+        return per_request
+    bounds = np.cumsum([0, *sizes])
+    for column, (rows, values) in found.items():
+        owners = np.searchsorted(bounds, rows, side="right") - 1
+        for row, owner, value in zip(rows.tolist(), owners.tolist(), values, strict=True):
+            start = int(bounds[owner])
+            entries = per_request[owner]
+            if entries is None:
+                entries = per_request[owner] = [None] * sizes[owner]
+            entry = entries[row - start]
+            if entry is None:
+                entry = entries[row - start] = {"unseen_category": {}}
+            entry["unseen_category"][column] = value
+    return per_request
+
+
 class Ingress:
     """HTTP endpoint and model replica in one process (see the module docstring)."""
 
@@ -110,6 +149,9 @@ class Ingress:
         self.load_errors: dict[int, str] = {}
         self.stats = StatsBook()
         self.pending = _PendingMetrics()
+        # Unseen categorical values in answered rows per (version, column), since the last
+        # report (on the event loop only, as `_answer` runs there).
+        self.pending_unseen: dict[tuple[int, str], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._load_lock = asyncio.Lock()
         self._challenger_pool = ThreadPoolExecutor(1, thread_name_prefix="raymlops-challenger")
@@ -133,9 +175,7 @@ class Ingress:
                 ledger_root=Path(args["home"]) / "serve" / "log-ledgers",
                 owner=f"{self.model} replica {self.replica_id}",
                 compact_every_s=plc.compact_every_s,
-                compaction_lock=functools.partial(
-                    self.registry.log_compaction_lock, self.model
-                ),
+                compaction_lock=functools.partial(self.registry.log_compaction_lock, self.model),
             )
             # SIGTERM: write the buffer; rows answered after it are written before their
             # answer leaves (the writer is closed), however the process ends.
@@ -373,6 +413,9 @@ class Ingress:
         if outcome.probabilities is not None:
             response["probabilities"] = outcome.probabilities.tolist()
             response["classes"] = answer.classes
+        if isinstance(outcome, _Answer) and outcome.warnings is not None:
+            response["warnings"] = outcome.warnings
+            self._count_unseen(answer.version, outcome.warnings)
         payload = to_json(response)
         elapsed = (time.perf_counter() - started) * 1000
         if self.log is not None:  # logged before answered: a kill in between is counted lost
@@ -391,6 +434,16 @@ class Ingress:
         await _send(send, 200, payload)
         self._record(answer.version, role, elapsed)
         return True
+
+    def _count_unseen(self, version: int, warnings: list[dict[str, Any] | None]) -> None:
+        """Count an answered request's unseen values per column (metric
+        raymlops_unseen_categories, reported with the others)."""
+        pending = self.pending_unseen
+        for warning in warnings:
+            if warning is not None:
+                for column in warning.get("unseen_category", ()):
+                    key = (version, column)
+                    pending[key] = pending.get(key, 0) + 1
 
     def _item(self, loaded: _Loaded, parsed: ParsedRequest) -> _Item | None:
         """The request as `loaded` reads it; None when its schema rejects the rows."""
@@ -470,17 +523,19 @@ class Ingress:
                         for name in loaded.schema.names
                     }
                 prediction = loaded.predictor.predict(columns)
+                warnings = _unseen_warnings(loaded, columns, [items[i].rows for i in indices])
             except Exception as exc:
                 for i in indices:
                     slots[i] = exc
                 continue
             start = 0
             probabilities = prediction.probabilities
-            for i in indices:
+            for i, warned in zip(indices, warnings, strict=True):
                 end = start + items[i].rows
-                slots[i] = _Outcome(
+                slots[i] = _Answer(
                     prediction.predictions[start:end],
                     None if probabilities is None else probabilities[start:end],
+                    warned,
                 )
                 start = end
             self.pending.batch_rows.setdefault(version, []).append(start)
@@ -609,9 +664,19 @@ class Ingress:
             "by a replica on the same node (raymlops.serve.log_ledger).",
             tag_keys=("model",),
         )
+        self.m_unseen = metrics.Counter(
+            "raymlops_unseen_categories",
+            "Categorical values outside the training vocabulary in answered rows (mapped to "
+            "the unknown bucket; each such row carries a warning in the response).",
+            tag_keys=("model", "version", "column"),
+        )
 
     def _flush_metrics(self) -> None:
         pending, self.pending = self.pending, _PendingMetrics()
+        unseen, self.pending_unseen = self.pending_unseen, {}
+        for (version, column), count in unseen.items():
+            tags = {"model": self.model, "version": str(version), "column": column}
+            self.m_unseen.inc(count, tags=tags)
         for (version, role), values in pending.latencies.items():
             tags = {"model": self.model, "version": str(version), "role": role}
             self.m_requests.inc(len(values), tags=tags)
@@ -699,6 +764,13 @@ class Ingress:
                 "version": {"type": "integer"},
                 "role": {"type": "string", "enum": [CHAMPION, CHALLENGER]},
                 "request_id": {"type": "string"},
+                "warnings": {
+                    "type": "array",
+                    "description": "Only when a row has one: per row null or e.g. "
+                    '{"unseen_category": {"colour": "purple"}} (a value outside the training '
+                    "vocabulary, predicted as the column's unknown category).",
+                    "items": {"type": ["object", "null"]},
+                },
             },
         }
         error = {"description": "error", "content": {"application/json": {"schema": {
