@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CODE_FILE",
     "MLMODEL",
+    "OUTPUTS",
     "RaymlopsModel",
     "example_frame",
     "example_rows",
@@ -49,6 +50,9 @@ MLMODEL = "MLmodel"
 _PINNED = ("raymlops", "mlflow", "torch", "safetensors", "numpy", "pandas", "pyarrow", "ray")
 #: Rows in a version's input example.
 EXAMPLE_ROWS = 5
+#: What the pyfunc answers (its model_config `output`, saved as "frame"; MLflow lets a loader
+#: override only keys the saved model_config has): the whole frame, or `prediction` alone.
+OUTPUTS = ("frame", "prediction")
 
 
 class RaymlopsModel(PythonModel):  # type: ignore[misc]  # mlflow ships no type hints
@@ -57,17 +61,27 @@ class RaymlopsModel(PythonModel):  # type: ignore[misc]  # mlflow ships no type 
     `folder` holds the version's files; `mlflow_model.py` passes its own folder, since MLflow
     runs the copy that lies in the model. Features the signature marks optional and a
     request leaves out are read as missing (imputed, or the unknown category), as in
-    training."""
+    training. Loaded with `model_config={"output": "prediction"}` it answers the
+    `prediction` column alone, as a Series: what `mlflow.models.evaluate` needs of a
+    classifier or regressor (it takes one column of predictions)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._predictor: Predictor | None = None
+        self._output = "frame"
 
     def load_context(self, context: PythonModelContext) -> None:
         """Load and verify the weights and preprocessing (ArtifactIntegrityError on a
         digest mismatch, before any file is parsed)."""
+        from raymlops.core.errors import UserInputError
         from raymlops.model.predictor import Predictor
 
+        output = (getattr(context, "model_config", None) or {}).get("output", "frame")
+        if output not in OUTPUTS:
+            raise UserInputError(
+                f"model_config output={output!r}: one of {', '.join(map(repr, OUTPUTS))}"
+            )
+        self._output = output
         self._predictor = Predictor.load(self.folder)
 
     def predict(
@@ -75,9 +89,10 @@ class RaymlopsModel(PythonModel):  # type: ignore[misc]  # mlflow ships no type 
         context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
+    ) -> pd.DataFrame | pd.Series:
         """`prediction` (label or value) and, for classification, `proba_<class>` per class:
-        `Predictor.predict(rows).to_frame()`. (MLflow reads these annotations with
+        `Predictor.predict(rows).to_frame()` (its `prediction` column alone with
+        model_config output=prediction). (MLflow reads these annotations with
         `typing.get_type_hints`, so every name in them is imported at run time.)"""
         if self._predictor is None:
             self.load_context(context)
@@ -86,7 +101,8 @@ class RaymlopsModel(PythonModel):  # type: ignore[misc]  # mlflow ships no type 
         for name in self._predictor.feature_names:
             if name not in frame.columns:  # optional in the signature: missing in every row
                 frame[name] = np.nan if name in self._predictor.preprocessor.numeric else None
-        return self._predictor.predict(frame).to_frame()
+        result = self._predictor.predict(frame).to_frame()
+        return result["prediction"] if self._output == "prediction" else result
 
 
 def input_types(
@@ -243,6 +259,7 @@ def save_mlflow_model(
             signature=model_signature(prep, types, optional),
             input_example=example,
             pip_requirements=pip_requirements(),
+            model_config={"output": "frame"},
         )
     finally:
         logger.setLevel(level)

@@ -273,6 +273,31 @@ def test_upgrade_adds_the_flavor_to_a_version_registered_before_it(
     assert json.loads(again.output) == [{"name": old.name, "version": 1, "added": []}]
 
 
+@pytest.mark.long
+def test_mlflow_evaluate_scores_the_version_as_raymlops_does(
+    classification: Registered, tracking: Any
+) -> None:
+    tracking(classification)
+    features = classification.predictor.feature_names
+    data = classification.splits.test.to_pandas()[[*features, "label"]]
+    data["label"] = data["label"].astype(str)  # the classes as the model names them
+
+    with mlflow.start_run():
+        # MLflow's evaluators take one column of predictions: the `prediction` output.
+        result = mlflow.models.evaluate(
+            f"models:/{classification.name}@champion",
+            data,
+            targets="label",
+            model_type="classifier",
+            model_config={"output": "prediction"},
+        )
+
+    labels = _raymlops_frame(classification, data[features])["prediction"]
+    expected = float((labels == data["label"].reset_index(drop=True)).mean())
+    assert result.metrics["accuracy_score"] == pytest.approx(expected)
+    assert result.metrics["example_count"] == len(data)
+
+
 # --------------------------------------------------------------------------- mlflow serve
 
 
