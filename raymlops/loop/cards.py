@@ -394,7 +394,7 @@ def _hyperparameters(s: _Sources) -> _Section:
     search = s.search
     run = s.run
     hp = _Section("Hyperparameters and search")
-    train_cfg = config.get("train") or {}
+    train_cfg = _applied_train_settings(config.get("train") or {})
     hp.kv(
         [("model." + k, v) for k, v in (config.get("model", {}).get("params") or {}).items()]
         + [("train." + k, v) for k, v in train_cfg.items()]
@@ -421,7 +421,13 @@ def _hyperparameters(s: _Sources) -> _Section:
         )
     else:
         hp.note("No search space: the configuration above was trained as is.")
-    trials = _trial_rows(registry, info.run_id, run, str(search.get("metric") or "val_loss"))
+    trials = _trial_rows(
+        registry,
+        info.run_id,
+        run,
+        str(search.get("metric") or "val_loss"),
+        int(train_cfg.get("epochs") or 0),
+    )
     if trials:
         hp.table(*trials, caption="Trials (nested MLflow runs):")
     return hp
@@ -507,6 +513,7 @@ def _gate_section(s: _Sources) -> _Section:
                     f"({gate.data.get('split')} of {gate.data.get('source')})",
                 ),
                 ("champion compared", gate_tags.get("champion")),
+                ("comparison", _comparison_text(gate)),
             ]
             + (
                 [
@@ -526,6 +533,19 @@ def _gate_section(s: _Sources) -> _Section:
     else:
         gate_section.note("Not gated yet: run `raymlops gate " + f"{name} {info.version}`.")
     return gate_section
+
+
+def _comparison_text(gate: GateResult) -> str:
+    """What the champion comparison was based on: the paired test on fresh rows (method,
+    rows, difference and its interval), the held-out rows and why, or why none."""
+    compared = gate.comparison or {}
+    basis = compared.get("basis")
+    if basis is None:
+        return "-"
+    text = str(compared.get("summary") or compared.get("note") or "")
+    if compared.get("cleared"):
+        text += f"; {compared['cleared']}"
+    return f"{basis}: {text}" if text else str(basis)
 
 
 def _drift_baseline(s: _Sources) -> _Section:
@@ -625,8 +645,42 @@ def _v(version: int | None) -> str:
     return f"v{version}" if version is not None else "-"
 
 
+def _applied_train_settings(train: dict[str, Any]) -> dict[str, Any]:
+    """The `train` settings that applied to this version: a CPU model does not list GPUs
+    per worker, a single-process trial not the Ray Train workers' resources."""
+    skipped = set()
+    if not train.get("use_gpu"):
+        skipped.add("gpus_per_worker")
+    if int(train.get("num_workers") or 1) == 1:
+        skipped |= {"cpus_per_worker", "ingest_cpus"}
+    return {k: v for k, v in train.items() if k not in skipped}
+
+
+def _trial_end(registry: Registry, trial: Any, metric: str, limit: int) -> str:
+    """How a trial ended, in words (Ray's TERMINATED says only that it is over): its
+    `raymlops.trial_outcome` tag where the search recorded one, else read from the epochs
+    it ran — the steps of its metric history — against the epoch limit."""
+    tags = trial.data.tags
+    outcome = tags.get("raymlops.trial_outcome")
+    if outcome == "error" or tags.get("raymlops.trial_status") == "ERROR":
+        return "error"
+    try:
+        history = registry.client.get_metric_history(trial.info.run_id, metric)
+    except Exception:  # the card is documentation: an unreadable history is not fatal
+        history = []
+    epochs = max((int(m.step) for m in history), default=0)
+    of = f" of {limit}" if limit else ""
+    if outcome == "completed" or (outcome is None and limit and epochs >= limit):
+        return f"ran to the limit ({epochs} epochs)" if epochs else "ran to the limit"
+    if outcome == "early_stopped":
+        return f"early-stopped (patience) at epoch {epochs}{of}"
+    if outcome == "stopped":
+        return f"early-stopped by the scheduler at epoch {epochs}{of}"
+    return f"early-stopped at epoch {epochs}{of}" if epochs else "finished"
+
+
 def _trial_rows(
-    registry: Registry, run_id: str | None, run: Any, metric: str
+    registry: Registry, run_id: str | None, run: Any, metric: str, limit: int = 0
 ) -> tuple[list[str], list[list[Any]]] | None:
     if not run_id or run is None:
         return None
@@ -638,14 +692,14 @@ def _trial_rows(
     rows = [
         [
             c.data.tags["raymlops.trial_id"],
-            c.data.tags.get("raymlops.trial_status", ""),
+            _trial_end(registry, c, metric, limit),
             *(c.data.params.get(p, "-") for p in params),
             c.data.metrics.get(metric),
         ]
         for c in trials
     ]
     rows.sort(key=lambda r: (r[-1] is None, r[-1] if isinstance(r[-1], float) else 0.0))
-    return ["trial", "status", *params, f"{metric} (last epoch)"], rows[:_MAX_TRIALS]
+    return ["trial", "ended", *params, f"{metric} (last epoch)"], rows[:_MAX_TRIALS]
 
 
 # --------------------------------------------------------------------------- public API

@@ -32,6 +32,7 @@ from raymlops.core.config import (
     PipelineConfig,
 )
 from raymlops.core.errors import ConfigError, DataError
+from raymlops.loop.comparison import FIRST_VERSION, champion_check
 from raymlops.loop.gate_result import (
     _GATE_TAG,
     GATE_STATUS_TAG,
@@ -42,6 +43,7 @@ from raymlops.loop.gate_result import (
     load_gate_result,
     recorded_gate,
 )
+from raymlops.loop.scoring import Scored, check_metric_for_task, score, task_metrics
 from raymlops.registry.store import metric_key
 
 _EPS = 1e-12
@@ -67,14 +69,6 @@ __all__ = [
     "run_gate",
     "task_metrics",
 ]
-
-
-def task_metrics(predictor: Predictor, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-    """The registered metrics (as `raymlops.train.loop.evaluate` computes them) from encoded
-    targets and `Predictor.predict_matrix` outputs; works on any subset of rows."""
-    from raymlops.train.loop import metrics_from_outputs
-
-    return metrics_from_outputs(predictor.preprocessor, outputs, y)
 
 
 def group_rates(
@@ -135,34 +129,9 @@ def equalized_odds_difference(
 # --------------------------------------------------------------------------- evaluation
 
 
-@dataclass
-class _Scored:
-    """A predictor's outputs on a frame: encoded truth, raw outputs, predicted labels."""
-
-    y: np.ndarray
-    outputs: np.ndarray
-    predicted: np.ndarray
-
-
-def _score(predictor: Predictor, frame: pd.DataFrame, label: str) -> _Scored:
-    prep = predictor.preprocessor
-    outputs = predictor.predict_matrix(prep.transform(frame))
-    y = prep.encode_target(frame[label])
-    predicted = outputs.argmax(axis=1) if prep.classes is not None else outputs
-    return _Scored(y, outputs, predicted)
-
-
 def _predict_outputs(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
     prep = predictor.preprocessor
     return predictor.predict_matrix(prep.transform(frame))
-
-
-def _check_metric_for_task(metric: str, metrics: dict[str, float], where: str) -> None:
-    if metric not in metrics:
-        kind = "a classification" if "accuracy" in metrics else "a regression"
-        raise ConfigError(
-            f"{where}: '{metric}' is not {kind} metric (available: {', '.join(sorted(metrics))})"
-        )
 
 
 def _bound_check(
@@ -217,7 +186,7 @@ def _slice_key(label: str) -> tuple[int, float, str]:
         return (1 if label != _MISSING else 2, 0.0, label)
 
 
-def _slice_table(predictor: Predictor, scored: _Scored, labels: np.ndarray) -> list[dict[str, Any]]:
+def _slice_table(predictor: Predictor, scored: Scored, labels: np.ndarray) -> list[dict[str, Any]]:
     rows = []
     for value in sorted(set(labels.tolist()), key=_slice_key):
         mask = labels == value
@@ -339,12 +308,16 @@ def evaluate_gate(
     version: int | None = None,
     data: dict[str, Any] | None = None,
     latency_fn: Callable[[Predictor, pd.DataFrame, int, int], dict[str, float]] | None = None,
+    fresh: pd.DataFrame | pa.Table | None = None,
+    fresh_note: str = "",
 ) -> GateResult:
     """Run every configured check of `gate` on `rows` (which must hold `label`).
 
-    Pure evaluation: nothing is logged. `champion` is scored on the same rows for the
-    champion comparison. Raises ConfigError when the gate names a column, class or metric
-    that does not fit the model or the rows.
+    Pure evaluation: nothing is logged. `champion` is compared with the candidate on
+    `fresh` labelled rows neither trained on (a paired test) when given, else on `rows`;
+    `fresh_note` says where the fresh rows came from, or why there are none. Raises
+    ConfigError when the gate names a column, class or metric that does not fit the model
+    or the rows.
     """
     frame = rows if isinstance(rows, pd.DataFrame) else rows.to_pandas()
     if label not in frame.columns:
@@ -352,17 +325,23 @@ def evaluate_gate(
     frame = frame[frame[label].notna()].reset_index(drop=True)
     if frame.empty:
         raise DataError("no held-out rows with a label to gate on")
-    scored = _score(candidate, frame, label)
+    scored = score(candidate, frame, label)
     metrics = task_metrics(candidate, scored.y, scored.outputs)
     ev = _Evaluation(
         gate, candidate, frame, label, scored, metrics, np.random.default_rng(gate.seed)
     )
     checks: list[CheckResult] = []
     for metric, bound in gate.thresholds.items():
-        _check_metric_for_task(metric, metrics, "gate.thresholds")
+        check_metric_for_task(metric, metrics, "gate.thresholds")
         checks.append(_bound_check("threshold", metric, metrics[metric], bound.min, bound.max))
-    champion_check, champion_info = _champion_check(ev, champion, champion_skip_reason)
-    checks += champion_check
+    if fresh is not None and not isinstance(fresh, pd.DataFrame):
+        fresh = fresh.to_pandas()
+    if fresh is not None and label not in fresh.columns:
+        raise DataError(f"the fresh rows have no label column '{label}'")
+    champion_checks, champion_info, compared = champion_check(
+        ev, champion, champion_skip_reason, fresh, fresh_note
+    )
+    checks += champion_checks
     for column in gate.slices:
         ev.labels_of(column, "gate.slices")
     checks += _slice_checks(ev)
@@ -384,6 +363,7 @@ def evaluate_gate(
         slices=slice_report,
         fairness=fairness,
         champion=champion_info,
+        comparison=compared,
         latency=latency,
         data={"rows": len(frame), **(data or {})},
         gate_config=gate.model_dump(mode="json"),
@@ -399,7 +379,7 @@ class _Evaluation:
     candidate: Predictor
     frame: pd.DataFrame
     label: str
-    scored: _Scored
+    scored: Scored
     metrics: dict[str, float]
     rng: np.random.Generator
     slice_labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -417,81 +397,13 @@ class _Evaluation:
         return self.slice_labels[column]
 
 
-def _champion_check(
-    ev: _Evaluation, champion: Predictor | None, skip_reason: str
-) -> tuple[list[CheckResult], dict[str, Any] | None]:
-    """The candidate against the champion on the same rows (gate.champion)."""
-    gate, frame, label, metrics = ev.gate, ev.frame, ev.label, ev.metrics
-    task = ev.candidate.preprocessor.task
-    champion_skip_reason = skip_reason
-    if gate.champion is None:
-        return [], None
-    checks: list[CheckResult] = []
-    champion_info: dict[str, Any] | None = None
-    comparison = gate.champion
-    metric = comparison.metric
-    if metric == "auto":
-        metric = "accuracy" if task == "classification" else "r2"
-    _check_metric_for_task(metric, metrics, "gate.champion.metric")
-    rule = (
-        f"beat by {_fmt(comparison.min_improvement)}"
-        if comparison.min_improvement is not None
-        else f"worse by ≤ {_fmt(comparison.max_regression or 0.0)}"
-    )
-    if champion is None:
-        checks.append(
-            CheckResult("champion", metric, "skipped", metrics[metric], rule, champion_skip_reason)
-        )
-    elif champion.task != task:
-        checks.append(
-            CheckResult(
-                "champion",
-                metric,
-                "skipped",
-                metrics[metric],
-                rule,
-                f"champion is a {champion.task} model",
-            )
-        )
-    else:
-        theirs = _score(champion, frame, label)
-        their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
-        higher = GATE_METRICS[metric]
-        margin = (
-            comparison.min_improvement
-            if comparison.min_improvement is not None
-            else -(comparison.max_regression or 0.0)
-        )
-        required = their_metrics[metric] + margin if higher else their_metrics[metric] - margin
-        ours = metrics[metric]
-        ok = ours >= required - _EPS if higher else ours <= required + _EPS
-        champion_info = {
-            "version": champion.metadata.get("version"),
-            "metrics": their_metrics,
-            "metric": metric,
-            "required": required,
-        }
-        checks.append(
-            CheckResult(
-                "champion",
-                metric,
-                "passed" if ok and not math.isnan(ours) else "failed",
-                ours,
-                f"{'≥' if higher else '≤'} {_fmt(required)} ({rule})",
-                f"champion v{champion.metadata.get('version')} {_fmt(their_metrics[metric])}",
-            )
-        )
-
-    return checks, champion_info
-
-
 def _slice_checks(ev: _Evaluation) -> list[CheckResult]:
     """Minimum functionality on slices (gate.slice_minimums)."""
     gate, metrics, labels_of = ev.gate, ev.metrics, ev.labels_of
     slice_report = ev.slice_report
     checks: list[CheckResult] = []
     for rule_ in gate.slice_minimums:
-        _check_metric_for_task(rule_.metric, metrics, "gate.slice_minimums")
+        check_metric_for_task(rule_.metric, metrics, "gate.slice_minimums")
         labels_of(rule_.column, "gate.slice_minimums")
         wanted = None if rule_.values is None else {str(v) for v in rule_.values}
         name = f"{rule_.column}: {rule_.metric}" + (
@@ -768,6 +680,13 @@ def _log_gate_run(registry: Registry, run_id: str, result: GateResult) -> None:
             for k, v in result.champion["metrics"].items()
             if not math.isnan(v)
         ]
+    paired = (result.comparison or {}).get("paired")
+    if paired:
+        metrics += [
+            (metric_key("comparison", key, sep="/"), float(paired[key]), 0)
+            for key in ("rows", "candidate", "champion", "difference", "low", "high")
+            if paired.get(key) is not None and math.isfinite(float(paired[key]))
+        ]
     for column, rows in result.slices.items():
         for row in rows:
             metrics += [
@@ -801,13 +720,22 @@ def run_gate(
     record: bool = True,
     by: str | None = None,
     echo: Callable[[str], None] | None = None,
+    fresh: str | None = None,
+    fresh_note: str = "",
 ) -> GateResult:
     """Gate one registered version and (with `record`) log and attach the result.
 
     `config` supplies the `gate` section (None: the config the version was trained with).
     The rows are the held-out test split of the version's own dataset, re-split with its
     recorded config and seed and checked against the recorded digest — or the file `data`.
-    The champion is the version behind `gate.champion.alias` now, scored on the same rows.
+    The champion is the version behind `gate.champion.alias` now, compared with a paired
+    test on `fresh` (a file of labelled rows neither model trained on) when given, else on
+    the same held-out rows.
+
+    A version that holds the champion alias only because it was the model's first
+    registered version is gated on everything but the comparison ("first version:
+    thresholds only"); if it fails, recording clears the alias — no version is champion
+    until one passes — and says so.
 
     Recording logs an MLflow run (metrics, gate.json), tags the version
     (`raymlops.gate.status` = passed/failed, `.run_id`, `.time`, `.champion`, `.summary`),
@@ -824,9 +752,15 @@ def run_gate(
     champion: Predictor | None = None
     champion_version: int | None = None
     skip_reason = "no champion to compare with"
+    alias = gate.champion.alias if gate.champion is not None else "champion"
+    first = registry.alias_target(name, alias) == info.version and _champion_by_registration(
+        registry, name, alias, info
+    )
     if gate.champion is not None:
         champion_version = registry.alias_target(name, gate.champion.alias)
-        if champion_version == info.version:
+        if first:
+            skip_reason = FIRST_VERSION
+        elif champion_version == info.version:
             skip_reason = f"v{info.version} is the {gate.champion.alias}"
         elif champion_version is not None:
             champion = registry.load_predictor(name, champion_version)
@@ -848,9 +782,17 @@ def run_gate(
         model=name,
         version=info.version,
         data=data_info,
+        fresh=_fresh_rows(fresh),
+        fresh_note=fresh_note,
     )
+    if fresh is not None and result.comparison is not None:
+        result.comparison["source"] = fresh
     if not record:
         return result
+    clear = first and not result.passed
+    if clear:
+        result.comparison = {**(result.comparison or {}), "basis": "first version"}
+        result.comparison["cleared"] = _no_champion_reason(alias, info.version)
     run_id = _log_result(registry, info, result)
     compared = (
         "off"
@@ -869,6 +811,7 @@ def run_gate(
         f"{_GATE_TAG}champion": compared,
         f"{_GATE_TAG}champion_alias": gate.champion.alias if gate.champion else "",
         f"{_GATE_TAG}data_digest": str(data_info.get("digest", "")),
+        f"{_GATE_TAG}comparison": _comparison_tag(result)[:4000],
         f"{_GATE_TAG}summary": json.dumps(summary)[:4000],
     }
     for key, value in tags.items():
@@ -882,12 +825,79 @@ def run_gate(
         reason=f"gate {result.status}"
         + (f": {', '.join(summary['failed'][:3])}" if result.failed_checks else ""),
         by=by,
-        details={"status": result.status, "run_id": run_id, **summary},
+        details={
+            "status": result.status,
+            "run_id": run_id,
+            **summary,
+            "comparison": _comparison_tag(result),
+        },
     )
+    if clear:
+        _clear_first_champion(registry, name, alias, info.version, by, say)
     from raymlops.loop.cards import refresh_card
 
     refresh_card(registry, name, info.version, echo=say)
     return result
+
+
+def _champion_by_registration(
+    registry: Registry, name: str, alias: str, info: ModelVersionInfo
+) -> bool:
+    """Whether `info` holds `alias` only as the model's first registered version: the
+    alias's latest move is that registration, and no gate of the version has passed."""
+    if recorded_gate(info).get("status") == "passed":
+        return False
+    moves = [
+        e
+        for e in registry.alias_history(name)
+        if e.alias == alias and (e.moved or e.action == "register")
+    ]
+    return bool(moves) and moves[-1].action == "register" and moves[-1].to_version == info.version
+
+
+def _no_champion_reason(alias: str, version: int) -> str:
+    return (
+        f"v{version} was {alias} only as the first version and failed the gate: "
+        f"no version is {alias} until one passes"
+    )
+
+
+def _clear_first_champion(
+    registry: Registry,
+    name: str,
+    alias: str,
+    version: int,
+    by: str | None,
+    say: Callable[[str], None],
+) -> None:
+    """Take `alias` from a first version that failed its gate (recorded as `clear`, after
+    the gate event)."""
+    from raymlops.core.errors import RegistryError
+
+    reason = _no_champion_reason(alias, version)
+    try:
+        registry.set_alias(
+            name, alias, None, action="clear", reason=reason, by=by, expected_from=version
+        )
+    except RegistryError as exc:  # someone moved the alias meanwhile: theirs stands
+        say(f"▸ {alias} not cleared: {exc}")
+        return
+    say(f"▸ {reason}")
+
+
+def _fresh_rows(path: str | None) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    from raymlops.data.dataset import load_table
+
+    return load_table(path).to_pandas()
+
+
+def _comparison_tag(result: GateResult) -> str:
+    """The `raymlops.gate.comparison` tag: what the champion comparison was based on."""
+    compared = result.comparison or {}
+    text = compared.get("summary") or compared.get("note") or ""
+    return f"{compared.get('basis', 'none')}: {text}" if text else str(compared.get("basis", ""))
 
 
 def _count_checks(gate: GateConfig) -> int:

@@ -69,6 +69,9 @@ class GateResult:
     slices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     fairness: dict[str, Any] | None = None
     champion: dict[str, Any] | None = None
+    #: What the champion comparison was based on: basis (fresh / held-out / first version /
+    #: none / off), a note, the rows and, on fresh rows, the paired test's figures.
+    comparison: dict[str, Any] | None = None
     latency: dict[str, float] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     gate_config: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +125,11 @@ class GateResult:
             lines.append("(no checks configured: add a `gate` section to the config)")
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items() if k != "loss")
         lines += ["", f"metrics: {shown}"]
+        compared = self.comparison or {}
+        if compared.get("basis") in ("fresh", "held-out", "first version"):
+            lines.append(f"champion: {compared.get('summary') or compared.get('note')}")
+        if compared.get("cleared"):
+            lines.append(f"no champion: {compared['cleared']}")
         if self.latency:
             lines.append(
                 f"latency: p50 {self.latency['p50_ms']:.2f} ms, p95 {self.latency['p95_ms']:.2f} "

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MetricAccumulator", "classification_metrics", "regression_metrics", "roc_auc"]
+__all__ = [
+    "MetricAccumulator",
+    "classification_metrics",
+    "comparison_metric",
+    "regression_metrics",
+    "roc_auc",
+    "row_terms",
+]
 
 _EPS = 1e-7
 
@@ -70,6 +77,37 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "mae": float(np.mean(np.abs(residual))),
         "r2": r2,
     }
+
+
+def comparison_metric(n_classes: int | None) -> str:
+    """The metric two models of a task are compared on by default: log loss for a binary
+    classifier (a proper score: a near-random model cannot hide behind the majority class,
+    as it can with accuracy on imbalanced data), macro F1 for several classes (every class
+    counts alike), RMSE for regression (`n_classes` None)."""
+    if n_classes is None:
+        return "rmse"
+    return "log_loss" if n_classes == 2 else "f1_macro"
+
+
+def row_terms(metric: str, truth: np.ndarray, outputs: np.ndarray) -> np.ndarray | None:
+    """Per-row terms whose mean is `metric` (for rmse: whose mean is its square), for the
+    metrics that add up over rows — accuracy, log_loss, mae, rmse — as
+    `classification_metrics`/`regression_metrics` compute them; None for the others
+    (f1_macro, roc_auc, r2), which a paired bootstrap recomputes on each resample.
+
+    `truth`: class indices with class probabilities as `outputs`, or targets in their own
+    units with predictions as `outputs`."""
+    if metric == "accuracy":
+        return np.asarray(outputs.argmax(axis=1) == np.asarray(truth, dtype=np.int64), float)
+    if metric == "log_loss":
+        probs = np.clip(outputs, _EPS, 1.0)
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        y = np.asarray(truth, dtype=np.int64)
+        return np.asarray(-np.log(probs[np.arange(len(y)), y]), dtype=np.float64)
+    if metric in ("mae", "rmse"):
+        residual = np.asarray(truth, np.float64) - np.asarray(outputs, np.float64).reshape(-1)
+        return np.abs(residual) if metric == "mae" else residual**2
+    return None
 
 
 #: Positive-class logits beyond ±this are one bin at each end of the AUC histograms: the

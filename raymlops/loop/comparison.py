@@ -1,0 +1,228 @@
+"""The candidate against the champion (`gate.champion`): which metric, what margin, and on
+which rows.
+
+With fresh labelled rows that neither model trained on (retraining's held-out slice of
+its recent rows, `raymlops.loop.fresh`) both models are scored on them and compared with a
+paired test (`raymlops.loop.paired`); without, the two metric values on the candidate's
+held-out rows are compared, as before, and the record says so. The default metric fits the
+task (`raymlops.model.metrics.comparison_metric`). A model's first version has no champion to
+compare with: its comparison is skipped as "first version: thresholds only".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from raymlops.core.config import GATE_METRICS, ChampionComparison, GateConfig
+from raymlops.loop.gate_result import CheckResult, _fmt
+from raymlops.loop.scoring import check_metric_for_task, score, task_metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from raymlops.model.predictor import Predictor
+
+__all__ = ["FIRST_VERSION", "GateRows", "champion_check"]
+
+_EPS = 1e-12
+
+
+class GateRows(Protocol):
+    """What the comparison reads of a gate run: the gate config, the candidate, its
+    held-out rows with their label column, and its metrics on them."""
+
+    gate: GateConfig
+    candidate: Predictor
+    frame: pd.DataFrame
+    label: str
+    metrics: dict[str, float]
+
+
+FIRST_VERSION = "first version: thresholds only"
+
+
+def _comparison_metric(ev: GateRows) -> str:
+    """gate.champion.metric, 'auto' resolved for the task (`comparison_metric`)."""
+    from raymlops.model.metrics import comparison_metric
+
+    metric = ev.gate.champion.metric if ev.gate.champion is not None else "auto"
+    if metric == "auto":
+        classes = ev.candidate.preprocessor.classes
+        metric = comparison_metric(len(classes) if classes is not None else None)
+    check_metric_for_task(metric, ev.metrics, "gate.champion.metric")
+    return metric
+
+
+def _improvement_needed(comparison: ChampionComparison, metric: str, champion: float) -> float:
+    """How much better than the champion the candidate must be, in metric units (negative:
+    how much worse it may be); for rmse and mae the margin is a share of the champion's."""
+    if comparison.min_improvement is not None:
+        delta = comparison.min_improvement
+    else:
+        delta = -(comparison.max_regression or 0.0)
+    if metric in _RELATIVE_MARGIN and math.isfinite(champion):
+        delta *= abs(champion)
+    return delta
+
+
+_RELATIVE_MARGIN = frozenset({"rmse", "mae"})
+
+
+def _rule_text(comparison: ChampionComparison, metric: str) -> str:
+    rel = " of the champion's" if metric in _RELATIVE_MARGIN else ""
+    if comparison.min_improvement is not None:
+        return f"beat by {_fmt(comparison.min_improvement)}{rel}"
+    return f"worse by ≤ {_fmt(comparison.max_regression or 0.0)}{rel}"
+
+
+def champion_check(
+    ev: GateRows,
+    champion: Predictor | None,
+    skip_reason: str,
+    fresh: pd.DataFrame | None = None,
+    fresh_note: str = "",
+) -> tuple[list[CheckResult], dict[str, Any] | None, dict[str, Any] | None]:
+    """The candidate against the champion (gate.champion): a paired test on `fresh`
+    labelled rows neither model trained on when there are some, else the two metric values
+    on the candidate's held-out rows. Returns the checks, the champion's figures and what
+    the comparison was based on (recorded with the gate)."""
+    gate, metrics = ev.gate, ev.metrics
+    task = ev.candidate.preprocessor.task
+    if gate.champion is None:
+        return [], None, {"basis": "off", "note": "gate.champion is null"}
+    comparison = gate.champion
+    metric = _comparison_metric(ev)
+    rule = _rule_text(comparison, metric)
+    reason = skip_reason
+    if champion is not None and champion.task != task:
+        reason = f"champion is a {champion.task} model"
+    if champion is None or champion.task != task:
+        kind = "first version" if skip_reason == FIRST_VERSION else "none"
+        return (
+            [CheckResult("champion", metric, "skipped", metrics[metric], rule, reason)],
+            None,
+            {"basis": kind, "note": reason},
+        )
+    if fresh is not None and len(fresh):
+        return _paired_check(ev, champion, fresh, metric, fresh_note)
+    theirs = score(champion, ev.frame, ev.label)
+    their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
+    higher = GATE_METRICS[metric]
+    delta = _improvement_needed(comparison, metric, their_metrics[metric])
+    required = their_metrics[metric] + delta if higher else their_metrics[metric] - delta
+    ours = metrics[metric]
+    ok = ours >= required - _EPS if higher else ours <= required + _EPS
+    version = champion.metadata.get("version")
+    champion_info = {
+        "version": version,
+        "metrics": their_metrics,
+        "metric": metric,
+        "required": required,
+    }
+    note = fresh_note or "no fresh labelled rows"
+    compared = {
+        "basis": "held-out",
+        "note": f"{note}: compared on the candidate's held-out rows ({len(ev.frame)}), "
+        "which the champion may have trained on; no paired test",
+        "rows": len(ev.frame),
+    }
+    check = CheckResult(
+        "champion",
+        metric,
+        "passed" if ok and not math.isnan(ours) else "failed",
+        ours,
+        f"{'≥' if higher else '≤'} {_fmt(required)} ({rule})",
+        f"champion v{version} {_fmt(their_metrics[metric])}",
+    )
+    return [check], champion_info, compared
+
+
+def _paired_check(
+    ev: GateRows, champion: Predictor, fresh: pd.DataFrame, metric: str, note: str
+) -> tuple[list[CheckResult], dict[str, Any], dict[str, Any]]:
+    """Both models on the fresh rows, compared with a paired test (`raymlops.loop.paired`)."""
+    from raymlops.loop.paired import mcnemar_comparison, paired_bootstrap
+    from raymlops.model.metrics import row_terms
+
+    comparison = ev.gate.champion
+    assert comparison is not None
+    rows = fresh[fresh[ev.label].notna()].reset_index(drop=True)
+    ours, theirs = score(ev.candidate, rows, ev.label), score(champion, rows, ev.label)
+    their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
+    our_metrics = task_metrics(ev.candidate, ours.y, ours.outputs)
+    delta = _improvement_needed(comparison, metric, their_metrics[metric])
+    test = comparison.test
+    if test == "auto":
+        test = "mcnemar" if metric == "accuracy" else "bootstrap"
+    if test == "mcnemar":
+        result = mcnemar_comparison(
+            ours.predicted == ours.y,
+            theirs.predicted == theirs.y,
+            margin=-delta,
+            confidence=comparison.confidence,
+        )
+    else:
+        a_truth, b_truth = _truth(ev.candidate, ours.y), _truth(champion, theirs.y)
+        a_terms = row_terms(metric, a_truth, ours.outputs)
+        b_terms = row_terms(metric, b_truth, theirs.outputs)
+
+        def one(index: np.ndarray) -> tuple[float, float]:
+            a = task_metrics(ev.candidate, ours.y[index], ours.outputs[index])[metric]
+            b = task_metrics(champion, theirs.y[index], theirs.outputs[index])[metric]
+            return a, b
+
+        batch = None
+        if a_terms is not None and b_terms is not None:
+            root = metric == "rmse"
+
+            def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                a, b = a_terms[picks].mean(axis=1), b_terms[picks].mean(axis=1)
+                return (np.sqrt(a), np.sqrt(b)) if root else (a, b)
+
+        result = paired_bootstrap(
+            one,
+            len(rows),
+            name=metric,
+            higher_is_better=GATE_METRICS[metric],
+            margin=-delta,
+            confidence=comparison.confidence,
+            resamples=comparison.resamples,
+            seed=ev.gate.seed,
+            batch_metric=batch,
+        )
+    version = champion.metadata.get("version")
+    champion_info = {
+        "version": version,
+        "metrics": their_metrics,
+        "metric": metric,
+        "required": result.required,
+        "fresh_metrics": our_metrics,
+    }
+    basis = {
+        "basis": "fresh",
+        "note": note or f"{len(rows)} fresh labelled rows neither model trained on",
+        "rows": len(rows),
+        "paired": result.to_dict(),
+        "summary": result.describe(),
+    }
+    check = CheckResult(
+        "champion",
+        f"{metric} vs v{version} on {len(rows)} fresh rows ({result.method})",
+        "passed" if result.passed else "failed",
+        result.difference,
+        f"{result.confidence:.0%} low > {_fmt(result.required)}",
+        f"difference {result.difference:+.4f}, interval [{result.low:+.4f}, {result.high:+.4f}]",
+    )
+    return [check], champion_info, basis
+
+
+def _truth(predictor: Predictor, y: np.ndarray) -> np.ndarray:
+    """Encoded targets as `row_terms` takes them: class indices, or regression targets in
+    their own units."""
+    prep = predictor.preprocessor
+    if prep.classes is not None:
+        return y
+    return np.asarray(prep.decode_regression(y.astype(np.float64)))
