@@ -222,6 +222,9 @@ def test_signature_example_and_requirements_describe_the_version(
 def test_a_left_out_optional_feature_is_missing_and_a_required_one_is_refused(
     classification: Registered, home: Path, tracking: Any
 ) -> None:
+    # Registered before MLFLOW_TRACKING_URI is set: with it, the registry is not the embedded
+    # one and MLflow would put the new experiment's artifacts in ./mlruns.
+    strict = _register(home, "pyfunc-strict", "classification", allow_missing=False)
     tracking(classification)
     model = mlflow.pyfunc.load_model(f"models:/{classification.name}@champion")
     rows = classification.rows()
@@ -233,7 +236,6 @@ def test_a_left_out_optional_feature_is_missing_and_a_required_one_is_refused(
         got.reset_index(drop=True), _raymlops_frame(classification, as_missing), rtol=1e-6
     )
 
-    strict = _register(home, "pyfunc-strict", "classification", allow_missing=False)
     tracking(strict)
     strict_model = mlflow.pyfunc.load_model(f"models:/{strict.name}@champion")
     with pytest.raises(MlflowException, match=left_out):
@@ -277,12 +279,15 @@ def test_upgrade_adds_the_flavor_to_a_version_registered_before_it(
 def test_mlflow_evaluate_scores_the_version_as_raymlops_does(
     classification: Registered, tracking: Any
 ) -> None:
+    # An experiment with its artifacts in the home (created before MLFLOW_TRACKING_URI is
+    # set); MLflow's Default one would write evaluate's plots to ./mlruns.
+    experiment_id = classification.registry.experiment_id("pyfunc-evaluate")
     tracking(classification)
     features = classification.predictor.feature_names
     data = classification.splits.test.to_pandas()[[*features, "label"]]
     data["label"] = data["label"].astype(str)  # the classes as the model names them
 
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment_id):
         # MLflow's evaluators take one column of predictions: the `prediction` output.
         result = mlflow.models.evaluate(
             f"models:/{classification.name}@champion",
