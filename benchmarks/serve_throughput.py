@@ -22,15 +22,16 @@ Load: `wrk` (Debian's package; C, 1–2 threads) with a Lua script posting the s
 keep-alive connections, at concurrency 1, 8 and 32 with single-row requests, plus one run at
 concurrency 8 with 256-row requests. Without wrk, an asyncio client (aiohttp) runs instead;
 being Python, it then competes with the servers for the 2 cores and the figures are lower.
-On a 2-core machine the load generator shares the CPUs with both servers equally.
+On a 2-core machine the load generator shares the CPUs with the servers equally.
 
-Both servers are started first and stay up; each run is then measured against one and then
-the other (the order alternating between repetitions), so that background load on a shared
-machine falls on both alike. While the bare server is measured the idle Ray head costs about
+All servers are started first and stay up; each run is then measured against one after the
+other (the order reversed every other repetition), so that background load on a shared
+machine falls on all alike. While another server is measured the idle Ray head costs about
 5% of one core. Printed per run: requests/s, rows/s, p50 and p99 latency (client side),
 errors, and the CPU time the server's processes used per request (from /proc: raymlops counts
-every process of its Ray head, the bare server its one process); then the medians over the
-repetitions and the ratios (a)/(b) of the medians.
+every process of its Ray head, the bare server its one process, MLflow's server its session:
+the uvicorn parent and workers); then the medians over the repetitions and the ratios
+(a)/(b) and (a)/(c) of the medians. `--only` measures one server alone.
 
     python benchmarks/serve_throughput.py            # 3 repetitions, 8 s per run
     python benchmarks/serve_throughput.py --quick    # 1 repetition, 4 s per run, < 3 minutes
