@@ -1,6 +1,7 @@
 """The Serve application's one-replica `Coordinator`: the routing table and the canary
-figures, automatic rollbacks, following the `champion` alias, and the alias-history events
-of canary, promote and rollback (see raymlops.serve.app)."""
+figures, automatic rollbacks (on errors and latency, and on quality when the canary has a
+labels feed: raymlops.serve.canary_quality), following the `champion` alias, and the
+alias-history events of canary, promote and rollback (see raymlops.serve.app)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raymlops.core.config import ServeConfig
+from raymlops.data.prediction_log import model_log_root
 from raymlops.serve.app_shared import _registry, keep_replica_grpc_on_loopback, logger
 from raymlops.serve.canary import (
     CHALLENGER,
@@ -22,6 +24,8 @@ from raymlops.serve.canary import (
     StatsBook,
     rollback_reason,
 )
+from raymlops.serve.canary_quality import QualityPolicy, QualityVerdict, judge_quality, read_labels
+from raymlops.serve.prediction_log import read_log
 
 __all__ = ["Coordinator"]
 
@@ -43,6 +47,16 @@ class Coordinator:
             self.cfg.canary.error_rate_margin,
             self.cfg.canary.p95_latency_margin_ms,
         )
+        canary = self.cfg.canary
+        self.quality_policy = QualityPolicy(
+            canary.quality_margin, canary.quality_confidence, canary.quality_min_rows
+        )
+        self.label_column = canary.label_column or str(args.get("label_column") or "label")
+        root = args.get("log_root")
+        self.log_root = None if root is None else model_log_root(str(root), self.model)
+        #: The labels feed of the running canary (its own, else serve.canary.labels).
+        self.canary_labels: str | None = None
+        self.quality: dict[str, Any] | None = None
         self.state_path = Path(args["home"]) / "serve" / "apps" / f"{args['app_name']}.json"
         self.table = RoutingTable(champion=int(args["version"]))
         self.events: list[dict[str, Any]] = []
@@ -52,9 +66,11 @@ class Coordinator:
         self.replicas: dict[str, dict[str, Any]] = {}
         self.started = time.time()
         self._restore()
+        await asyncio.to_thread(self._warm_registry)
         self._tasks: set[asyncio.Task[Any]] = set()
         if self.cfg.follow_champion:
             self._spawn(self._follow_alias())
+        self._spawn(self._watch_quality())
 
     # ------------------------------------------------------------------ replicas
     async def sync(
@@ -120,12 +136,21 @@ class Coordinator:
             },
             "events": self.events[-20:],
             "started": self.started,
+            "canary_labels": self.canary_labels,
+            "quality": self.quality,
         }
 
     async def canary(
-        self, version: int, percent: float, shadow_percent: float, by: str, reason: str
+        self,
+        version: int,
+        percent: float,
+        shadow_percent: float,
+        by: str,
+        reason: str,
+        labels: str | None = None,
     ) -> dict[str, Any]:
-        """Give `version` a share of traffic (answered) and/or of mirrored requests."""
+        """Give `version` a share of traffic (answered) and/or of mirrored requests; with
+        `labels` (else serve.canary.labels) its quality is compared too."""
         version = int(version)
         if version == self.table.champion:
             return {"ok": False, "error": f"v{version} is already the champion"}
@@ -149,13 +174,15 @@ class Coordinator:
             epoch=old.epoch + 1,
         )
         self._reset_window()
+        self.canary_labels = labels or self.cfg.canary.labels
+        self.quality = None
         self._event(
             "canary-start",
             old.champion,
             version,
             reason or f"{percent:g}% answered, {shadow_percent:g}% shadowed",
             by,
-            {"percent": percent, "shadow_percent": shadow_percent},
+            {"percent": percent, "shadow_percent": shadow_percent, "labels": self.canary_labels},
         )
         self._save()
         return {"ok": True, "routing": self.table.to_dict()}
@@ -232,6 +259,51 @@ class Coordinator:
         self._save()
         return {"ok": True, "routing": self.table.to_dict()}
 
+    async def judge(self) -> dict[str, Any]:
+        """Compare the running canary's quality with the champion's now, on the labelled
+        requests each answered since the canary started; a challenger worse beyond the
+        margin is rolled back (under canary.auto_rollback). The verdict is None without a
+        labels feed; labels that cannot be read give a verdict that judged nothing."""
+        table = self.table
+        if table.challenger is None:
+            return {"ok": False, "error": "no canary is running (start one: serve canary)"}
+        labels = self.canary_labels
+        if not labels:
+            return {"ok": True, "quality": None, "routing": table.to_dict()}
+        try:
+            verdict = await asyncio.to_thread(
+                self._judge_quality, table.champion, table.challenger, labels
+            )
+            self.quality = verdict.to_dict()
+        except Exception as exc:
+            logger.warning("raymlops: judging the canary's quality failed: %s", exc)
+            self.quality = {"judged": False, "worse": False, "reason": f"quality not judged: {exc}"}
+            return {"ok": True, "quality": self.quality, "routing": self.table.to_dict()}
+        if verdict.worse and self.cfg.canary.auto_rollback and self.table.epoch == table.epoch:
+            self._auto_rollback(f"quality: {verdict.reason}")
+        return {"ok": True, "quality": self.quality, "routing": self.table.to_dict()}
+
+    def _judge_quality(self, champion: int, challenger: int, labels: str) -> QualityVerdict:
+        if self.log_root is None:
+            raise RuntimeError("the prediction log is off (serve.prediction_log.enabled)")
+        log = read_log(self.log_root, self.window_started)
+        return judge_quality(
+            log, read_labels(labels, self.label_column), champion, challenger, self.quality_policy
+        )
+
+    async def _watch_quality(self) -> None:
+        """Judge a labelled canary's quality every canary.quality_interval_s."""
+        while True:
+            await asyncio.sleep(self.cfg.canary.quality_interval_s)
+            if self.table.challenger is None or not self.canary_labels:
+                continue
+            if not self.cfg.canary.auto_rollback:
+                continue
+            try:
+                await self.judge()
+            except Exception:
+                logger.exception("raymlops: the canary's quality check failed")
+
     # ------------------------------------------------------------------ internals
     def _auto_rollback(self, reason: str) -> None:
         old = self.table
@@ -300,6 +372,16 @@ class Coordinator:
 
         self._spawn(record())
 
+    def _warm_registry(self) -> None:
+        """Import MLflow and open the store once, before anything runs in threads: a
+        replacement coordinator's alias poll and a command arriving at once each imported
+        MLflow in its own thread, and one of them failed on the partially imported module
+        ("partially initialized module 'mlflow'"), refusing `serve canary`."""
+        try:
+            self.registry.alias_target(self.model, CHAMPION)
+        except Exception as exc:  # the registry down: the commands will say so
+            logger.warning("raymlops: the registry did not answer at start: %s", exc)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -336,6 +418,7 @@ class Coordinator:
             "deploy_id": self.args["deploy_id"],
             "table": self.table.to_dict(),
             "events": self.events[-50:],
+            "canary_labels": self.canary_labels,
         }
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -354,3 +437,4 @@ class Coordinator:
         if state.get("deploy_id") == self.args["deploy_id"]:
             self.table = RoutingTable.from_dict(state["table"])
             self.events = list(state.get("events", []))
+            self.canary_labels = state.get("canary_labels")

@@ -1,0 +1,281 @@
+"""How a canary is decided and ended, without Ray: the quality comparison on delayed labels
+(raymlops.serve.canary_quality), the retrain canary step's inconclusive, worse and failing
+paths against a scripted endpoint and a real SQLite registry, and `watch` going on after a
+failed pass."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from raymlops.core.config import PipelineConfig, load_config
+from raymlops.loop.gate_result import GateResult
+from raymlops.loop.governance import PromotionError
+from raymlops.loop.retrain import RetrainResult, _canary_step, _promote_candidate, _repeat_passes
+from raymlops.registry.store import CHAMPION, Registry
+from raymlops.serve.canary_quality import (
+    QualityPolicy,
+    compare_losses,
+    judge_quality,
+    read_labels,
+)
+
+POLICY = QualityPolicy(margin=0.0, confidence=0.95, min_rows=30, resamples=500)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_a_clearly_worse_challenger_is_worse_with_its_bounds_stated() -> None:
+    rng = np.random.default_rng(1)
+    champion = rng.exponential(0.3, 400)  # per-row log loss
+    challenger = rng.exponential(0.6, 400)
+    verdict = compare_losses("log_loss", champion, challenger, POLICY)
+    assert verdict.judged and verdict.worse
+    assert verdict.low is not None and verdict.high is not None and verdict.difference
+    assert 0.0 < verdict.low < verdict.difference < verdict.high
+    assert "lower bound" in verdict.reason and "> margin 0" in verdict.reason
+
+
+def test_an_equal_or_better_challenger_is_not_worse() -> None:
+    rng = np.random.default_rng(2)
+    same = compare_losses("log_loss", rng.exponential(0.4, 300), rng.exponential(0.4, 300), POLICY)
+    better = compare_losses(
+        "log_loss", rng.exponential(0.6, 300), rng.exponential(0.3, 300), POLICY
+    )
+    assert same.judged and not same.worse
+    assert better.judged and not better.worse and better.high is not None and better.high < 0
+
+
+def test_a_margin_tolerates_a_small_loss() -> None:
+    champion = np.full(200, 0.30) + np.linspace(-0.01, 0.01, 200)
+    challenger = champion + 0.02
+    strict = compare_losses("log_loss", champion, challenger, POLICY)
+    lenient = compare_losses("log_loss", champion, challenger, QualityPolicy(margin=0.05))
+    assert strict.worse and not lenient.worse
+
+
+def test_too_few_labelled_rows_decide_nothing() -> None:
+    verdict = compare_losses("rmse", np.ones(29), np.full(500, 9.0), POLICY)
+    assert not verdict.judged and not verdict.worse
+    assert "29 labelled champion" in verdict.reason
+
+
+def test_the_bootstrap_is_seeded() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.exponential(0.4, 100), rng.exponential(0.45, 100)
+    assert compare_losses("log_loss", a, b, POLICY) == compare_losses("log_loss", a, b, POLICY)
+
+
+# --------------------------------------------------------------------------- the join
+
+
+def _log(rows: list[tuple[str, int, str, str | None, str, float]]) -> pa.Table:
+    """Prediction-log rows: (request_id, version, role, error, prediction, proba of '1')."""
+    return pa.table(
+        {
+            "request_id": [r[0] for r in rows],
+            "model_version": pa.array([r[1] for r in rows], pa.int64()),
+            "role": [r[2] for r in rows],
+            "error": pa.array([r[3] for r in rows], pa.string()),
+            "prediction": [r[4] for r in rows],
+            "proba_0": [1.0 - r[5] for r in rows],
+            "proba_1": [r[5] for r in rows],
+        }
+    )
+
+
+def test_judge_joins_labels_by_request_and_compares_each_versions_answers(
+    tmp_path: Path,
+) -> None:
+    rows = []
+    for i in range(60):  # v1 answers confidently right, v2 (answered or shadowed) wrong
+        rows.append((f"c{i}", 1, "champion", None, "1", 0.9))
+        rows.append((f"x{i}", 2, "challenger" if i % 2 else "shadow", None, "0", 0.2))
+    rows.append(("e0", 2, "challenger", "boom", "0", 0.0))  # a failed request: not judged
+    rows.append(("u0", 2, "challenger", None, "0", 0.2))  # never labelled
+    labels_file = tmp_path / "labels.csv"
+    ids = [f"c{i}" for i in range(60)] + [f"x{i}" for i in range(60)] + ["e0", "x0"]
+    truth = ["1"] * 120 + ["1", "0"]  # x0 labelled twice: the last label wins
+    pd.DataFrame({"request_id": ids, "y": truth}).to_csv(labels_file, index=False)
+
+    labels = read_labels(str(labels_file), "y")
+    assert labels.num_rows == 121
+    verdict = judge_quality(_log(rows), labels, 1, 2, POLICY)
+    assert (verdict.metric, verdict.champion_rows, verdict.challenger_rows) == ("log_loss", 60, 60)
+    assert verdict.champion == pytest.approx(-np.log(0.9))
+    expected = (59 * -np.log(0.2) + -np.log(0.8)) / 60  # x0's corrected label is '0'
+    assert verdict.challenger == pytest.approx(expected)
+    assert verdict.worse
+
+
+def test_regression_is_compared_as_rmse() -> None:
+    log = pa.table(
+        {
+            "request_id": [f"r{i}" for i in range(80)],
+            "model_version": pa.array([1, 2] * 40, pa.int64()),
+            "role": ["champion", "challenger"] * 40,
+            "prediction": [10.0, 13.0] * 40,
+        }
+    )
+    labels = pa.table({"request_id": [f"r{i}" for i in range(80)], "__label__": [10.5] * 80})
+    verdict = judge_quality(log, labels, 1, 2, POLICY)
+    assert verdict.metric == "rmse" and verdict.champion == pytest.approx(0.5)
+    assert verdict.challenger == pytest.approx(2.5) and verdict.worse
+
+
+def test_a_labels_feed_without_request_ids_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "labels.parquet"
+    pd.DataFrame({"id": ["a"], "y": [1]}).to_parquet(path)
+    with pytest.raises(Exception, match="no column 'request_id'"):
+        read_labels(str(path), "y")
+
+
+# --------------------------------------------------------------------------- the retrain canary
+
+
+class _Endpoint:
+    """A scripted canary target that records what was asked of it."""
+
+    def __init__(
+        self,
+        counts: list[int],
+        quality: dict[str, Any] | None = None,
+        fail_at_poll: int | None = None,
+    ) -> None:
+        self.counts, self.quality, self.fail_at_poll = counts, quality, fail_at_poll
+        self.polls = 0
+        self.ended: list[bool] = []
+
+    def start_canary(self, version: int, percent: float) -> None:
+        pass
+
+    def canary_requests(self) -> int:
+        return self.counts[min(self.polls, len(self.counts) - 1)]
+
+    def canary_rolled_back(self) -> str | None:
+        self.polls += 1
+        if self.fail_at_poll is not None and self.polls >= self.fail_at_poll:
+            raise ConnectionError("serving went away")
+        return None
+
+    def judge_canary(self) -> dict[str, Any] | None:
+        return self.quality
+
+    def end_canary(self, promoted: bool) -> None:
+        self.ended.append(promoted)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """One SQLite registry for the module (creating one costs seconds)."""
+    return Registry(home=tmp_path_factory.mktemp("canary-registry"))
+
+
+@pytest.fixture
+def model(store: Registry, request: pytest.FixtureRequest) -> str:
+    """Model `m-<test>` in the module's registry with versions 1-3, v1 champion."""
+    name = f"m-{request.node.name}"
+    client = store.client
+    client.create_registered_model(name)
+    run = client.create_run(store.experiment_id("runs"))
+    for _ in range(3):
+        client.create_model_version(name, "file:///nowhere", run_id=run.info.run_id)
+    store.set_alias(name, CHAMPION, 1, action="register", reason="first")
+    return name
+
+
+def _config(tmp_path: Path, model: str, *overrides: str) -> PipelineConfig:
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"x": [1.0, 2.0], "y": ["a", "b"]}).to_csv(data, index=False)
+    base = [f"data.path={data}", "data.label=y", f"registry.model_name={model}"]
+    base += ["retrain.canary_minutes=0.0005", "retrain.canary_poll_s=0.01"]
+    return load_config(None, [*base, *overrides])
+
+
+def test_an_inconclusive_canary_keeps_the_champion_and_is_recorded(
+    tmp_path: Path, store: Registry, model: str
+) -> None:
+    config = _config(tmp_path, model, "serve.canary.min_requests=50")
+    endpoint = _Endpoint([0, 4])
+    said: list[str] = []
+    outcome = _canary_step(store, config, endpoint, 2, 1, "tester", said.append)
+    assert outcome.inconclusive and outcome.requests == 4 and endpoint.ended == [False]
+    last = store.alias_history(model)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("retrain-inconclusive", 2, 1)
+    assert last.details["inconclusive"] is True
+    assert store.alias_target(model, CHAMPION) == 1
+    assert any("v1 stays champion" in line for line in said)
+    result = RetrainResult(model, ["forced"], True, "inconclusive", 1, 1, 2, canary=outcome)
+    assert "canary was inconclusive" in result.summary()
+
+    promote = _config(tmp_path, model, "serve.canary.on_inconclusive=promote")
+    endpoint = _Endpoint([0, 4])
+    outcome = _canary_step(store, promote, endpoint, 2, 1, "tester", said.append)
+    assert outcome.inconclusive and endpoint.ended == []  # left for the promotion to end
+
+
+def test_a_canary_worse_in_quality_is_rolled_back(
+    tmp_path: Path, store: Registry, model: str
+) -> None:
+    config = _config(tmp_path, model, "serve.canary.min_requests=5", "retrain.canary_requests=5")
+    quality = {"judged": True, "worse": True, "reason": "log_loss 0.9 vs 0.3"}
+    endpoint = _Endpoint([0, 10], quality=quality)
+    outcome = _canary_step(store, config, endpoint, 2, 1, "tester", lambda _m: None)
+    assert not outcome.healthy and outcome.reason == "quality: log_loss 0.9 vs 0.3"
+    assert outcome.quality == quality and endpoint.ended == [False]
+    assert store.alias_history(model)[-1].action == "retrain-rolled-back"
+
+
+def test_a_failure_while_watching_ends_the_canary(tmp_path: Path) -> None:
+    config = _config(tmp_path, "m-unused", "retrain.canary_minutes=1")
+    endpoint = _Endpoint([0, 1], fail_at_poll=2)
+    with pytest.raises(ConnectionError):
+        _canary_step(store, config, endpoint, 2, 1, "tester", lambda _m: None)
+    assert endpoint.ended == [False]
+
+
+def test_a_refused_promotion_ends_the_canary(tmp_path: Path, store: Registry, model: str) -> None:
+    config = _config(tmp_path, model)
+    store.set_alias(model, CHAMPION, 3, action="promote", reason="someone else")
+    gate = GateResult(model, 2, "passed", "classification", [], {})
+    endpoint = _Endpoint([0])
+    said: list[str] = []
+    with pytest.raises(PromotionError, match=r"v2 was not promoted.*canary was ended"):
+        _promote_candidate(store, config, 2, gate, ["forced"], endpoint, "t", said.append)
+    assert endpoint.ended == [False] and store.alias_target(model, CHAMPION) == 3
+    last = store.alias_history(model)[-1]
+    assert (last.action, last.to_version) == ("retrain-promotion-failed", 2)
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def test_watch_logs_a_failed_pass_backs_off_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outcomes: list[Any] = [RuntimeError("registry down"), RuntimeError("still down"), "ok"]
+    waits: list[float] = []
+
+    def one_pass() -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    with caplog.at_level(logging.ERROR, logger="raymlops.loop.retrain"):
+        results = _repeat_passes(
+            one_pass, 600.0, retry_s=5.0, retry_max_s=8.0, iterations=3,
+            sleep=waits.append, echo=False,
+        )  # fmt: skip
+    assert results == ["ok"]
+    assert waits == [5.0, 8.0]  # 5, then 10 capped at 8
+    failed = [r for r in caplog.records if "pass" in r.getMessage()]
+    assert len(failed) == 2 and all(r.exc_info is not None for r in failed)
+    assert "registry down" in str(failed[0].exc_info[1])  # type: ignore[index]
