@@ -77,7 +77,10 @@ def monitor(
     Reads the prediction log (or any Parquet/CSV dataset) with Ray Data. Numeric features:
     Wasserstein distance / training std (drift at 0.1) on 1000+ rows, KS test (p < 0.05)
     below; categorical: Jensen–Shannon distance (0.1), chi-square below; no verdict under
-    100 rows; the dataset drifts when half of its features do (all in the `monitor` section).
+    100 rows. The dataset drifts when the drifted features carry half of the model's feature
+    importance (stored with the version at training) or the prediction drifts; with
+    monitor.verdict=share, when half of the features do (all in the `monitor` section).
+    A dataset without predictions gets them from the version over a 5,000-row sample.
     Exit 0 whatever the verdict (1 on drift with --fail-on-drift), 2 on bad input.
 
     \b
