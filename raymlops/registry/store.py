@@ -254,7 +254,14 @@ class Registry:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
-        location = (self.home / "artifacts").as_uri() if self.embedded else None
+        location = None  # a tracking server's own artifact store
+        if self.embedded:
+            location = (self.home / "artifacts").as_uri()
+        elif self.tracking_uri.startswith("sqlite:///"):
+            # Next to the database file: MLflow's default would be ./mlruns of whatever
+            # directory the first writer ran in.
+            database = Path(self.tracking_uri.removeprefix("sqlite:///")).resolve()
+            location = (database.parent / "artifacts").as_uri()
         try:
             return str(client.create_experiment(name, artifact_location=location))
         except Exception:  # a concurrent creator won the race
