@@ -3,7 +3,9 @@
 `run_gate` re-creates the held-out test split of the exact dataset version a model version
 was trained on (same config, same seed, digest verified) — or takes a file — and runs the
 checks of the config's `gate` section: absolute metric thresholds, a comparison with the
-current champion on the same rows, behavioural tests (invariance, minimum functionality on
+current champion (`raymlops.loop.comparison`: a paired test on fresh labelled rows neither
+model trained on when retraining held some out, else on the same held-out rows; skipped for
+a model's first version), behavioural tests (invariance, minimum functionality on
 slices, directional expectations), group-fairness limits and a p95 latency budget. Every
 prediction goes through `Predictor.predict`, the one path from rows to predictions.
 
