@@ -1,7 +1,8 @@
 """The hyperparameter search on Ray Tune: search space, ASHA/FIFO, resources, resume.
 
-Trials report to Tune only; the driver records them in MLflow once the search is over,
-so trial processes never contend for the tracking store.
+Trials report to Tune only: the driver records them in MLflow while they run
+(`raymlops.train.tracking`, when the search is given its parent run) and completes their
+runs once the search is over, so trial processes never touch the tracking store.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from raymlops.train.loop import CHECKPOINT_STATE, TrainingArrays
 
 if TYPE_CHECKING:
     from raymlops.train.streaming import StreamingData
+    from raymlops.train.tracking import LiveTracking
 
 __all__ = [
     "SearchOutcome",
@@ -246,6 +248,15 @@ def _trial_dirname(trial: Any) -> str:
     return str(trial.trial_id)
 
 
+#: How a progress line names each trial outcome (`raymlops.train.tracking.trial_outcome`).
+_OUTCOME_NOTES = {
+    "error": "error",
+    "early_stopped": "early-stopped",
+    "stopped": "stopped by ASHA",
+    "completed": "finished",
+}
+
+
 class _Progress:
     """A Tune callback printing one line per finished trial and a running best."""
 
@@ -322,6 +333,8 @@ class _Progress:
             self.best = max(self.best, float(value))
 
     def finished(self, trial: Any, how: str) -> None:
+        from raymlops.train.tracking import trial_outcome
+
         self.done += 1
         last = trial.last_result or {}
         self._note_best(last)
@@ -329,14 +342,7 @@ class _Progress:
             return
         epochs = int(last.get("epoch", last.get("training_iteration", 0)))
         best = f"{self.best:.4g}" if self.best is not None else "-"
-        if how == "error":
-            note = "error"
-        elif last.get("early_stopped"):
-            note = "early-stopped"
-        elif epochs < self.max_epochs:
-            note = "stopped by ASHA"
-        else:
-            note = "finished"
+        note = _OUTCOME_NOTES[trial_outcome(last, self.max_epochs, how == "error")]
         say(
             f"  trial {self.done:>3}/{self.total} {trial.trial_id} {note:<13} "
             f"epochs {epochs:>3}  best {self.metric} so far {best}  "
@@ -383,9 +389,12 @@ def run_search(
     resume: str | None = None,
     echo: bool = True,
     callbacks: list[Any] | None = None,
+    live: LiveTracking | None = None,
 ) -> SearchOutcome:
     """Run the Tune search (or continue the interrupted experiment at `resume`, a path from
-    `latest_experiment`) and pick the best trial."""
+    `latest_experiment`) and pick the best trial. With `live` (the parent MLflow run, see
+    `raymlops.train.tracking.open_search_run`), each trial's run and metrics appear in
+    MLflow as it trains."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
 
@@ -415,6 +424,7 @@ def run_search(
     )
     total = trial_count(config)
     progress = _Progress(total, config.train.epochs, t.max_failures, metric, mode, echo)
+    tracker = _live_tracker(live, total, config.train.epochs, metric, mode, experiment_path)
     started = time.monotonic()
 
     if resume:
@@ -424,7 +434,8 @@ def run_search(
             resume, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        callbacks = [progress.callback, CSVLoggerCallback(), watch, *(callbacks or [])]
+        tracking = [tracker] if tracker is not None else []
+        callbacks = [progress.callback, CSVLoggerCallback(), watch, *tracking, *(callbacks or [])]
         tuner = _new_tuner(config, trainable, name, storage, concurrency, callbacks, watch)
     if echo:
         need_cpus, need_gpus, _, _ = _trial_demand(config)
@@ -448,7 +459,7 @@ def run_search(
     stall = take_stall()
     if stall:
         raise SearchStalledError(stall)
-    trials = [_trial_record(result) for result in results]
+    trials = [_trial_record(result, config.train.epochs) for result in results]
     ok = [r for r in results if r.error is None and _result_checkpoint(r) and r.metrics]
     if not ok:
         first = next((t.error for t in trials if t.error), "no trial reported a metric")
@@ -473,15 +484,35 @@ def run_search(
     )
 
 
-def _trial_record(result: Any) -> TrialRecord:
+def _live_tracker(
+    live: LiveTracking | None,
+    total: int,
+    max_epochs: int,
+    metric: str,
+    mode: str,
+    experiment_path: str,
+) -> Any:
+    """The callback recording the search's trials in MLflow as they run (None without
+    `live`), its parent run tagged first. On a resume Tune uses the tracker it saved with
+    the experiment; this one only marks the parent run as running again."""
+    if live is None:
+        return None
+    from raymlops.train.tracking import TrialTracker
+
+    tracker = TrialTracker(live, total, max_epochs, metric, mode)
+    tracker.begin(experiment_path)
+    return tracker
+
+
+def _trial_record(result: Any, max_epochs: int) -> TrialRecord:
     """One trial of a finished search as the registry records it: its parameters, one
-    history row per epoch, its status and error."""
+    history row per epoch, its status, outcome and error."""
+    from raymlops.train.tracking import TRIAL_METRIC_PREFIXES, trial_outcome
+
     history: list[dict[str, float]] = []
     frame = result.metrics_dataframe
     if frame is not None:
-        keep = [
-            c for c in frame.columns if c.startswith(("val_", "train_", "best_")) or c == "epoch"
-        ]
+        keep = [c for c in frame.columns if c.startswith(TRIAL_METRIC_PREFIXES) or c == "epoch"]
         # One row per epoch, the last reported: a trial resumed from a checkpoint
         # reports again the epochs it had trained past it before the crash.
         by_epoch: dict[float, dict[str, float]] = {}
@@ -495,7 +526,9 @@ def _trial_record(result: Any) -> TrialRecord:
     if result.error:
         text = str(result.error).strip()
         error = text.splitlines()[-1] if text else repr(result.error)
-    return TrialRecord(trial_id, params, history, "ERROR" if result.error else "TERMINATED", error)
+    status = "ERROR" if result.error else "TERMINATED"
+    outcome = trial_outcome(result.metrics, max_epochs, errored=bool(result.error))
+    return TrialRecord(trial_id, params, history, status, error, outcome)
 
 
 def _best_result(results: Any, ok: list[Any], metric: str, mode: str) -> Any:
