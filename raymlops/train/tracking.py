@@ -47,7 +47,7 @@ __all__ = [
     "trial_outcome",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: The reported metrics a trial's run records: validation and training metrics and the
 #: running best of the search metric (not Tune's bookkeeping: times, ids, iterations).
@@ -201,7 +201,7 @@ class _Writer:
             except Exception as exc:  # tracking is best effort; the end reconciles
                 self.failures += 1
                 if self.failures == 1:
-                    log.warning(
+                    logger.warning(
                         "live tracking in MLflow: a write failed (%s: %s); the search goes "
                         "on, and its trial runs are completed when it ends",
                         type(exc).__name__,
@@ -210,7 +210,7 @@ class _Writer:
 
 
 def _locked(exc: BaseException, wait: float) -> None:
-    log.warning("MLflow store busy (%s); retrying in %.1f s", str(exc).splitlines()[0], wait)
+    logger.warning("MLflow store busy (%s); retrying in %.1f s", str(exc).splitlines()[0], wait)
 
 
 class TrialTracker(Callback):  # type: ignore[misc]
@@ -322,7 +322,7 @@ class TrialTracker(Callback):  # type: ignore[misc]
         now = dict.fromkeys(cut, "PENDING")  # to run again when the search is resumed
         self._submit_state(trials, now, "finished" if done else "interrupted")
         if not self._writer.close(_FLUSH_TIMEOUT_S):
-            log.warning(
+            logger.warning(
                 "live tracking in MLflow: writes still pending after %.0f s were dropped; "
                 "the end of the search records its trials in full",
                 _FLUSH_TIMEOUT_S,
