@@ -1,4 +1,4 @@
-"""`raymlops` commands: config show and validate."""
+"""`raymlops` commands: config show, validate and docs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import click
 from raymlops.cli.base import (
     _config_options,
     _handle_errors,
+    _json_out,
     _load,
     cli,
 )
@@ -42,8 +43,9 @@ def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @config.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @_handle_errors
-def config_validate(file: str, overrides: tuple[str, ...]) -> None:
+def config_validate(file: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check a config file; exit 2 with the offending key on error.
 
     \b
@@ -51,4 +53,41 @@ def config_validate(file: str, overrides: tuple[str, ...]) -> None:
       raymlops config validate examples/breast_cancer.yaml
     """
     cfg = _load(file, overrides)
+    if as_json:
+        _json_out({"file": file, "valid": True, "name": cfg.name, "model": cfg.registry.model_name})
+        return
     click.echo(f"{file}: valid (pipeline '{cfg.name}', model '{cfg.registry.model_name}')")
+
+
+@config.command("docs")
+@click.option("--all", "every_key", is_flag=True, help="Every key, dotted, with its default.")
+@click.option(
+    "--readme",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Rewrite the generated table in this Markdown file (between its config-table "
+    "markers) instead of printing it.",
+)
+@_handle_errors
+def config_docs(every_key: bool, readme: str | None) -> None:
+    """Print the configuration reference as Markdown, from the config's field descriptions:
+    the top-level keys (README's table), or with --all every key.
+
+    \b
+    Example:
+      raymlops config docs --all
+      raymlops config docs --readme README.md
+    """
+    from pathlib import Path
+
+    from raymlops.core.config_docs import config_reference, config_table, replace_table
+
+    if readme is None:
+        click.echo(config_reference() if every_key else config_table(), nl=False)
+        return
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    table = config_reference() if every_key else config_table()
+    updated = replace_table(text, table, readme)
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    click.echo(f"{readme}: configuration table {'updated' if updated != text else 'unchanged'}")
