@@ -20,7 +20,9 @@ _EXPORTS: dict[str, str] = {
     "DataError": "raymlops.core.errors",
     "DatasetVersion": "raymlops.data.dataset",
     "FeatureDrift": "raymlops.monitor.drift",
+    "FeatureImportance": "raymlops.model.importance",
     "GateResult": "raymlops.loop.gate_result",
+    "JobLauncher": "raymlops.cluster.launcher",
     "ModelVersionInfo": "raymlops.registry.store",
     "MonitorResult": "raymlops.monitor.result",
     "PipelineConfig": "raymlops.core.config",
@@ -57,21 +59,33 @@ _EXPORTS: dict[str, str] = {
     "read_prediction_log": "raymlops.serve.api",
     "register_architecture": "raymlops.model.architectures",
     "render_card": "raymlops.loop.cards",
+    "retrain": "raymlops.loop.api",
     "rollback": "raymlops.loop.governance",
     "run_batch": "raymlops.batch.run",
     "run_gate": "raymlops.loop.gate",
     "run_monitor": "raymlops.monitor.run",
+    "permutation_importance": "raymlops.model.importance",
     "run_pipeline": "raymlops.loop.pipeline",
+    "serve_canary": "raymlops.serve.api",
+    "serve_canary_quality": "raymlops.serve.api",
+    "serve_config_yaml": "raymlops.serve.api",
     "serve_model": "raymlops.serve.api",
+    "serve_promote": "raymlops.serve.api",
+    "serve_rollback": "raymlops.serve.api",
+    "serve_status": "raymlops.serve.api",
+    "serve_statuses": "raymlops.serve.api",
+    "serve_stop": "raymlops.serve.api",
     "store_card": "raymlops.loop.cards",
     "synth_dataset": "raymlops.data.dataset",
     "train_and_register": "raymlops.loop.training",
+    "watch": "raymlops.loop.api",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
     from raymlops.batch.run import BatchResult, run_batch
+    from raymlops.cluster.launcher import JobLauncher
     from raymlops.core.config import PipelineConfig, load_config
     from raymlops.core.errors import (
         ArtifactIntegrityError,
@@ -86,6 +100,7 @@ if TYPE_CHECKING:
         UserInputError,
     )
     from raymlops.data.dataset import DatasetVersion, describe_path, load_dataset, synth_dataset
+    from raymlops.loop.api import card, gate, retrain, watch
     from raymlops.loop.cards import render_card, store_card
     from raymlops.loop.gate import run_gate
     from raymlops.loop.gate_result import GateResult
@@ -102,6 +117,7 @@ if TYPE_CHECKING:
     from raymlops.loop.training import TrainResult, train_and_register
     from raymlops.model.architectures import list_architectures, register_architecture
     from raymlops.model.features import Preprocessor
+    from raymlops.model.importance import FeatureImportance, permutation_importance
     from raymlops.model.predictor import Prediction, Predictor
     from raymlops.monitor.drift import FeatureDrift
     from raymlops.monitor.result import MonitorResult

@@ -1,4 +1,4 @@
-"""`raymlops` commands: models list and show."""
+"""`raymlops` commands: models list, show and upgrade."""
 
 from __future__ import annotations
 
@@ -101,3 +101,41 @@ def models_show(
         click.echo(f"    {key:<22} {val:.4f}")
     env = {k.split(".")[-1]: v for k, v in info["tags"].items() if k.startswith("raymlops.env.")}
     click.echo("  environment:   " + ", ".join(f"{k} {v}" for k, v in env.items()))
+
+
+@models.command("upgrade")
+@click.argument("name")
+@click.option("--version", "version", default=None, help="Version number or alias (default: all).")
+@_home_option
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def models_upgrade(
+    name: str, version: str | None, home: str | None, tracking_uri: str | None, as_json: bool
+) -> None:
+    """Make versions registered before raymlops wrote MLflow's files loadable by MLflow.
+
+    Adds the MLflow pyfunc flavor (MLmodel, signature, input example, pinned requirements)
+    next to each version's existing artifacts, which stay unchanged; versions that already
+    are MLflow models are left alone. Afterwards
+    mlflow.pyfunc.load_model("models:/NAME/VERSION") and `mlflow models serve` work on them.
+
+    \b
+    Example:
+      raymlops models upgrade breast-cancer
+      raymlops models upgrade breast-cancer --version 3
+    """
+    from raymlops.registry.store import Registry
+
+    registry = Registry(tracking_uri, home)
+    refs = [version] if version is not None else [v.version for v in registry.list_versions(name)]
+    results = []
+    for ref in refs:
+        added = registry.add_mlflow_flavor(name, ref)
+        number = registry.version_info(name, ref).version
+        results.append({"name": name, "version": number, "added": added})
+        if not as_json:
+            done = f"flavor added ({', '.join(added)})" if added else "already an MLflow model"
+            click.echo(f"{name} v{number}: {done}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))

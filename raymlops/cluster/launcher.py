@@ -170,6 +170,11 @@ class JobLauncher:
             # On other machines this path means nothing: each node keeps its own.
             env["RAYMLOPS_HOME"] = str(self.home)
         env[SUBMISSION_ID_ENV] = submission_id
+        # Who submits: the job's driver records MLflow runs and registry events as this
+        # user, not as the account the cluster's processes run under.
+        from raymlops.registry.store import default_actor
+
+        env["RAYMLOPS_USER"] = default_actor()
         env["PYTHONUNBUFFERED"] = "1"
         runtime: dict[str, Any] = {"env_vars": env}
         if working_dir is not None:

@@ -108,16 +108,36 @@ class PipelineConfig(_Section):
         "tune.storage (<storage>/tune) and serve.prediction_log.uri (<storage>/predictions). "
         "Default $RAYMLOPS_STORAGE; unset: folders under RAYMLOPS_HOME (one machine).",
     )
-    data: DataConfig = Field(description="Training data.")
-    features: FeaturesConfig = Field(
-        default_factory=lambda: FeaturesConfig(), description="Preprocessing."
+    data: DataConfig = Field(
+        description="Training data: where it is, the label, the task, id and dropped columns, "
+        "the split, and streaming for data larger than memory."
     )
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="Architecture.")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(), description="Training loop.")
-    tune: TuneConfig = Field(default_factory=lambda: TuneConfig(), description="Search.")
-    registry: RegistryConfig = Field(description="Tracking and model registry.")
+    features: FeaturesConfig = Field(
+        default_factory=lambda: FeaturesConfig(),
+        description="Preprocessing: numeric and categorical columns (inferred from the types "
+        "when unset), imputation, scaling, missing-value indicators, and the categories kept "
+        "(the rest share an unknown bucket).",
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(),
+        description="Architecture (a registered name, `mlp` built in, or "
+        "`package.module:Name`) and its params, checked against the architecture's schema.",
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(),
+        description="Training loop; data-parallel trials (README: *Training on several "
+        "workers and data larger than memory*).",
+    )
+    tune: TuneConfig = Field(
+        default_factory=lambda: TuneConfig(),
+        description="Search (Ray Tune): the search space (dotted paths under `model.`/`train.`), "
+        "scheduler, ranking metric, trial resources and retries.",
+    )
+    registry: RegistryConfig = Field(description="Tracking and model registry (MLflow).")
     gate: GateConfig = Field(
-        default_factory=lambda: GateConfig(), description="Validation gate before promotion."
+        default_factory=lambda: GateConfig(),
+        description="Validation gate before promotion: the checks of `raymlops gate` (README: "
+        "*Gate, promotion, history and model cards*).",
     )
     promotion: PromotionConfig = Field(
         default_factory=lambda: PromotionConfig(),
@@ -125,16 +145,20 @@ class PipelineConfig(_Section):
     )
     card: CardConfig = Field(default_factory=lambda: CardConfig(), description="Model card texts.")
     monitor: MonitorConfig = Field(
-        default_factory=lambda: MonitorConfig(), description="Drift and KPI monitoring."
+        default_factory=lambda: MonitorConfig(),
+        description="Drift and KPI monitoring (`raymlops monitor`; README: *Monitoring*).",
     )
     batch: BatchConfig = Field(
-        default_factory=lambda: BatchConfig(), description="Batch inference (raymlops batch)."
+        default_factory=lambda: BatchConfig(),
+        description="Batch inference (`raymlops batch`; README: *Batch inference*).",
     )
     retrain: RetrainConfig = Field(
-        default_factory=lambda: RetrainConfig(), description="Automated retraining policy."
+        default_factory=lambda: RetrainConfig(),
+        description="Automated retraining policy (`raymlops retrain`, `raymlops watch`).",
     )
     serve: ServeConfig = Field(
-        default_factory=lambda: ServeConfig(), description="Online serving (raymlops serve)."
+        default_factory=lambda: ServeConfig(),
+        description="Online serving (`raymlops serve`; README: *Serving*).",
     )
 
     @model_validator(mode="after")

@@ -16,6 +16,8 @@ from raymlops.core.ray_session import ray_session
 from raymlops.core.report import say
 from raymlops.data.dataset import DatasetVersion, load_dataset
 from raymlops.model.features import Preprocessor
+from raymlops.model.importance import IMPORTANCE_FILE, FeatureImportance, permutation_importance
+from raymlops.model.predictor import Predictor
 from raymlops.registry.store import ModelVersionInfo, Registry
 from raymlops.train.loop import TrainingArrays, evaluate, load_best_predictor
 
@@ -68,6 +70,7 @@ def train_and_register(
     register it. Nothing is registered unless every step succeeds."""
     from raymlops.core.storage import check_reachable
     from raymlops.train.search import experiment_storage, latest_experiment, run_search
+    from raymlops.train.tracking import open_search_run
 
     started = time.monotonic()
     home_path = home_dir(home)
@@ -81,10 +84,12 @@ def train_and_register(
         arrays = scan_dataset(config.data, config.features)
         dataset = arrays.version
         test_metrics_of: Any = arrays.evaluate
+        profile_rows: Any = arrays
     else:
         dataset, splits, roles = load_dataset(config.data, config.features)
         prep = Preprocessor.fit(splits.train, roles, config.features)
         arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+        profile_rows = splits.train
 
         def test_metrics_of(predictor: Any) -> dict[str, float]:
             return evaluate(
@@ -114,22 +119,27 @@ def train_and_register(
                 f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
                 f"{experiment_storage(config, home_path)} (finished ones are registered)"
             )
-    with ray_session(address):
-        outcome = run_search(config, arrays, home_path, resume=resume_path, echo=echo)
-
-    trial_config = config.apply_trial(outcome.best_params)
-    predictor = load_best_predictor(outcome.best_checkpoint, trial_config, arrays.preprocessor)
-    test_metrics = test_metrics_of(predictor)
-    metrics = {
-        **{k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-        **{f"test_{k}": v for k, v in test_metrics.items()},
-    }
-    say(f"▸ recording {len(outcome.trials)} trials and the best model in MLflow", when=echo)
+    # The parent MLflow run is open while the search runs: its trials' runs and metrics
+    # appear under it live (a resumed search continues the run its first attempt opened).
     run_name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with registry.pipeline_run(
-        config, run_name, tags={"raymlops.tune_experiment": outcome.experiment_path}
-    ) as run_id:
+    with open_search_run(registry, config, run_name, resume_path) as live:
+        run_id = live.parent_run_id
         registry.log_dataset(run_id, dataset)
+        with ray_session(address):
+            outcome = run_search(
+                config, arrays, home_path, resume=resume_path, echo=echo, live=live
+            )
+
+        trial_config = config.apply_trial(outcome.best_params)
+        predictor = load_best_predictor(outcome.best_checkpoint, trial_config, arrays.preprocessor)
+        test_metrics = test_metrics_of(predictor)
+        metrics = {
+            **{k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+            **{f"test_{k}": v for k, v in test_metrics.items()},
+        }
+        say("▸ measuring feature importance (permutation, on training rows)", when=echo)
+        importance = _importance_and_prediction_profile(predictor, dataset, profile_rows)
+        say(f"▸ recording {len(outcome.trials)} trials and the best model in MLflow", when=echo)
         registry.log_trials(run_id, config, outcome.trials)
         info = registry.register(
             trial_config,
@@ -143,6 +153,7 @@ def train_and_register(
                 "raymlops.tune_experiment": outcome.experiment_path,
             },
             extra_files={
+                IMPORTANCE_FILE: importance.to_dict(),
                 "search.json": {
                     "search_space": {
                         k: v.model_dump(exclude_none=True)
@@ -153,7 +164,7 @@ def train_and_register(
                     "mode": outcome.mode,
                     "trials": len(outcome.trials),
                     "best_params": outcome.best_params,
-                }
+                },
             },
         )
     from raymlops.loop.cards import refresh_card  # every registered version gets a model card
@@ -173,3 +184,39 @@ def train_and_register(
         tracking_uri=registry.tracking_uri,
         wall_time_s=time.monotonic() - started,
     )
+
+
+#: Training rows the prediction profile and the permutation importance are measured on.
+_PROFILE_SAMPLE_ROWS = 20_000
+
+
+def _importance_and_prediction_profile(
+    predictor: Predictor, dataset: DatasetVersion, train: Any
+) -> FeatureImportance:
+    """Permutation importance of the features on (a sample of) the training split, and the
+    profile of the model's own predictions on it, added to the dataset profile as
+    `prediction`: monitoring weighs feature drift by the first and compares the prediction
+    with the second (the training labels are a poor reference for predictions: a regression
+    model's predictions spread less than its labels). `train` is the training split, or the
+    streaming data, whose first batch of training rows is used."""
+    import numpy as np
+    import pyarrow as pa
+
+    from raymlops.data.dataset import ColumnRoles, Task, profile_table
+
+    if isinstance(train, pa.Table):
+        rows = train
+    else:
+        rows = next(iter(train.batches("train")), None)
+        if rows is None:
+            return FeatureImportance({})
+    if rows.num_rows > _PROFILE_SAMPLE_ROWS:  # a seeded uniform sample
+        pick = np.random.default_rng(0).choice(rows.num_rows, _PROFILE_SAMPLE_ROWS, replace=False)
+        rows = rows.take(pa.array(np.sort(pick)))
+    predictions = predictor.predict(rows).predictions
+    task: Task = "classification" if predictor.preprocessor.classes is not None else "regression"
+    column = pa.array(predictions.astype(str) if task == "classification" else predictions)
+    roles = ColumnRoles(label="prediction", task=task, numeric=[], categorical=[], ids=[])
+    profile = profile_table(pa.table({"prediction": column}), roles)
+    dataset.profile["prediction"] = {**profile["label"], "rows": rows.num_rows}
+    return permutation_importance(predictor, rows, dataset.label)

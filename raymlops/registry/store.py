@@ -16,11 +16,12 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from raymlops.core.config import config_hash
 from raymlops.core.environment import code_version, environment
@@ -40,14 +41,17 @@ if TYPE_CHECKING:
 __all__ = [
     "CARD_ARTIFACT_PATH",
     "CARD_MARKDOWN",
+    "TRIAL_RUN_STATUS",
     "AliasEvent",
     "ModelVersionInfo",
     "Registry",
     "TrialRecord",
     "check_server",
     "default_actor",
+    "is_store_locked",
     "load_predictor",
     "metric_key",
+    "retry_when_locked",
 ]
 
 #: Where a version's model card lives among its MLflow run's artifacts (written by
@@ -73,6 +77,27 @@ class TrialRecord:
     history: list[dict[str, float]]
     status: str
     error: str | None = None
+    #: How it ended, a key of `TRIAL_RUN_STATUS`; None when only `status` is known.
+    outcome: str | None = None
+
+    @property
+    def run_status(self) -> str:
+        """The MLflow status of the trial's run: FINISHED, KILLED (stopped by the scheduler
+        or the search) or FAILED."""
+        if self.status == "ERROR":
+            return "FAILED"
+        return TRIAL_RUN_STATUS.get(self.outcome or "", "FINISHED")
+
+
+#: How a trial ended (its run's tag `raymlops.trial_outcome`) and the MLflow run status that
+#: gives: it ran every epoch, early stopping (patience) ended it, the scheduler (ASHA) or the
+#: search stopped it before its last epoch, or it failed.
+TRIAL_RUN_STATUS = {
+    "completed": "FINISHED",
+    "early_stopped": "FINISHED",
+    "stopped": "KILLED",
+    "error": "FAILED",
+}
 
 
 @dataclass
@@ -161,6 +186,52 @@ def default_actor() -> str:
         return os.environ.get("RAYMLOPS_USER") or getpass.getuser()
     except Exception:  # no login name in some containers
         return "unknown"
+
+
+_T = TypeVar("_T")
+
+
+def is_store_locked(exc: BaseException) -> bool:
+    """Whether `exc` is the tracking store refusing a request for now: SQLite's 'database
+    is locked' (another writer held the file past MLflow's 20 s busy timeout, or SQLite saw
+    two writers deadlock and failed one at once) or a server's TEMPORARILY_UNAVAILABLE.
+    Worth retrying: nothing of the request was written."""
+    text = str(exc)
+    return (
+        "database is locked" in text
+        or "database table is locked" in text
+        or getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE"
+    )
+
+
+def retry_when_locked(
+    action: Callable[[], _T],
+    *,
+    attempts: int = 5,
+    wait_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> _T:
+    """`action()`, tried again (waits doubling from `wait_s`, at most `attempts` tries) while
+    the store is locked (`is_store_locked`); any other error, or the last one, is raised.
+    `action` must be safe to repeat after a locked failure (one MLflow request is: a locked
+    request wrote nothing). `on_retry(error, wait)` is told before each wait."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt + 1 >= attempts or not is_store_locked(exc):
+                raise
+            wait = wait_s * 2**attempt
+            if on_retry is not None:
+                on_retry(exc, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _epoch_rows(history: list[dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
+    """Each metric-history row with its MLflow step: its epoch (else its 1-based place)."""
+    return [(int(row.get("epoch", i + 1)), row) for i, row in enumerate(history)]
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -416,37 +487,97 @@ class Registry:
             run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
         )
 
+    def trial_runs(self, parent_run_id: str, experiment_id: str) -> dict[str, Any]:
+        """The trial runs nested under a search's parent run, by trial id (the newest where
+        a trial has several)."""
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=50000,
+        )
+        found: dict[str, Any] = {}
+        for run in runs:  # newest first
+            trial_id = run.data.tags.get("raymlops.trial_id")
+            if trial_id:
+                found.setdefault(trial_id, run)
+        return found
+
+    def create_trial_run(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """A run for one trial, nested under its search's parent run, recorded as the acting
+        user's (`default_actor`), its sampled values as params; returns its id. The live
+        tracker and `log_trials` both create trial runs through this."""
+        run = retry_when_locked(
+            lambda: self.client.create_run(
+                experiment_id,
+                run_name=f"trial-{trial_id}",
+                tags={
+                    "mlflow.parentRunId": parent_run_id,
+                    "raymlops.trial_id": trial_id,
+                    "mlflow.user": default_actor(),
+                    **(tags or {}),
+                },
+            )
+        )
+        run_id = str(run.info.run_id)
+        encoded = {k: json.dumps(v) for k, v in params.items()}
+        retry_when_locked(lambda: self.log(run_id, params=encoded))
+        return run_id
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which run `run_id` has metric `key`."""
+        history = retry_when_locked(lambda: self.client.get_metric_history(run_id, key))
+        return {int(m.step) for m in history}
+
     def log_trials(
         self, parent_run_id: str, config: PipelineConfig, trials: list[TrialRecord]
     ) -> None:
-        """One nested run per trial with its sampled values and per-epoch metric history."""
-        client = self.client
+        """One nested run per trial with its sampled values, per-epoch metric history and
+        how it ended (status, `raymlops.trial_outcome`, error).
+
+        The runs the live tracker (`raymlops.train.tracking`) made while the search ran are
+        completed, not duplicated: each gets only the epochs it lacks (judged by the steps
+        of the search's metric) and the params it lacks, then its final status."""
         exp = self.experiment_id(config.registry.experiment)
+        live = retry_when_locked(lambda: self.trial_runs(parent_run_id, exp))
+        metric, _ = config.tune.resolved_metric()
         for trial in trials:
-            run = client.create_run(
-                exp,
-                run_name=f"trial-{trial.trial_id}",
-                tags={
-                    "mlflow.parentRunId": parent_run_id,
-                    "raymlops.trial_id": trial.trial_id,
-                    "raymlops.trial_status": trial.status,
-                    **({"raymlops.trial_error": trial.error[:4000]} if trial.error else {}),
-                },
-            )
+            run = live.get(trial.trial_id)
+            tags = {
+                "raymlops.trial_status": trial.status,
+                **({"raymlops.trial_outcome": trial.outcome} if trial.outcome else {}),
+                **({"raymlops.trial_error": trial.error[:4000]} if trial.error else {}),
+            }
+            if run is None:
+                run_id = self.create_trial_run(exp, parent_run_id, trial.trial_id, trial.params)
+                logged, status, params = set(), "RUNNING", {}
+            else:
+                run_id, status = str(run.info.run_id), run.info.status
+                logged = self.logged_steps(run_id, metric)
+                params = {
+                    k: json.dumps(v) for k, v in trial.params.items() if k not in run.data.params
+                }
             history = [
-                (key, value, int(row.get("epoch", i + 1)))
-                for i, row in enumerate(trial.history)
+                (key, value, step)
+                for step, row in _epoch_rows(trial.history)
+                if step not in logged
                 for key, value in row.items()
                 if key != "epoch" and isinstance(value, int | float)
             ]
-            self.log(
-                run.info.run_id,
-                metrics=history,
-                params={k: json.dumps(v) for k, v in trial.params.items()},
+            stamp = [int(time.time() * 1000)] * len(history)  # one stamp: a retry is a no-op
+            retry_when_locked(
+                partial(self.log, run_id, history, params=params, tags=tags, timestamps=stamp)
             )
-            client.set_terminated(
-                run.info.run_id, status="FINISHED" if trial.status != "ERROR" else "FAILED"
-            )
+            if status != trial.run_status:
+                retry_when_locked(
+                    partial(self.client.set_terminated, run_id, status=trial.run_status)
+                )
 
     # ------------------------------------------------------------------ versions
     def register(
@@ -954,13 +1085,18 @@ def _event(name: str, run: Any) -> AliasEvent:
 
 def load_predictor(
     name: str,
-    alias_or_version: str | int = CHAMPION,
+    alias_or_version: str | int | None = None,
     tracking_uri: str | None = None,
     home: str | Path | None = None,
 ) -> Predictor:
-    """Load a registered model version by alias ('champion') or version number: the
+    """Load a registered model version by alias (default 'champion') or version number, or
+    by one URI, `load_predictor("models:/NAME@ALIAS")` or `models:/NAME/VERSION`: the
     verified `Predictor` of `Registry(tracking_uri, home).load_predictor(name, ref)`."""
-    return Registry(tracking_uri=tracking_uri, home=home).load_predictor(name, alias_or_version)
+    from raymlops.core.model_uri import resolve_model_ref
+
+    name, ref = resolve_model_ref(name, alias_or_version, default=CHAMPION)
+    registry = Registry(tracking_uri=tracking_uri, home=home)
+    return registry.load_predictor(name, CHAMPION if ref is None else ref)
 
 
 #: Characters MLflow accepts in a metric key; any other becomes '_'.
