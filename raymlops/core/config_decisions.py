@@ -46,25 +46,63 @@ class MetricBound(_Section):
 
 
 class ChampionComparison(_Section):
-    """Candidate against the current champion, both scored on the candidate's held-out rows."""
+    """Candidate against the current champion: on fresh labelled rows neither model trained
+    on (retrain's recent rows) with a paired test, else on the candidate's held-out rows."""
 
     metric: str = Field(
         "auto",
         description="Metric compared (higher is better for accuracy/f1_macro/roc_auc/r2, lower "
-        "for loss/log_loss/rmse/mae); 'auto' = accuracy for classification, r2 for regression.",
+        "for loss/log_loss/rmse/mae); 'auto' = log_loss for binary classification, f1_macro "
+        "for several classes, rmse for regression.",
     )
     max_regression: float | None = Field(
         None,
         ge=0,
-        description="The candidate may be worse than the champion by at most this (metric "
-        "units). Default 0.01 when min_improvement is unset.",
+        description="The margin: the candidate may be worse than the champion by at most this "
+        "(metric units; for rmse and mae a share of the champion's value, 0.01 = 1%). Default "
+        "0.01 when min_improvement is unset.",
     )
     min_improvement: float | None = Field(
         None,
-        description="The candidate must beat the champion by at least this (metric units); "
-        "excludes max_regression.",
+        description="The candidate must beat the champion by at least this (units as "
+        "max_regression); excludes max_regression.",
     )
     alias: str = Field("champion", description="Alias of the version to compare against.")
+    confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1,
+        description="Fresh rows: the paired test's two-sided confidence; the candidate passes "
+        "when the lower end of that interval of (candidate − champion, better > 0) lies above "
+        "−max_regression (or above min_improvement).",
+    )
+    test: Literal["auto", "bootstrap", "mcnemar"] = Field(
+        "auto",
+        description="Fresh rows: the paired test; 'auto' = McNemar for accuracy, a paired "
+        "bootstrap of the metric difference otherwise ('mcnemar' needs metric accuracy).",
+    )
+    resamples: int = Field(
+        2000, ge=100, le=100_000, description="Paired bootstrap resamples (seeded by gate.seed)."
+    )
+    fresh_share: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="Retraining: the share of the recent labelled rows held out of the new "
+        "training set, on which candidate and champion are compared (0 = none).",
+    )
+    min_fresh_rows: int = Field(
+        30,
+        ge=1,
+        description="Fewer held-out fresh rows than this are not held out (they train): the "
+        "comparison then uses the candidate's held-out split, and the gate record says so.",
+    )
+
+    @model_validator(mode="after")
+    def _test_fits(self) -> ChampionComparison:
+        if self.test == "mcnemar" and self.metric != "accuracy":
+            raise ValueError(f"test 'mcnemar' compares accuracy, not '{self.metric}'")
+        return self
 
     @field_validator("metric")
     @classmethod
@@ -216,8 +254,10 @@ class GateConfig(_Section):
     )
     champion: ChampionComparison | None = Field(
         default_factory=lambda: ChampionComparison(),
-        description="Comparison with the current champion on the same rows; null disables it. "
-        "Skipped when there is no champion or the candidate is the champion.",
+        description="Comparison with the current champion (on fresh labelled rows with a "
+        "paired test when retraining held some out, else on the same held-out rows); null "
+        "disables it. Skipped when there is no champion, the candidate is the champion, or "
+        "for a model's first version (thresholds only).",
     )
     slices: list[str] = Field(
         default_factory=list,
@@ -335,7 +375,10 @@ class RetrainConfig(_Section):
         10.0, gt=0, le=100, description="Share of live traffic the candidate's canary receives."
     )
     canary_requests: int = Field(
-        200, ge=1, description="The canary is judged after this many of its requests…"
+        200,
+        ge=1,
+        description="The canary is judged after this many of its requests (at least "
+        "serve.canary.min_requests)…",
     )
     canary_minutes: float = Field(
         10.0, gt=0, description="…or after this many minutes, whichever comes first."
@@ -345,6 +388,15 @@ class RetrainConfig(_Section):
     )
     watch_interval: str = Field(
         "1h", description="`raymlops watch`: time between monitor → retrain passes."
+    )
+    watch_retry_s: float = Field(
+        30.0,
+        gt=0,
+        description="`raymlops watch`: wait after a failed pass before the next try; doubles "
+        "with each failure in a row, up to watch_retry_max_s.",
+    )
+    watch_retry_max_s: float = Field(
+        3600.0, gt=0, description="`raymlops watch`: the longest wait after failed passes."
     )
 
     @field_validator("schedule", "watch_interval")

@@ -9,6 +9,24 @@ from pydantic import Field, field_validator, model_validator
 from raymlops.core.config_base import _Section
 
 
+class FeatureDriftConfig(_Section):
+    """One feature's own drift method and bound (`monitor.features.<name>`)."""
+
+    method: Literal["auto", "wasserstein", "ks", "psi", "jensenshannon", "chi2"] = Field(
+        "auto",
+        description="How this feature's drift is decided: 'auto' (by sample size, as for every "
+        "feature), 'wasserstein', 'ks' or 'psi' for a numeric feature, 'jensenshannon', "
+        "'chi2' or 'psi' for a categorical one.",
+    )
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        description="The method's bound: the p-value for ks/chi2 (drift below it), the "
+        "distance for wasserstein (per training std), jensenshannon (base 2) and psi (drift "
+        "at or above it); null = the section's default for the method (psi: 0.1).",
+    )
+
+
 class MonitorConfig(_Section):
     """Drift and KPI monitoring of a version's traffic against its training profile."""
 
@@ -69,8 +87,21 @@ class MonitorConfig(_Section):
         0.5,
         gt=0,
         le=1,
-        description="The dataset drifts when at least this share of the features (with a "
-        "verdict) drift.",
+        description="The dataset drifts when the drifted features reach this share: of the "
+        "model's feature importance (verdict 'weighted'), or of the features with a verdict "
+        "(verdict 'share').",
+    )
+    verdict: Literal["weighted", "share"] = Field(
+        "weighted",
+        description="Dataset verdict: 'weighted' weighs each feature's drift by its "
+        "permutation importance (stored with the version at training) and also drifts when "
+        "the prediction drifts; 'share' counts drifted features unweighted (the fallback for "
+        "versions without stored importance).",
+    )
+    features: dict[str, FeatureDriftConfig] = Field(
+        default_factory=dict,
+        description="Per-feature method and threshold, by feature name (the prediction's "
+        "own under 'prediction'): {method, threshold}.",
     )
     include_prediction: bool = Field(
         True,
@@ -273,7 +304,47 @@ class ServeCanaryConfig(_Section):
         "the margins below.",
     )
     min_requests: int = Field(
-        100, ge=1, description="Challenger requests needed before a rollback is decided."
+        50,
+        ge=1,
+        description="Challenger requests needed before the canary is judged: no rollback is "
+        "decided on fewer, and a retrain's canary that ends with fewer is inconclusive.",
+    )
+    on_inconclusive: Literal["keep_champion", "promote"] = Field(
+        "keep_champion",
+        description="A retrain's canary that ends with fewer than min_requests requests: "
+        "keep the champion (the candidate is not promoted) or promote the candidate anyway.",
+    )
+    labels: str | None = Field(
+        None,
+        description="Delayed labels: a Parquet/CSV file or URI with request_id and the label "
+        "column, joined to the prediction log by request id; the canary then also compares "
+        "the quality of the requests champion and challenger each answered.",
+    )
+    label_column: str | None = Field(
+        None, description="Label column of the labels file; default data.label."
+    )
+    quality_margin: float = Field(
+        0.0,
+        ge=0,
+        description="Roll back when the challenger's per-row loss (log loss for "
+        "classification, RMSE for regression) exceeds the champion's by more than this, "
+        "with quality_confidence.",
+    )
+    quality_confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="Confidence of the quality comparison: the one-sided lower bound of a "
+        "bootstrap of (challenger - champion) loss must exceed quality_margin to roll back.",
+    )
+    quality_min_rows: int = Field(
+        30,
+        ge=2,
+        description="Labelled rows each of champion and challenger needs before "
+        "their quality is compared.",
+    )
+    quality_interval_s: float = Field(
+        10.0, gt=0, description="How often serving compares quality while a canary runs."
     )
     error_rate_margin: float = Field(
         0.02,

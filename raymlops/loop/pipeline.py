@@ -20,7 +20,7 @@ from raymlops.core.config import PipelineConfig
 from raymlops.core.errors import UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.ray_session import ray_session
-from raymlops.core.report import say
+from raymlops.core.report import aligned, say
 from raymlops.core.storage import (
     is_local,
     join,
@@ -63,19 +63,19 @@ class RunResult:
     steps: list[tuple[str, float]] = field(default_factory=list)
 
     def summary(self) -> str:
-        """The closing lines: where each result lives."""
-        lines = ["", "summary"]
-        lines += [f"  {name:<34} {seconds:6.1f} s" for name, seconds in self.steps]
-        lines.append(f"  {'total':<34} {self.wall_time_s:6.1f} s")
-        lines.append(f"  champion now: {self.train.model_name} v{self.champion}")
+        """The closing lines: each step's time, in columns as wide as the longest step
+        name, then where each result lives."""
+        timings = [(name, f"{seconds:.1f} s") for name, seconds in self.steps]
+        timings.append(("total", f"{self.wall_time_s:.1f} s"))
+        where = [("champion now:", f"{self.train.model_name} v{self.champion}")]
         if self.card_path:
-            lines.append(f"  model card:   {self.card_path}")
+            where.append(("model card:", str(self.card_path)))
         if self.report_path:
-            lines.append(f"  drift report: {self.report_path}")
+            where.append(("drift report:", str(self.report_path)))
         if self.batch is not None:
-            lines.append(f"  batch output: {self.batch.output}")
-        lines.append(f"  browse runs:  mlflow ui --backend-store-uri {self.train.tracking_uri}")
-        return "\n".join(lines)
+            where.append(("batch output:", str(self.batch.output)))
+        where.append(("browse runs:", f"mlflow ui --backend-store-uri {self.train.tracking_uri}"))
+        return "\n".join(["", "summary", *aligned(timings, right={1}), *aligned(where)])
 
 
 def run_pipeline(
@@ -322,10 +322,10 @@ class _Loop:
         from raymlops.loop.governance import promote_if_passed
 
         version = self._candidate()
+        gate = self.gate if self.gate is not None else self._recorded_gate()
         if self.registry.alias_target(self.name, CHAMPION) == version:
-            self.say(f"  v{version} is the first version: already champion")
+            self.say(f"  v{version} is the first version and passed the gate: champion")
         else:
-            gate = self.gate if self.gate is not None else self._recorded_gate()
             decision = promote_if_passed(
                 self.registry,
                 self.name,
@@ -337,6 +337,12 @@ class _Loop:
             )
             self.say(f"  {'promoted' if decision.promoted else 'kept'}: {decision.reason}")
         self.state.champion = self.registry.alias_target(self.name, CHAMPION)
+        if self.state.champion is None:  # a first version that failed its gate
+            failed = ", ".join(f"{c.kind} {c.name}" for c in gate.failed_checks)
+            raise UserInputError(
+                f"{self.name} v{version} failed the gate ({failed}): no version is champion, "
+                f"so nothing is served; see `raymlops gate {self.name} {version}`"
+            )
 
     def _recorded_gate(self) -> Any:
         from raymlops.loop.gate_result import load_gate_result

@@ -4,11 +4,16 @@ in the model's alias history.
 
 `retrain` is one pass of the `retrain` policy; `watch` runs monitor → retrain on an interval
 (the long-running job behind `raymlops watch` and `jobs/lifecycle.py`).
+
+A canary that has started is ended on every path that does not promote it: rolled back by
+serving, worse in quality, inconclusive (too few requests), its coordinator restarted, the
+promotion refused or the registry unreachable — the champion keeps all traffic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from raymlops.registry.store import CHAMPION, Registry
 if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
     from raymlops.loop.gate_result import GateResult
+    from raymlops.loop.governance import PromotionDecision
     from raymlops.monitor.run import MonitorResult
 
 __all__ = [
@@ -38,6 +44,10 @@ __all__ = [
 ]
 
 RETRAIN_ALIAS = CHAMPION
+#: How long serving may not answer the canary's watcher before the canary is ended.
+UNREACHABLE_GRACE_S = 30.0
+
+logger = logging.getLogger(__name__)
 
 
 class CanaryTarget(Protocol):
@@ -52,6 +62,10 @@ class CanaryTarget(Protocol):
 
     def canary_rolled_back(self) -> str | None:
         """Why serving rolled the canary back automatically, or None while it is healthy."""
+
+    def judge_canary(self) -> dict[str, Any] | None:
+        """Compare the canary's quality with the champion's now on delayed labels
+        (`QualityVerdict.to_dict()`: `judged`, `worse`, `reason`…); None without labels."""
 
     def end_canary(self, promoted: bool) -> None:
         """After the decision: wait until the endpoint serves the promoted version, or take
@@ -68,6 +82,7 @@ class ServingCanary:
         home: str | Path | None = None,
         address: str | None = None,
         by: str = "raymlops-retrain",
+        labels: str | None = None,
         on_start: Callable[[], None] | None = None,
         on_end: Callable[[], None] | None = None,
     ) -> None:
@@ -75,9 +90,14 @@ class ServingCanary:
         self.home = home
         self.address = address
         self.by = by
+        #: Delayed labels of the canary's requests; default serve.canary.labels.
+        self.labels = labels
         self.version: int | None = None
         self._on_start = on_start
         self._on_end = on_end
+        self._coordinator_started: float | None = None
+        self._unreachable_since: float | None = None
+        self._seen = 0
 
     @classmethod
     def if_serving(
@@ -106,29 +126,56 @@ class ServingCanary:
     def start_canary(self, version: int, percent: float) -> None:
         from raymlops.serve.api import serve_canary
 
-        serve_canary(
+        status = serve_canary(
             self.config,
             version,
             percent=percent,
             reason="retrained candidate",
             by=self.by,
+            labels=self.labels,
             home=self.home,
             address=self.address,
         )
         self.version = version
+        self._coordinator_started = status.details.get("started")
+        self._seen = 0
         if self._on_start is not None:
             self._on_start()
 
     def canary_requests(self) -> int:
-        rows = self._status().details.get("since_canary", [])
-        return sum(
+        """The challenger's requests since the canary started (the last count read while
+        serving does not answer)."""
+        try:
+            rows = self._status().details.get("since_canary", [])
+        except Exception:
+            return self._seen
+        self._seen = sum(
             int(r["requests"])
             for r in rows
             if r["version"] == self.version and r["role"] == "challenger"
         )
+        return self._seen
 
     def canary_rolled_back(self) -> str | None:
-        status = self._status()
+        """Why the canary is over: rolled back by serving, its coordinator restarted (the
+        figures it was judged on are gone, so it is not judged on half of them), or
+        serving not answering for UNREACHABLE_GRACE_S."""
+        try:
+            status = self._status()
+        except Exception as exc:
+            now = time.monotonic()
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+            if now - self._unreachable_since < UNREACHABLE_GRACE_S:
+                return None
+            return f"serving did not answer for {UNREACHABLE_GRACE_S:g} s ({exc})"
+        self._unreachable_since = None
+        started = status.details.get("started")
+        if self._coordinator_started is not None and started != self._coordinator_started:
+            return (
+                "serving's coordinator restarted during the canary: the canary's figures "
+                "were lost, so it cannot be judged"
+            )
         if status.challenger == self.version:
             return None
         for event in reversed(status.details.get("events", [])):
@@ -136,28 +183,51 @@ class ServingCanary:
                 return str(event["reason"])
         return "the canary was stopped"
 
-    def end_canary(self, promoted: bool) -> None:
-        from raymlops.serve.api import serve_rollback
+    def judge_canary(self) -> dict[str, Any] | None:
+        from raymlops.serve.api import serve_canary_quality
 
         try:
-            if promoted:
-                # The endpoint follows the champion alias; wait until it has.
-                deadline = time.monotonic() + 4 * self.config.serve.alias_poll_interval_s + 10
-                while self._status().champion != self.version:
+            return serve_canary_quality(self.config, home=self.home, address=self.address)
+        except Exception as exc:  # no verdict is no reason to roll back or to promote
+            return {"judged": False, "worse": False, "reason": f"quality not judged: {exc}"}
+
+    def end_canary(self, promoted: bool) -> None:
+        """Wait for the promoted version to serve, or take the canary off traffic — tried
+        again while serving does not answer (its coordinator restarting), for
+        UNREACHABLE_GRACE_S; then the error is raised."""
+        from raymlops.serve.api import serve_rollback
+
+        deadline = time.monotonic() + UNREACHABLE_GRACE_S
+        try:
+            while True:
+                try:
+                    if promoted:
+                        self._wait_for_champion()
+                    elif self._status().challenger == self.version:
+                        serve_rollback(
+                            self.config,
+                            reason="canary ended without a promotion",
+                            by=self.by,
+                            home=self.home,
+                            address=self.address,
+                        )
+                    return
+                except Exception as exc:
                     if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.25)
-            elif self._status().challenger == self.version:
-                serve_rollback(
-                    self.config,
-                    reason="canary ended without a promotion",
-                    by=self.by,
-                    home=self.home,
-                    address=self.address,
-                )
+                        raise
+                    logger.warning("raymlops: ending the canary failed (%s); trying again", exc)
+                    time.sleep(1.0)
         finally:
             if self._on_end is not None:
                 self._on_end()
+
+    def _wait_for_champion(self) -> None:
+        # The endpoint follows the champion alias; wait until it has.
+        deadline = time.monotonic() + 4 * self.config.serve.alias_poll_interval_s + 10
+        while self._status().champion != self.version:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
 
 
 @dataclass
@@ -169,6 +239,10 @@ class CanaryOutcome:
     seconds: float
     healthy: bool
     reason: str
+    #: It ended with fewer than serve.canary.min_requests requests: not judged either way.
+    inconclusive: bool = False
+    #: The quality comparison on delayed labels (QualityVerdict.to_dict()), if any.
+    quality: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,7 +250,9 @@ class CanaryOutcome:
             "requests": self.requests,
             "seconds": round(self.seconds, 2),
             "healthy": self.healthy,
+            "inconclusive": self.inconclusive,
             "reason": self.reason,
+            "quality": self.quality,
         }
 
 
@@ -187,7 +263,7 @@ class RetrainResult:
     model_name: str
     reasons: list[str]
     retrained: bool
-    outcome: str  # skipped | rejected | rolled-back | promoted | awaiting-approval
+    outcome: str  # skipped | rejected | rolled-back | inconclusive | promoted | awaiting-approval
     champion_before: int | None
     champion_after: int | None
     candidate: int | None = None
@@ -218,6 +294,8 @@ class RetrainResult:
             "skipped": "no retrain needed",
             "rejected": f"candidate v{self.candidate} rejected by the gate",
             "rolled-back": f"candidate v{self.candidate} rolled back during its canary",
+            "inconclusive": f"candidate v{self.candidate} not promoted: its canary was "
+            f"inconclusive ({self.canary.reason if self.canary else 'no canary'})",
             "promoted": f"candidate v{self.candidate} promoted to champion",
             "awaiting-approval": f"candidate v{self.candidate} passed; waits for approval",
         }[self.outcome]
@@ -239,18 +317,17 @@ def retrain_reasons(
     monitored: MonitorResult | None,
     now: float | None = None,
 ) -> list[str]:
-    """Which configured triggers fire: drift (dataset-level verdict), decay (a labelled
+    """Which configured triggers fire: drift (the monitor's dataset verdict, weighted by
+    feature importance by default), decay (a labelled
     window's metric fell below the version's test metric by more than allowed), schedule
     (the champion is older than the configured period)."""
     policy = config.retrain
     name = config.registry.model_name
     reasons: list[str] = []
     if "drift" in policy.triggers and monitored is not None and monitored.drift_detected:
-        drifted = monitored.dataset.drifted_features
-        reasons.append(
-            f"drift: {len(drifted)} of {monitored.dataset.evaluated} features drifted "
-            f"({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})"
-        )
+        # The monitor's dataset verdict: importance-weighted (and the prediction's own drift)
+        # unless monitor.verdict is 'share' or the version stores no importance.
+        reasons.append(f"drift ({monitored.dataset.method}): {monitored.dataset.explain()}")
     if "decay" in policy.triggers and monitored is not None and monitored.performance:
         info = registry.version_info(name, monitored.version)
         metric = policy.decay_metric or _default_decay_metric(monitored)
@@ -366,10 +443,13 @@ def _watch_canary(
     minutes: float,
     poll_s: float,
     say: Callable[[str], None],
+    min_requests: int = 1,
 ) -> CanaryOutcome:
-    """Run the canary until it has answered `requests` requests or `minutes` have passed,
-    or serving rolled it back."""
+    """Run the canary until it has answered `requests` requests (at least `min_requests`)
+    or `minutes` have passed, or serving rolled it back. Time up with fewer than
+    `min_requests` requests is inconclusive: too little traffic to judge it either way."""
     started = time.monotonic()
+    requests = max(requests, min_requests)
     target.start_canary(version, percent)
     say(f"canary v{version} gets {percent:g}% of traffic; watching {requests} requests")
     deadline = started + minutes * 60
@@ -384,12 +464,16 @@ def _watch_canary(
                 version, seen, time.monotonic() - started, True, f"{seen} healthy requests"
             )
         if time.monotonic() >= deadline:
+            inconclusive = seen < min_requests
             return CanaryOutcome(
                 version,
                 seen,
                 time.monotonic() - started,
                 True,
-                f"{minutes:g} min without a rollback ({seen} requests)",
+                f"{minutes:g} min gave {seen} requests, fewer than the {min_requests} needed"
+                if inconclusive
+                else f"{minutes:g} min without a rollback ({seen} requests)",
+                inconclusive=inconclusive,
             )
         time.sleep(poll_s)
 
@@ -414,27 +498,51 @@ def _canary_step(
     by: str,
     say: Callable[[str], None],
 ) -> CanaryOutcome:
-    """Give the candidate its canary share and watch it; an unhealthy canary is ended and
-    its rollback recorded in the alias history."""
+    """Give the candidate its canary share and watch it, then judge its quality on delayed
+    labels (when the canary has them). An unhealthy or worse canary is ended and its
+    rollback recorded in the alias history; an inconclusive one too, unless
+    serve.canary.on_inconclusive is `promote`. Whatever raises meanwhile ends the canary
+    before it propagates."""
     policy = config.retrain
-    outcome = _watch_canary(
-        canary,
-        candidate,
-        policy.canary_percent,
-        policy.canary_requests,
-        policy.canary_minutes,
-        policy.canary_poll_s,
-        say,
-    )
-    if outcome.healthy:
+    settings = config.serve.canary
+    try:
+        outcome = _watch_canary(
+            canary,
+            candidate,
+            policy.canary_percent,
+            policy.canary_requests,
+            policy.canary_minutes,
+            policy.canary_poll_s,
+            say,
+            settings.min_requests,
+        )
+        if outcome.healthy and not outcome.inconclusive:
+            outcome.quality = canary.judge_canary()
+            if outcome.quality is not None:
+                say(f"canary v{candidate} quality: {outcome.quality.get('reason')}")
+                if outcome.quality.get("worse"):
+                    outcome.healthy = False
+                    outcome.reason = f"quality: {outcome.quality.get('reason')}"
+    except BaseException:
+        _end_canary_quietly(canary, say)
+        raise
+    if outcome.inconclusive and settings.on_inconclusive == "promote":
+        say(f"canary v{candidate} inconclusive ({outcome.reason}); promoted anyway")
+        return outcome
+    if outcome.healthy and not outcome.inconclusive:
         say(f"canary v{candidate} healthy: {outcome.reason}")
         return outcome
-    canary.end_canary(promoted=False)
-    say(f"canary v{candidate} rolled back: {outcome.reason}")
+    _end_canary_quietly(canary, say)
+    action = "retrain-inconclusive" if outcome.inconclusive else "retrain-rolled-back"
+    say(
+        f"canary v{candidate} inconclusive: {outcome.reason}; v{champion} stays champion"
+        if outcome.inconclusive
+        else f"canary v{candidate} rolled back: {outcome.reason}"
+    )
     registry.record_event(
         config.registry.model_name,
         RETRAIN_ALIAS,
-        "retrain-rolled-back",
+        action,
         from_version=candidate,
         to_version=champion,
         reason=outcome.reason,
@@ -442,6 +550,70 @@ def _canary_step(
         details=outcome.to_dict(),
     )
     return outcome
+
+
+def _end_canary_quietly(canary: CanaryTarget, say: Callable[[str], None]) -> None:
+    """Take the canary off traffic on a path that already fails or refuses: its own
+    failure is logged with its traceback and said, not raised over the first one."""
+    try:
+        canary.end_canary(promoted=False)
+    except Exception as exc:
+        logger.exception("raymlops: ending the canary failed")
+        say(f"ending the canary failed ({exc}): check `raymlops serve status`")
+
+
+def _promote_candidate(
+    registry: Registry,
+    config: PipelineConfig,
+    candidate: int,
+    gate: GateResult,
+    reasons: list[str],
+    canary: CanaryTarget | None,
+    by: str,
+    say: Callable[[str], None],
+) -> PromotionDecision:
+    """Promote the gated (and canaried) candidate under the config's promotion policy, then
+    end its canary. When the promotion fails — refused (the champion moved meanwhile) or
+    the registry unreachable — the canary is ended first, the failure recorded where the
+    registry allows, and PromotionError says what happened and that the champion kept
+    all traffic."""
+    from raymlops.loop.governance import PromotionError, promote_if_passed
+
+    name = config.registry.model_name
+    try:
+        decision = promote_if_passed(
+            registry,
+            name,
+            candidate,
+            gate,
+            config=config,
+            reason="retrained: " + "; ".join(reasons),
+            by=by,
+        )
+    except Exception as exc:
+        if canary is not None:
+            _end_canary_quietly(canary, say)
+        message = (
+            f"candidate v{candidate} was not promoted: {exc}"
+            + ("; its canary was ended" if canary is not None else "")
+            + "; the champion keeps all traffic"
+        )
+        say(message)
+        try:
+            registry.record_event(
+                name,
+                RETRAIN_ALIAS,
+                "retrain-promotion-failed",
+                to_version=candidate,
+                reason=str(exc),
+                by=by,
+            )
+        except Exception:
+            logger.exception("raymlops: recording the failed promotion failed")
+        raise PromotionError(message) from exc
+    if canary is not None:
+        canary.end_canary(promoted=decision.promoted)
+    return decision
 
 
 def retrain(
@@ -464,7 +636,6 @@ def retrain(
     directly (under `promotion: auto`). Every decision is appended to the alias history.
     """
     from raymlops.loop.gate import run_gate
-    from raymlops.loop.governance import promote_if_passed
     from raymlops.loop.training import train_and_register
 
     def say(message: str) -> None:
@@ -497,9 +668,16 @@ def retrain(
     )
     say("retraining because " + "; ".join(reasons))
 
-    data_path, rows = build_training_data(
+    from raymlops.loop.fresh import hold_out_fresh
+
+    # Fresh ground truth first: the slice of the recent rows the gate compares candidate
+    # and champion on must not reach the candidate's training set.
+    fresh = hold_out_fresh(
         config, home_path, recent_data if recent_data is not None else policy.recent_data
     )
+    if fresh.fresh is not None:
+        say(f"fresh rows for the champion comparison: {fresh.note}")
+    data_path, rows = build_training_data(config, home_path, fresh.train)
     say(f"training set: {rows} rows → {data_path}")
     trained = train_and_register(
         retraining_config(config, data_path), address=address, home=home_path, echo=echo
@@ -507,7 +685,9 @@ def retrain(
     candidate = trained.version.version
     say(f"registered candidate v{candidate} (test {_metrics_line(trained.test_metrics)})")
 
-    gate = run_gate(registry, config, name, candidate, by=by)
+    gate = run_gate(
+        registry, config, name, candidate, by=by, fresh=fresh.fresh, fresh_note=fresh.note
+    )
     say(f"gate: {'PASSED' if gate.passed else 'FAILED'} ({_gate_line(gate)})")
     result = RetrainResult(
         name,
@@ -533,26 +713,34 @@ def retrain(
             by=by,
         )
         return result
+    if champion_before is None and registry.alias_target(name, RETRAIN_ALIAS) == candidate:
+        # No champion before: the candidate became champion as the model's first version
+        # and has now passed the thresholds part of the gate.
+        result.champion_after, result.outcome = candidate, "promoted"
+        say(f"champion is v{candidate}: the first version, gated on thresholds only")
+        return result
 
     if canary is not None and champion_before is not None:
         result.canary = _canary_step(registry, config, canary, candidate, champion_before, by, say)
         if not result.canary.healthy:
             result.outcome = "rolled-back"
             return result
+        if result.canary.inconclusive and config.serve.canary.on_inconclusive != "promote":
+            result.outcome = "inconclusive"
+            return result
     elif canary is None:
         say("no live endpoint: promotion follows the gate directly")
 
-    decision = promote_if_passed(
+    decision = _promote_candidate(
         registry,
-        name,
+        config,
         candidate,
         gate,
-        config=config,
-        reason="retrained: " + "; ".join(reasons),
-        by=by,
+        reasons,
+        canary if champion_before is not None else None,
+        by,
+        say,
     )
-    if canary is not None and champion_before is not None:
-        canary.end_canary(promoted=decision.promoted)
     result.champion_after = registry.alias_target(name, RETRAIN_ALIAS)
     result.outcome = "promoted" if decision.promoted else "awaiting-approval"
     say(
@@ -621,28 +809,72 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[RetrainResult]:
     """Monitor → retrain every `interval` (default `retrain.watch_interval`), forever or for
-    `iterations` passes; each pass monitors only the traffic since the previous one."""
+    `iterations` passes; each pass monitors only the traffic since the previous successful
+    one. A pass that fails is logged with its traceback and tried again after a back-off
+    (retrain.watch_retry_s, doubling up to watch_retry_max_s): watching goes on."""
     from raymlops.monitor.run import monitor
 
-    period = parse_duration(interval or config.retrain.watch_interval).total_seconds()
-    results: list[RetrainResult] = []
+    policy = config.retrain
+    period = parse_duration(interval or policy.watch_interval).total_seconds()
     since: str | None = config.monitor.since
-    passes = 0
-    while iterations is None or passes < iterations:
+
+    def one_pass() -> RetrainResult:
+        nonlocal since
         started = time.time()
         monitored = monitor(config, since=since, home=home, address=address, echo=echo)
-        results.append(
-            retrain(
-                config,
-                monitored=monitored,
-                canary=canary,
-                home=home,
-                address=address,
-                echo=echo,
-            )
+        result = retrain(
+            config, monitored=monitored, canary=canary, home=home, address=address, echo=echo
         )
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+        return result
+
+    return _repeat_passes(
+        one_pass,
+        period,
+        retry_s=policy.watch_retry_s,
+        retry_max_s=policy.watch_retry_max_s,
+        iterations=iterations,
+        sleep=sleep,
+        echo=echo,
+    )
+
+
+def _repeat_passes(
+    one_pass: Callable[[], RetrainResult],
+    period_s: float,
+    *,
+    retry_s: float,
+    retry_max_s: float,
+    iterations: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    echo: bool = True,
+) -> list[RetrainResult]:
+    """Run `one_pass` every `period_s` (forever, or `iterations` passes, failed ones
+    included) and return what the passes that succeeded returned.
+
+    A pass that raises an Exception is logged with its traceback and the next try comes
+    after `retry_s`, doubled for each failure in a row up to `retry_max_s`; a pass that
+    succeeds resets the back-off. KeyboardInterrupt and SystemExit still stop it."""
+    results: list[RetrainResult] = []
+    passes = failures = 0
+    while iterations is None or passes < iterations:
+        started = time.monotonic()
+        try:
+            results.append(one_pass())
+            failures = 0
+            wait = max(0.0, period_s - (time.monotonic() - started))
+        except Exception as exc:
+            failures += 1
+            wait = min(retry_s * 2.0 ** min(failures - 1, 60), retry_max_s)
+            logger.exception(
+                "raymlops watch: pass %d failed (%d in a row); next try in %g s",
+                passes + 1,
+                failures,
+                wait,
+            )
+            if echo:
+                report(f"▸ watch: pass failed ({exc}); next try in {wait:g} s")
         passes += 1
         if iterations is None or passes < iterations:
-            sleep(max(0.0, period - (time.time() - started)))
+            sleep(wait)
     return results

@@ -61,6 +61,7 @@ __all__ = [
     "read_prediction_log",
     "serve_applications",
     "serve_canary",
+    "serve_canary_quality",
     "serve_config_yaml",
     "serve_model",
     "serve_promote",
@@ -167,6 +168,9 @@ class ServeStatus:
                     f"{row['errors']:>7} {row['fallbacks']:>8} {ms(row['p50_ms']):>8} "
                     f"{ms(row['p95_ms']):>8} {ms(row['p99_ms']):>8}"
                 )
+        quality = self.details.get("quality")
+        if quality and self.challenger is not None:
+            lines.append(f"  canary quality: {quality.get('reason')}")
         for event in self.details.get("events", [])[-5:]:
             when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
             lines.append(
@@ -269,6 +273,7 @@ def application_args(
         "serve": cfg.model_dump(mode="json", exclude={"token"}),
         "token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None,
         "log_root": root if cfg.prediction_log.enabled else None,
+        "label_column": cfg.canary.label_column or config.data.label,
         "deploy_id": uuid.uuid4().hex,
         "proxy": proxy,
         "env": dict(env or {}),
@@ -757,12 +762,15 @@ def serve_canary(
     shadow_percent: float | None = None,
     reason: str = "",
     by: str | None = None,
+    labels: str | None = None,
     app: str | None = None,
     address: str | None = None,
     home: str | Path | None = None,
 ) -> ServeStatus:
     """Let `version` answer `percent`% of requests (default serve.canary.percent) and see a
-    mirror of `shadow_percent`% more (answers logged, never returned)."""
+    mirror of `shadow_percent`% more (answers logged, never returned). With `labels` (default
+    serve.canary.labels: request_id + label, joined to the prediction log) serving also
+    compares its quality with the champion's and rolls it back when it is worse."""
     canary = config.serve.canary
     answer = canary.percent if percent is None else percent
     if shadow_percent is not None:
@@ -777,10 +785,32 @@ def serve_canary(
         float(mirror),
         _actor(by),
         reason,
+        labels,
         app=app,
         address=address,
         home=home,
     )
+
+
+def serve_canary_quality(
+    config: PipelineConfig,
+    *,
+    app: str | None = None,
+    address: str | None = None,
+    home: str | Path | None = None,
+) -> dict[str, Any] | None:
+    """Compare the running canary's quality with the champion's now, on the labelled
+    requests each answered (raymlops.serve.canary_quality); serving rolls the challenger
+    back when it is worse. Returns the verdict (`QualityVerdict.to_dict()`), or None when
+    the canary has no labels feed; UserInputError when no canary runs."""
+    name = _app_name(config, app)
+    with _cluster(address, home_dir(home)):
+        _require_app(name)
+        result = _call(name, "judge")
+    if not result.get("ok"):
+        raise UserInputError(str(result.get("error")))
+    quality: dict[str, Any] | None = result.get("quality")
+    return quality
 
 
 def serve_promote(

@@ -15,6 +15,7 @@ import pytest
 from raymlops.core.config import PipelineConfig, load_config
 from raymlops.core.errors import ConfigError, UserInputError
 from raymlops.loop.retrain import _watch_canary, build_training_data, retrain_reasons
+from raymlops.monitor.drift import DatasetDrift
 from raymlops.registry.store import CHAMPION, Registry
 
 
@@ -41,7 +42,7 @@ def _monitored(
         version=version,
         drift_detected=drifted,
         verdict="drift" if drifted else "no drift",
-        dataset=SimpleNamespace(drifted_features=features or [], evaluated=4),
+        dataset=DatasetDrift(drifted, len(features or []) / 4, 0.5, 4, features or [], [], "share"),
         performance=performance[-1:],
         performance_windows=performance,
     )
@@ -72,7 +73,7 @@ def test_no_trigger_fires_on_quiet_traffic(tmp_path: Path, registry: Registry) -
 def test_drift_fires_and_names_the_features(tmp_path: Path, registry: Registry) -> None:
     config = _config(tmp_path)
     reasons = retrain_reasons(config, registry, _monitored(drifted=True, features=["a", "b"]))
-    assert reasons == ["drift: 2 of 4 features drifted (a, b)"]
+    assert reasons == ["drift (share): 2 of 4 features drifted (a, b); share 50% (threshold 50%)"]
     quiet = _config(tmp_path, triggers='["schedule"]')
     assert retrain_reasons(quiet, registry, _monitored(drifted=True, features=["a"])) == []
 
@@ -157,10 +158,18 @@ def test_a_canary_rolled_back_by_serving_is_unhealthy() -> None:
     assert outcome.reason == "p95 latency 80 ms above the champion's"
 
 
-def test_a_quiet_canary_is_judged_when_its_time_is_up() -> None:
-    endpoint = _Endpoint([0])
-    outcome = _watch_canary(endpoint, 3, 10.0, 200, 0.001, 0.01, lambda _m: None)
-    assert outcome.healthy and outcome.requests == 0
+def test_a_quiet_canary_is_inconclusive_when_its_time_is_up() -> None:
+    endpoint = _Endpoint([0, 3])
+    outcome = _watch_canary(endpoint, 3, 10.0, 200, 0.001, 0.01, lambda _m: None, 50)
+    assert outcome.inconclusive and outcome.requests == 3
+    assert "fewer than the 50 needed" in outcome.reason
+    assert outcome.to_dict()["inconclusive"] is True
+
+
+def test_a_canary_with_enough_requests_is_judged_when_its_time_is_up() -> None:
+    endpoint = _Endpoint([0, 60])
+    outcome = _watch_canary(endpoint, 3, 10.0, 200, 0.001, 0.01, lambda _m: None, 50)
+    assert outcome.healthy and not outcome.inconclusive and outcome.requests == 60
     assert "without a rollback" in outcome.reason
 
 
