@@ -109,6 +109,13 @@ def _governed(
     help="Held-out rows (Parquet/CSV file or folder with the label column) instead of the "
     "version's re-created test split.",
 )
+@click.option(
+    "--fresh",
+    "fresh_path",
+    default=None,
+    help="Recent labelled rows neither version trained on: the champion comparison is a "
+    "paired test on them (gate.champion.confidence) instead of on the held-out rows.",
+)
 @click.option("--by", default=None, help="Who runs the gate (default $RAYMLOPS_USER or login).")
 @click.option("--no-record", is_flag=True, help="Only evaluate: log, tag and record nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
@@ -121,6 +128,7 @@ def gate(
     config_path: str | None,
     overrides: tuple[str, ...],
     data_path: str | None,
+    fresh_path: str | None,
     by: str | None,
     no_record: bool,
     as_json: bool,
@@ -140,6 +148,7 @@ def gate(
       raymlops gate models:/breast-cancer@challenger
       raymlops gate breast-cancer 2 -c examples/ci/pipeline.yaml --json
       raymlops gate synthetic challenger --data data/holdout.parquet
+      raymlops gate synthetic challenger --fresh data/labelled-last-week.parquet
     """
     from raymlops.loop.api import gate as gate_version
 
@@ -150,6 +159,7 @@ def gate(
         ref,
         config=config,
         data=data_path,
+        fresh=fresh_path,
         record=not no_record,
         by=by,
         tracking_uri=registry.tracking_uri,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -36,6 +37,12 @@ from raymlops.core.report import say
     is_flag=True,
     help="Skip the canary even when the model is being served (promote after the gate).",
 )
+@click.option(
+    "--canary-labels",
+    default=None,
+    help="Delayed labels (request_id + label) the canary's quality is judged on; default "
+    "serve.canary.labels.",
+)
 @click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
@@ -47,6 +54,7 @@ def retrain(
     since: str | None,
     recent_data: str | None,
     no_canary: bool,
+    canary_labels: str | None,
     address: str | None,
     as_json: bool,
 ) -> None:
@@ -55,7 +63,8 @@ def retrain(
     serves the model), then promote or roll back — every step in the alias history.
 
     Exit 0 when nothing was needed or the candidate was promoted (or awaits approval), 1
-    when it was rejected by the gate or rolled back during its canary.
+    when it was not: rejected by the gate, rolled back during its canary, or its canary was
+    inconclusive (fewer than serve.canary.min_requests requests).
 
     \b
     Example:
@@ -64,6 +73,8 @@ def retrain(
     """
     from raymlops.loop.api import retrain as retrain_model
 
+    if canary_labels is not None:
+        overrides = (*overrides, f"serve.canary.labels={json.dumps(canary_labels)}")
     result = retrain_model(
         _load(config_path, overrides),
         force=force,
@@ -78,7 +89,7 @@ def retrain(
         _json_out(result.to_dict())
     else:
         click.echo(result.summary())
-    if result.outcome in ("rejected", "rolled-back"):
+    if result.outcome in ("rejected", "rolled-back", "inconclusive"):
         sys.exit(1)
 
 

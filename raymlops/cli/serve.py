@@ -248,6 +248,13 @@ def serve_status(
     default=None,
     help="Share of requests mirrored to the challenger (logged, never returned).",
 )
+@click.option(
+    "--labels",
+    default=None,
+    help="Delayed labels (Parquet/CSV of request_id + the label, a file or URI that grows): "
+    "serving also compares the challenger's quality with the champion's on the requests each "
+    "served; default serve.canary.labels.",
+)
 @click.option("--reason", default="", help="Why (recorded in the alias history).")
 @click.option("--by", default=None, help="Who (default $RAYMLOPS_USER or the login name).")
 @_json_flag
@@ -262,18 +269,21 @@ def serve_canary(
     version: int | None,
     percent: float | None,
     shadow: float | None,
+    labels: str | None,
     reason: str,
     by: str | None,
     as_json: bool,
 ) -> None:
     """Put a challenger version on a share of live traffic (rolled back automatically if
-    its error rate or p95 latency is worse than the champion's by the configured margins).
+    its error rate or p95 latency is worse than the champion's by the configured margins,
+    or, with delayed labels, its quality).
 
     \b
     Example:
       raymlops serve canary --version 3 --percent 10
       raymlops serve canary --version 3 --percent 0 --shadow 50     # shadow only
       raymlops serve canary -m models:/breast-cancer@challenger --percent 10
+      raymlops serve canary --version 3 --labels s3://bucket/labels/  # judge quality too
     """
     from raymlops.serve.api import serve_canary as start_canary
 
@@ -286,6 +296,7 @@ def serve_canary(
         shadow_percent=shadow,
         reason=reason,
         by=by,
+        labels=labels,
         app=app,
         address=address,
         home=home,

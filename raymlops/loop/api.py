@@ -41,6 +41,7 @@ def gate(
     *,
     config: PipelineConfig | None = None,
     data: str | None = None,
+    fresh: str | None = None,
     record: bool = True,
     by: str | None = None,
     tracking_uri: str | None = None,
@@ -53,7 +54,9 @@ def gate(
 
     `config` supplies the gate policy (None: the config the version was trained with) and,
     without `tracking_uri`, the registry; `data` is a Parquet/CSV file of held-out rows
-    instead of the version's re-created test split. See `run_gate` for the details.
+    instead of the version's re-created test split; `fresh` a file of recent labelled rows
+    neither version trained on, which the champion comparison is a paired test on. See
+    `run_gate` for the details.
     """
     from raymlops.loop.gate import run_gate
     from raymlops.registry.store import Registry
@@ -69,6 +72,7 @@ def gate(
         record=record,
         by=by,
         echo=say if echo else None,
+        fresh=fresh,
     )
 
 

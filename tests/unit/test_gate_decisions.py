@@ -8,10 +8,13 @@ The models and helpers are test_governance's (a trained MLP and a constant model
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from raymlops.cli import cli
 from raymlops.data.dataset import synth_dataset
 from raymlops.loop import governance
 from raymlops.loop.cards import render_card
@@ -85,6 +88,15 @@ def test_fresh_rows_decide_the_comparison_and_every_record_says_so(
     v2 = register(registry, trained, trained.constant)
     lenient = make_config(trained.data, gate={"thresholds": {}})
     note = "300 rows held out for the test"
+
+    # `raymlops gate --fresh` (evaluate only): the same paired comparison, exit 1 on its fail.
+    command = ["gate", "m", str(v2), "--fresh", str(fresh), "--no-record", "--json"]
+    command += ["--tracking-uri", registry.tracking_uri, "--home", str(registry.home)]
+    via_cli = CliRunner().invoke(cli, command)
+    assert via_cli.exit_code == 1, via_cli.output
+    printed = json.loads(via_cli.stdout)
+    assert printed["comparison"]["basis"] == "fresh"
+    assert printed["comparison"]["paired"]["rows"] == 300
 
     worse = run_gate(registry, lenient, "m", v2, fresh=str(fresh), fresh_note=note)
     assert worse.status == "failed"
