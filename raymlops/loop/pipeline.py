@@ -512,8 +512,9 @@ class _Loop:
         """The closing lines: step timings and where each result lives."""
         state = self.state
         lines = ["", "summary"]
-        lines += [f"  {name:<34} {seconds:6.1f} s" for name, seconds in state.steps]
-        lines.append(f"  {'total':<34} {time.time() - state.started:6.1f} s")
+        rows = [[name, f"{seconds:.1f} s"] for name, seconds in state.steps]
+        rows.append(["total", f"{time.time() - state.started:.1f} s"])
+        lines += aligned(rows, right={1})
         lines.append(f"  champion now: {self.name} v{state.champion}")
         for label, value in (
             ("model card:  ", state.card_path),
