@@ -66,6 +66,7 @@ def _train_dict(result: Any) -> dict[str, Any]:
         "trials": result.trials,
         "failed_trials": result.failed_trials,
         "dataset_digest": result.dataset.digest,
+        "first_version_gate": (None if result.first_gate is None else result.first_gate.to_dict()),
     }
 
 
@@ -245,9 +246,12 @@ def run(
         click.echo(result.summary())
         return
     click.echo(result.train.summary())
+    trained = result.train.version
+    failed_first = result.champion == trained.version and "champion" not in trained.aliases
+    role = "not champion: its first-version gate failed" if failed_first else "champion"
     click.echo(
         f"\nsample predictions from {config.registry.model_name} v{result.champion} "
-        "(champion, loaded from the registry):"
+        f"({role}, loaded from the registry):"
     )
     click.echo(result.sample_predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo(f"\nbrowse runs: mlflow ui --backend-store-uri {result.train.tracking_uri}")
@@ -287,7 +291,9 @@ def train(
         raise click.UsageError(
             f"--address {address} is a job API: use `raymlops submit train --address {address}`"
         )
-    result = train_and_register(config, address=address, resume=resume, home=home)
+    result = train_and_register(
+        config, address=address, resume=resume, home=home, gate_first_version=True
+    )
     if as_json:
         _json_out(_train_dict(result))
     else:

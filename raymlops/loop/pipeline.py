@@ -113,9 +113,15 @@ def _train_and_sample(
     echo: bool,
     samples: int,
 ) -> RunResult:
-    result = train_and_register(config, address=address, home=home, echo=echo)
+    result = train_and_register(
+        config, address=address, home=home, echo=echo, gate_first_version=True
+    )
     registry = Registry.from_config(config, home)
-    predictor = registry.load_predictor(config.registry.model_name, "champion")
+    # The champion; the version just trained when it is a first version that failed its gate.
+    has_champion = registry.alias_target(config.registry.model_name, CHAMPION) is not None
+    predictor = registry.load_predictor(
+        config.registry.model_name, CHAMPION if has_champion else result.version.version
+    )
     rows = _sample_rows(config, samples)
     prediction = predictor.predict(rows).to_frame()
     shown = pd.concat(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raymlops.core.config import PipelineConfig, config_hash
 from raymlops.core.errors import UserInputError
@@ -18,8 +18,11 @@ from raymlops.data.dataset import DatasetVersion, load_dataset
 from raymlops.model.features import Preprocessor
 from raymlops.model.importance import IMPORTANCE_FILE, FeatureImportance, permutation_importance
 from raymlops.model.predictor import Predictor
-from raymlops.registry.store import ModelVersionInfo, Registry
+from raymlops.registry.store import CHAMPION, ModelVersionInfo, Registry
 from raymlops.train.loop import TrainingArrays, evaluate, load_best_predictor
+
+if TYPE_CHECKING:
+    from raymlops.loop.gate_result import GateResult
 
 __all__ = ["TrainResult", "train_and_register"]
 
@@ -40,6 +43,8 @@ class TrainResult:
     experiment_path: str
     tracking_uri: str
     wall_time_s: float
+    #: The gate of a first version (`gate_first_version`), else None.
+    first_gate: GateResult | None = None
 
     def summary(self) -> str:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.test_metrics.items() if k != "loss")
@@ -55,7 +60,16 @@ class TrainResult:
                 f"  data:       {self.dataset.source} sha256:{self.dataset.digest[:16]}…",
                 f"  MLflow run: {self.run_id}",
             ]
+            + ([f"  gate:       {self._first_gate_line()}"] if self.first_gate else [])
         )
+
+    def _first_gate_line(self) -> str:
+        gate = self.first_gate
+        assert gate is not None
+        if gate.passed:
+            return "first version, thresholds only: passed → champion"
+        failed = ", ".join(f"{c.kind} {c.name}" for c in gate.failed_checks[:3])
+        return f"first version, thresholds only: FAILED ({failed}) → no champion"
 
 
 def train_and_register(
@@ -65,9 +79,15 @@ def train_and_register(
     resume: bool | str = False,
     home: str | Path | None = None,
     echo: bool = True,
+    gate_first_version: bool = False,
 ) -> TrainResult:
     """Load and check the data, tune, evaluate the best trial on the test split, and
-    register it. Nothing is registered unless every step succeeds."""
+    register it. Nothing is registered unless every step succeeds.
+
+    A model's first version becomes champion at registration (there is none to compare
+    with); `gate_first_version` gates it at once on the gate's thresholds and checks (what
+    `raymlops train` does: only gated versions are champion), taking the alias back when it
+    fails. Callers that gate next themselves (the job chain, retrain) leave it False."""
     from raymlops.core.storage import check_reachable
     from raymlops.train.search import experiment_storage, latest_experiment, run_search
     from raymlops.train.tracking import open_search_run
@@ -170,6 +190,15 @@ def train_and_register(
     from raymlops.loop.cards import refresh_card  # every registered version gets a model card
 
     refresh_card(registry, info.name, info.version, echo=lambda m: say(m, when=echo))
+    first_gate = None
+    if gate_first_version and CHAMPION in info.aliases:
+        from raymlops.loop.gate import run_gate
+
+        say(f"▸ gating v{info.version}, the model's first version (thresholds only)", when=echo)
+        first_gate = run_gate(
+            registry, config, info.name, info.version, echo=lambda m: say(m, when=echo)
+        )
+        info = registry.version_info(info.name, info.version)
     return TrainResult(
         model_name=config.registry.model_name,
         version=info,
@@ -183,6 +212,7 @@ def train_and_register(
         experiment_path=outcome.experiment_path,
         tracking_uri=registry.tracking_uri,
         wall_time_s=time.monotonic() - started,
+        first_gate=first_gate,
     )
 
 

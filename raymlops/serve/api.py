@@ -969,6 +969,10 @@ class PredictResult:
     request_id: str
     probabilities: list[list[float]] | None = None
     classes: list[str] | None = None
+    #: Per row, what serving noticed (e.g. `{"unseen_category": {"c0": "v9"}}`: a value the
+    #: model never saw in training, answered as the unknown category) or None; None when
+    #: no row had any.
+    warnings: list[dict[str, Any] | None] | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """`prediction` and `proba_<class>` columns, like Prediction.to_frame."""
@@ -1060,6 +1064,7 @@ class Client:
             request_id=data["request_id"],
             probabilities=data.get("probabilities"),
             classes=data.get("classes"),
+            warnings=data.get("warnings"),
         )
 
     def model_info(self) -> dict[str, Any]:
