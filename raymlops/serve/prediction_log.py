@@ -44,14 +44,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from raymlops.data.log_compaction import visible_files
+from raymlops.data.log_compaction import CompactionResult, visible_files
 from raymlops.data.prediction_log import model_log_root, partition
 from raymlops.serve.log_ledger import Ledger, claim_dead_ledgers
+
+if TYPE_CHECKING:
+    from raymlops.core.config import PipelineConfig
 
 __all__ = [
     "LogChunk",
@@ -485,12 +488,12 @@ def _read_files(filesystem: Any, files: list[str], since: dt.datetime | float | 
 
 
 def compact_prediction_log(
-    config: Any,
+    config: PipelineConfig,
     home: str | Path | None = None,
     *,
     dry_run: bool = False,
     on_partition: Callable[[str, int], None] | None = None,
-) -> Any:
+) -> CompactionResult:
     """Compact the prediction log of `config`'s model now (`raymlops log compact`): every
     published file, one file per day and version after it; returns the
     `raymlops.data.log_compaction.CompactionResult`. Safe beside serving replicas that write
