@@ -780,26 +780,28 @@ def _execute_local(
     import torch
 
     saved = (torch.get_num_threads(), pa.cpu_count())
-    worker = UnitActor(
-        model.files, model.digests, model.metadata, spec.to_json(), "cpu", plan.torch_threads
-    )
     total = sum(u.num_rows or 0 for u in pending)
     failure: dict[str, Any] | None = None
     try:
+        worker = UnitActor(
+            model.files, model.digests, model.metadata, spec.to_json(), "cpu", plan.torch_threads
+        )
+        # Arrow's pool decodes and encodes for every worker thread, not for one actor.
+        pa.set_cpu_count(max(1, plan.actors * plan.torch_threads))
         with contextlib.ExitStack() as stack:
             update = (
                 stack.enter_context(progress(total, f"predicting {total:,} rows"))
                 if echo and total
                 else (lambda rows: None)
             )
-            pool = stack.enter_context(ThreadPoolExecutor(plan.actors, "raymlops-batch-unit"))
+            pool = ThreadPoolExecutor(plan.actors, "raymlops-batch-unit")
+            # On an error or Ctrl-C the queued units are dropped, not waited for.
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
             futures = [pool.submit(worker.run, unit) for unit in pending]
             for future in as_completed(futures):
                 result = future.result()
                 if "error" in result:
                     failure = result
-                    for other in futures:
-                        other.cancel()
                     break
                 results.append(result)
                 update(int(result["rows_in"]))

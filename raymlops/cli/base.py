@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -175,9 +176,21 @@ def _ref_or_none(version: str | None) -> int | str | None:
     return None if version is None else _version_arg(version)
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN/infinite float as None: JSON has no NaN (a bare `NaN` breaks
+    every strict parser, e.g. an AUC on a one-class split)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _json_out(value: Any) -> None:
-    """`value` as JSON on stdout: one object or array, nothing else."""
-    click.echo(json.dumps(value, indent=2, default=str))
+    """`value` as JSON on stdout: one object or array, nothing else (NaN as null)."""
+    click.echo(json.dumps(_finite(value), indent=2, default=str, allow_nan=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal, cast
 
 import click
@@ -127,4 +126,4 @@ def data_profile(path: str, label: str | None, as_json: bool) -> None:
     from raymlops.data.dataset import describe_path
 
     version = describe_path(path, label)
-    click.echo(json.dumps(version.to_dict(), indent=2) if as_json else version.summary())
+    _json_out(version.to_dict()) if as_json else click.echo(version.summary())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -166,7 +165,7 @@ def gate(
         home=home,
         echo=True,
     )
-    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.table())
+    _json_out(result.to_dict()) if as_json else click.echo(result.table())
     if not result.passed:
         failed = result.failed_checks
         _fail(
@@ -234,7 +233,7 @@ def promote(
         registry, name, int(version), reason=reason, by=by, alias=alias, force=force, config=config
     )
     if as_json:
-        click.echo(json.dumps(event.to_dict(), indent=2))
+        _json_out(event.to_dict())
         return
     was = f"v{event.from_version}" if event.from_version is not None else "nothing"
     click.echo(f"{alias} of {name}: {was} → v{event.to_version} (promoted by {event.by})")
@@ -316,7 +315,7 @@ def rollback(
         Registry(tracking_uri, home), name, reason=reason, by=by, alias=alias
     )
     if as_json:
-        click.echo(json.dumps(event.to_dict(), indent=2))
+        _json_out(event.to_dict())
         return
     click.echo(
         f"{alias} of {name}: v{event.from_version} → v{event.to_version} "
@@ -349,7 +348,7 @@ def models_history(
 
     events = governance.model_history(Registry(tracking_uri, home), name, alias)
     if as_json:
-        click.echo(json.dumps([e.to_dict() for e in events], indent=2))
+        _json_out([e.to_dict() for e in events])
         return
     if not events:
         click.echo(f"{name}: no alias changes recorded")

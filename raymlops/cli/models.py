@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from raymlops.cli.base import (
     _handle_errors,
     _home_option,
+    _json_out,
     cli,
 )
 
@@ -41,7 +40,7 @@ def models_list(home: str | None, tracking_uri: str | None, as_json: bool) -> No
 
     rows = Registry(tracking_uri, home).list_models()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _json_out(rows)
         return
     if not rows:
         click.echo("no registered models (train one with: raymlops train)")
@@ -77,7 +76,7 @@ def models_show(
     if version is None:
         versions = registry.list_versions(name)
         if as_json:
-            click.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+            _json_out([v.to_dict() for v in versions])
             return
         click.echo(f"{name}: {len(versions)} version(s)")
         click.echo(f"{'VERSION':>7}  {'CREATED':<20} {'ALIASES':<22} METRICS")
@@ -91,7 +90,7 @@ def models_show(
         return
     info = registry.version_info(name, version).to_dict()
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        _json_out(info)
         return
     click.echo(f"{name} v{info['version']}  aliases: {', '.join(info['aliases']) or '-'}")
     for key in ("created", "run_id", "dataset_digest", "config_hash", "trial_id"):
@@ -138,4 +137,4 @@ def models_upgrade(
             done = f"flavor added ({', '.join(added)})" if added else "already an MLflow model"
             click.echo(f"{name} v{number}: {done}")
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        _json_out(results)

@@ -158,5 +158,5 @@ def batch(
             address=address,
             home=home,
         )
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    _json_out(result.to_dict()) if as_json else click.echo(result.summary())
     _exit_fast_after()

@@ -77,9 +77,12 @@ def _run_result_dict(result: Any) -> dict[str, Any]:
     def part(value: Any) -> Any:
         return value.to_dict() if value is not None else None
 
+    gate = result.train.first_gate
+    failed_first = gate is not None and not gate.passed  # the sample came from a non-champion
     return {
         "train": _train_dict(result.train),
-        "champion": result.champion,
+        "champion": None if failed_first else result.champion,
+        "sampled_version": result.champion,
         "sample_predictions": json.loads(result.sample_predictions.to_json(orient="records")),
         "gate": part(result.gate),
         "served_url": result.served_url,
@@ -451,7 +454,7 @@ def jobs_list(address: str, as_json: bool) -> None:
 
     rows = JobLauncher(address).list_jobs()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _json_out(rows)
         return
     click.echo(f"{'SUBMISSION ID':<32} {'STATUS':<10} {'STEP':<8} STARTED")
     for row in rows:

@@ -224,7 +224,7 @@ def serve_status(
     if len(statuses) == 1:
         _print_serve_status(statuses[0], as_json)
     elif as_json:
-        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2, default=str))
+        _json_out([s.to_dict() for s in statuses])
     else:
         click.echo("\n\n".join(s.summary() for s in statuses))
 

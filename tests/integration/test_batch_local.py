@@ -4,6 +4,7 @@ Ray started. The actor-pool path is tested in test_batch.py (its module joins a 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def test_a_small_input_runs_in_this_process_every_row_once(
 
     assert not _ray_started()  # no local Ray was started for it
     assert result.plan is not None and result.plan.in_process
-    assert result.plan.actors == min(2, FILES) and result.ray_start_s == 0.0
+    cpus = len(os.sched_getaffinity(0))
+    assert result.plan.actors == min(cpus, FILES) and result.ray_start_s == 0.0
     assert (result.rows_in, result.rows_out, result.units_run) == (ROWS, ROWS, FILES)
     rows = read_output(out).sort_values("id").reset_index(drop=True)
     assert rows["id"].is_unique and len(rows) == ROWS

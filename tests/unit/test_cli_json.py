@@ -218,6 +218,7 @@ def test_run_result_renders_as_one_json_document() -> None:
         failed_trials=0,
         dataset=SimpleNamespace(digest="abc"),
         tracking_uri="sqlite:///x/mlflow.db",
+        first_gate=None,
     )
     predictions = pd.DataFrame({"prediction": ["1", "0"], "proba_1": [0.9, float("nan")]})
     result = RunResult(
@@ -230,6 +231,7 @@ def test_run_result_renders_as_one_json_document() -> None:
     )
     document = json.loads(json.dumps(_run_result_dict(result), default=str))
     assert document["train"]["version"] == 3 and document["champion"] == 3
+    assert document["sampled_version"] == 3
     assert document["sample_predictions"] == [
         {"prediction": "1", "proba_1": 0.9},
         {"prediction": "0", "proba_1": None},  # NaN is JSON's null, not a bare NaN
@@ -240,6 +242,19 @@ def test_run_result_renders_as_one_json_document() -> None:
         "/tmp/card.md",
     )
     assert document["steps"] == [{"step": "train", "seconds": 1.5}]
+
+    # A first version that failed its gate: the sample came from it, but it is not champion.
+    train.first_gate = SimpleNamespace(passed=False, to_dict=lambda: {"status": "failed"})
+    failed = json.loads(json.dumps(_run_result_dict(result), default=str))
+    assert failed["champion"] is None and failed["sampled_version"] == 3
+    assert failed["train"]["first_version_gate"] == {"status": "failed"}
+
+
+def test_json_output_has_no_bare_nan(capsys: pytest.CaptureFixture[str]) -> None:
+    from raymlops.cli.base import _json_out
+
+    _json_out({"auc": float("nan"), "rows": [1.0, float("inf")], "name": "m"})
+    assert json.loads(capsys.readouterr().out) == {"auc": None, "rows": [1.0, None], "name": "m"}
 
 
 # --------------------------------------------------------------------------- serve flags
