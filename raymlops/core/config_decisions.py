@@ -73,8 +73,9 @@ class ChampionComparison(_Section):
         ge=0.5,
         lt=1,
         description="Fresh rows: the paired test's two-sided confidence; the candidate passes "
-        "when the lower end of that interval of (candidate − champion, better > 0) lies above "
-        "−max_regression (or above min_improvement).",
+        "when the lower end of that interval of (candidate − champion, better > 0) is at least "
+        "−max_regression (or at least min_improvement) — the held-out rule too, so a candidate "
+        "identical to the champion passes a margin of 0 on either path.",
     )
     test: Literal["auto", "bootstrap", "mcnemar"] = Field(
         "auto",

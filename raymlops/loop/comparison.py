@@ -18,6 +18,7 @@ import numpy as np
 
 from raymlops.core.config import GATE_METRICS, ChampionComparison, GateConfig
 from raymlops.loop.gate_result import CheckResult, _fmt
+from raymlops.loop.paired import passes
 from raymlops.loop.scoring import check_metric_for_task, score, task_metrics
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from raymlops.model.predictor import Predictor
 
 __all__ = ["FIRST_VERSION", "GateRows", "champion_check"]
-
-_EPS = 1e-12
 
 
 class GateRows(Protocol):
@@ -114,7 +113,7 @@ def champion_check(
     delta = _improvement_needed(comparison, metric, their_metrics[metric])
     required = their_metrics[metric] + delta if higher else their_metrics[metric] - delta
     ours = metrics[metric]
-    ok = ours >= required - _EPS if higher else ours <= required + _EPS
+    ok = passes(ours, required) if higher else passes(-ours, -required)  # one rule, both paths
     version = champion.metadata.get("version")
     champion_info = {
         "version": version,
@@ -213,7 +212,7 @@ def _paired_check(
         f"{metric} vs v{version} on {len(rows)} fresh rows ({result.method})",
         "passed" if result.passed else "failed",
         result.difference,
-        f"{result.confidence:.0%} low > {_fmt(result.required)}",
+        f"{result.confidence:.0%} low ≥ {_fmt(result.required)}",
         f"difference {result.difference:+.4f}, interval [{result.low:+.4f}, {result.high:+.4f}]",
     )
     return [check], champion_info, basis

@@ -16,8 +16,10 @@ far more rows to see a real difference. Two paired tests:
 
 The difference is always oriented so that positive means the candidate is better (for a
 lower-is-better metric, champion − candidate). The candidate passes when the lower end of the
-two-sided interval at `confidence` lies above `-margin` (non-inferiority), or above
-`+margin` when an improvement is required.
+two-sided interval at `confidence` is at least `-margin` (non-inferiority), or at least
+`+margin` when an improvement is required. "At least" (to within 1e-12) is the same rule as
+the held-out comparison's (`raymlops.loop.comparison`): a candidate identical to the
+champion (interval [0, 0]) passes with a margin of 0 — it is not worse.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["PairedComparison", "mcnemar_comparison", "paired_bootstrap"]
+__all__ = ["EPS", "PairedComparison", "mcnemar_comparison", "paired_bootstrap", "passes"]
 
 Method = Literal["paired bootstrap", "McNemar"]
+#: Slack of the pass rule `low ≥ required` (the held-out comparison uses the same).
+EPS = 1e-12
 #: Resamples scored per numpy call in the bootstrap (bounds its memory at ~chunk × rows).
 _CHUNK = 64
 
@@ -41,7 +45,7 @@ class PairedComparison:
     """The outcome of one paired test of candidate against champion on the same rows.
 
     `difference`, `low` and `high` are in metric units, oriented so that positive means the
-    candidate is better; `required` is what `low` had to exceed (−margin, or +margin when an
+    candidate is better; `required` is what `low` had to reach (−margin, or +margin when an
     improvement is required)."""
 
     method: Method
@@ -75,8 +79,15 @@ class PairedComparison:
             f"{self.method} on {self.rows} fresh rows: {self.metric} candidate "
             f"{self.candidate:.4f} vs champion {self.champion:.4f}, difference "
             f"{self.difference:+.4f} (better > 0), {pct} interval [{self.low:+.4f}, "
-            f"{self.high:+.4f}]{extra}; needs lower end > {self.required:+.4f}"
+            f"{self.high:+.4f}]{extra}; needs lower end ≥ {self.required:+.4f}"
         )
+
+
+def passes(low: float, required: float) -> bool:
+    """The one pass rule of both comparisons: the candidate's lower end (or, on held-out
+    rows, its oriented value) reaches `required`, to within `EPS` — so an identical
+    candidate passes a margin of 0 (not worse) on either path."""
+    return low >= required - EPS
 
 
 def _check(confidence: float, rows: int) -> None:
@@ -131,7 +142,7 @@ def paired_bootstrap(
         low, high = (float(v) for v in np.quantile(finite, [alpha / 2, 1 - alpha / 2]))
     difference = sign * (ours - theirs)
     required = -margin
-    passed = math.isfinite(low) and low > required
+    passed = math.isfinite(low) and passes(low, required)
     return PairedComparison(
         "paired bootstrap",
         name,
@@ -190,7 +201,7 @@ def mcnemar_comparison(
         high,
         confidence,
         required,
-        low > required,
+        passes(low, required),
         p_value=p_value,
         discordant=(b, c),
     )

@@ -67,8 +67,9 @@ def test_mcnemar_refuses_a_worse_candidate_and_the_margin_decides_an_equal_one()
     assert worse.high < 0 and not worse.passed
     equal = mcnemar_comparison(*_pairs(90, 0, 0, 10), margin=0.01)
     assert (equal.low, equal.high, equal.p_value) == (0.0, 0.0, 1.0)
-    assert equal.passed  # 0 > −0.01
-    assert not mcnemar_comparison(*_pairs(90, 0, 0, 10), margin=0.0).passed  # needs > 0
+    assert equal.passed  # 0 ≥ −0.01
+    assert mcnemar_comparison(*_pairs(90, 0, 0, 10), margin=0.0).passed  # not worse: 0 ≥ 0
+    assert not mcnemar_comparison(*_pairs(89, 0, 1, 10), margin=0.0).passed  # can be worse
     # Balanced discordance on few rows: the interval is too wide to rule out a 1% loss.
     unsure = mcnemar_comparison(*_pairs(40, 5, 5, 10), margin=0.01)
     assert unsure.low < -0.01 < unsure.high and not unsure.passed
@@ -139,7 +140,11 @@ def test_bootstrap_of_an_equal_candidate_is_decided_by_the_margin() -> None:
     strict = paired_bootstrap(
         one, len(y), name="log_loss", higher_is_better=False, margin=0.0, batch_metric=batch
     )
-    assert not strict.passed
+    assert strict.passed  # identical: not worse, the held-out path's rule too
+    better = paired_bootstrap(
+        one, len(y), name="log_loss", higher_is_better=False, margin=-0.01, batch_metric=batch
+    )
+    assert not better.passed  # an improvement of 0.01 required: 0 does not reach it
 
 
 def test_bootstrap_is_seeded_and_its_fast_path_equals_the_slow_one() -> None:
@@ -278,6 +283,20 @@ def test_a_near_random_binary_candidate_passes_on_accuracy_but_not_by_default() 
         fresh=fresh,
     )
     assert mcnemar.comparison["paired"]["method"] == "McNemar"  # type: ignore[index]
+
+
+def test_an_identical_candidate_with_margin_zero_passes_on_both_paths() -> None:
+    """One rule on both paths: the champion against itself with max_regression 0 is not
+    worse, on the held-out rows (metric values) and on fresh rows (a paired test)."""
+    held_out, fresh = _imbalanced(400, 3), _imbalanced(300, 4)
+    champion = _linear(held_out, 1.5, 0.0, -1.5 * 2.2, 1)
+    for metric in ("log_loss", "accuracy"):
+        gate = GateConfig.model_validate({"champion": {"metric": metric, "max_regression": 0}})
+        plain = evaluate_gate(gate, champion, held_out, "label", champion=champion)
+        paired = evaluate_gate(gate, champion, held_out, "label", champion=champion, fresh=fresh)
+        assert plain.comparison is not None and plain.comparison["basis"] == "held-out"
+        assert paired.comparison is not None and paired.comparison["basis"] == "fresh"
+        assert plain.passed and paired.passed, (metric, plain.table(), paired.table())
 
 
 # --------------------------------------------------------------------------- fresh rows
