@@ -9,25 +9,32 @@ Files serving publishes are never written again (a part file appears complete or
 all), so any published file may be merged, also in today's partition; what is still being
 written is a hidden `.….tmp` file or an unfinished object, which no listing returns.
 
-Exactly once, through a crash at any point and on object stores without rename: under the
-log's compaction lock each merge is
+Exactly once, through a crash at any point and on object stores without rename, each merge:
 
-1. a journal `_compaction-<id>.json` in the partition naming the inputs and the output,
-2. the output written as `_compact-<id>.staged` (hidden from readers),
-3. the output published as `compact-<id>.parquet`,
-4. the inputs deleted, then the staged copy and the journal.
+1. claims its inputs: under the log's compaction lock (held for this step only), a journal
+   `_compaction-<id>.json` in the partition names the inputs and the output; inputs another
+   live journal names are left to it;
+2. writes the output as `_compact-<id>.staged` (hidden from readers), streaming the inputs
+   through one row group at a time (memory: about one input plus one row group);
+3. checks that its journal is still there (nobody took the claim back), then publishes the
+   output as `compact-<id>.parquet`;
+4. deletes the inputs, then the staged copy and the journal.
 
 Readers (`visible_files`) drop the inputs of every journal whose output is published, so a
-reader sees each row once at every step; the next compaction finishes (output published)
-or undoes (not published) what a killed one left. Only one compaction of a log may run at
-a time: the caller passes the lock (a file lock for a local log; serving and the CLI use
-the registry's lock for a log in object storage).
+reader sees each row once at every step. A later compaction finishes what a killed one left
+once its output is published (deleting inputs twice is harmless), and takes the claim back
+(deletes staged copy and journal) once the journal is older than `stale_s` (10 min) with
+nothing published: the lock is never held across a merge, so a lease-based lock (the
+registry's, for a log in object storage) cannot run out under one. An input that cannot be
+read (or whose columns do not fit the others) is left where it is and reported; the rest of
+the merge and of the log go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,9 +48,12 @@ from pyarrow import fs as pafs
 
 from raymlops.core.errors import DataError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "CompactionResult",
     "compact_log",
+    "is_journal",
     "local_compaction_lock",
     "visible_files",
 ]
@@ -54,10 +64,11 @@ _OUTPUT = "compact-"
 #: Rows per row group of a compacted file: big enough to read fast, small enough that a
 #: day's file still splits into read units for parallel readers.
 ROW_GROUP_ROWS = 131_072
-#: At most this many files, or bytes of them, go into one merge: a merge holds its rows in
-#: memory, and the lock only seconds.
+#: At most this many files, or bytes of them, go into one merge (an output file).
 MAX_FILES_PER_MERGE = 4_096
 MAX_BYTES_PER_MERGE = 64 * 2**20
+#: A journal this old whose output is not published was left by a dead compaction.
+STALE_JOURNAL_S = 600.0
 
 
 @dataclass
@@ -71,6 +82,7 @@ class CompactionResult:
     recovered: int = 0  # journals of killed compactions finished or undone
     seconds: float = 0.0
     merged: list[str] = field(default_factory=list)  # partition folders merged
+    skipped: list[str] = field(default_factory=list)  # unreadable or unfitting inputs, left
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +93,7 @@ class CompactionResult:
             "recovered": self.recovered,
             "seconds": round(self.seconds, 3),
             "merged": self.merged,
+            "skipped": self.skipped,
         }
 
 
@@ -109,26 +122,47 @@ def _listing(filesystem: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
 
 def _journals(filesystem: pafs.FileSystem, folders: set[str]) -> dict[str, dict[str, Any]]:
     """The journals in `folders`, by path (one that cannot be read yet is skipped)."""
-    found: dict[str, dict[str, Any]] = {}
+    paths: list[str] = []
     for folder in sorted(folders):
         with contextlib.suppress(FileNotFoundError, OSError):
-            for info in filesystem.get_file_info(pafs.FileSelector(folder)):
-                if info.type == pafs.FileType.File and info.base_name.startswith(_JOURNAL):
-                    with (
-                        contextlib.suppress(OSError, ValueError),
-                        filesystem.open_input_stream(info.path) as stream,
-                    ):
-                        found[info.path] = json.loads(stream.read())
+            paths += [
+                info.path
+                for info in filesystem.get_file_info(pafs.FileSelector(folder))
+                if info.type == pafs.FileType.File and info.base_name.startswith(_JOURNAL)
+            ]
+    return _read_journals(filesystem, paths)
+
+
+def _read_journals(filesystem: pafs.FileSystem, paths: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        with (
+            contextlib.suppress(OSError, ValueError),
+            filesystem.open_input_stream(path) as stream,
+        ):
+            found[path] = json.loads(stream.read())
     return found
 
 
-def visible_files(filesystem: pafs.FileSystem, files: list[str]) -> list[str]:
+def is_journal(name: str) -> bool:
+    """Whether a file name is a compaction journal (readers pass these to visible_files)."""
+    return name.startswith(_JOURNAL) and name.endswith(".json")
+
+
+def visible_files(
+    filesystem: pafs.FileSystem, files: list[str], journals: list[str] | None = None
+) -> list[str]:
     """`files` (a listing of a log) less the inputs of merges whose output is published:
-    what a reader must read to see every row once, whatever a compaction is doing."""
+    what a reader must read to see every row once, whatever a compaction is doing.
+    `journals`: the `_compaction-*.json` paths of the same listing, when the caller has them
+    (else each folder of `files` is listed for them)."""
     present = set(files)
-    folders = {f.rsplit("/", 1)[0] for f in files}
+    if journals is None:
+        found = _journals(filesystem, {f.rsplit("/", 1)[0] for f in files})
+    else:
+        found = _read_journals(filesystem, journals)
     merged: set[str] = set()
-    for path, journal in _journals(filesystem, folders).items():
+    for path, journal in found.items():
         folder = path.rsplit("/", 1)[0]
         if f"{folder}/{journal['output']}" in present:
             merged.update(f"{folder}/{name}" for name in journal["inputs"])
@@ -146,59 +180,147 @@ def _delete(filesystem: pafs.FileSystem, paths: list[str]) -> None:
                 filesystem.delete_file(path)
 
 
-def _recover(filesystem: pafs.FileSystem, infos: list[pafs.FileInfo]) -> int:
-    """Finish (output published) or undo (not published) what killed compactions left;
-    remove staged files no journal names."""
-    folders = {i.path.rsplit("/", 1)[0] for i in infos}
-    journals = _journals(filesystem, folders)
-    named: set[str] = set()
-    for path, journal in journals.items():
+def _recover(filesystem: pafs.FileSystem, folders: set[str], stale_s: float) -> int:
+    """Settle what other compactions left in `folders`: a journal whose output is published
+    is finished (its inputs deleted, then staged copy and journal); one older than `stale_s`
+    with nothing published is taken back (staged copy and journal deleted). The number
+    settled; live claims are left to their owners."""
+    settled = 0
+    now = time.time()
+    for path, journal in _journals(filesystem, folders).items():
         folder = path.rsplit("/", 1)[0]
         staged = f"{folder}/{journal['staged']}"
-        named.add(staged)
         if _exists(filesystem, f"{folder}/{journal['output']}"):
             _delete(filesystem, [f"{folder}/{n}" for n in journal["inputs"]])
+        elif now - float(journal.get("created", 0.0)) <= stale_s:
+            continue  # a merge in progress
         _delete(filesystem, [staged, path])
-    orphans = [i.path for i in infos if i.base_name.startswith(_STAGED) and i.path not in named]
-    _delete(filesystem, orphans)
-    return len(journals)
+        settled += 1
+    return settled
 
 
 def _write_text(filesystem: pafs.FileSystem, path: str, text: str) -> None:
+    """Write a small file whole: an object store's put is; a local file is renamed into place."""
+    target = path
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        folder, name = path.rsplit("/", 1)
+        path = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     with filesystem.open_output_stream(path) as stream:
         stream.write(text.encode())
+    if path != target:
+        filesystem.move(path, target)
 
 
-def _merge(filesystem: pafs.FileSystem, folder: str, inputs: list[str]) -> int:
-    """One merge of `inputs` (paths in `folder`) by the journal protocol; the rows merged."""
-    tables = [pq.read_table(path, filesystem=filesystem) for path in inputs]
-    table = pa.concat_tables(tables, promote_options="default")
-    if "timestamp" in table.column_names:
-        table = table.sort_by([("timestamp", "ascending")])
+def _claim(
+    filesystem: pafs.FileSystem, folder: str, inputs: list[str], stale_s: float
+) -> tuple[str, dict[str, Any]] | None:
+    """Under the lock: settle the folder, then claim those of `inputs` that still exist and
+    no live journal names with a journal of our own; None when fewer than two are left."""
+    _recover(filesystem, {folder}, stale_s)
+    claimed = {
+        f"{folder}/{name}"
+        for journal in _journals(filesystem, {folder}).values()
+        for name in journal["inputs"]
+    }
+    free = [p for p in inputs if p not in claimed and _exists(filesystem, p)]
+    if len(free) < 2:
+        return None
     merge_id = uuid.uuid4().hex
-    output, staged = f"{_OUTPUT}{merge_id}.parquet", f"{_STAGED}{merge_id}.staged"
+    record = {
+        "inputs": [_name(p) for p in free],
+        "output": f"{_OUTPUT}{merge_id}.parquet",
+        "staged": f"{_STAGED}{merge_id}.staged",
+        "created": time.time(),
+    }
     journal = f"{folder}/{_JOURNAL}{merge_id}.json"
-    record = {"inputs": [_name(p) for p in inputs], "output": output, "staged": staged}
     _write_text(filesystem, journal, json.dumps(record))
-    strings = [
-        f.name
-        for f in table.schema
-        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-    ]
-    pq.write_table(
-        table,
-        f"{folder}/{staged}",
-        filesystem=filesystem,
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=strings,
-    )
+    return journal, record
+
+
+class _Stream:
+    """The staged output, written a row group at a time (rows by timestamp in each)."""
+
+    def __init__(self, filesystem: pafs.FileSystem, path: str) -> None:
+        self.filesystem, self.path = filesystem, path
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = self.rows = 0
+
+    def fits(self, table: pa.Table) -> pa.Table:
+        """`table` in the output's columns (raises when it cannot be)."""
+        if self.schema is None:
+            self.schema = table.schema
+            return table
+        return table if table.schema.equals(self.schema) else table.cast(self.schema)
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        if "timestamp" in table.column_names:
+            table = table.sort_by([("timestamp", "ascending")])
+        if self.writer is None:
+            assert self.schema is not None
+            strings = [
+                f.name
+                for f in self.schema
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            ]
+            self.writer = pq.ParquetWriter(
+                self.path, self.schema, filesystem=self.filesystem, use_dictionary=strings
+            )
+        self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+        self.pending, self.pending_rows = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _merge(
+    filesystem: pafs.FileSystem, journal: str, record: dict[str, Any], skipped: list[str]
+) -> tuple[int, int]:
+    """Steps 2–4 for a claimed merge: (rows, inputs merged). Inputs that cannot be read or
+    do not fit go to `skipped` and stay; the claim is dropped if nothing is left to merge or
+    someone took it back meanwhile."""
+    folder = journal.rsplit("/", 1)[0]
+    staged, output = f"{folder}/{record['staged']}", f"{folder}/{record['output']}"
+    stream, merged = _Stream(filesystem, staged), []
+    try:
+        for name in record["inputs"]:
+            try:
+                table = stream.fits(pq.read_table(f"{folder}/{name}", filesystem=filesystem))
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                logger.warning("prediction log compaction: leaving %s/%s: %s", folder, name, exc)
+                skipped.append(f"{folder}/{name}")
+                continue
+            stream.add(table)
+            merged.append(name)
+        stream.close()
+    except Exception:  # (a kill runs no handler: a later compaction takes the claim back)
+        _delete(filesystem, [staged, journal])  # nothing published: take the claim back
+        raise
+    if len(merged) < 2 or not _exists(filesystem, journal):
+        _delete(filesystem, [staged, journal])  # too little left, or the claim was taken back
+        return 0, 0
+    if len(merged) < len(record["inputs"]):  # readers must not hide what stays
+        _write_text(filesystem, journal, json.dumps({**record, "inputs": merged}))
     if isinstance(filesystem, pafs.LocalFileSystem):
-        filesystem.move(f"{folder}/{staged}", f"{folder}/{output}")  # an atomic rename
+        filesystem.move(staged, output)  # an atomic rename
     else:  # an object store's copy makes the object appear whole
-        filesystem.copy_file(f"{folder}/{staged}", f"{folder}/{output}")
-    _delete(filesystem, inputs)
-    _delete(filesystem, [f"{folder}/{staged}", journal])
-    return int(table.num_rows)
+        filesystem.copy_file(staged, output)
+    _delete(filesystem, [f"{folder}/{name}" for name in merged])
+    _delete(filesystem, [staged, journal])
+    return stream.rows, len(merged)
 
 
 def _candidates(
@@ -242,15 +364,18 @@ def compact_log(
     min_files: int = 2,
     dry_run: bool = False,
     on_partition: Callable[[str, int], None] | None = None,
+    stale_s: float = STALE_JOURNAL_S,
 ) -> CompactionResult:
     """Merge the part files of every partition of the log at `root` (a model's log folder or
     URI, or any folder above partitions) into one file per partition.
 
     Files younger than `settled_s` seconds stay as they are (automatic compaction merges
     what finished hours wrote); a partition with fewer than `min_files` mergeable files is
-    left alone. `lock` keeps a second compaction of the same log out of each merge (default: a
-    file lock in a local log; required for a log in object storage). `on_partition` is told each
-    merged partition and its file count (progress)."""
+    left alone. `lock` serialises the claims of every compaction of the log (default: a file
+    lock in a local log, `local_compaction_lock`, which serving and `raymlops log compact` take
+    for a local log too; a log in object storage needs one that holds across machines).
+    `on_partition` is told each merged partition and its file count (progress). A journal
+    older than `stale_s` with nothing published is taken as left by a dead compaction."""
     started = time.monotonic()
     if lock is None:
         lock = local_compaction_lock(root)
@@ -260,7 +385,8 @@ def compact_log(
     infos = _listing(filesystem, base)
     if not dry_run:
         with lock():
-            result.recovered = _recover(filesystem, infos)
+            folders = {i.path.rsplit("/", 1)[0] for i in infos if is_journal(i.base_name)}
+            result.recovered = _recover(filesystem, folders, stale_s)
         if result.recovered:
             infos = _listing(filesystem, base)
     for folder, group in sorted(_candidates(infos, before).items()):
@@ -268,7 +394,10 @@ def compact_log(
             continue
         result.partitions += 1
         result.merged.append(folder[len(base) :].lstrip("/") or ".")
-        for chunk in _chunks(sorted(group, key=lambda i: i.path)):
+        ordered = sorted(
+            group, key=lambda i: (i.mtime or datetime.min.replace(tzinfo=timezone.utc), i.path)
+        )
+        for chunk in _chunks(ordered):
             if len(chunk) < 2:
                 continue
             if dry_run:
@@ -277,14 +406,18 @@ def compact_log(
                     result.files_out + 1,
                 )
                 continue
-            # The lock is held per merge (seconds), so a lease-based lock never runs out
-            # mid-merge; under it, what another compactor did meanwhile is settled first.
-            with lock():
-                _recover(filesystem, _listing(filesystem, folder))
-                if not all(_exists(filesystem, path) for path in chunk):
-                    continue  # merged by another compaction since the listing
-                result.rows += _merge(filesystem, folder, chunk)
-            result.files_in, result.files_out = result.files_in + len(chunk), result.files_out + 1
+            with lock():  # only while claiming: a merge runs unlocked (module docstring)
+                claim = _claim(filesystem, folder, chunk, stale_s)
+            if claim is None:
+                continue  # merged or claimed by another compaction since the listing
+            try:
+                rows, files = _merge(filesystem, *claim, result.skipped)
+            except (pa.ArrowException, OSError) as exc:  # this merge only: the rest goes on
+                logger.warning("prediction log compaction of %s failed: %s", folder, exc)
+                continue
+            if files:
+                result.rows += rows
+                result.files_in, result.files_out = result.files_in + files, result.files_out + 1
         if on_partition is not None:
             on_partition(folder, len(group))
     result.seconds = time.monotonic() - started

@@ -5,7 +5,6 @@ raymlops.serve.app)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import json
@@ -22,6 +21,7 @@ from ray import serve
 
 from raymlops.core.architecture_params import params_schema
 from raymlops.core.config import ServeConfig
+from raymlops.data.prediction_log import model_log_root
 from raymlops.serve.app_shared import (
     _BATCH_ROWS_BUCKETS,
     _REQUEST_ID,
@@ -48,7 +48,7 @@ from raymlops.serve.canary import (
     StatsBook,
     choose_route,
 )
-from raymlops.serve.prediction_log import LogChunk, PredictionLogWriter
+from raymlops.serve.prediction_log import LogChunk, PredictionLogWriter, compaction_lock
 from raymlops.serve.read_deadline import receive_by
 from raymlops.serve.schema import ParsedRequest, RequestError, RequestSchema
 
@@ -175,7 +175,9 @@ class Ingress:
                 ledger_root=Path(args["home"]) / "serve" / "log-ledgers",
                 owner=f"{self.model} replica {self.replica_id}",
                 compact_every_s=plc.compact_every_s,
-                compaction_lock=functools.partial(self.registry.log_compaction_lock, self.model),
+                compaction_lock=compaction_lock(
+                    model_log_root(args["log_root"], self.model), self.registry, self.model
+                ),
             )
             # SIGTERM: write the buffer; rows answered after it are written before their
             # answer leaves (the writer is closed), however the process ends.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import random
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from raymlops.data.log_compaction import CompactionResult, visible_files
+from raymlops.data.log_compaction import CompactionResult, is_journal, visible_files
 from raymlops.data.prediction_log import model_log_root, partition
 from raymlops.serve.log_ledger import Ledger, claim_dead_ledgers
 
@@ -60,6 +61,7 @@ __all__ = [
     "LogChunk",
     "PredictionLogWriter",
     "compact_prediction_log",
+    "compaction_lock",
     "log_schema",
     "read_log",
 ]
@@ -425,12 +427,17 @@ class PredictionLogWriter:
         return pa.Table.from_arrays(arrays, schema=layout.schema)
 
 
-def read_log(root: str, since: dt.datetime | float | None = None) -> pa.Table:
+def read_log(
+    root: str,
+    since: dt.datetime | float | None = None,
+    columns: Callable[[list[str]], list[str]] | None = None,
+) -> pa.Table:
     """One model's prediction log (`<root>/<model_name>`) as one table, oldest first.
 
     Files of versions with other columns are combined (missing columns are null); the
     Hive partition keys stay in the path, the table has the columns above. `since` (a
-    datetime, or a POSIX timestamp) keeps the rows logged at or after it.
+    datetime, or a POSIX timestamp) keeps the rows logged at or after it. `columns` picks
+    the columns to read from the log's column names (the rest are never decoded).
     """
     from pyarrow import fs as pafs
 
@@ -439,24 +446,34 @@ def read_log(root: str, since: dt.datetime | float | None = None) -> pa.Table:
     if info.type == pafs.FileType.NotFound:
         return pa.table({})
     for attempt in range(3):
-        files = [
-            f.path
+        listing = [
+            f
             for f in filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
             if f.type == pafs.FileType.File
-            and f.path.endswith(".parquet")
-            and not f.base_name.startswith((".", "_"))
+        ]
+        files = [
+            f.path
+            for f in listing
+            if f.path.endswith(".parquet") and not f.base_name.startswith((".", "_"))
         ]
         if not files:
             return pa.table({})
+        journals = [f.path for f in listing if is_journal(f.base_name)]
         try:  # a compaction may remove files between listing and reading: list again
-            return _read_files(filesystem, visible_files(filesystem, files), since)
+            visible = visible_files(filesystem, files, journals)
+            return _read_files(filesystem, visible, since, columns)
         except FileNotFoundError:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _read_files(filesystem: Any, files: list[str], since: dt.datetime | float | None) -> pa.Table:
+def _read_files(
+    filesystem: Any,
+    files: list[str],
+    since: dt.datetime | float | None,
+    columns: Callable[[list[str]], list[str]] | None = None,
+) -> pa.Table:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -481,7 +498,10 @@ def _read_files(filesystem: Any, files: list[str], since: dt.datetime | float | 
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=dt.timezone.utc)
         expression = pc.field("timestamp") >= pa.scalar(moment, type=pa.timestamp("us", tz="UTC"))
-    table = dataset.to_table(filter=expression)
+    picked = None if columns is None else columns(list(schema.names))
+    if picked is not None and "timestamp" in schema.names and "timestamp" not in picked:
+        picked = [*picked, "timestamp"]  # the order is by it
+    table = dataset.to_table(columns=picked, filter=expression)
     if table.num_rows:
         table = table.sort_by([("timestamp", "ascending")])
     return table
@@ -498,14 +518,24 @@ def compact_prediction_log(
     published file, one file per day and version after it; returns the
     `raymlops.data.log_compaction.CompactionResult`. Safe beside serving replicas that write
     and compact the same log (they take the same lock: the registry's)."""
-    import functools
-
     from raymlops.core.home import home_dir
     from raymlops.data.log_compaction import compact_log
     from raymlops.data.prediction_log import configured_log
     from raymlops.registry.store import Registry
 
     root = configured_log(config, home_dir(home))
-    registry = Registry.from_config(config, home)
-    lock = functools.partial(registry.log_compaction_lock, config.registry.model_name)
+    lock = compaction_lock(root, Registry.from_config(config, home), config.registry.model_name)
     return compact_log(root, lock=lock, dry_run=dry_run, on_partition=on_partition)
+
+
+def compaction_lock(
+    root: str, registry: Any, model_name: str
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """The lock every compaction of the log at `root` takes (replicas, `raymlops log
+    compact`, `compact_log` called directly): the file lock in a local log, the registry's
+    lock (`Registry.log_compaction_lock`) for a log in object storage."""
+    from raymlops.data.log_compaction import local_compaction_lock
+
+    if "://" not in root or root.startswith("file://"):
+        return local_compaction_lock(root)
+    return functools.partial(registry.log_compaction_lock, model_name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,11 @@ def test_two_compactions_beside_a_writer_lose_and_repeat_nothing(tmp_path: Path)
     seen = 0
     while not done.is_set() or passes == 0:
         passes += compact_log(str(root)).files_in > 0
-        rows = len(_ids(root))
-        assert rows >= seen  # a reader never sees rows vanish (or a row twice: below)
-        seen = rows
+        read = Counter(_ids(root))
+        written = Counter(ids)  # ids are recorded before their rows are appended
+        assert not read - written, "a row read twice"
+        assert read.total() >= seen  # and never a row vanishing
+        seen = read.total()
     thread.join()
     other.join()
     compact_log(str(root))
@@ -140,8 +143,8 @@ def test_two_compactions_beside_a_writer_lose_and_repeat_nothing(tmp_path: Path)
     assert len(_parts(root)) == 2
 
 
-class _Killed(Exception):
-    pass
+class _Killed(BaseException):
+    """A kill: no handler of the compaction runs (an Exception would be cleaned up)."""
 
 
 @pytest.mark.parametrize("step", ["journal", "staged", "published", "inputs deleted"])
@@ -150,7 +153,7 @@ def test_a_compaction_killed_at_any_step_keeps_every_row_once(
 ) -> None:
     root, ids = _log(tmp_path, files=12)
     real_write_text, real_delete = log_compaction._write_text, log_compaction._delete
-    real_write_table = log_compaction.pq.write_table
+    real_close = log_compaction._Stream.close
     deletes = {"n": 0}
 
     def write_text(*args: Any) -> None:
@@ -158,8 +161,8 @@ def test_a_compaction_killed_at_any_step_keeps_every_row_once(
             raise _Killed
         real_write_text(*args)
 
-    def write_table(*args: Any, **kwargs: Any) -> None:
-        real_write_table(*args, **kwargs)
+    def close(stream: Any) -> None:
+        real_close(stream)
         if step == "staged":
             raise _Killed
 
@@ -176,19 +179,67 @@ def test_a_compaction_killed_at_any_step_keeps_every_row_once(
             raise _Killed
 
     monkeypatch.setattr(log_compaction, "_write_text", write_text)
-    monkeypatch.setattr(log_compaction.pq, "write_table", write_table)
+    monkeypatch.setattr(log_compaction._Stream, "close", close)
     monkeypatch.setattr(log_compaction, "_delete", delete)
     with pytest.raises(_Killed):
         compact_log(str(root))
     monkeypatch.undo()
 
     assert _ids(root) == sorted(ids)  # readers, before any recovery
-    result = compact_log(str(root))
+    if step == "staged":  # a claim younger than stale_s is a merge in progress: left alone
+        assert compact_log(str(root)).recovered == 0
+        assert len(list(root.rglob("_compaction-*"))) == 1
+    result = compact_log(str(root), stale_s=0)  # later: the dead compaction's claim is stale
     assert result.recovered == (0 if step == "journal" else 1)
     assert _ids(root) == sorted(ids)
     assert not list(root.rglob("_compaction-*")) and not list(root.rglob("_compact-*"))
     compact_log(str(root))
     assert len(_parts(root)) == 4 and _ids(root) == sorted(ids)
+
+
+def test_a_claimed_merge_is_left_to_its_owner_and_a_taken_back_one_never_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, ids = _log(tmp_path, files=12)
+    claims: list[tuple[str, dict[str, Any]]] = []
+    real_claim = log_compaction._claim
+
+    def claim_and_stop(*args: Any) -> tuple[str, dict[str, Any]] | None:
+        claimed = real_claim(*args)
+        if claimed is not None:
+            claims.append(claimed)
+        return None  # as if this compaction were still merging them, elsewhere
+
+    monkeypatch.setattr(log_compaction, "_claim", claim_and_stop)
+    compact_log(str(root))
+    monkeypatch.undo()
+    assert len(claims) == 4
+    # Another compaction meanwhile: every input is claimed by a live journal.
+    assert compact_log(str(root)).files_in == 0 and len(_parts(root)) == 12
+    # One claim is taken back (as a stale one would be): its owner must not publish it.
+    journal, record = claims[0]
+    Path(journal).unlink()
+    assert log_compaction._merge(log_compaction._open(str(root))[0], journal, record, []) == (
+        0,
+        0,
+    )
+    assert not list(Path(journal).parent.glob("compact-*")) and _ids(root) == sorted(ids)
+    # The others finish; the taken-back partition is merged by the next compaction.
+    for journal, record in claims[1:]:
+        assert log_compaction._merge(log_compaction._open(str(root))[0], journal, record, [])[1]
+    compact_log(str(root))
+    assert len(_parts(root)) == 4 and _ids(root) == sorted(ids)
+
+
+def test_an_unreadable_file_is_left_and_the_rest_merged(tmp_path: Path) -> None:
+    root, _ = _log(tmp_path, files=12)
+    folder = _parts(root)[0].parent
+    bad = folder / "part-corrupt.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    result = compact_log(str(root))
+    assert result.skipped == [str(bad)] and bad.exists()
+    assert result.files_out == 4 and result.files_in == 12
+    assert bad in _parts(root) and len(_parts(root)) == 5
 
 
 def test_visible_files_drops_only_the_inputs_of_published_merges(tmp_path: Path) -> None:
