@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray.tune import Callback
 
@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: The reported metrics a trial's run records: validation and training metrics and the
 #: running best of the search metric (not Tune's bookkeeping: times, ids, iterations).
@@ -58,6 +59,9 @@ _SEARCH_TAG = "raymlops.search."
 #: How long the end of a search waits for writes still queued (a store that stays locked
 #: or a server that does not answer): the end-of-search reconciliation adds what is left.
 _FLUSH_TIMEOUT_S = 120.0
+#: How long the end of a search then waits for the write in progress to give up or finish,
+#: once the writes still queued are cancelled.
+_CANCEL_GRACE_S = 10.0
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -168,14 +172,37 @@ def open_search_run(
     registry.end_run(earlier, succeeded=True)
 
 
+class _Cancelled(Exception):
+    """A write given up because the end of the search stopped waiting for it."""
+
+
+#: The writer whose thread this is (`_pause` reads its cancel event).
+_current = threading.local()
+
+
+def _pause(seconds: float) -> None:
+    """The wait between tries of a locked write (`retry_when_locked`'s `sleep`): on a
+    writer's thread it ends early, raising _Cancelled, once that writer is cancelled."""
+    writer = getattr(_current, "writer", None)
+    if writer is None:
+        time.sleep(seconds)
+    elif writer.cancelled.wait(seconds):
+        raise _Cancelled
+
+
 class _Writer:
     """MLflow writes applied in order on one daemon thread; a failed write is logged and
-    the next one goes on."""
+    the next one goes on. `close` waits for the queue to drain; past its timeout it cancels
+    the writes still queued (none is applied after it returns, so none races with the
+    end-of-search reconciliation) and counts them."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self.cancelled = threading.Event()
+        self._count_lock = threading.Lock()
         self.failures = 0
+        self.dropped = 0  # writes cancelled (queued, or given up between retries)
 
     def submit(self, write: Callable[[], None]) -> None:
         if self._thread is None:
@@ -185,19 +212,43 @@ class _Writer:
             self._thread.start()
         self._queue.put(write)
 
-    def close(self, timeout_s: float) -> bool:
-        """Apply what is queued (waiting at most `timeout_s`) and stop; False if writes were
-        still pending when the time ran out."""
+    def close(self, timeout_s: float, grace_s: float = _CANCEL_GRACE_S) -> tuple[int, bool]:
+        """Apply what is queued, waiting at most `timeout_s`, and stop. Past that, cancel:
+        the writes still queued are dropped, a locked write stops retrying, and the write
+        in progress gets `grace_s` more. Returns (writes dropped, whether a write was still
+        in progress after the grace: one request that may yet land)."""
         if self._thread is None:
-            return True
+            return 0, False
         self._queue.put(None)
         self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        if not self._thread.is_alive():
+            return self.dropped, False
+        self.cancelled.set()
+        while True:  # what the thread has not taken yet is dropped here
+            try:
+                write = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if write is not None:
+                self._count_dropped()
+        self._queue.put(None)  # the thread stops after the write it is in
+        self._thread.join(grace_s)
+        return self.dropped, self._thread.is_alive()
+
+    def _count_dropped(self) -> None:
+        with self._count_lock:
+            self.dropped += 1
 
     def _run(self) -> None:
+        _current.writer = self
         while (write := self._queue.get()) is not None:
+            if self.cancelled.is_set():
+                self._count_dropped()
+                continue
             try:
                 write()
+            except _Cancelled:
+                self._count_dropped()
             except Exception as exc:  # tracking is best effort; the end reconciles
                 self.failures += 1
                 if self.failures == 1:
@@ -211,6 +262,12 @@ class _Writer:
 
 def _locked(exc: BaseException, wait: float) -> None:
     logger.warning("MLflow store busy (%s); retrying in %.1f s", str(exc).splitlines()[0], wait)
+
+
+def _retry(action: Callable[[], _T]) -> _T:
+    """`action()` on the writer's thread: retried while the store is locked, said so in the
+    log, given up when the writer is cancelled (`_pause`)."""
+    return retry_when_locked(action, on_retry=_locked, sleep=_pause)
 
 
 class TrialTracker(Callback):  # type: ignore[misc]
@@ -321,11 +378,14 @@ class TrialTracker(Callback):  # type: ignore[misc]
         done = not cut and all(t.status in ("TERMINATED", "ERROR") for t in trials)
         now = dict.fromkeys(cut, "PENDING")  # to run again when the search is resumed
         self._submit_state(trials, now, "finished" if done else "interrupted")
-        if not self._writer.close(_FLUSH_TIMEOUT_S):
+        dropped, in_progress = self._writer.close(_FLUSH_TIMEOUT_S)
+        if dropped or in_progress:
             logger.warning(
-                "live tracking in MLflow: writes still pending after %.0f s were dropped; "
-                "the end of the search records its trials in full",
+                "live tracking in MLflow: %d write(s) still pending after %.0f s were "
+                "dropped%s; the end of the search records its trials in full",
+                dropped,
                 _FLUSH_TIMEOUT_S,
+                " (one request still in progress may yet land)" if in_progress else "",
             )
         self._writer = _Writer()  # a later hook (none is expected) starts a new one
 
@@ -339,7 +399,7 @@ class TrialTracker(Callback):  # type: ignore[misc]
         a new one; reopened (RUNNING) when it had ended."""
         registry, client = self.registry, self.registry.client
         if self._earlier is None:
-            self._earlier = retry_when_locked(
+            self._earlier = _retry(
                 partial(registry.trial_runs, self.live.parent_run_id, self.live.experiment_id)
             )
         run_id = self._runs.get(trial_id)
@@ -355,8 +415,8 @@ class TrialTracker(Callback):  # type: ignore[misc]
                 params,
                 tags={"raymlops.trial_status": "RUNNING"},
             )
-        elif retry_when_locked(partial(client.get_run, run_id)).info.status != "RUNNING":
-            retry_when_locked(partial(client.update_run, run_id, status="RUNNING"))
+        elif _retry(partial(client.get_run, run_id)).info.status != "RUNNING":
+            _retry(partial(client.update_run, run_id, status="RUNNING"))
             self._tag_run(run_id, {"raymlops.trial_status": "RUNNING"})
         self._runs[trial_id] = run_id
 
@@ -378,7 +438,7 @@ class TrialTracker(Callback):  # type: ignore[misc]
         if not rows or run_id is None:
             return
         write = partial(self.registry.log, run_id, rows, timestamps=stamps)
-        retry_when_locked(write, on_retry=_locked)
+        _retry(write)
         self._last_step[trial_id] = last
 
     def _close_trial(
@@ -398,7 +458,7 @@ class TrialTracker(Callback):  # type: ignore[misc]
         self._tag_run(run_id, tags)
         final = TRIAL_RUN_STATUS[outcome] if outcome is not None else "KILLED"
         client = self.registry.client
-        retry_when_locked(partial(client.set_terminated, run_id, status=final), on_retry=_locked)
+        _retry(partial(client.set_terminated, run_id, status=final))
 
     def _tag_trial(self, trial_id: str, tags: dict[str, str]) -> None:
         run_id = self._runs.get(trial_id)
@@ -406,7 +466,7 @@ class TrialTracker(Callback):  # type: ignore[misc]
             self._tag_run(run_id, tags)
 
     def _tag_run(self, run_id: str, tags: dict[str, str]) -> None:
-        retry_when_locked(partial(self.registry.log, run_id, tags=tags), on_retry=_locked)
+        _retry(partial(self.registry.log, run_id, tags=tags))
 
     def _write_state(self, snapshot: dict[str, Any], state: str) -> None:
         """The parent run's view of the search: trials per state, the best so far."""
@@ -424,4 +484,4 @@ class TrialTracker(Callback):  # type: ignore[misc]
         write = partial(
             self.registry.log, self.live.parent_run_id, metrics, tags=tags, timestamps=stamp
         )
-        retry_when_locked(write, on_retry=_locked)
+        _retry(write)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import threading
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +19,8 @@ from raymlops.registry.store import Registry, TrialRecord, retry_when_locked
 from raymlops.train.tracking import (
     LiveTracking,
     TrialTracker,
+    _pause,
+    _Writer,
     search_state,
     trial_metrics,
     trial_outcome,
@@ -116,6 +120,43 @@ def test_a_locked_store_is_retried_and_other_errors_are_not() -> None:
     with pytest.raises(sqlite3.OperationalError):
         retry_when_locked(always_locked, attempts=3, sleep=waits.append)
     assert waits == [0.5, 1.0]
+
+
+def test_a_writer_past_its_timeout_drops_what_is_queued_and_applies_none_later() -> None:
+    """The end of a search stops waiting for a stuck store: the writes still queued are
+    cancelled and counted, a locked write stops retrying, and nothing queued lands after
+    `close` returns (it would race with the end-of-search reconciliation)."""
+    release, started = threading.Event(), threading.Event()
+    applied: list[str] = []
+    writer = _Writer()
+
+    def stuck() -> None:  # a request the store takes long to answer
+        started.set()
+        release.wait(30)
+        applied.append("stuck")
+
+    writer.submit(stuck)
+    for name in ("a", "b", "c"):
+        writer.submit(partial(applied.append, name))
+    assert started.wait(30)
+    dropped, in_progress = writer.close(timeout_s=0.05, grace_s=0.05)
+    assert (dropped, in_progress) == (3, True)  # a, b, c; `stuck` may still land
+    release.set()
+    writer._thread.join(30)  # type: ignore[union-attr]
+    assert applied == ["stuck"] and writer.dropped == 3
+
+    def always_locked() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    locked = _Writer()  # a write retrying a locked store gives up when cancelled
+    locked.submit(partial(retry_when_locked, always_locked, wait_s=3600.0, sleep=_pause))
+    locked.submit(partial(applied.append, "late"))
+    assert locked.close(timeout_s=0.05, grace_s=30) == (2, False)
+    assert locked.failures == 0 and applied == ["stuck"]
+
+    quick = _Writer()
+    quick.submit(partial(applied.append, "d"))
+    assert quick.close(timeout_s=30) == (0, False) and applied[-1] == "d"
 
 
 def test_the_tracker_travels_with_its_settings_only() -> None:
