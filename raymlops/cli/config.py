@@ -46,13 +46,21 @@ def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @_handle_errors
 def config_validate(file: str, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Check a config file; exit 2 with the offending key on error.
+    """Check a config file; exit 2 with the offending key on error (with --json, after
+    printing {"file", "valid": false, "error"}).
 
     \b
     Example:
       raymlops config validate examples/breast_cancer.yaml
     """
-    cfg = _load(file, overrides)
+    from raymlops.core.errors import RaymlopsError
+
+    try:
+        cfg = _load(file, overrides)
+    except RaymlopsError as exc:
+        if as_json:  # the verdict is the document; the error line and exit code follow
+            _json_out({"file": file, "valid": False, "error": str(exc)})
+        raise
     if as_json:
         _json_out({"file": file, "valid": True, "name": cfg.name, "model": cfg.registry.model_name})
         return
@@ -81,13 +89,14 @@ def config_docs(every_key: bool, readme: str | None) -> None:
 
     from raymlops.core.config_docs import config_reference, config_table, replace_table
 
+    if every_key and readme is not None:  # README holds the top-level table, checked by CI
+        raise click.UsageError("--all prints the full reference; --readme writes the table")
     if readme is None:
         click.echo(config_reference() if every_key else config_table(), nl=False)
         return
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
-    table = config_reference() if every_key else config_table()
-    updated = replace_table(text, table, readme)
+    updated = replace_table(text, config_table(), readme)
     if updated != text:
         path.write_text(updated, encoding="utf-8")
     click.echo(f"{readme}: configuration table {'updated' if updated != text else 'unchanged'}")

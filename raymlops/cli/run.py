@@ -108,9 +108,39 @@ def _outcome_dict(outcome: Any) -> dict[str, Any]:
     }
 
 
-def _report_jobs(outcomes: list[Any], as_json: bool = False) -> None:
-    """Each job's end (on stderr with --json, whose caller prints the JSON); the failed
-    one's log tail, and exit 1, when one failed."""
+def _champion(config: Any, home: str | None) -> int | None:
+    """The version the champion alias names now (None: none yet)."""
+    from raymlops.registry.store import Registry
+
+    return Registry.from_config(config, home).alias_target(config.registry.model_name, "champion")
+
+
+def _jobs_dict(
+    config: Any, home: str | None, outcomes: list[Any], error: str | None
+) -> dict[str, Any]:
+    """`raymlops run --json` with a job address: the model, its champion, each job's
+    outcome and the failed job's error line (null when every job succeeded). After a
+    failure the champion is looked up as far as the registry answers (null if not)."""
+    if error is None:
+        champion = _champion(config, home)
+    else:
+        try:
+            champion = _champion(config, home)
+        except Exception:  # the failure is what the document reports, not this lookup
+            champion = None
+    jobs = [_outcome_dict(o) for o in outcomes]
+    return {
+        "model": config.registry.model_name,
+        "champion": champion,
+        "jobs": jobs,
+        "error": error,
+    }
+
+
+def _report_jobs(outcomes: list[Any], as_json: bool = False) -> str | None:
+    """Each job's end (on stderr with --json, whose caller prints the JSON) and the failed
+    one's log tail; returns the error line of the failed job (None when all succeeded),
+    which the caller passes to `_exit_if_failed` after printing its result."""
     for outcome in outcomes:
         say(
             f"{outcome.step}: {outcome.status} (job {outcome.submission_id}, "
@@ -118,9 +148,17 @@ def _report_jobs(outcomes: list[Any], as_json: bool = False) -> None:
             err=as_json,
         )
     failed = next((o for o in outcomes if not o.succeeded), None)
-    if failed is not None:
-        say(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}")
-        _fail(f"step {failed.step} {failed.status.lower()} as Ray job {failed.submission_id}", 1)
+    if failed is None:
+        return None
+    say(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}", err=as_json)
+    return f"step {failed.step} {failed.status.lower()} as Ray job {failed.submission_id}"
+
+
+def _exit_if_failed(error: str | None) -> None:
+    """Exit 1 with `error` (from `_report_jobs`) when a job failed: after --json has
+    printed its document, so that a failure still prints one."""
+    if error is not None:
+        _fail(error, 1)
 
 
 _retries_option = click.option(
@@ -220,17 +258,13 @@ def run(
             train_only=train_only,
             keep_serving=keep_serving,
         )
-        _report_jobs(outcomes, as_json)
-        from raymlops.registry.store import Registry
-
-        champion = Registry.from_config(config, home).alias_target(
-            config.registry.model_name, "champion"
-        )
+        error = _report_jobs(outcomes, as_json)
         if as_json:
-            jobs = [_outcome_dict(o) for o in outcomes]
-            _json_out({"model": config.registry.model_name, "champion": champion, "jobs": jobs})
-        else:
+            _json_out(_jobs_dict(config, home, outcomes, error))
+        elif error is None:
+            champion = _champion(config, home)
             click.echo(f"champion now: {config.registry.model_name} v{champion}")
+        _exit_if_failed(error)
         return
     # Ray prints its notices on stdout: with --json they join the narration on stderr.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
@@ -419,14 +453,14 @@ def submit(
         config=config,
     )
     if as_json:
-        if not no_wait:
-            _report_jobs([outcome], as_json=True)
+        error = None if no_wait else _report_jobs([outcome], as_json=True)
         _json_out(_outcome_dict(outcome))
+        _exit_if_failed(error)
         return
     if no_wait:
         click.echo(outcome.submission_id)
         return
-    _report_jobs([outcome])
+    _exit_if_failed(_report_jobs([outcome]))
 
 
 @cli.group()

@@ -171,7 +171,10 @@ def test_data_synth_and_config_validate_print_json_alone(tmp_path: Path) -> None
         "model": "m",
     }
     invalid = runner.invoke(cli, ["config", "validate", config, "--set", "nope=1", "--json"])
-    assert invalid.exit_code == 2 and invalid.stdout == ""
+    assert invalid.exit_code == 2, invalid.output
+    verdict = json.loads(invalid.stdout)  # the verdict still, and nothing else, on stdout
+    assert (verdict["file"], verdict["valid"]) == (config, False)
+    assert "nope: unknown key" in verdict["error"]
     assert "nope: unknown key" in invalid.stderr
 
 
@@ -325,3 +328,35 @@ def test_run_summary_columns_line_up_for_any_step_name(longest: int) -> None:
     }
     assert len(values) == 1  # the values after the labels start in one column
     assert any(line.strip().startswith("x" * longest) for line in timing)
+
+
+def test_a_failed_job_still_prints_its_json_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`submit --json` and `run --json` with a job address: the document first (the log
+    tail on stderr), then the error line and exit 1."""
+    from raymlops.cli.run import _exit_if_failed, _jobs_dict, _outcome_dict, _report_jobs
+    from raymlops.cluster.launcher import JobOutcome
+
+    ok = JobOutcome("train", "raymlops-train-1", "SUCCEEDED", 1)
+    failed = JobOutcome("gate", "raymlops-gate-1", "FAILED", 2, log_tail="boom: no data")
+    assert _report_jobs([ok], as_json=True) is None
+    error = _report_jobs([ok, failed], as_json=True)
+    assert error == "step gate failed as Ray job raymlops-gate-1"
+    said = capsys.readouterr()
+    assert said.out == "" and "boom: no data" in said.err  # stdout is the document's
+
+    config = _load(None, ("registry.model_name=m",))
+    unreadable = tmp_path / "home-is-a-file"
+    unreadable.write_text("")  # no registry answers here: the champion is unknown
+    document = _jobs_dict(config, str(unreadable), [ok, failed], error)
+    assert document == {
+        "model": "m",
+        "champion": None,
+        "jobs": [_outcome_dict(ok), _outcome_dict(failed)],
+        "error": error,
+    }
+    with pytest.raises(SystemExit) as exited:
+        _exit_if_failed(error)
+    assert exited.value.code == 1
+    _exit_if_failed(None)  # all succeeded: nothing happens
