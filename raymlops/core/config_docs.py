@@ -137,18 +137,22 @@ def config_reference(model: type[BaseModel] = PipelineConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_table(text: str, table: str, source: str = "the file") -> str:
-    """`text` with what lies between TABLE_BEGIN and TABLE_END replaced by `table`."""
+def _table_span(text: str, source: str) -> tuple[int, int]:
+    """Where the table lies in `text`: from just after TABLE_BEGIN to TABLE_END; a
+    ConfigError naming `source` when the markers are missing or out of order."""
     begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
     if begin < 0 or end < begin:
         raise ConfigError(f"{source} has no '{TABLE_BEGIN}' … '{TABLE_END}' block")
-    head = text[: begin + len(TABLE_BEGIN)]
-    return f"{head}\n{table}{text[end:]}"
+    return begin + len(TABLE_BEGIN), end
+
+
+def replace_table(text: str, table: str, source: str = "the file") -> str:
+    """`text` with what lies between TABLE_BEGIN and TABLE_END replaced by `table`."""
+    start, end = _table_span(text, source)
+    return f"{text[:start]}\n{table}{text[end:]}"
 
 
 def table_in(text: str, source: str = "the file") -> str:
     """What lies between the markers (the table README holds)."""
-    begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
-    if begin < 0 or end < begin:
-        raise ConfigError(f"{source} has no '{TABLE_BEGIN}' … '{TABLE_END}' block")
-    return text[begin + len(TABLE_BEGIN) : end].lstrip("\n")
+    start, end = _table_span(text, source)
+    return text[start:end].lstrip("\n")

@@ -25,7 +25,7 @@ from raymlops.train.loop import CHECKPOINT_STATE, TrainingArrays
 
 if TYPE_CHECKING:
     from raymlops.train.streaming import StreamingData
-    from raymlops.train.tracking import LiveTracking
+    from raymlops.train.tracking import LiveTracking, TrialTracker
 
 __all__ = [
     "SearchOutcome",
@@ -491,7 +491,7 @@ def _live_tracker(
     metric: str,
     mode: str,
     experiment_path: str,
-) -> Any:
+) -> TrialTracker | None:
     """The callback recording the search's trials in MLflow as they run (None without
     `live`), its parent run tagged first. On a resume Tune uses the tracker it saved with
     the experiment; this one only marks the parent run as running again."""

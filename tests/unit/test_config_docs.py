@@ -89,6 +89,12 @@ def test_config_docs_prints_the_table_or_rewrites_a_file(tmp_path: Path) -> None
     again = runner.invoke(cli, ["config", "docs", "--readme", str(doc)])
     assert "unchanged" in again.output
 
+    # README holds the top-level table (test_readme_holds_the_generated_table): --all
+    # cannot go there.
+    mixed = runner.invoke(cli, ["config", "docs", "--all", "--readme", str(doc)])
+    assert mixed.exit_code == 2 and "--all" in mixed.output
+    assert table_in(doc.read_text(encoding="utf-8")) == config_table()
+
     doc.write_text("# No markers\n", encoding="utf-8")
     refused = runner.invoke(cli, ["config", "docs", "--readme", str(doc)])
     assert refused.exit_code != 0 and "config-table" in refused.output
