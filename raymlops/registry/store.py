@@ -512,7 +512,9 @@ class Registry:
     ) -> str:
         """A run for one trial, nested under its search's parent run, recorded as the acting
         user's (`default_actor`), its sampled values as params; returns its id. The live
-        tracker and `log_trials` both create trial runs through this."""
+        tracker and `log_trials` both create trial runs through this. If the params cannot
+        be written the run is ended FAILED (and the error raised): a caller that got no id
+        makes a new run later, and the half-made one must not stay RUNNING beside it."""
         run = retry_when_locked(
             lambda: self.client.create_run(
                 experiment_id,
@@ -527,7 +529,12 @@ class Registry:
         )
         run_id = str(run.info.run_id)
         encoded = {k: json.dumps(v) for k, v in params.items()}
-        retry_when_locked(lambda: self.log(run_id, params=encoded))
+        try:
+            retry_when_locked(lambda: self.log(run_id, params=encoded))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the params' error is the one to raise
+                retry_when_locked(lambda: self.client.set_terminated(run_id, status="FAILED"))
+            raise
         return run_id
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:

@@ -220,3 +220,17 @@ def test_log_trials_completes_the_live_runs_instead_of_duplicating_them(
     assert a.data.params == {"train.learning_rate": "0.01"}
     assert (b.info.status, b.data.tags["raymlops.trial_error"]) == ("FAILED", "boom")
     assert {a.data.tags["mlflow.user"], b.data.tags["mlflow.user"]} == {"ada"}
+
+
+@pytest.mark.long  # a fresh MLflow SQLite store costs seconds
+def test_a_trial_run_whose_params_fail_is_not_left_running(tmp_path: Path) -> None:
+    registry = Registry(home=tmp_path)
+    exp = registry.experiment_id("live")
+    parent = registry.start_run("search", experiment_id=exp)
+    with pytest.raises(Exception, match="(?i)param"):  # MLflow refuses a key this long
+        registry.create_trial_run(exp, parent, "a", {"train." + "x" * 300: 1})
+    (half,) = registry.trial_runs(parent, exp).values()
+    assert half.info.status == "FAILED"
+    # What a reopen does next: a second run, the only RUNNING one of the trial.
+    run_id = registry.create_trial_run(exp, parent, "a", {"train.hidden": "x"})
+    assert registry.get_run(run_id).info.status == "RUNNING"
