@@ -96,7 +96,9 @@ class ChampionComparison(_Section):
         30,
         ge=1,
         description="Fewer held-out fresh rows than this are not held out (they train): the "
-        "comparison then uses the candidate's held-out split, and the gate record says so.",
+        "comparison then uses the candidate's held-out split, and the gate record says so. "
+        "Also the floor for `gate --fresh`: fewer labelled rows of classes both models know "
+        "fall back to the held-out comparison, with a note.",
     )
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ import numpy as np
 from raymlops.core.config import GATE_METRICS, ChampionComparison, GateConfig
 from raymlops.loop.gate_result import CheckResult, _fmt
 from raymlops.loop.paired import passes
-from raymlops.loop.scoring import check_metric_for_task, score, task_metrics
+from raymlops.loop.scoring import check_metric_for_task, known_rows, score, task_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,14 +105,26 @@ def champion_check(
             None,
             {"basis": kind, "note": reason},
         )
-    if fresh is not None and len(fresh):
-        return _paired_check(ev, champion, fresh, metric, fresh_note)
-    theirs = score(champion, ev.frame, ev.label)
+    usable, fresh_note, dropped = _usable_fresh(ev, champion, fresh, fresh_note)
+    if usable is not None:
+        return _paired_check(ev, champion, usable, metric, fresh_note, dropped)
+    rows, unknown = known_rows(ev.frame, ev.label, champion)
+    if not len(rows):
+        reason = f"every held-out row's label is a class the champion never saw ({unknown})"
+        return (
+            [CheckResult("champion", metric, "skipped", metrics[metric], rule, reason)],
+            None,
+            {"basis": "none", "note": reason},
+        )
+    theirs = score(champion, rows, ev.label)
     their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
     higher = GATE_METRICS[metric]
     delta = _improvement_needed(comparison, metric, their_metrics[metric])
     required = their_metrics[metric] + delta if higher else their_metrics[metric] - delta
     ours = metrics[metric]
+    if unknown:  # both models on the same rows: those whose class the champion knows
+        mine = score(ev.candidate, rows, ev.label)
+        ours = task_metrics(ev.candidate, mine.y, mine.outputs)[metric]
     ok = passes(ours, required) if higher else passes(-ours, -required)  # one rule, both paths
     version = champion.metadata.get("version")
     champion_info = {
@@ -124,10 +136,18 @@ def champion_check(
     note = fresh_note or "no fresh labelled rows"
     compared = {
         "basis": "held-out",
-        "note": f"{note}: compared on the candidate's held-out rows ({len(ev.frame)}), "
+        "note": f"{note}: compared on the candidate's held-out rows ({len(rows)}), "
         "which the champion may have trained on; no paired test",
-        "rows": len(ev.frame),
+        "rows": len(rows),
+        **dropped,
     }
+    if unknown:
+        compared["unknown_label_rows"] = len(ev.frame) - len(rows)
+        compared["unknown_labels"] = unknown
+        compared["note"] += (
+            f"; {len(ev.frame) - len(rows)} rows of classes the champion never saw "
+            f"({', '.join(unknown[:5])}) left out of both models' scores"
+        )
     check = CheckResult(
         "champion",
         metric,
@@ -139,16 +159,58 @@ def champion_check(
     return [check], champion_info, compared
 
 
+def _usable_fresh(
+    ev: GateRows, champion: Predictor, fresh: pd.DataFrame | None, note: str
+) -> tuple[pd.DataFrame | None, str, dict[str, Any]]:
+    """The fresh rows the paired test can use: labelled, and of a class both models were
+    trained on (rows of a class one model never saw are left out and counted: neither model
+    can be scored fairly on them). Fewer than `gate.champion.min_fresh_rows` such rows: None,
+    with a note saying why, and the comparison falls back to the held-out rows."""
+    if fresh is None or not len(fresh):
+        return None, note, {}
+    labelled = fresh[fresh[ev.label].notna()].reset_index(drop=True)
+    rows, unknown = known_rows(labelled, ev.label, ev.candidate, champion)
+    dropped: dict[str, Any] = {"fresh_rows_given": len(fresh)}
+    parts = []
+    if len(labelled) < len(fresh):
+        dropped["fresh_unlabelled"] = len(fresh) - len(labelled)
+        parts.append(f"{len(fresh) - len(labelled)} unlabelled")
+    if unknown:
+        dropped["unknown_label_rows"] = len(labelled) - len(rows)
+        dropped["unknown_labels"] = unknown
+        parts.append(
+            f"{len(labelled) - len(rows)} of a class one model never saw "
+            f"({', '.join(unknown[:5])}), scored by neither"
+        )
+    left_out = f" ({'; '.join(parts)} left out)" if parts else ""
+    assert ev.gate.champion is not None
+    minimum = ev.gate.champion.min_fresh_rows
+    if len(rows) < minimum:
+        return (
+            None,
+            f"{len(rows)} usable fresh rows of {len(fresh)}{left_out}, below "
+            f"gate.champion.min_fresh_rows ({minimum})",
+            dropped,
+        )
+    base = note or f"{len(rows)} fresh labelled rows neither model trained on"
+    return rows, base + left_out, dropped
+
+
 def _paired_check(
-    ev: GateRows, champion: Predictor, fresh: pd.DataFrame, metric: str, note: str
+    ev: GateRows,
+    champion: Predictor,
+    rows: pd.DataFrame,
+    metric: str,
+    note: str,
+    dropped: dict[str, Any],
 ) -> tuple[list[CheckResult], dict[str, Any], dict[str, Any]]:
-    """Both models on the fresh rows, compared with a paired test (`raymlops.loop.paired`)."""
+    """Both models on the usable fresh `rows` (`_usable_fresh`), compared with a paired
+    test (`raymlops.loop.paired`)."""
     from raymlops.loop.paired import mcnemar_comparison, paired_bootstrap
     from raymlops.model.metrics import row_terms
 
     comparison = ev.gate.champion
     assert comparison is not None
-    rows = fresh[fresh[ev.label].notna()].reset_index(drop=True)
     ours, theirs = score(ev.candidate, rows, ev.label), score(champion, rows, ev.label)
     their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
     our_metrics = task_metrics(ev.candidate, ours.y, ours.outputs)
@@ -202,8 +264,9 @@ def _paired_check(
     }
     basis = {
         "basis": "fresh",
-        "note": note or f"{len(rows)} fresh labelled rows neither model trained on",
+        "note": note,
         "rows": len(rows),
+        **dropped,
         "paired": result.to_dict(),
         "summary": result.describe(),
     }

@@ -677,9 +677,17 @@ def _log_gate_run(registry: Registry, run_id: str, result: GateResult) -> None:
         (k, v, 0) for k, v in result.metrics.items() if not math.isnan(v)
     ]
     if result.champion:
+        # Like with like: on fresh rows both models' figures go under fresh/ (the top-level
+        # metrics are the candidate's on its held-out rows); champion/* is the champion on
+        # those same held-out rows.
+        fresh = (result.comparison or {}).get("basis") == "fresh"
+        sides = (
+            [("fresh/candidate", result.champion.get("fresh_metrics", {}))] if fresh else []
+        ) + [("fresh/champion" if fresh else "champion", result.champion["metrics"])]
         metrics += [
-            (metric_key("champion", k, sep="/"), v, 0)
-            for k, v in result.champion["metrics"].items()
+            (metric_key(*prefix.split("/"), k, sep="/"), v, 0)
+            for prefix, figures in sides
+            for k, v in figures.items()
             if not math.isnan(v)
         ]
     paired = (result.comparison or {}).get("paired")

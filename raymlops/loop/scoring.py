@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from raymlops.model.predictor import Predictor
 
-__all__ = ["Scored", "check_metric_for_task", "score", "task_metrics"]
+__all__ = ["Scored", "check_metric_for_task", "known_rows", "score", "task_metrics"]
 
 
 def task_metrics(predictor: Predictor, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
@@ -43,6 +43,22 @@ def score(predictor: Predictor, frame: pd.DataFrame, label: str) -> Scored:
     y = prep.encode_target(frame[label])
     predicted = outputs.argmax(axis=1) if prep.classes is not None else outputs
     return Scored(y, outputs, predicted)
+
+
+def known_rows(
+    frame: pd.DataFrame, label: str, *predictors: Predictor
+) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of `frame` whose `label` every one of `predictors` was trained on, and the
+    distinct labels of the rows left out. A class that one model never saw cannot be scored
+    by it (`encode_target` refuses it); comparing two models on rows only one of them can be
+    scored on would not be a like-for-like comparison, so such rows are dropped and counted."""
+    keep = np.ones(len(frame), dtype=bool)
+    for predictor in predictors:
+        keep &= predictor.preprocessor.knows_label(frame[label])
+    if keep.all():
+        return frame, []
+    dropped = sorted({str(v) for v in frame[label][~keep]})
+    return frame[keep].reset_index(drop=True), dropped
 
 
 def check_metric_for_task(metric: str, metrics: dict[str, float], where: str) -> None:

@@ -268,6 +268,15 @@ class Preprocessor:
         target = _as_float_array(values, "label")
         return ((target - self.target_mean) / self.target_std).astype(np.float32)
 
+    def knows_label(self, values: Any) -> np.ndarray:
+        """Per value, whether `encode_target` takes it: one of the training classes (every
+        value for regression). Lets callers drop rows with a class this model never saw
+        instead of failing on them."""
+        if self.classes is None:
+            return np.ones(len(values), dtype=bool)
+        series = _as_string_series(values)
+        return np.asarray(pd.Categorical(series, categories=self.classes).codes >= 0)
+
     def decode_regression(self, outputs: np.ndarray) -> np.ndarray:
         """Model outputs → targets in the original units."""
         return outputs * self.target_std + self.target_mean

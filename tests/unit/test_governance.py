@@ -20,6 +20,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -166,6 +167,26 @@ def test_gate_recreates_the_test_split_and_records_its_result(
     assert [(e.action, e.to_version, e.by) for e in events][-1] == ("gate", v1, "ci")
     assert events[-1].details["status"] == "passed"
     assert not events[-1].moved
+
+
+def test_a_gate_on_fresh_rows_logs_both_models_on_those_rows_under_fresh(
+    registry: Registry, trained: Trained, tmp_path: Path
+) -> None:
+    """On fresh rows, the gate run's champion figures are on the fresh rows, next to the
+    candidate's on the same rows (fresh/candidate/*, fresh/champion/*): MLflow never shows
+    the champion on fresh rows beside the candidate on its held-out rows."""
+    register(registry, trained, trained.good)
+    v2 = register(registry, trained, trained.good)
+    fresh = tmp_path / "fresh.parquet"
+    pq.write_table(trained.splits.test, fresh)
+    result = run_gate(registry, None, "m", v2, fresh=str(fresh))
+    assert result.comparison is not None and result.comparison["basis"] == "fresh"
+    logged = registry.client.get_run(result.run_id).data.metrics
+    assert logged["fresh/candidate/accuracy"] == pytest.approx(logged["fresh/champion/accuracy"])
+    assert not any(key.startswith("champion/") for key in logged), sorted(logged)
+    held_out = run_gate(registry, None, "m", v2)  # no fresh rows: the champion on held-out
+    logged = registry.client.get_run(held_out.run_id).data.metrics
+    assert "champion/accuracy" in logged and not any(k.startswith("fresh/") for k in logged)
 
 
 def test_worse_model_is_rejected_and_never_reaches_champion_even_with_auto_promotion(

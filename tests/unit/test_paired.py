@@ -344,3 +344,46 @@ def test_too_few_fresh_rows_are_not_held_out_and_the_note_says_why(tmp_path: Pat
     assert hold_out_fresh(off, tmp_path / "home", None).note == "no recent labelled rows"
     with pytest.raises(ValidationError, match="mcnemar"):
         GateConfig.model_validate({"champion": {"test": "mcnemar"}})
+
+
+def test_fresh_rows_of_a_class_neither_model_saw_are_left_out_and_counted() -> None:
+    """A new class in the fresh rows (a new distribution) cannot be scored by a model that
+    never saw it: those rows are left out of both models' scores and the record says how
+    many, instead of the gate failing with 'not one of the training classes'."""
+    held_out, fresh = _imbalanced(400, 3), _imbalanced(300, 4)
+    fresh.loc[:39, "label"] = "maybe"
+    champion = _linear(held_out, 1.5, 0.0, -1.5 * 2.2, 1)
+    result = evaluate_gate(
+        GateConfig(), champion, held_out, "label", champion=champion, fresh=fresh
+    )
+    compared = result.comparison
+    assert compared is not None and compared["basis"] == "fresh"
+    assert (compared["rows"], compared["unknown_label_rows"]) == (260, 40)
+    assert compared["unknown_labels"] == ["maybe"]
+    assert "40 of a class one model never saw (maybe), scored by neither" in compared["note"]
+    assert result.passed
+
+
+def test_unlabelled_or_too_few_fresh_rows_fall_back_to_the_held_out_rows() -> None:
+    held_out, fresh = _imbalanced(400, 3), _imbalanced(300, 4)
+    champion = _linear(held_out, 1.5, 0.0, -1.5 * 2.2, 1)
+    unlabelled = fresh.assign(label=None)
+    result = evaluate_gate(
+        GateConfig(), champion, held_out, "label", champion=champion, fresh=unlabelled
+    )
+    compared = result.comparison
+    assert compared is not None and compared["basis"] == "held-out"
+    assert compared["fresh_unlabelled"] == 300
+    assert "0 usable fresh rows of 300 (300 unlabelled left out), below" in compared["note"]
+    few = evaluate_gate(
+        GateConfig(), champion, held_out, "label", champion=champion, fresh=fresh.iloc[:29]
+    )
+    assert few.comparison is not None and few.comparison["basis"] == "held-out"
+    assert (
+        "29 usable fresh rows of 29, below gate.champion.min_fresh_rows (30)"
+        in (few.comparison["note"])
+    )
+    enough = evaluate_gate(
+        GateConfig(), champion, held_out, "label", champion=champion, fresh=fresh.iloc[:30]
+    )
+    assert enough.comparison is not None and enough.comparison["basis"] == "fresh"
