@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from raymlops.cli.base import (
+    _fail,
     _handle_errors,
     _home_option,
     _json_out,
@@ -103,7 +106,7 @@ def models_show(
 
 
 @models.command("upgrade")
-@click.argument("name")
+@click.argument("name", metavar="NAME|URI")
 @click.option("--version", "version", default=None, help="Version number or alias (default: all).")
 @_home_option
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded).")
@@ -118,23 +121,42 @@ def models_upgrade(
     next to each version's existing artifacts, which stay unchanged; versions that already
     are MLflow models are left alone. Afterwards
     mlflow.pyfunc.load_model("models:/NAME/VERSION") and `mlflow models serve` work on them.
+    A version that cannot be upgraded is reported and the others still are; the exit code
+    is then 1.
 
     \b
     Example:
       raymlops models upgrade breast-cancer
       raymlops models upgrade breast-cancer --version 3
+      raymlops models upgrade models:/breast-cancer@champion
     """
+    from raymlops.core.model_uri import resolve_model_ref
     from raymlops.registry.store import Registry
 
+    name, ref = resolve_model_ref(name, version)
     registry = Registry(tracking_uri, home)
-    refs = [version] if version is not None else [v.version for v in registry.list_versions(name)]
-    results = []
-    for ref in refs:
-        added = registry.add_mlflow_flavor(name, ref)
-        number = registry.version_info(name, ref).version
-        results.append({"name": name, "version": number, "added": added})
+    refs = [ref] if ref is not None else [v.version for v in registry.list_versions(name)]
+    results: list[dict[str, Any]] = []
+    for one in refs:
+        result: dict[str, Any] = {"name": name, "version": one, "added": [], "error": None}
+        try:
+            result["version"] = registry.version_info(name, one).version
+            result["added"] = registry.add_mlflow_flavor(name, one)
+        except Exception as exc:  # reported with its version; the others are upgraded still
+            text = str(exc).strip()
+            result["error"] = text.splitlines()[0] if text else type(exc).__name__
+        results.append(result)
         if not as_json:
-            done = f"flavor added ({', '.join(added)})" if added else "already an MLflow model"
-            click.echo(f"{name} v{number}: {done}")
+            if result["error"] is not None:
+                done = f"not upgraded: {result['error']}"
+            elif result["added"]:
+                done = f"flavor added ({', '.join(result['added'])})"
+            else:
+                done = "already an MLflow model"
+            click.echo(f"{name} v{result['version']}: {done}")
     if as_json:
         _json_out(results)
+    failed = [r for r in results if r["error"] is not None]
+    if failed:
+        versions = ", ".join(f"v{r['version']}" for r in failed)
+        _fail(f"{len(failed)} of {len(results)} version(s) of {name} not upgraded: {versions}", 1)

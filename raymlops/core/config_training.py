@@ -336,3 +336,10 @@ class RegistryConfig(_Section):
         "under RAYMLOPS_HOME.",
     )
     experiment: str = Field("raymlops", description="MLflow experiment that holds the runs.")
+    input_example: Literal["profile", "rows"] = Field(
+        "profile",
+        description="The input example stored with every version (MLflow's): 'profile', one "
+        "typical row of the training profile (medians, most frequent categories); 'rows', "
+        "the first complete rows of the training data, which anyone who can read the "
+        "registry then sees.",
+    )

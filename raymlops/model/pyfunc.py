@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODE_FILE",
+    "EXAMPLE_KINDS",
     "MLMODEL",
     "OUTPUTS",
     "RaymlopsModel",
@@ -38,7 +39,9 @@ __all__ = [
     "input_types",
     "model_signature",
     "pip_requirements",
+    "profile_row",
     "save_mlflow_model",
+    "version_example",
 ]
 
 #: The models-from-code file MLflow copies into every version (see its docstring).
@@ -106,13 +109,18 @@ class RaymlopsModel(PythonModel):  # type: ignore[misc]  # mlflow ships no type 
 
 
 def input_types(
-    prep: Preprocessor, schema: dict[str, str], profile: dict[str, Any] | None = None
+    prep: Preprocessor,
+    schema: dict[str, str],
+    profile: dict[str, Any] | None = None,
+    optional: bool = False,
 ) -> dict[str, str]:
     """The MLflow type of each feature, as MLflow infers it from the training frame: an
     integer column is `long` (`double` when the training profile counts missing values:
     pandas holds those as floats), a float column `double`, a boolean one `boolean`, a
     numeric feature stored as text `double`, any other `string`. `schema` holds the Arrow
-    type of each training column (`DatasetVersion.schema`)."""
+    type of each training column (`DatasetVersion.schema`). With `optional` (the version's
+    `serve.allow_missing`) every integer column is `double`: MLflow refuses a missing value
+    in a `long`, and serving accepts one (an integral float reads as the same category)."""
     columns = (profile or {}).get("columns", {})
     types: dict[str, str] = {}
     for name in prep.feature_names:
@@ -120,7 +128,8 @@ def input_types(
         if arrow == "bool":
             types[name] = "boolean"
         elif arrow.startswith(("int", "uint")):
-            types[name] = "double" if columns.get(name, {}).get("missing") else "long"
+            missing = optional or columns.get(name, {}).get("missing")
+            types[name] = "double" if missing else "long"
         elif arrow.startswith(("float", "double", "halffloat")) or name in prep.numeric:
             types[name] = "double"
         else:
@@ -158,6 +167,27 @@ def pip_requirements() -> list[str]:
     return pins
 
 
+#: What a version's input example holds (`registry.input_example`).
+EXAMPLE_KINDS = ("profile", "rows")
+
+
+def version_example(
+    prep: Preprocessor,
+    types: dict[str, str],
+    profile: dict[str, Any],
+    source: str = "",
+    fmt: str = "auto",
+    kind: str = "profile",
+) -> pd.DataFrame:
+    """A version's input example (`registry.input_example`): 'profile', one typical row of
+    the training profile (`profile_row`): no training row leaves the data for the registry,
+    whose readers need not be allowed to see it; 'rows', the training data's first rows
+    (`example_rows`)."""
+    if kind == "rows":
+        return example_rows(prep, types, source, fmt, profile)
+    return profile_row(prep, types, profile)
+
+
 def example_rows(
     prep: Preprocessor,
     types: dict[str, str],
@@ -177,7 +207,7 @@ def example_rows(
     except DataError:
         table = None
     if table is None or not set(prep.feature_names) <= set(table.column_names):
-        return _profile_row(prep, types, profile or {})
+        return profile_row(prep, types, profile or {})
     frame = table.select(prep.feature_names).to_pandas()
     complete = frame.notna().all(axis=1)
     if complete.any():
@@ -193,9 +223,10 @@ def example_frame(prep: Preprocessor, types: dict[str, str], data: TabularInput)
     return _typed(frame.head(EXAMPLE_ROWS), prep, types)
 
 
-def _profile_row(
-    prep: Preprocessor, types: dict[str, str], profile: dict[str, Any]
-) -> pd.DataFrame:
+def profile_row(prep: Preprocessor, types: dict[str, str], profile: dict[str, Any]) -> pd.DataFrame:
+    """One row of the training profile's medians and most frequent categories (the value
+    training imputes, or the first vocabulary entry, where the profile has none), typed as
+    the signature says: a typical input that is no one's record."""
     columns = profile.get("columns", {})
     row: dict[str, Any] = {}
     for name in prep.numeric:

@@ -601,18 +601,19 @@ class Registry:
         """Save the predictor as run artifacts and create a registered model version.
 
         The version is an MLflow pyfunc model (models from code: `raymlops.model.pyfunc`)
-        with a signature, an input example (`input_example`, else the first rows of the
-        training data) and requirements pinned to this environment, so MLflow's own tools
-        load and serve it; the digests recorded cover MLflow's files too. The first version
-        of a model gets the `champion` alias, later ones `challenger`.
+        with a signature, an input example (`input_example`, else as
+        `registry.input_example` says: the training profile's typical row, or the first
+        rows of the training data) and requirements pinned to this environment, so MLflow's
+        own tools load and serve it; the digests recorded cover MLflow's files too. The
+        first version of a model gets the `champion` alias, later ones `challenger`.
         """
         from mlflow.exceptions import MlflowException
 
         from raymlops.model.pyfunc import (
             example_frame,
-            example_rows,
             input_types,
             save_mlflow_model,
+            version_example,
         )
 
         client = self.client
@@ -625,9 +626,16 @@ class Registry:
             **(extra_files or {}),
         }
         prep = predictor.preprocessor
-        types = input_types(prep, dataset.schema, dataset.profile)
+        types = input_types(prep, dataset.schema, dataset.profile, config.serve.allow_missing)
         example = (
-            example_rows(prep, types, dataset.source, config.data.format, dataset.profile)
+            version_example(
+                prep,
+                types,
+                dataset.profile,
+                dataset.source,
+                config.data.format,
+                config.registry.input_example,
+            )
             if input_example is None
             else example_frame(prep, types, input_example)
         )
@@ -819,14 +827,24 @@ class Registry:
         model in place: MLmodel, requirements, input example and the code file are written
         next to its existing artifacts (which stay as they are), their digests are added to
         the version's tags and to the folder's manifest. Returns the files added; [] when
-        the version already is an MLflow model."""
+        the version already is an MLflow model.
+
+        Whether it is one is read from the registry (a digest tag for MLmodel, tagged after
+        every other file's), not from the files present: an upgrade that crashed after
+        uploading its files and before tagging them is done again in full. It runs under
+        the model's audit lock, so that two upgrades at once do not leave one's files under
+        the other's digests."""
+        with self._audit_lock(name):
+            return self._add_mlflow_flavor(name, ref)
+
+    def _add_mlflow_flavor(self, name: str, ref: str | int) -> list[str]:
         from raymlops.model.artifacts import MANIFEST, sha256_file, write_json
         from raymlops.model.features import Preprocessor
         from raymlops.model.predictor import PREPROCESSING
-        from raymlops.model.pyfunc import MLMODEL, example_rows, input_types, save_mlflow_model
+        from raymlops.model.pyfunc import MLMODEL, input_types, save_mlflow_model, version_example
 
         folder, info = self.download(name, ref)  # digests verified
-        if (folder / MLMODEL).is_file():
+        if MLMODEL in info.digests:
             return []
         mv = self._resolve(name, info.version)
         run_uri = self.client.get_run(mv.run_id).info.artifact_uri if mv.run_id else None
@@ -844,10 +862,11 @@ class Registry:
         prep = Preprocessor.from_dict(read(PREPROCESSING))
         data, config, profile = read("dataset.json"), read("config.json"), read("profile.json")
         schema = {str(k): str(v) for k, v in (data.get("schema") or {}).items()}
-        types = input_types(prep, schema, profile)
-        fmt = str((config.get("data") or {}).get("format", "auto"))
-        example = example_rows(prep, types, str(data.get("source", "")), fmt, profile)
         optional = bool((config.get("serve") or {}).get("allow_missing", True))
+        types = input_types(prep, schema, profile, optional)
+        fmt = str((config.get("data") or {}).get("format", "auto"))
+        kind = str((config.get("registry") or {}).get("input_example", "profile"))
+        example = version_example(prep, types, profile, str(data.get("source", "")), fmt, kind)
         with tempfile.TemporaryDirectory(prefix="raymlops-flavor-") as tmp:
             staged = Path(tmp)
             added = save_mlflow_model(staged / "model", prep, types, example, optional)
@@ -856,8 +875,8 @@ class Registry:
             self.client.log_artifacts(
                 mv.run_id, str(staged / "model"), artifact_path=mv.source[len(run_uri) + 1 :]
             )
-        for file, digest in new.items():
-            self.set_version_tag(name, info.version, f"{_DIGEST_TAG}{file}", digest)
+        for file in sorted(new, key=lambda f: f == MLMODEL):  # MLmodel's last: see above
+            self.set_version_tag(name, info.version, f"{_DIGEST_TAG}{file}", new[file])
         self.set_version_tag(name, info.version, "raymlops.mlflow_flavor", "added")
         return added
 

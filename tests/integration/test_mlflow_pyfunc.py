@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -66,13 +67,13 @@ class Registered:
         return frame.reset_index(drop=True)
 
 
-def _config(name: str, data: Path, **serve: Any) -> PipelineConfig:
+def _config(name: str, data: Path, input_example: str = "profile", **serve: Any) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "name": name,
             "data": {"path": str(data), "label": "label", "id_columns": ["id"]},
             "model": {"params": {"depth": 1, "width": 8, "dropout": 0.0}},
-            "registry": {"model_name": name, "experiment": name},
+            "registry": {"model_name": name, "experiment": name, "input_example": input_example},
             "serve": serve,
         }
     )
@@ -88,13 +89,19 @@ def _untrained(config: PipelineConfig) -> tuple[DatasetVersion, DatasetSplits, P
 
 
 def _register(
-    home: Path, name: str, task: str, *, old_style: bool = False, **serve: Any
+    home: Path,
+    name: str,
+    task: str,
+    *,
+    old_style: bool = False,
+    input_example: str = "profile",
+    **serve: Any,
 ) -> Registered:
     """Register an untrained model `name` on fresh synthetic data in the registry at
     `home` (one per module: creating an MLflow database costs seconds)."""
     data = home / f"{name}.parquet"
     synth_dataset(str(data), rows=300, features=3, categorical=1, task=task, seed=5)
-    config = _config(name, data, **serve)
+    config = _config(name, data, input_example, **serve)
     dataset, splits, predictor = _untrained(config)
     registry = Registry(home=home)
     with registry.pipeline_run(config, "run") as run_id:
@@ -123,7 +130,8 @@ def _register_as_before_17(
     with tempfile.TemporaryDirectory() as tmp:
         digests = predictor.save(tmp, extra_files=files)
         client.log_artifacts(run_id, tmp, artifact_path="model")
-    client.create_registered_model(config.registry.model_name)
+    if not client.search_registered_models(f"name = '{config.registry.model_name}'"):
+        client.create_registered_model(config.registry.model_name)
     version = client.create_model_version(
         config.registry.model_name,
         f"{client.get_run(run_id).info.artifact_uri}/model",
@@ -209,14 +217,30 @@ def test_signature_example_and_requirements_describe_the_version(
     model = mlflow.pyfunc.load_model(uri)
     example = model.input_example
     assert isinstance(example, pd.DataFrame) and list(example.columns) == prep.feature_names
-    source = pd.read_parquet(classification.config.data.path)[prep.feature_names]
-    first = source.dropna().head(len(example)).reset_index(drop=True)  # training data rows
-    pd.testing.assert_frame_equal(example, first, check_dtype=False)
+    # The profile's typical row (registry.input_example: profile), no training record.
+    profile = classification.dataset.profile["columns"]
+    assert len(example) == 1
+    for name in prep.numeric:
+        assert example.loc[0, name] == pytest.approx(profile[name]["quantiles"]["0.50"])
+    for name in prep.categorical:
+        assert example.loc[0, name] == next(iter(profile[name]["frequencies"]))
 
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
     for package in ("raymlops", "mlflow", "torch", "pandas", "numpy", "safetensors"):
         version = metadata.version(package).split("+")[0]
         assert f"{package}=={version}" in requirements
+
+
+def test_registry_input_example_rows_stores_the_first_training_rows(home: Path) -> None:
+    rows = _register(home, "pyfunc-rows", "classification", input_example="rows")
+    prep = rows.predictor.preprocessor
+    run_id = rows.registry.version_info(rows.name, 1).run_id
+    artifacts = rows.registry.get_run(run_id).info.artifact_uri
+    example = mlflow.pyfunc.load_model(f"{artifacts}/model").input_example
+    source = pd.read_parquet(rows.config.data.path)[prep.feature_names]
+    first = source.dropna().head(len(example)).reset_index(drop=True)  # training data rows
+    assert len(example) > 1
+    pd.testing.assert_frame_equal(example, first, check_dtype=False)
 
 
 def test_a_left_out_optional_feature_is_missing_and_a_required_one_is_refused(
@@ -272,7 +296,72 @@ def test_upgrade_adds_the_flavor_to_a_version_registered_before_it(
         cli, ["models", "upgrade", old.name, "--version", "1", "--json", *home]
     )
     assert again.exit_code == 0, again.output
-    assert json.loads(again.output) == [{"name": old.name, "version": 1, "added": []}]
+    assert json.loads(again.output) == [
+        {"name": old.name, "version": 1, "added": [], "error": None}
+    ]
+
+
+def test_an_upgrade_cut_off_before_its_tags_is_done_again(
+    home: Path, tracking: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the files were uploaded and before their digests were tagged: MLmodel
+    is there, and the version is still not an MLflow model raymlops can load. A rerun (on
+    another machine: no cache) upgrades it in full."""
+    old = _register(home, "pyfunc-cut", "classification", old_style=True)
+    registry = old.registry
+
+    def crash(*args: Any) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "set_version_tag", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            registry.add_mlflow_flavor(old.name, 1)
+    assert "MLmodel" not in registry.version_info(old.name, 1).digests
+    shutil.rmtree(home / "cache" / "models" / old.name)
+
+    added = registry.add_mlflow_flavor(old.name, 1)
+    assert "MLmodel" in added
+    info = registry.version_info(old.name, 1)
+    assert {f"raymlops.sha256.{f}" for f in added} <= set(info.tags)
+    assert info.tags["raymlops.mlflow_flavor"] == "added"
+    rows = old.rows()
+    tracking(old)
+    pd.testing.assert_frame_equal(
+        mlflow.pyfunc.load_model(f"models:/{old.name}/1").predict(rows).reset_index(drop=True),
+        _raymlops_frame(old, rows),
+        check_dtype=False,
+        rtol=1e-6,
+    )
+
+
+def test_upgrade_reports_each_version_it_cannot_upgrade_and_goes_on(home: Path) -> None:
+    old = _register(home, "pyfunc-mixed", "classification", old_style=True)
+    client = old.registry.client
+    source = client.get_model_version(old.name, "1").source
+    client.create_model_version(old.name, source)  # v2: no digests recorded, unloadable
+    _register_as_before_17(  # v3: upgradable, after the bad one
+        old.registry,
+        old.config,
+        old.registry.start_run("v3", experiment_id=old.registry.experiment_id(old.name)),
+        old.predictor,
+        old.dataset,
+    )
+    args = ["--home", str(old.home), "--json"]
+
+    result = CliRunner().invoke(cli, ["models", "upgrade", old.name, *args])
+    assert result.exit_code == 1, result.output
+    outcomes = {r["version"]: r for r in json.loads(result.stdout)}
+    assert sorted(outcomes) == [1, 2, 3]
+    assert "MLmodel" in outcomes[1]["added"] and "MLmodel" in outcomes[3]["added"]
+    assert outcomes[2]["added"] == [] and "no artifact digests" in outcomes[2]["error"]
+    assert "1 of 3 version(s) of pyfunc-mixed not upgraded: v2" in result.stderr
+
+    by_uri = CliRunner().invoke(cli, ["models", "upgrade", f"models:/{old.name}/3", *args])
+    assert by_uri.exit_code == 0, by_uri.output
+    assert json.loads(by_uri.stdout) == [
+        {"name": old.name, "version": 3, "added": [], "error": None}
+    ]
 
 
 @pytest.mark.long

@@ -18,6 +18,7 @@ from raymlops.model.pyfunc import (
     input_types,
     model_signature,
     pip_requirements,
+    version_example,
 )
 
 
@@ -39,24 +40,30 @@ TYPES = {"age": "int64", "income": "double", "city": "string", "code": "int64", 
 
 def test_signature_types_follow_the_training_columns_and_allow_missing() -> None:
     prep = _prep(["no", "yes"])
-    types = input_types(prep, TYPES, {"columns": {"age": {"missing": 3}, "code": {"missing": 0}}})
+    profile = {"columns": {"age": {"missing": 3}, "code": {"missing": 0}}}
+    types = input_types(prep, TYPES, profile, optional=True)
     optional = model_signature(prep, types, optional=True)
     inputs = {c["name"]: (c["type"], c["required"]) for c in optional.inputs.to_dict()}
-    # As MLflow infers them from the training frame: an integer column with missing training
-    # values is a double (pandas holds it as floats), one without a long.
+    # Optional features (serve.allow_missing) take a missing value, which MLflow refuses in
+    # a long: every integer column is a double, also one without missing training values.
     assert inputs == {
         "age": ("double", False),
         "income": ("double", False),
         "city": ("string", False),
-        "code": ("long", False),
+        "code": ("double", False),
         "member": ("boolean", False),
     }
+    # Required features: as MLflow infers them from the training frame, an integer column
+    # with missing training values is a double (pandas holds it as floats), one without a
+    # long.
+    required = input_types(prep, TYPES, profile, optional=False)
+    assert (required["age"], required["code"]) == ("double", "long")
     assert [c["name"] for c in optional.outputs.to_dict()] == [
         "prediction",
         "proba_no",
         "proba_yes",
     ]
-    strict = model_signature(_prep(), types, optional=False)
+    strict = model_signature(_prep(), required, optional=False)
     assert all(c["required"] for c in strict.inputs.to_dict())
     assert strict.outputs.to_dict() == [{"type": "double", "name": "prediction", "required": True}]
 
@@ -99,6 +106,41 @@ def test_without_readable_data_the_example_is_the_profile_s_typical_row(tmp_path
     assert example.to_dict(orient="records") == [
         {"age": 38, "income": 1000.0, "city": "oslo", "code": 7, "member": True}
     ]
+
+
+def test_the_version_example_is_the_profile_s_row_unless_rows_are_asked_for(
+    tmp_path: Path,
+) -> None:
+    """Training rows may be someone's record: a version's example (which every reader of
+    the registry sees) is the profile's typical row unless `registry.input_example: rows`."""
+    rows = pd.DataFrame(
+        {
+            "age": [31, 52],
+            "income": [20.0, 30.0],
+            "city": ["oslo", "paris"],
+            "code": [9, 7],
+            "member": [False, True],
+        }
+    )
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), path)
+    profile = {
+        "columns": {
+            "age": {"quantiles": {"0.50": 41.0}},
+            "income": {"quantiles": {"0.50": 25.0}},
+            "city": {"frequencies": {"paris": 9, "oslo": 3}},
+            "code": {"frequencies": {"9": 5}},
+            "member": {"frequencies": {"True": 4}},
+        }
+    }
+    types = input_types(_prep(), TYPES, profile)
+
+    typical = version_example(_prep(), types, profile, str(path))
+    assert typical.to_dict(orient="records") == [
+        {"age": 41, "income": 25.0, "city": "paris", "code": 9, "member": True}
+    ]
+    real = version_example(_prep(), types, profile, str(path), kind="rows")
+    assert real["age"].tolist() == [31, 52] and real["city"].tolist() == ["oslo", "paris"]
 
 
 def test_requirements_pin_the_installed_versions() -> None:
