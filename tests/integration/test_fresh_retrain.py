@@ -67,24 +67,25 @@ def test_retrain_compares_on_held_out_fresh_rows_and_decides_both_ways(tmp_path:
     assert better.champion_after == better.candidate == 2
     assert better.gate is not None and better.gate.comparison is not None
     compared = better.gate.comparison
-    assert compared["basis"] == "fresh" and compared["rows"] == 180  # 0.3 of 600
-    assert "180 of 600 recent labelled rows held out" in compared["note"]
+    held = compared["rows"]  # about 0.3 of 600, by a stable hash of each row
+    assert compared["basis"] == "fresh" and 140 <= held <= 220
+    assert f"{held} of 600 recent labelled rows held out" in compared["note"]
     assert compared["paired"]["low"] > 0  # better than the champion, with 95% confidence
-    # The candidate never trained on the fresh rows: 420 of the 600 trained.
-    assert better.training_rows == 420 and better.training_data is not None
+    # The candidate never trained on the fresh rows: the other 600 − held trained.
+    assert better.training_rows == 600 - held and better.training_data is not None
     trained_on = set(pd.read_parquet(better.training_data)["f0"])
     fresh = set(pd.read_parquet(compared["source"])["f0"])
-    assert len(fresh) == 180 and fresh.isdisjoint(trained_on)
+    assert len(fresh) == held and fresh.isdisjoint(trained_on)
     assert fresh | trained_on == set(rows.iloc[:600]["f0"])
     tags = recorded_gate(registry.version_info("fresh", 2))
-    assert tags["comparison"].startswith("fresh: paired bootstrap on 180 fresh rows: log_loss")
+    assert tags["comparison"].startswith(f"fresh: paired bootstrap on {held} fresh rows: log_loss")
 
     sabotaged = _config(reference, learning_rate=1e-7, epochs=1)
     worse = retrain(sabotaged, force=True, recent_data=str(second), home=home, echo=False)
     assert worse.outcome == "rejected", worse.steps
     assert worse.gate is not None and worse.gate.comparison is not None
     paired = worse.gate.comparison["paired"]
-    assert paired["rows"] == 180 and paired["high"] < 0  # worse, with 95% confidence
+    assert 140 <= paired["rows"] <= 220 and paired["high"] < 0  # worse, with 95% confidence
     assert registry.alias_target("fresh", CHAMPION) == 2
     actions = [e.action for e in registry.alias_history("fresh")]
     assert actions[-2:] == ["gate", "retrain-rejected"]

@@ -5,6 +5,7 @@ metric catching a near-random binary candidate that accuracy lets through."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from raymlops.core.config import FeaturesConfig, GateConfig, PipelineConfig, load_config
 from raymlops.data.dataset import ColumnRoles
-from raymlops.loop.fresh import hold_out_fresh
+from raymlops.loop.fresh import KEEP_FRESH_FOLDERS, hold_out_fresh
 from raymlops.loop.gate import evaluate_gate
 from raymlops.loop.paired import PairedComparison, mcnemar_comparison, paired_bootstrap
 from raymlops.loop.retrain import build_training_data
@@ -317,20 +318,54 @@ def test_fresh_rows_are_carved_out_before_the_training_set_is_built(tmp_path: Pa
     split = hold_out_fresh(config, tmp_path / "home", str(recent))
     assert split.fresh is not None and split.train is not None
     fresh, train = pd.read_parquet(split.fresh), pd.read_parquet(split.train)
-    assert split.rows == len(fresh) == 57  # 0.3 of the 190 labelled rows
+    assert split.rows == len(fresh) and 40 <= len(fresh) <= 75  # about 0.3 of the 190 labelled
     assert fresh["y"].notna().all()  # only labelled rows can judge
     assert set(fresh["x"]).isdisjoint(train["x"])
     assert sorted([*fresh["x"], *train["x"]]) == list(100 + np.arange(200.0))
-    assert "57 of 190 recent labelled rows held out" in split.note
+    assert f"{len(fresh)} of 190 recent labelled rows held out" in split.note
     again = hold_out_fresh(config, tmp_path / "home", str(recent))  # seeded: the same rows
     assert again.fresh is not None
     assert pd.read_parquet(again.fresh)["x"].tolist() == fresh["x"].tolist()
 
     # The candidate trains on the reference and the rest of the recent rows, never on these.
     path, rows = build_training_data(config, tmp_path / "home", split.train)
-    assert rows == 4 + 143
+    assert rows == 4 + 200 - len(fresh)  # the unlabelled rows go in too
     trained_on = set(pd.read_parquet(path)["x"])
     assert trained_on.isdisjoint(fresh["x"]) and set(train["x"]) < trained_on
+
+
+def test_a_rows_side_never_changes_as_the_recent_rows_grow(tmp_path: Path) -> None:
+    """Between watch passes `retrain.recent_data` grows: a row held out before stays held
+    out and a row that trained keeps training (else a later champion's "fresh" rows would be
+    rows it trained on). By the id column when there is one, else by the row's content."""
+    rng = np.random.default_rng(0)
+    grown = pd.DataFrame(
+        {"id": np.arange(600), "x": rng.normal(size=600), "y": rng.choice(["a", "b"], 600)}
+    )
+    for ids in ([], ["id"]):
+        config = _retrain_config(tmp_path, f"data.id_columns={json.dumps(ids)}")
+        sides = []
+        for rows in (200, 600):  # the same first 200 rows, then 400 more, shuffled
+            recent = tmp_path / f"recent-{rows}.parquet"
+            grown.iloc[:rows].sample(frac=1.0, random_state=rows).to_parquet(recent)
+            split = hold_out_fresh(config, tmp_path / "home", str(recent))
+            assert split.fresh is not None
+            sides.append(set(pd.read_parquet(split.fresh)["id"]))
+        before, after = sides
+        assert before == {i for i in after if i < 200}, ids
+        assert 0.2 < len(after) / 600 < 0.4
+    # The same rows with another id column: the side follows the id, not the content.
+    config = _retrain_config(tmp_path, 'data.id_columns=["id"]')
+    relabelled = grown.assign(x=grown["x"] + 1.0)
+    recent = tmp_path / "relabelled.parquet"
+    relabelled.to_parquet(recent)
+    split = hold_out_fresh(config, tmp_path / "home", str(recent))
+    assert split.fresh is not None and set(pd.read_parquet(split.fresh)["id"]) == sides[1]
+    # Only the newest written splits are kept (7 written here).
+    for _ in range(2):
+        hold_out_fresh(config, tmp_path / "home", str(recent))
+    folders = list((tmp_path / "home" / "retrain" / config.registry.model_name).glob("fresh-*"))
+    assert len(folders) == KEEP_FRESH_FOLDERS, folders
 
 
 def test_too_few_fresh_rows_are_not_held_out_and_the_note_says_why(tmp_path: Path) -> None:
