@@ -66,6 +66,7 @@ __all__ = [
     "NumericReference",
     "NumericSketch",
     "categorical_drift",
+    "check_feature_rules",
     "dataset_drift",
     "numeric_drift",
     "population_stability_index",
@@ -635,6 +636,26 @@ def _rule(settings: DriftSettings, name: str, kind: Kind) -> FeatureRule:
     return rule
 
 
+def check_feature_rules(rules: dict[str, FeatureRule], kinds: dict[str, Kind], what: str) -> None:
+    """DataError, before any data is read, for a `monitor.features` key that names no
+    monitored column (`kinds`: column → kind; a typo would otherwise be silently never
+    applied) or a method its column's kind has not (otherwise raised only once the whole
+    pass has run). `what` names the columns' owner in the message (e.g. 'm v3')."""
+    import difflib
+
+    from raymlops.core.errors import DataError
+
+    for name, rule in rules.items():
+        if name not in kinds:
+            close = difflib.get_close_matches(name, list(kinds), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DataError(
+                f"monitor.features.{name}: '{name}' is not a monitored column of {what}{hint}; "
+                f"its columns: {', '.join(sorted(kinds))}"
+            )
+        _rule(DriftSettings(features={name: rule}), name, kinds[name])
+
+
 def _bound(rule: FeatureRule, default: float) -> float:
     return rule.threshold if rule.threshold is not None else default
 
@@ -763,15 +784,22 @@ def categorical_drift(
     return result
 
 
+#: A weighted verdict needs verdicts on features carrying at least half the importance;
+#: above this share on undecided features the unweighted share decides, with a note.
+MAX_UNDECIDED_WEIGHT = 0.5
+
+
 @dataclass
 class DatasetDrift:
     """The dataset-level verdict; `drifted` is None when no feature has a verdict.
 
     `method` 'share': drift when at least `threshold` of the features (with a verdict, the
     prediction included) drift; `share` is that share. `method` 'weighted': `share` is the
-    importance the drifted features carry (normalised over the features with a verdict,
-    `weights`), and the dataset drifts when it reaches `threshold` or when the prediction
-    drifts (`prediction_drifted`). `note` says why a weighted verdict fell back to share."""
+    importance the drifted features carry (normalised over all the monitored features,
+    `weights`; the features without a verdict carry `undecided_weight`, unknown), and the
+    dataset drifts when it reaches `threshold` or when the prediction drifts
+    (`prediction_drifted`). `note` says why a weighted verdict fell back to share: no stored
+    importance, or more than `MAX_UNDECIDED_WEIGHT` of it on features without a verdict."""
 
     drifted: bool | None
     share: float | None
@@ -783,6 +811,8 @@ class DatasetDrift:
     prediction_drifted: bool | None = None
     weights: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    #: The importance (a share of `weights`) of the features without a verdict: unknown.
+    undecided_weight: float = 0.0
 
     def explain(self) -> str:
         """One line: what decided the verdict."""
@@ -799,11 +829,16 @@ class DatasetDrift:
         feats = [n for n in self.drifted_features if n in self.weights]
         listed = ", ".join(feats[:5]) + ("…" if len(feats) > 5 else "")
         pred = {True: "drifted", False: "did not drift", None: "does not decide"}
+        unknown = (
+            f", {self.undecided_weight:.0%} on features without a verdict"
+            if self.undecided_weight > 0
+            else ""
+        )
         return (
             f"{len(feats)} of {len(self.weights)} features drifted"
             + (f" ({listed})" if listed else "")
             + f", carrying {share:.0%} of the model's feature importance (threshold "
-            f"{self.threshold:.0%}); the prediction {pred[self.prediction_drifted]}"
+            f"{self.threshold:.0%}{unknown}); the prediction {pred[self.prediction_drifted]}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -817,6 +852,7 @@ class DatasetDrift:
             "undecided_features": self.undecided_features,
             "prediction_drifted": self.prediction_drifted,
             "weights": self.weights,
+            "undecided_weight": self.undecided_weight,
             "note": self.note,
             "explanation": self.explain(),
         }
@@ -842,24 +878,31 @@ def dataset_drift(
     if s.verdict == "weighted" and not importance:
         note = "the version stores no feature importance: the unweighted share decides"
     if s.verdict == "share" or not importance:
-        if not decided:
-            return DatasetDrift(None, None, s.drift_share, 0, [], undecided, "share", note=note)
-        share = len(drifted) / len(decided)
-        return DatasetDrift(
-            share >= s.drift_share - 1e-12,
-            share,
-            s.drift_share,
-            len(decided),
-            drifted,
-            undecided,
-            "share",
-            note=note,
+        return _share_verdict(decided, drifted, undecided, s, note)
+    # Weights over every feature, decided or not: re-weighting over the decided ones alone
+    # would let a 2% feature carry everything when the important ones have no verdict.
+    every = [f for f in features if f.role == "feature"]
+    total = sum(max(importance.get(f.name, 0.0), 0.0) for f in every)
+    weights = (
+        {f.name: max(importance.get(f.name, 0.0), 0.0) / total for f in every} if total > 0 else {}
+    )
+    unknown = [f for f in every if f.drifted is None]
+    unknown_weight = sum(weights.get(f.name, 0.0) for f in unknown)
+    if not decided:
+        return DatasetDrift(None, None, s.drift_share, 0, [], undecided, "weighted")
+    if every and total <= 0:
+        note = "the stored importance weighs none of the features: the unweighted share decides"
+    elif unknown_weight > MAX_UNDECIDED_WEIGHT:
+        listed = ", ".join(f.name for f in sorted(unknown, key=lambda f: -weights[f.name])[:5])
+        note = (
+            f"features carrying {unknown_weight:.0%} of the importance have no verdict "
+            f"({listed}): the unweighted share decides"
         )
+    if note:
+        return _share_verdict(decided, drifted, undecided, s, note)
     feats = [f for f in decided if f.role == "feature"]
     pred = next((f for f in decided if f.role == "prediction"), None)
     pred_drifted = pred.drifted if pred is not None and prediction_decides else None
-    total = sum(importance.get(f.name, 0.0) for f in feats)
-    weights = {f.name: importance.get(f.name, 0.0) / total for f in feats} if total > 0 else {}
     if not feats and pred_drifted is None:
         return DatasetDrift(None, None, s.drift_share, 0, [], undecided, "weighted")
     share = sum(weights.get(f.name, 0.0) for f in feats if f.drifted)
@@ -874,4 +917,28 @@ def dataset_drift(
         "weighted",
         pred_drifted,
         weights,
+        undecided_weight=unknown_weight,
+    )
+
+
+def _share_verdict(
+    decided: list[FeatureDrift],
+    drifted: list[str],
+    undecided: list[str],
+    s: DriftSettings,
+    note: str,
+) -> DatasetDrift:
+    """The unweighted verdict: drift when `drift_share` of the decided features drift."""
+    if not decided:
+        return DatasetDrift(None, None, s.drift_share, 0, [], undecided, "share", note=note)
+    share = len(drifted) / len(decided)
+    return DatasetDrift(
+        share >= s.drift_share - 1e-12,
+        share,
+        s.drift_share,
+        len(decided),
+        drifted,
+        undecided,
+        "share",
+        note=note,
     )

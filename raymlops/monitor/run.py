@@ -40,9 +40,11 @@ from raymlops.monitor.drift import (
     DriftSettings,
     FeatureDrift,
     FeatureRule,
+    Kind,
     NumericReference,
     NumericSketch,
     categorical_drift,
+    check_feature_rules,
     dataset_drift,
     numeric_drift,
 )
@@ -56,6 +58,8 @@ from raymlops.monitor.result import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from raymlops.core.config import MonitorConfig, PipelineConfig
     from raymlops.registry.store import Registry
 
@@ -68,6 +72,7 @@ from raymlops.monitor.record import (
     staged_report,
 )
 from raymlops.monitor.scan import (
+    FileGone,
     _Files,
     _list_source,
     _schema_names,
@@ -179,6 +184,7 @@ def run_monitor(
     is_log = (source or cfg.source) == PREDICTION_LOG
     root = _source_root(config, source or cfg.source, registry.home)
     ref = _load_reference(registry, model_name, version if version is not None else cfg.version)
+    check_feature_rules(settings.features, _column_kinds(ref), f"{model_name} v{ref.version}")
     say(f"▸ monitoring {model_name} v{ref.version}: {root} against its training profile", when=echo)
     files = _list_source(root)
     names = set(_schema_names(files))
@@ -212,10 +218,8 @@ def run_monitor(
             proba_columns=[c for c in proba_columns if c in names],
             row_sample=PREDICTION_SAMPLE_ROWS if predict_sample else 0,
         )
-        mask = [v is None or v == ref.version for v in files.versions]
         t0 = time.monotonic()
-        say(f"  reading {len(files.files)} file(s) with Ray Data", when=echo)
-        partial = run_pass(files, plan, mask, show_progress=echo) if files.files else _Partial()
+        partial = _scan(root, files, plan, since_at, echo)
         timings["scan"] = time.monotonic() - t0
     predicted_rows = (
         _predict_sample(registry, model_name, ref, partial, settings, timings)
@@ -258,8 +262,46 @@ def run_monitor(
     return result
 
 
+#: Passes over the source a monitoring run makes at most when files vanish under it.
+SCAN_ATTEMPTS = 3
+
+
+def _scan(
+    root: str,
+    files: _Files,
+    plan: _Plan,
+    since_at: datetime | None,
+    echo: bool,
+    run: Callable[..., _Partial] = run_pass,
+) -> _Partial:
+    """The pass over `files` (`run`: the Ray Data pass); when a listed file is gone by the
+    time it is read — a log compaction (serving's hourly one, or `raymlops log compact`)
+    deletes the files it merged once their merged file is published — the source is listed
+    again, which finds the merged file instead, and read anew from the start (a partial
+    pass's sums would count some rows twice), up to `SCAN_ATTEMPTS` passes in all."""
+    attempt = 1
+    while True:
+        mask = [v is None or v == plan.version for v in files.versions]
+        say(f"  reading {len(files.files)} file(s) with Ray Data", when=echo)
+        try:
+            return run(files, plan, mask, show_progress=echo) if files.files else _Partial()
+        except FileGone as exc:
+            if attempt == SCAN_ATTEMPTS:
+                raise DataError(
+                    f"{exc} — files kept vanishing during {SCAN_ATTEMPTS} passes over {root} "
+                    "(compactions running back to back?); run the monitor again"
+                ) from None
+            say(
+                f"  {exc.file} vanished while it was read (a log compaction merged it): "
+                "listing the source again and reading it anew",
+                when=echo,
+            )
+            files = _since(_list_source(root), since_at)
+            attempt += 1
+
+
 #: Rows of a dataset source (one without a `prediction` column) that the version's
-#: Predictor runs over, for the prediction's drift: a uniform sample (smallest row hashes).
+#: Predictor runs over, for the prediction's drift: a uniform sample (`summary.position_keys`).
 PREDICTION_SAMPLE_ROWS = 5000
 
 
@@ -271,6 +313,18 @@ def _prediction_plan(
     compare = cfg.include_prediction and ref.prediction is not None
     predict_sample = compare and not is_log and "prediction" not in names
     return predict_sample, compare and ("prediction" in names or predict_sample)
+
+
+def _column_kinds(ref: _Reference) -> dict[str, Kind]:
+    """The kind of every column the version's monitoring compares: its features, and the
+    prediction when its profile has one (`monitor.features` may name any of them)."""
+    kinds: dict[str, Kind] = {name: "numeric" for name in ref.numeric}
+    kinds.update({name: "categorical" for name in ref.categorical})
+    if isinstance(ref.prediction, NumericReference):
+        kinds["prediction"] = "numeric"
+    elif isinstance(ref.prediction, CategoricalReference):
+        kinds["prediction"] = "categorical"
+    return kinds
 
 
 def _drift_settings(cfg: MonitorConfig) -> DriftSettings:

@@ -31,9 +31,11 @@ from raymlops.monitor.summary import (
     _BLOCK_ROWS,
     _ERROR,
     _PLAIN_STRINGS,
+    POSITION,
     _Partial,
     _Plan,
     _summarise_batch,
+    position_keys,
 )
 
 # --------------------------------------------------------------------------- sources
@@ -124,6 +126,18 @@ def _quiet_data_context(show_progress: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
+class FileGone(DataError):
+    """A listed file was gone when read: a log compaction merged it into a new file and
+    deleted it after publishing that one. Listing again finds the merged file."""
+
+    def __init__(self, file: str, detail: str = "") -> None:
+        super().__init__(f"cannot read {file}: {detail or 'it no longer exists'}")
+        self.file, self.detail = file, detail
+
+    def __reduce__(self) -> tuple[Any, ...]:  # travels back from a Ray task as itself
+        return (FileGone, (self.file, self.detail))
+
+
 @dataclass(frozen=True)
 class _Unit:
     """A piece of the input one read task reads: a file, or some row groups of one."""
@@ -144,7 +158,7 @@ def _read_unit(unit: _Unit, filesystem: Any, fmt: str) -> pa.Table:
             # only): categories, classes and roles are never materialised, and counting them
             # is counting indices. One open when the file has every column asked for; else
             # its footer says which it has.
-            wanted = [c for c in unit.columns if c not in _PLAIN_STRINGS]
+            wanted = [c for c in unit.columns if c not in (*_PLAIN_STRINGS, POSITION)]
             try:
                 parquet = pq.ParquetFile(unit.file, filesystem=filesystem, read_dictionary=wanted)
             except KeyError:
@@ -159,12 +173,27 @@ def _read_unit(unit: _Unit, filesystem: Any, fmt: str) -> pa.Table:
             present = set(parquet.schema_arrow.names)
             columns = [c for c in unit.columns if c in present]
             if unit.row_groups is not None:
-                return parquet.read_row_groups(unit.row_groups, columns, use_threads=False)
-            return parquet.read(columns=columns, use_threads=False)
-        table = read_file(filesystem, unit.file, fmt)
-        return table.select([c for c in unit.columns if c in table.column_names])
+                table = parquet.read_row_groups(unit.row_groups, columns, use_threads=False)
+                meta = parquet.metadata
+                sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+                starts = np.concatenate([[0], np.cumsum(sizes)])
+                rows = np.concatenate(
+                    [np.arange(starts[g], starts[g + 1]) for g in unit.row_groups]
+                )
+            else:
+                table = parquet.read(columns=columns, use_threads=False)
+                rows = np.arange(table.num_rows)
+        else:
+            table = read_file(filesystem, unit.file, fmt)
+            table = table.select([c for c in unit.columns if c in table.column_names])
+            rows = np.arange(table.num_rows)
+    except FileNotFoundError as exc:
+        raise FileGone(unit.file, str(exc).splitlines()[0]) from None
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read {unit.file}: {str(exc).splitlines()[0]}") from None
+    if POSITION in unit.columns:  # the row sample's keys: where each row is in its file
+        table = table.append_column(POSITION, pa.array(position_keys(unit.file, rows)))
+    return table
 
 
 def _units(source: _Files, columns: dict[str, list[str]], wanted: int) -> list[_Unit]:

@@ -71,6 +71,8 @@ class _Plan:
                 cols += ["request_id", *self.proba_columns]
                 if "prediction" not in cols:
                     cols.append("prediction")
+            if self.row_sample > 0:
+                cols.append(POSITION)  # made by the reader, not read: see position_keys
         return list(dict.fromkeys(cols))
 
 
@@ -413,20 +415,51 @@ def _prediction_sketch(
 
 #: The column of a row sample holding each row's sampling key.
 _KEY = "__sample_key__"
+#: The column the reader adds to a block when the plan samples rows: each row's sampling
+#: key, from its file and its row number in that file (`position_keys`).
+POSITION = "__row_position__"
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: consecutive integers to well-spread 64-bit keys."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def position_keys(file: str, rows: np.ndarray) -> np.ndarray:
+    """Sampling keys of the rows numbered `rows` (0-based, in the whole file) of `file`: a
+    pseudo-random function of the row's place, not of its values, so that identical rows
+    are sampled independently (a key hashed from the values gives every copy of a row the
+    same key: all taken or all left out), and the same whichever read unit, block or run
+    reads the row."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.blake2b(file.encode(), digest_size=8).digest(), "little")
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        return _mix64(np.uint64(seed) + rows.astype(np.uint64) * golden)
 
 
 def _row_sample(rows: pa.Table, names: set[str], plan: _Plan) -> pa.Table:
     """The block's rows (feature columns, dictionaries decoded) with the smallest keys, a
-    key being a hash of the row's values: merging blocks and keeping the smallest keys
-    again gives the same uniform sample however the rows were split into blocks."""
-    import pandas as pd
-
+    key being a pseudo-random function of the row's place in its file (the reader's
+    `POSITION` column): merging blocks and keeping the smallest keys again gives the same
+    uniform sample however the rows were split into blocks. A block without positions (not
+    from the reader) keys its rows by their place in the block."""
     columns = [c for c in [*plan.numeric, *plan.categorical] if c in names]
     table = rows.select(columns)
     for i, column in enumerate(table.columns):
         if pa.types.is_dictionary(column.type):
             table = table.set_column(i, columns[i], column.cast(column.type.value_type))
-    keys = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy(np.uint64)
+    if POSITION in names and rows.column(POSITION).null_count == 0:
+        keys = np.asarray(rows.column(POSITION).to_numpy(), dtype=np.uint64)
+    else:
+        keys = position_keys("", np.arange(rows.num_rows))
     return _bottom_k(table.append_column(_KEY, pa.array(keys)), plan.row_sample)
 
 
@@ -450,6 +483,12 @@ def _join_labels(rows: pa.Table, ts: np.ndarray | None, plan: _Plan) -> pa.Table
         "__ts__", pa.array(ts if ts is not None else np.zeros(rows.num_rows, np.int64))
     )
     subset = subset.set_column(0, "request_id", subset.column("request_id").cast(pa.string()))
+    # A block of several log files holds string columns as dictionaries that differ per
+    # file, which Arrow's join cannot unify: join on plain values.
+    for i, column in enumerate(subset.columns):
+        if pa.types.is_dictionary(column.type):
+            name = subset.column_names[i]
+            subset = subset.set_column(i, name, column.cast(column.type.value_type))
     joined = subset.join(labels, "request_id", join_type="inner")
     return joined.drop_columns(["request_id"])
 

@@ -125,3 +125,29 @@ def test_a_shift_in_features_the_model_ignores_is_not_drift(
     source = tmp_path / "rows.parquet"
     counted = run_monitor(share, source=str(source), home=home, write_files=False, echo=False)
     assert counted.verdict == "drift"  # 3 of 6 columns: the share cries wolf
+
+
+def test_a_feature_rule_for_no_column_or_the_wrong_kind_fails_before_the_pass(
+    trained: tuple[PipelineConfig, Path], tmp_path: Path
+) -> None:
+    """`monitor.features` is checked against the version's profile before anything is read
+    (here a source that does not exist, which reading would report instead): a typo was
+    silently never applied, and chi2 on a numeric feature failed only after the whole Ray
+    pass."""
+    from raymlops.core.config_operations import FeatureDriftConfig
+    from raymlops.core.errors import DataError
+
+    config, home = trained
+    source = tmp_path / "not-there.parquet"
+    cases = {
+        "xO": r"monitor.features.xO: 'xO' is not a monitored column of weighted v1 "
+        r"\(did you mean 'x0'\?\)",
+        "x0": r"monitor.features.x0.method 'chi2' does not apply to a numeric feature",
+    }
+    for name, message in cases.items():
+        rules = {name: FeatureDriftConfig(method="chi2")}
+        bad = config.model_copy(
+            update={"monitor": config.monitor.model_copy(update={"features": rules})}
+        )
+        with pytest.raises(DataError, match=message):
+            run_monitor(bad, source=str(source), home=home, write_files=False, echo=False)

@@ -206,6 +206,29 @@ def test_since_keeps_only_recent_rows(home: Path, tmp_path: Path) -> None:
     assert by_date.rows_read == 4500
 
 
+def test_files_compacted_away_after_the_listing_are_read_in_the_merged_file(
+    tmp_path: Path,
+) -> None:
+    """A compaction between the listing and the Ray pass deletes the listed files: the
+    error comes back from the Ray task as FileGone (not a bare DataError), and the monitor's
+    scan lists again and reads every row once from the merged file."""
+    from raymlops.data.log_compaction import compact_log
+    from raymlops.monitor.run import _scan
+    from raymlops.monitor.scan import FileGone, _list_source, run_pass
+    from raymlops.monitor.summary import _Plan
+
+    log = tmp_path / "log"
+    for seed in range(4):
+        write_log(log, 300, seed=seed)
+    plan = _Plan({}, [], None, False, 1, None, 3_600_000_000, 1000)
+    listed = _list_source(str(log))
+    assert len(listed.files) == 4
+    assert compact_log(str(log)).files_in == 4
+    with pytest.raises(FileGone):
+        run_pass(listed, plan)
+    assert _scan(str(log), listed, plan, None, False).rows_read == 1200
+
+
 def test_labels_joined_by_request_id_give_metrics_per_window(home: Path, tmp_path: Path) -> None:
     log = tmp_path / "log"
     rows = write_log(log, 2400, hours=4, seed=6)

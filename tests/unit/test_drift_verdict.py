@@ -127,6 +127,41 @@ def test_without_stored_importance_the_share_decides_and_says_so() -> None:
     assert verdict.to_dict()["note"] == verdict.note
 
 
+def test_the_weights_count_every_feature_and_undecided_ones_are_unknown() -> None:
+    """A 2%-importance feature that drifts while the important ones have no verdict (too few
+    values) does not carry 100% of the importance: re-weighting over the decided features
+    used to say DRIFT here."""
+    features = [_feature("driver", None), _feature("noise", True), _feature("other", None)]
+    verdict = dataset_drift(features, DriftSettings(drift_share=0.6), IMPORTANCE)
+    assert verdict.method == "share" and verdict.drifted is True  # 1 of 1 decided
+    assert "98% of the importance have no verdict (driver, other)" in verdict.note
+    # Some of the importance undecided, not most: weighted, shares of the whole importance.
+    features = [_feature("driver", False), _feature("noise", True), _feature("other", None)]
+    verdict = dataset_drift(features, DriftSettings(), IMPORTANCE)
+    assert verdict.method == "weighted" and verdict.drifted is False
+    assert verdict.share == pytest.approx(0.02) and verdict.weights["driver"] == pytest.approx(0.9)
+    assert verdict.undecided_weight == pytest.approx(0.08)
+    assert "8% on features without a verdict" in verdict.explain()
+    assert verdict.to_dict()["undecided_weight"] == pytest.approx(0.08)
+
+
+def test_features_the_importance_gives_no_weight_still_decide() -> None:
+    """Every decided feature at importance 0 (the important one has no verdict): the share
+    of importance was 0 whatever drifted ('0 of 0 features')."""
+    importance = {"driver": 1.0, "a": 0.0, "b": 0.0}
+    features = [_feature("driver", None), _feature("a", True), _feature("b", True)]
+    verdict = dataset_drift(features, DriftSettings(), importance)
+    assert verdict.method == "share" and verdict.drifted is True and verdict.share == 1.0
+    assert "no verdict (driver)" in verdict.note
+    # An importance that weighs none of the monitored features: the share, with a note.
+    verdict = dataset_drift(features[1:], DriftSettings(), {"gone": 1.0})
+    assert verdict.method == "share" and verdict.drifted is True
+    assert "weighs none of the features" in verdict.note
+    # No feature has a verdict at all: no verdict, not a fallback.
+    nothing = dataset_drift([_feature("driver", None)], DriftSettings(), importance)
+    assert nothing.drifted is None and nothing.note == ""
+
+
 def _numeric(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
     return rng.normal(shift, 1.0, n)
 

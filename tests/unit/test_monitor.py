@@ -419,3 +419,134 @@ def test_a_report_goes_where_it_was_asked_else_to_shared_storage_else_home(
     # A cluster's job writes where the laptop reads: the shared storage, not a node's disk.
     assert report_location(result, None, home, "s3://b/rmo/") == f"s3://b/rmo/reports/m/{name}"
     assert report_location(result, None, home, None) == str(home / "reports" / "m" / name)
+
+
+def test_the_row_sample_is_uniform_over_duplicate_rows_and_the_same_however_read(
+    reference: _Reference, tmp_path: Path
+) -> None:
+    """The sample a dataset's predictions are made over: 30,000 rows of three 3-valued
+    columns (27 distinct rows, each ~1,111 times). Keyed by a hash of the values, every copy
+    of a row shared a key and the 5,000 smallest keys held only a few distinct rows; keyed
+    by the row's place in its file, every combination is there in its proportion, and whole
+    files or row-group ranges give the same sample."""
+    import pyarrow.parquet as pq
+
+    from raymlops.monitor.scan import _list_source, _read_unit, _units
+    from raymlops.monitor.summary import _KEY
+
+    rng = np.random.default_rng(4)
+    n = 30_000
+    table = pa.table(
+        {
+            "f0": rng.integers(0, 3, n).astype(np.float64),
+            "f1": rng.integers(0, 3, n).astype(np.float32),
+            "c0": rng.choice(["a", "b", "c"], size=n),
+        }
+    )
+    for i in range(3):
+        pq.write_table(table.slice(i * 10_000, 10_000), tmp_path / f"part-{i}.parquet",
+                       row_group_size=2_500)  # fmt: skip
+    plan = _plan(reference, row_sample=5000)
+    source = _list_source(str(tmp_path))
+    columns = {f: plan.columns(True) for f in source.files}
+
+    def sample(wanted: int) -> pa.Table:
+        merged = _Partial()
+        for unit in _units(source, columns, wanted):
+            merged.merge(summarise_block(_read_unit(unit, source.filesystem, "parquet"), plan))
+        assert merged.sample is not None
+        return merged.sample.sort_by(_KEY)
+
+    whole, pieces = sample(1), sample(12)  # 3 whole files; 12 ranges of row groups
+    assert whole.num_rows == 5000
+    assert whole.equals(pieces)
+    rows = whole.drop_columns([_KEY]).to_pandas().value_counts()
+    assert len(rows) == 27
+    assert rows.max() / 5000 < 2 / 27 and rows.min() / 5000 > 0.5 / 27  # ~185 each
+
+
+def _local_pass(files: Any, plan: _Plan, mask: list[bool], show_progress: bool = False) -> _Partial:
+    """What the Ray Data pass's tasks do, in this process: read each unit, summarise, merge."""
+    from raymlops.monitor.scan import _read_unit, _units
+
+    merged = _Partial()
+    columns = {f: plan.columns(m) for f, m in zip(files.files, mask, strict=True)}
+    for unit in _units(files, columns, 1):
+        merged.merge(summarise_block(_read_unit(unit, files.filesystem, files.format), plan))
+    return merged
+
+
+def test_files_a_compaction_deletes_during_the_pass_are_listed_again(
+    reference: _Reference, tmp_path: Path
+) -> None:
+    """A compaction merges the listed files (and deletes them) between the listing and the
+    reads: the monitor lists again and reads the merged file, every row once; a file that
+    keeps vanishing gives up with a clear error after SCAN_ATTEMPTS passes."""
+    import pickle
+
+    import pyarrow.parquet as pq
+
+    from raymlops.data.log_compaction import compact_log
+    from raymlops.monitor.run import SCAN_ATTEMPTS, _scan
+    from raymlops.monitor.scan import FileGone, _list_source
+
+    root = tmp_path / "m"
+    folder = root / "date=2026-03-10" / "version=1"
+    folder.mkdir(parents=True)
+    table = _log(np.random.default_rng(6), 600)
+    for i in range(6):
+        pq.write_table(table.slice(i * 100, 100), folder / f"part-{i}.parquet")
+    plan = _plan(reference)
+    listed: list[list[str]] = []
+
+    def compacted_first(files: Any, plan: _Plan, mask: list[bool], **kw: Any) -> _Partial:
+        if not listed:
+            assert compact_log(str(root)).files_in == 6  # the listed files are gone
+        listed.append(files.files)
+        return _local_pass(files, plan, mask, **kw)
+
+    partial = _scan(str(root), _list_source(str(root)), plan, None, False, compacted_first)
+    assert [len(f) for f in listed] == [6, 1]
+    assert partial.rows_read == partial.rows_compared == 600
+    assert partial.categorical["c0"].n == 600
+
+    def compacted_always(files: Any, plan: _Plan, mask: list[bool], **kw: Any) -> _Partial:
+        n = len(list(folder.iterdir()))
+        pq.write_table(table.slice(0, 10), folder / f"part-new-{n}.parquet")
+        assert compact_log(str(root)).files_in >= 2
+        return _local_pass(files, plan, mask, **kw)
+
+    with pytest.raises(DataError, match=f"files kept vanishing during {SCAN_ATTEMPTS} passes"):
+        _scan(str(root), _list_source(str(root)), plan, None, False, compacted_always)
+    # From a Ray task the error comes back pickled: as itself, file included.
+    gone = pickle.loads(pickle.dumps(FileGone("/log/part-0.parquet", "no such file")))
+    assert isinstance(gone, FileGone) and gone.file == "/log/part-0.parquet"
+    assert str(gone) == "cannot read /log/part-0.parquet: no such file"
+
+
+def test_feature_rules_are_checked_against_the_versions_columns(reference: _Reference) -> None:
+    """What run_monitor checks before reading: each `monitor.features` key names a compared
+    column (a typo used to be silently never applied), with a method of its kind (chi2 on
+    a numeric feature used to fail only after the whole pass)."""
+    from raymlops.monitor.drift import FeatureRule, check_feature_rules
+    from raymlops.monitor.run import _column_kinds
+
+    kinds = _column_kinds(reference)
+    assert kinds == {"f0": "numeric", "f1": "numeric", "c0": "categorical",
+                     "prediction": "categorical"}  # fmt: skip
+    good = {"f0": FeatureRule("ks"), "c0": FeatureRule("chi2", 0.01)}
+    check_feature_rules({**good, "prediction": FeatureRule("psi")}, kinds, "m v1")
+    with pytest.raises(
+        DataError,
+        match=r"monitor.features.cO: 'cO' is not a monitored column "
+        r"of m v1 \(did you mean 'c0'\?\); its columns: c0, f0, f1, prediction",
+    ):
+        check_feature_rules({**good, "cO": FeatureRule("chi2")}, kinds, "m v1")  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"monitor.features.f1.method 'chi2' does not apply "
+        "to a numeric feature",
+    ):
+        check_feature_rules({"f1": FeatureRule("chi2")}, kinds, "m v1")  # fmt: skip
+    with pytest.raises(DataError, match=r"monitor.features.prediction.method 'ks'"):
+        check_feature_rules({"prediction": FeatureRule("ks")}, kinds, "m v1")
