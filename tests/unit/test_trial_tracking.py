@@ -227,7 +227,7 @@ def test_a_trial_run_whose_params_fail_is_not_left_running(tmp_path: Path) -> No
     registry = Registry(home=tmp_path)
     exp = registry.experiment_id("live")
     parent = registry.start_run("search", experiment_id=exp)
-    with pytest.raises(Exception, match="(?i)param"):  # MLflow refuses a key this long
+    with pytest.raises(Exception, match=r"(?i)param"):  # MLflow refuses a key this long
         registry.create_trial_run(exp, parent, "a", {"train." + "x" * 300: 1})
     (half,) = registry.trial_runs(parent, exp).values()
     assert half.info.status == "FAILED"
