@@ -207,7 +207,7 @@ def _paired_check(
     """Both models on the usable fresh `rows` (`_usable_fresh`), compared with a paired
     test (`raymlops.loop.paired`)."""
     from raymlops.loop.paired import mcnemar_comparison, paired_bootstrap
-    from raymlops.model.metrics import row_terms
+    from raymlops.model.metrics import metric_value, resampled_f1_macro, row_terms
 
     comparison = ev.gate.champion
     assert comparison is not None
@@ -231,8 +231,9 @@ def _paired_check(
         b_terms = row_terms(metric, b_truth, theirs.outputs)
 
         def one(index: np.ndarray) -> tuple[float, float]:
-            a = task_metrics(ev.candidate, ours.y[index], ours.outputs[index])[metric]
-            b = task_metrics(champion, theirs.y[index], theirs.outputs[index])[metric]
+            # Only the compared metric (not every metric, ROC AUC included, of both models).
+            a = metric_value(metric, a_truth[index], ours.outputs[index])
+            b = metric_value(metric, b_truth[index], theirs.outputs[index])
             return a, b
 
         batch = None
@@ -242,6 +243,13 @@ def _paired_check(
             def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 a, b = a_terms[picks].mean(axis=1), b_terms[picks].mean(axis=1)
                 return (np.sqrt(a), np.sqrt(b)) if root else (a, b)
+
+        elif metric == "f1_macro":  # from confusion counts, every resample of a chunk at once
+            a_classes, b_classes = ours.outputs.shape[1], theirs.outputs.shape[1]
+
+            def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                a = resampled_f1_macro(a_truth, ours.predicted, a_classes, picks)
+                return a, resampled_f1_macro(b_truth, theirs.predicted, b_classes, picks)
 
         result = paired_bootstrap(
             one,

@@ -13,7 +13,9 @@ __all__ = [
     "MetricAccumulator",
     "classification_metrics",
     "comparison_metric",
+    "metric_value",
     "regression_metrics",
+    "resampled_f1_macro",
     "roc_auc",
     "row_terms",
 ]
@@ -108,6 +110,49 @@ def row_terms(metric: str, truth: np.ndarray, outputs: np.ndarray) -> np.ndarray
         residual = np.asarray(truth, np.float64) - np.asarray(outputs, np.float64).reshape(-1)
         return np.abs(residual) if metric == "mae" else residual**2
     return None
+
+
+def metric_value(metric: str, truth: np.ndarray, outputs: np.ndarray) -> float:
+    """One metric alone, equal to `classification_metrics`/`regression_metrics`'s value
+    (`truth` and `outputs` as `row_terms` takes them): a bootstrap resample needs only the
+    metric it compares, not all of them (ROC AUC sorts every resample)."""
+    if metric == "roc_auc":
+        return roc_auc(truth, outputs[:, 1]) if outputs.shape[1] == 2 else float("nan")
+    if metric == "r2":
+        return regression_metrics(truth, np.asarray(outputs).reshape(-1))["r2"]
+    if metric == "f1_macro":
+        everything = np.arange(len(truth))[None, :]
+        return float(
+            resampled_f1_macro(truth, outputs.argmax(axis=1), outputs.shape[1], everything)[0]
+        )
+    terms = row_terms(metric, truth, outputs)
+    if terms is None:
+        raise ValueError(f"unknown metric '{metric}'")
+    mean = float(terms.mean()) if len(terms) else float("nan")
+    return float(np.sqrt(mean)) if metric == "rmse" else mean
+
+
+def resampled_f1_macro(
+    truth: np.ndarray, predicted: np.ndarray, n_classes: int, picks: np.ndarray
+) -> np.ndarray:
+    """Macro F1 (as `classification_metrics`) of each resample, a row of `picks` (row
+    indices, repeats allowed), from its confusion counts — one `np.bincount` per count over
+    all resamples at once, each resample's classes offset into its own block."""
+    picks = np.atleast_2d(picks)
+    resamples = picks.shape[0]
+    y = np.asarray(truth, dtype=np.int64)[picks]
+    p = np.asarray(predicted, dtype=np.int64)[picks]
+    offset = (np.arange(resamples, dtype=np.int64) * n_classes)[:, None]
+    size = resamples * n_classes
+    right = y == p
+    true_pos = np.bincount((y + offset)[right], minlength=size).reshape(resamples, n_classes)
+    counted = np.bincount((p + offset).ravel(), minlength=size).reshape(resamples, n_classes)
+    actual = np.bincount((y + offset).ravel(), minlength=size).reshape(resamples, n_classes)
+    denominator = counted + actual  # = 2·tp + fp + fn
+    f1 = np.divide(
+        2.0 * true_pos, denominator, out=np.zeros(denominator.shape), where=denominator > 0
+    )
+    return np.asarray(f1.mean(axis=1), dtype=np.float64)
 
 
 #: Positive-class logits beyond ±this are one bin at each end of the AUC histograms: the

@@ -28,7 +28,9 @@ from raymlops.model.features import Preprocessor
 from raymlops.model.metrics import (
     classification_metrics,
     comparison_metric,
+    metric_value,
     regression_metrics,
+    resampled_f1_macro,
     row_terms,
 )
 from raymlops.model.predictor import Predictor
@@ -186,6 +188,51 @@ def test_bootstrap_and_mcnemar_reject_bad_arguments() -> None:
 # --------------------------------------------------------------------------- metrics
 
 
+def test_one_metric_alone_equals_the_metrics_and_f1_resamples_are_vectorised() -> None:
+    """The bootstrap computes only the compared metric: each equals its value among all the
+    metrics, and macro F1 of many resamples at once (confusion counts by np.bincount) equals
+    the per-resample computation, classes missing from a resample included."""
+    rng = np.random.default_rng(7)
+    for classes in (2, 4):
+        y = rng.integers(0, classes, 300)
+        probs = rng.dirichlet(np.ones(classes), 300)
+        everything = classification_metrics(y, probs, classes)
+        for name, value in everything.items():
+            assert metric_value(name, y, probs) == pytest.approx(value), (classes, name)
+        picks = rng.integers(0, 30, size=(50, 30))  # small resamples: some miss a class
+        fast = resampled_f1_macro(y, probs.argmax(axis=1), classes, picks)
+        slow = [classification_metrics(y[p], probs[p], classes)["f1_macro"] for p in picks]
+        assert fast == pytest.approx(slow)
+    truth = np.linspace(-3, 3, 50)
+    pred = truth + np.sin(truth)
+    for name, value in regression_metrics(truth, pred).items():
+        assert metric_value(name, truth, pred) == pytest.approx(value), name
+
+    # The f1_macro gate comparison on fresh rows: the batch path gives the same interval.
+    y = rng.integers(0, 3, 400)
+    a_probs, b_probs = rng.dirichlet(np.ones(3), 400), rng.dirichlet(np.ones(3), 400)
+
+    def one(index: np.ndarray) -> tuple[float, float]:
+        return (
+            metric_value("f1_macro", y[index], a_probs[index]),
+            metric_value("f1_macro", y[index], b_probs[index]),
+        )
+
+    def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            resampled_f1_macro(y, a_probs.argmax(axis=1), 3, picks),
+            resampled_f1_macro(y, b_probs.argmax(axis=1), 3, picks),
+        )
+
+    fast_result = paired_bootstrap(
+        one, 400, name="f1_macro", higher_is_better=True, margin=0.01, batch_metric=batch
+    )
+    slow_result = paired_bootstrap(one, 400, name="f1_macro", higher_is_better=True, margin=0.01)
+    assert (fast_result.low, fast_result.high, fast_result.difference) == pytest.approx(
+        (slow_result.low, slow_result.high, slow_result.difference)
+    )
+
+
 def test_row_terms_average_to_the_metrics() -> None:
     y, probs = _binary(250, 5)
     metrics = classification_metrics(y, probs, 2)
@@ -291,7 +338,7 @@ def test_an_identical_candidate_with_margin_zero_passes_on_both_paths() -> None:
     worse, on the held-out rows (metric values) and on fresh rows (a paired test)."""
     held_out, fresh = _imbalanced(400, 3), _imbalanced(300, 4)
     champion = _linear(held_out, 1.5, 0.0, -1.5 * 2.2, 1)
-    for metric in ("log_loss", "accuracy"):
+    for metric in ("log_loss", "accuracy", "f1_macro", "roc_auc"):
         gate = GateConfig.model_validate({"champion": {"metric": metric, "max_regression": 0}})
         plain = evaluate_gate(gate, champion, held_out, "label", champion=champion)
         paired = evaluate_gate(gate, champion, held_out, "label", champion=champion, fresh=fresh)
