@@ -689,17 +689,35 @@ def _trial_rows(
     if not trials:
         return None
     params = sorted({k for c in trials for k in c.data.params})
+
+    def last(c: Any) -> tuple[bool, float]:
+        value = c.data.metrics.get(metric)
+        return value is None, value if isinstance(value, float) else 0.0
+
+    # Cut to the shown trials first: how each ended costs an MLflow call (its history).
+    shown = sorted(trials, key=last)[:_MAX_TRIALS]
     rows = [
         [
             c.data.tags["raymlops.trial_id"],
-            _trial_end(registry, c, metric, limit),
+            _trial_end(registry, c, metric, _trial_epochs(c, limit)),
             *(c.data.params.get(p, "-") for p in params),
             c.data.metrics.get(metric),
         ]
-        for c in trials
+        for c in shown
     ]
-    rows.sort(key=lambda r: (r[-1] is None, r[-1] if isinstance(r[-1], float) else 0.0))
-    return ["trial", "ended", *params, f"{metric} (last epoch)"], rows[:_MAX_TRIALS]
+    return ["trial", "ended", *params, f"{metric} (last epoch)"], rows
+
+
+def _trial_epochs(trial: Any, default: int) -> int:
+    """A trial's own epoch limit: its sampled `train.epochs` when the search varied it, else
+    the configured `default`."""
+    value = trial.data.params.get("train.epochs")
+    if value is None:
+        return default
+    try:
+        return int(float(json.loads(value) if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        return default
 
 
 # --------------------------------------------------------------------------- public API
