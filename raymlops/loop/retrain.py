@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from raymlops.core.durations import parse_duration
-from raymlops.core.errors import UserInputError
+from raymlops.core.errors import DataError, UserInputError
 from raymlops.core.home import home_dir
 from raymlops.core.report import say as report
 from raymlops.registry.store import CHAMPION, Registry
@@ -46,6 +47,8 @@ __all__ = [
 RETRAIN_ALIAS = CHAMPION
 #: How long serving may not answer the canary's watcher before the canary is ended.
 UNREACHABLE_GRACE_S = 30.0
+#: Passes in a row failing on a DataError after which `watch` stops and raises it.
+_DATA_ERROR_PASSES = 3
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +60,18 @@ class CanaryTarget(Protocol):
     def start_canary(self, version: int, percent: float) -> None:
         """Send `percent` of live requests to `version` next to the champion."""
 
-    def canary_requests(self) -> int:
-        """Requests the canary has answered so far."""
+    def canary_requests(self) -> int | None:
+        """Requests the canary has answered so far; None when the endpoint did not answer
+        now (no count decides anything then)."""
 
     def canary_rolled_back(self) -> str | None:
-        """Why serving rolled the canary back automatically, or None while it is healthy."""
+        """Why serving rolled the canary back automatically (or the endpoint stopped
+        answering for too long), or None while it is healthy or briefly unreachable."""
 
     def judge_canary(self) -> dict[str, Any] | None:
         """Compare the canary's quality with the champion's now on delayed labels
-        (`QualityVerdict.to_dict()`: `judged`, `worse`, `reason`…); None without labels."""
+        (`QualityVerdict.to_dict()`: `judged`, `worse`, `reason`…); None without labels.
+        Raises when the endpoint cannot judge it (the canary no longer runs, no answer)."""
 
     def end_canary(self, promoted: bool) -> None:
         """After the decision: wait until the endpoint serves the promoted version, or take
@@ -97,7 +103,6 @@ class ServingCanary:
         self._on_end = on_end
         self._coordinator_started: float | None = None
         self._unreachable_since: float | None = None
-        self._seen = 0
 
     @classmethod
     def if_serving(
@@ -138,23 +143,21 @@ class ServingCanary:
         )
         self.version = version
         self._coordinator_started = status.details.get("started")
-        self._seen = 0
         if self._on_start is not None:
             self._on_start()
 
-    def canary_requests(self) -> int:
-        """The challenger's requests since the canary started (the last count read while
-        serving does not answer)."""
+    def canary_requests(self) -> int | None:
+        """The challenger's requests since the canary started; None while serving does not
+        answer (an old count must not end the watch as healthy)."""
         try:
             rows = self._status().details.get("since_canary", [])
         except Exception:
-            return self._seen
-        self._seen = sum(
+            return None
+        return sum(
             int(r["requests"])
             for r in rows
             if r["version"] == self.version and r["role"] == "challenger"
         )
-        return self._seen
 
     def canary_rolled_back(self) -> str | None:
         """Why the canary is over: rolled back by serving, its coordinator restarted (the
@@ -184,12 +187,11 @@ class ServingCanary:
         return "the canary was stopped"
 
     def judge_canary(self) -> dict[str, Any] | None:
+        """Serving's quality verdict now; its errors (no canary running: serving rolled it
+        back meanwhile; serving not answering) are raised: they never count as healthy."""
         from raymlops.serve.api import serve_canary_quality
 
-        try:
-            return serve_canary_quality(self.config, home=self.home, address=self.address)
-        except Exception as exc:  # no verdict is no reason to roll back or to promote
-            return {"judged": False, "worse": False, "reason": f"quality not judged: {exc}"}
+        return serve_canary_quality(self.config, home=self.home, address=self.address)
 
     def end_canary(self, promoted: bool) -> None:
         """Wait for the promoted version to serve, or take the canary off traffic — tried
@@ -243,6 +245,21 @@ class CanaryOutcome:
     inconclusive: bool = False
     #: The quality comparison on delayed labels (QualityVerdict.to_dict()), if any.
     quality: dict[str, Any] | None = None
+
+    @property
+    def quality_unjudged(self) -> bool:
+        """The canary has a labels feed but its quality could not be judged (too few
+        labelled rows, labels unreadable): inconclusive whatever on_inconclusive says."""
+        return self.quality is not None and not self.quality.get("judged", False)
+
+    def promotable(self, on_inconclusive: str) -> bool:
+        """Whether the candidate may be promoted after this canary: healthy and judged, or
+        inconclusive for too little traffic under serve.canary.on_inconclusive `promote`."""
+        if not self.healthy:
+            return False
+        if not self.inconclusive:
+            return True
+        return on_inconclusive == "promote" and not self.quality_unjudged
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -447,7 +464,11 @@ def _watch_canary(
 ) -> CanaryOutcome:
     """Run the canary until it has answered `requests` requests (at least `min_requests`)
     or `minutes` have passed, or serving rolled it back. Time up with fewer than
-    `min_requests` requests is inconclusive: too little traffic to judge it either way."""
+    `min_requests` requests is inconclusive: too little traffic to judge it either way.
+
+    A poll that serving does not answer decides nothing, also past the deadline: the
+    watch goes on until serving answers or the target gives up on it (ServingCanary:
+    after UNREACHABLE_GRACE_S), and ends unhealthy if it never does."""
     started = time.monotonic()
     requests = max(requests, min_requests)
     target.start_canary(version, percent)
@@ -456,9 +477,19 @@ def _watch_canary(
     seen = 0
     while True:
         reason = target.canary_rolled_back()
-        seen = target.canary_requests()
+        count = target.canary_requests()
+        if count is not None:
+            seen = count
         if reason:
             return CanaryOutcome(version, seen, time.monotonic() - started, False, reason)
+        if count is None:
+            if time.monotonic() >= deadline + 2 * UNREACHABLE_GRACE_S:
+                return CanaryOutcome(
+                    version, seen, time.monotonic() - started, False,
+                    "serving did not answer the canary's watcher",
+                )  # fmt: skip
+            time.sleep(poll_s)
+            continue
         if seen >= requests:
             return CanaryOutcome(
                 version, seen, time.monotonic() - started, True, f"{seen} healthy requests"
@@ -500,9 +531,11 @@ def _canary_step(
 ) -> CanaryOutcome:
     """Give the candidate its canary share and watch it, then judge its quality on delayed
     labels (when the canary has them). An unhealthy or worse canary is ended and its
-    rollback recorded in the alias history; an inconclusive one too, unless
-    serve.canary.on_inconclusive is `promote`. Whatever raises meanwhile ends the canary
-    before it propagates."""
+    rollback recorded in the alias history; an inconclusive one too, unless it is short of
+    traffic only and serve.canary.on_inconclusive is `promote` (quality that a labels feed
+    could not judge is never promoted). A failed quality check is unhealthy, and before a
+    canary is let through serving must confirm it still runs. Whatever raises meanwhile
+    ends the canary before it propagates."""
     policy = config.retrain
     settings = config.serve.canary
     try:
@@ -517,19 +550,20 @@ def _canary_step(
             settings.min_requests,
         )
         if outcome.healthy and not outcome.inconclusive:
-            outcome.quality = canary.judge_canary()
-            if outcome.quality is not None:
-                say(f"canary v{candidate} quality: {outcome.quality.get('reason')}")
-                if outcome.quality.get("worse"):
-                    outcome.healthy = False
-                    outcome.reason = f"quality: {outcome.quality.get('reason')}"
+            _judge_quality(canary, outcome, say)
+        if outcome.promotable(settings.on_inconclusive):
+            # Serving may have rolled the canary back since the last poll: never promote
+            # a version it rejected, nor one it no longer confirms serving.
+            ended = _canary_ended(canary, policy.canary_poll_s)
+            if ended is not None:
+                outcome.healthy, outcome.inconclusive, outcome.reason = False, False, ended
     except BaseException:
         _end_canary_quietly(canary, say)
         raise
-    if outcome.inconclusive and settings.on_inconclusive == "promote":
+    if outcome.promotable(settings.on_inconclusive) and outcome.inconclusive:
         say(f"canary v{candidate} inconclusive ({outcome.reason}); promoted anyway")
         return outcome
-    if outcome.healthy and not outcome.inconclusive:
+    if outcome.promotable(settings.on_inconclusive):
         say(f"canary v{candidate} healthy: {outcome.reason}")
         return outcome
     _end_canary_quietly(canary, say)
@@ -550,6 +584,51 @@ def _canary_step(
         details=outcome.to_dict(),
     )
     return outcome
+
+
+def _judge_quality(
+    canary: CanaryTarget, outcome: CanaryOutcome, say: Callable[[str], None]
+) -> None:
+    """Judge the canary's quality on delayed labels into `outcome`: worse → unhealthy;
+    a labels feed that judged nothing (too few labelled rows, unreadable) → inconclusive;
+    the check failing (serving rolled the canary back meanwhile, or did not answer) →
+    unhealthy, with serving's own reason when it rolled the canary back."""
+    try:
+        outcome.quality = canary.judge_canary()
+    except Exception as exc:
+        logger.warning("raymlops: the canary's quality check failed: %s", exc)
+        try:
+            rolled_back = canary.canary_rolled_back()
+        except Exception:
+            rolled_back = None
+        outcome.healthy = False
+        outcome.reason = rolled_back or f"the quality check failed: {exc}"
+        return
+    if outcome.quality is None:
+        return
+    verdict = outcome.quality.get("reason")
+    say(f"canary v{outcome.version} quality: {verdict}")
+    if outcome.quality.get("worse"):
+        outcome.healthy = False
+        outcome.reason = f"quality: {verdict}"
+    elif not outcome.quality.get("judged"):
+        outcome.inconclusive = True
+        outcome.reason = f"quality: {verdict}"
+
+
+def _canary_ended(canary: CanaryTarget, poll_s: float) -> str | None:
+    """Why the canary is over now, or None once serving has answered that it still runs:
+    polled until serving answers or gives up on it (at most 2 × UNREACHABLE_GRACE_S)."""
+    deadline = time.monotonic() + 2 * UNREACHABLE_GRACE_S
+    while True:
+        reason = canary.canary_rolled_back()
+        if reason:
+            return reason
+        if canary.canary_requests() is not None:
+            return None
+        if time.monotonic() >= deadline:
+            return "serving did not answer before the promotion"
+        time.sleep(poll_s)
 
 
 def _end_canary_quietly(canary: CanaryTarget, say: Callable[[str], None]) -> None:
@@ -725,7 +804,7 @@ def retrain(
         if not result.canary.healthy:
             result.outcome = "rolled-back"
             return result
-        if result.canary.inconclusive and config.serve.canary.on_inconclusive != "promote":
+        if not result.canary.promotable(config.serve.canary.on_inconclusive):
             result.outcome = "inconclusive"
             return result
     elif canary is None:
@@ -811,7 +890,9 @@ def watch(
     """Monitor → retrain every `interval` (default `retrain.watch_interval`), forever or for
     `iterations` passes; each pass monitors only the traffic since the previous successful
     one. A pass that fails is logged with its traceback and tried again after a back-off
-    (retrain.watch_retry_s, doubling up to watch_retry_max_s): watching goes on."""
+    (retrain.watch_retry_s, doubling up to watch_retry_max_s): watching goes on — except
+    on a UserInputError (raised at once) or a DataError three passes in a row (raised):
+    see `_repeat_passes`."""
     from raymlops.monitor.run import monitor
 
     policy = config.retrain
@@ -854,27 +935,49 @@ def _repeat_passes(
 
     A pass that raises an Exception is logged with its traceback and the next try comes
     after `retry_s`, doubled for each failure in a row up to `retry_max_s`; a pass that
-    succeeds resets the back-off. KeyboardInterrupt and SystemExit still stop it."""
+    succeeds resets the back-off. KeyboardInterrupt and SystemExit still stop it, and so
+    does a UserInputError (a config or input only the user can fix: "retrain has no
+    data"), raised at once — except a DataError, which is also what a log file removed by a
+    compaction mid-read or a log not written yet look like: it is retried, and raised when
+    `_DATA_ERROR_PASSES` passes in a row fail on it."""
     results: list[RetrainResult] = []
-    passes = failures = 0
+    passes = failures = data_failures = 0
     while iterations is None or passes < iterations:
         started = time.monotonic()
         try:
             results.append(one_pass())
-            failures = 0
+            failures = data_failures = 0
             wait = max(0.0, period_s - (time.monotonic() - started))
-        except Exception as exc:
-            failures += 1
-            wait = min(retry_s * 2.0 ** min(failures - 1, 60), retry_max_s)
-            logger.exception(
-                "raymlops watch: pass %d failed (%d in a row); next try in %g s",
-                passes + 1,
-                failures,
-                wait,
-            )
-            if echo:
-                report(f"▸ watch: pass failed ({exc}); next try in {wait:g} s")
+        except DataError:
+            data_failures += 1
+            if data_failures >= _DATA_ERROR_PASSES:
+                raise
+            failures, wait = _failed_pass(passes, failures, retry_s, retry_max_s, echo)
+        except UserInputError:
+            raise
+        except Exception:
+            data_failures = 0
+            failures, wait = _failed_pass(passes, failures, retry_s, retry_max_s, echo)
         passes += 1
         if iterations is None or passes < iterations:
             sleep(wait)
     return results
+
+
+def _failed_pass(
+    passes: int, failures: int, retry_s: float, retry_max_s: float, echo: bool
+) -> tuple[int, float]:
+    """Log the pass that failed (called inside its `except`, so the traceback is logged)
+    and say when the next try comes: (failures in a row, seconds to wait)."""
+    exc = sys.exc_info()[1]
+    failures += 1
+    wait = min(retry_s * 2.0 ** min(failures - 1, 60), retry_max_s)
+    logger.exception(
+        "raymlops watch: pass %d failed (%d in a row); next try in %g s",
+        passes + 1,
+        failures,
+        wait,
+    )
+    if echo:
+        report(f"▸ watch: pass failed ({exc}); next try in {wait:g} s")
+    return failures, wait

@@ -146,6 +146,7 @@ class ServeStatus:
                 else ", no challenger"
             ),
         ]
+        lines += [f"  warning: {w}" for w in self.details.get("warnings", [])]
         for name, dep in self.deployments.items():
             states = ", ".join(f"{n} {s.lower()}" for s, n in dep.get("replicas", {}).items())
             lines.append(

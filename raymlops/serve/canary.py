@@ -23,6 +23,7 @@ __all__ = [
     "RoutingTable",
     "StatsBook",
     "choose_route",
+    "follow_alias",
     "rollback_reason",
 ]
 
@@ -185,6 +186,27 @@ class RoutingTable:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoutingTable:
         return cls(**data)
+
+
+def follow_alias(table: RoutingTable, target: int | None) -> RoutingTable | None:
+    """The routing once the registry's `champion` alias points to `target`, or None when
+    it stays as it is: the alias names the champion already, or it was cleared (None).
+
+    A cleared alias (a first version that failed its gate) leaves the version that held it
+    serving: there is no other version to answer, and stopping would fail every request;
+    the coordinator says so in `serve status` until a version is champion again. A
+    challenger that becomes champion leaves the canary; any other keeps its share."""
+    if target is None or target == table.champion:
+        return None
+    challenger = None if table.challenger == target else table.challenger
+    return RoutingTable(
+        champion=target,
+        challenger=challenger,
+        percent=table.percent if challenger is not None else 0.0,
+        shadow_percent=table.shadow_percent if challenger is not None else 0.0,
+        previous_champion=table.champion,
+        epoch=table.epoch + 1,
+    )
 
 
 def choose_route(table: RoutingTable, draw: float | None = None) -> tuple[str, bool]:

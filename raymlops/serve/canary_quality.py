@@ -10,6 +10,14 @@ so unpaired) are compared by a seeded bootstrap of the difference of their metri
 challenger is worse when the one-sided lower bound of (challenger − champion) at the stated
 confidence exceeds the margin: a difference that noise cannot explain, not a lucky draw.
 
+The coordinator runs this every quality interval, so its cost is bounded: only the log
+columns the losses need are read (`LOG_COLUMNS`), labels are kept only for the requests
+being judged, each side is a seeded sample of at most `QualityPolicy.max_rows` labelled rows
+(said in the verdict), the bootstrap draws at most `_MAX_DRAWS` indices at once, and above
+`QualityPolicy.bootstrap_rows` rows a side the normal approximation of the difference (the
+delta method for RMSE) replaces the bootstrap: with thousands of rows the two agree and the
+approximation costs one pass.
+
 Pure pyarrow/numpy (no Ray): the coordinator runs it in a thread; the unit tests call it.
 """
 
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
@@ -26,18 +35,24 @@ from raymlops.core.errors import DataError
 from raymlops.serve.canary import CHALLENGER, CHAMPION, SHADOW
 
 __all__ = [
+    "LOG_COLUMNS",
     "QualityPolicy",
     "QualityVerdict",
     "compare_losses",
     "judge_quality",
+    "log_columns",
     "read_labels",
     "row_losses",
 ]
 
 #: Probabilities are clipped here before the log (a 0 would make the loss infinite).
 _EPS = 1e-15
-#: Bootstrap resamples drawn at once (bounds memory to this × rows per role).
+#: Bootstrap resamples drawn at once, at most (fewer for large samples: see _MAX_DRAWS).
 _CHUNK = 100
+#: Bootstrap indices drawn at once per side (8 MB of int64): bounds the bootstrap's memory.
+_MAX_DRAWS = 1_000_000
+#: The prediction log's columns the judge reads (plus every `proba_<class>` column).
+LOG_COLUMNS = ("request_id", "model_version", "role", "error", "prediction")
 _LABEL = "__label__"
 
 
@@ -50,6 +65,10 @@ class QualityPolicy:
     min_rows: int = 30
     resamples: int = 2000
     seed: int = 0
+    #: Labelled rows per side judged at most: more are a seeded sample of this many.
+    max_rows: int = 100_000
+    #: Above this many rows on either side the normal approximation replaces the bootstrap.
+    bootstrap_rows: int = 5_000
 
 
 @dataclass
@@ -79,21 +98,36 @@ class QualityVerdict:
         return asdict(self)
 
 
-def read_labels(uri: str, label_column: str) -> pa.Table:
-    """The labels feed as (request_id string, `__label__`): rows without a label dropped,
-    the last label given for a request wins (a correction replaces the first answer)."""
-    from raymlops.data.dataset import load_table
+def log_columns(names: Iterable[str]) -> list[str]:
+    """Which of a prediction log's columns `names` the judge needs (`LOG_COLUMNS` and the
+    class probabilities): reading only these keeps the periodic check light."""
+    return [n for n in names if n in LOG_COLUMNS or n.startswith("proba_")]
 
-    table = load_table(uri)
-    for column in ("request_id", label_column):
-        if column not in table.column_names:
-            raise DataError(
-                f"labels {uri} have no column '{column}' (columns: "
-                f"{', '.join(table.column_names[:20])}); they need request_id and the label"
-            )
-    table = table.select(["request_id", label_column]).rename_columns(["request_id", _LABEL])
-    table = table.set_column(0, "request_id", table.column("request_id").cast(pa.string()))
-    table = table.filter(pc.is_valid(table.column(_LABEL)))
+
+def read_labels(uri: str, label_column: str, keep: pa.Array | None = None) -> pa.Table:
+    """The labels feed as (request_id string, `__label__`): rows without a request id or a
+    label dropped, the last label given for a request wins (a correction replaces the first
+    answer). Read batch by batch keeping two columns, and with `keep` (request ids) only the
+    labels of those requests: memory follows the requests judged, not the feed."""
+    from raymlops.data.dataset import iter_tables
+
+    parts: list[pa.Table] = []
+    for batch in iter_tables(uri):
+        for column in ("request_id", label_column):
+            if column not in batch.column_names:
+                raise DataError(
+                    f"labels {uri} have no column '{column}' (columns: "
+                    f"{', '.join(batch.column_names[:20])}); they need request_id and the label"
+                )
+        batch = batch.select(["request_id", label_column]).rename_columns(["request_id", _LABEL])
+        batch = batch.set_column(0, "request_id", batch.column("request_id").cast(pa.string()))
+        valid = pc.and_(pc.is_valid(batch.column("request_id")), pc.is_valid(batch.column(_LABEL)))
+        if keep is not None:
+            valid = pc.and_(valid, pc.is_in(batch.column("request_id"), value_set=keep))
+        parts.append(batch.filter(valid))
+    if not parts:
+        return pa.table({"request_id": pa.array([], pa.string()), _LABEL: pa.array([])})
+    table = pa.concat_tables(parts)
     ids = table.column("request_id").to_numpy(zero_copy_only=False)
     _, last = np.unique(ids[::-1], return_index=True)
     return table.take(pa.array(np.sort(len(ids) - 1 - last)))
@@ -133,40 +167,98 @@ def _statistic(metric: str, losses: np.ndarray) -> np.ndarray:
     return np.sqrt(means) if metric == "rmse" else means
 
 
-def compare_losses(
+def _bootstrap_bounds(
     metric: str, champion: np.ndarray, challenger: np.ndarray, policy: QualityPolicy
-) -> QualityVerdict:
-    """Compare two unpaired samples of per-row losses by a seeded bootstrap of the
-    difference of their metric (challenger − champion)."""
+) -> tuple[float, float]:
+    """One-sided bounds of (challenger − champion) by a seeded bootstrap; at most
+    `_MAX_DRAWS` indices a side are drawn at once (small samples: `_CHUNK` resamples a
+    draw, so their draws and bounds do not depend on the memory bound)."""
     n0, n1 = len(champion), len(challenger)
-    if min(n0, n1) < policy.min_rows:
-        return QualityVerdict(
-            metric, n0, n1, None, None, None, None, None, policy.confidence, policy.margin,
-            False, False,
-            f"quality not judged: {n0} labelled champion and {n1} labelled challenger rows "
-            f"(each needs {policy.min_rows})",
-        )  # fmt: skip
-    value0 = float(_statistic(metric, champion))
-    value1 = float(_statistic(metric, challenger))
     rng = np.random.default_rng(policy.seed)
+    chunk = max(1, min(_CHUNK, _MAX_DRAWS // max(n0, n1)))
     diffs: list[np.ndarray] = []
-    for start in range(0, policy.resamples, _CHUNK):
-        k = min(_CHUNK, policy.resamples - start)
+    for start in range(0, policy.resamples, chunk):
+        k = min(chunk, policy.resamples - start)
         a = champion[rng.integers(0, n0, size=(k, n0))]
         b = challenger[rng.integers(0, n1, size=(k, n1))]
         diffs.append(_statistic(metric, b) - _statistic(metric, a))
     spread = np.concatenate(diffs)
-    low = float(np.quantile(spread, 1.0 - policy.confidence))
-    high = float(np.quantile(spread, policy.confidence))
+    return (
+        float(np.quantile(spread, 1.0 - policy.confidence)),
+        float(np.quantile(spread, policy.confidence)),
+    )
+
+
+def _normal_bounds(
+    metric: str, champion: np.ndarray, challenger: np.ndarray, confidence: float
+) -> tuple[float, float]:
+    """One-sided bounds of (challenger − champion) by the normal approximation: the
+    standard error of each mean (for RMSE, by the delta method: se(√m) = se(m) / 2√m)."""
+
+    def value_and_se(losses: np.ndarray) -> tuple[float, float]:
+        mean = float(losses.mean())
+        se = float(losses.std(ddof=1)) / np.sqrt(len(losses))
+        if metric == "rmse":
+            root = np.sqrt(mean)
+            return float(root), se / (2.0 * root) if root > 0 else 0.0
+        return mean, se
+
+    value0, se0 = value_and_se(champion)
+    value1, se1 = value_and_se(challenger)
+    z = NormalDist().inv_cdf(confidence) * float(np.hypot(se0, se1))
+    difference = value1 - value0
+    return difference - z, difference + z
+
+
+def _sample(losses: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """At most `limit` of the losses, a seeded sample without replacement."""
+    if len(losses) <= limit:
+        return losses
+    return losses[np.sort(rng.choice(len(losses), size=limit, replace=False))]
+
+
+def compare_losses(
+    metric: str, champion: np.ndarray, challenger: np.ndarray, policy: QualityPolicy
+) -> QualityVerdict:
+    """Compare two unpaired samples of per-row losses by a seeded bootstrap of the
+    difference of their metric (challenger − champion); each side is first cut to a seeded
+    sample of `policy.max_rows`, and above `policy.bootstrap_rows` rows a side the normal
+    approximation gives the bounds (the reason says which, and any sampling)."""
+    total0, total1 = len(champion), len(challenger)
+    if min(total0, total1) < policy.min_rows:
+        return QualityVerdict(
+            metric, total0, total1, None, None, None, None, None, policy.confidence,
+            policy.margin, False, False,
+            f"quality not judged: {total0} labelled champion and {total1} labelled challenger "
+            f"rows (each needs {policy.min_rows})",
+        )  # fmt: skip
+    sampler = np.random.default_rng([policy.seed, 1])  # not the bootstrap's stream
+    champion = _sample(champion, policy.max_rows, sampler)
+    challenger = _sample(challenger, policy.max_rows, sampler)
+    n0, n1 = len(champion), len(challenger)
+    value0 = float(_statistic(metric, champion))
+    value1 = float(_statistic(metric, challenger))
+    if max(n0, n1) > policy.bootstrap_rows:
+        low, high = _normal_bounds(metric, champion, challenger, policy.confidence)
+        method = "normal approximation"
+    else:
+        low, high = _bootstrap_bounds(metric, champion, challenger, policy)
+        method = f"bootstrap of {policy.resamples}"
     difference = value1 - value0
     worse = low > policy.margin
+    sampled = (
+        f"; a seeded sample of {policy.max_rows} rows a side of {total0} champion and "
+        f"{total1} challenger rows"
+        if (n0, n1) != (total0, total1)
+        else ""
+    )
     reason = (
         f"{metric} {value1:.4f} on {n1} labelled challenger rows vs {value0:.4f} on {n0} "
         f"champion rows: difference {difference:+.4f}, {policy.confidence:.0%} lower bound "
-        f"{low:+.4f} {'>' if worse else '<='} margin {policy.margin:g}"
+        f"{low:+.4f} {'>' if worse else '<='} margin {policy.margin:g} ({method}{sampled})"
     )
     return QualityVerdict(
-        metric, n0, n1, value0, value1, difference, low, high, policy.confidence,
+        metric, total0, total1, value0, value1, difference, low, high, policy.confidence,
         policy.margin, True, worse, reason,
     )  # fmt: skip
 

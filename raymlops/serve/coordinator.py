@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from raymlops.core.config import ServeConfig
 from raymlops.data.prediction_log import model_log_root
 from raymlops.serve.app_shared import _registry, keep_replica_grpc_on_loopback, logger
@@ -22,9 +25,16 @@ from raymlops.serve.canary import (
     RollbackPolicy,
     RoutingTable,
     StatsBook,
+    follow_alias,
     rollback_reason,
 )
-from raymlops.serve.canary_quality import QualityPolicy, QualityVerdict, judge_quality, read_labels
+from raymlops.serve.canary_quality import (
+    QualityPolicy,
+    QualityVerdict,
+    judge_quality,
+    log_columns,
+    read_labels,
+)
 from raymlops.serve.prediction_log import read_log
 
 __all__ = ["Coordinator"]
@@ -57,6 +67,8 @@ class Coordinator:
         #: The labels feed of the running canary (its own, else serve.canary.labels).
         self.canary_labels: str | None = None
         self.quality: dict[str, Any] | None = None
+        #: Set while the registry names no champion (see _apply_alias), shown by status.
+        self.alias_warning: str | None = None
         self.state_path = Path(args["home"]) / "serve" / "apps" / f"{args['app_name']}.json"
         self.table = RoutingTable(champion=int(args["version"]))
         self.events: list[dict[str, Any]] = []
@@ -138,6 +150,7 @@ class Coordinator:
             "started": self.started,
             "canary_labels": self.canary_labels,
             "quality": self.quality,
+            "warnings": [self.alias_warning] if self.alias_warning else [],
         }
 
     async def canary(
@@ -286,9 +299,20 @@ class Coordinator:
     def _judge_quality(self, champion: int, challenger: int, labels: str) -> QualityVerdict:
         if self.log_root is None:
             raise RuntimeError("the prediction log is off (serve.prediction_log.enabled)")
-        log = read_log(self.log_root, self.window_started)
+        # Only the columns the losses need, and the labels of the logged requests only:
+        # this runs every quality interval beside the routing.
+        log = read_log(self.log_root, self.window_started, columns=log_columns)
+        keep = (
+            pc.unique(log.column("request_id").combine_chunks()).cast(pa.string())
+            if "request_id" in log.column_names
+            else pa.array([], pa.string())
+        )
         return judge_quality(
-            log, read_labels(labels, self.label_column), champion, challenger, self.quality_policy
+            log,
+            read_labels(labels, self.label_column, keep=keep),
+            champion,
+            challenger,
+            self.quality_policy,
         )
 
     async def _watch_quality(self) -> None:
@@ -396,22 +420,43 @@ class Coordinator:
             except Exception as exc:
                 logger.warning("raymlops: reading the champion alias failed: %s", exc)
                 continue
-            old = self.table
-            if target is None or target == old.champion:
-                continue
-            challenger = None if old.challenger == target else old.challenger
-            self.table = RoutingTable(
-                champion=target,
-                challenger=challenger,
-                percent=old.percent if challenger is not None else 0.0,
-                shadow_percent=old.shadow_percent if challenger is not None else 0.0,
-                previous_champion=old.champion,
-                epoch=old.epoch + 1,
-            )
-            self._reset_window()
-            self._remember("follow-alias", old.champion, target, "registry alias moved", "registry")
-            logger.info("raymlops: champion alias moved v%s -> v%s", old.champion, target)
-            self._save()
+            await self._apply_alias(target)
+
+    async def _apply_alias(self, target: int | None) -> None:
+        """Route to the alias's `target` (raymlops.serve.canary.follow_alias). A cleared
+        alias keeps the version serving that it named — stopping would fail every request
+        — and `status` warns, with the registry's reason for clearing it, until a version
+        is champion again."""
+        if target is None:
+            if self.alias_warning is None:
+                why = await asyncio.to_thread(self._cleared_reason)
+                self.alias_warning = (
+                    f"champion alias cleared: still serving v{self.table.champion}, which "
+                    f"the registry no longer names champion ({why})"
+                )
+                logger.warning("raymlops: %s", self.alias_warning)
+            return
+        self.alias_warning = None
+        old = self.table
+        table = follow_alias(old, target)
+        if table is None:
+            return
+        self.table = table
+        self._reset_window()
+        self._remember("follow-alias", old.champion, target, "registry alias moved", "registry")
+        logger.info("raymlops: champion alias moved v%s -> v%s", old.champion, target)
+        self._save()
+
+    def _cleared_reason(self) -> str:
+        """Why the registry cleared the champion alias: its last clearing event's reason."""
+        try:
+            history = self.registry.alias_history(self.model)
+        except Exception as exc:
+            return f"its history could not be read: {exc}"
+        for event in reversed(history):
+            if event.alias == CHAMPION and event.to_version is None and event.moved:
+                return str(event.reason or event.action)
+        return "the registry names no champion"
 
     def _save(self) -> None:
         state = {

@@ -136,6 +136,20 @@ def test_a_canary_worse_on_delayed_labels_is_rolled_back(
     client = app.client()
     prefix = f"q-{uuid.uuid4().hex[:6]}-"
     answered: dict[str, tuple[int, str]] = {}
+    flip = {"0": "1", "1": "0"}
+    arrived = labels.with_name("arriving.parquet")
+
+    def arrive(ids: list[str]) -> None:
+        """The labels of `ids` arrive: the champion's answers right, the challenger's
+        wrong; the feed is replaced whole."""
+        pd.DataFrame(
+            {
+                "request_id": ids,
+                "label": [p if v == 1 else flip[p] for v, p in (answered[i] for i in ids)],
+            }
+        ).to_parquet(arrived)
+        arrived.rename(labels)
+
     for i in range(160):
         result = client.predict(app.records(1, i), request_id=f"{prefix}{i}")
         answered[result.request_id] = (result.version, str(result.predictions[0]))
@@ -149,19 +163,14 @@ def test_a_canary_worse_on_delayed_labels_is_rolled_back(
         return sum(1 for i in ids if i.startswith(prefix))
 
     _wait_for(lambda: logged() == len(answered), 30, "the answers in the prediction log")
+    arrive(list(answered)[:20])  # the first labels: too few to judge either version
     early = serve_canary_quality(app.config, home=app.home)
     assert early is not None and not early["judged"] and not early["worse"], early
+    assert "labelled champion" in early["reason"] and "(each needs 30)" in early["reason"]
+    assert early["champion_rows"] + early["challenger_rows"] == 20, early
     assert serve_status(app.config, home=app.home).challenger == 2
 
-    flip = {"0": "1", "1": "0"}
-    arrived = labels.with_name("arriving.parquet")
-    pd.DataFrame(
-        {
-            "request_id": list(answered),
-            "label": [p if v == 1 else flip[p] for v, p in answered.values()],
-        }
-    ).to_parquet(arrived)
-    arrived.rename(labels)  # the feed appears whole
+    arrive(list(answered))
 
     _consistent(app, 1)
     verdict = serve_status(app.config, home=app.home).details["quality"]
@@ -205,7 +214,7 @@ def test_the_coordinator_killed_during_the_canary_ends_it(app: Served) -> None:
     with _Load(app, threads=2) as load:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        _wait_for(lambda: canary.canary_requests() >= 10, 60, "the canary answering")
+        _wait_for(lambda: (canary.canary_requests() or 0) >= 10, 60, "the canary answering")
         ray.kill(_actor(f"SERVE_REPLICA::{MODEL}#Coordinator#"), no_restart=True)
         watcher.join(120)
     assert not watcher.is_alive() and not load.failures, load.failures[:3]
