@@ -184,8 +184,9 @@ _working_dir_option = click.option(
 @click.option(
     "--train-only",
     is_flag=True,
-    help="Only train → register → champion → sample predictions (no serving, batch, "
-    "monitoring or retraining).",
+    help="Only train → register → gate → champion → sample predictions (no serving, batch, "
+    "monitoring or retraining); exit 1 when a version registered with no champion fails its "
+    "gate (it stays registered, not champion).",
 )
 @click.option(
     "--keep-serving",
@@ -278,6 +279,7 @@ def run(
         )
     if as_json:
         _json_out(_run_result_dict(result))
+        _exit_if_first_gate_failed(result.train)
         return
     if not train_only:
         click.echo(result.summary())
@@ -292,6 +294,20 @@ def run(
     )
     click.echo(result.sample_predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo(f"\nbrowse runs: mlflow ui --backend-store-uri {result.train.tracking_uri}")
+    _exit_if_first_gate_failed(result.train)
+
+
+def _exit_if_first_gate_failed(result: Any) -> None:
+    """Exit 1, as `gate` and `retrain` do on a failed verdict, when the version registered
+    with no champion failed its gate (`TrainResult.first_gate`); after the result printed."""
+    gate = result.first_gate
+    if gate is not None and not gate.passed:
+        failed = ", ".join(f"{c.kind} {c.name}" for c in gate.failed_checks[:3])
+        _fail(
+            f"{result.model_name} v{result.version.version} failed its gate ({failed}): "
+            "it stays registered, not champion",
+            1,
+        )
 
 
 @cli.command()
@@ -315,6 +331,11 @@ def train(
 ) -> None:
     """Tune hyperparameters on Ray and register the best model in MLflow.
 
+    A model with no champion (its first version, or after its champion was cleared) gets
+    one only through the gate: the new version is gated on the gate's thresholds and checks
+    and made champion if it passes; if it fails, it stays registered, not champion, and
+    the command exits 1. Otherwise the version is the challenger, for `raymlops gate`.
+
     \b
     Example:
       raymlops train --set tune.num_samples=16 --set tune.scheduler=fifo
@@ -335,6 +356,7 @@ def train(
         _json_out(_train_dict(result))
     else:
         click.echo(result.summary())
+    _exit_if_first_gate_failed(result)
 
 
 # --------------------------------------------------------------------------- Ray jobs

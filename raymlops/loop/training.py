@@ -43,7 +43,7 @@ class TrainResult:
     experiment_path: str
     tracking_uri: str
     wall_time_s: float
-    #: The gate of a first version (`gate_first_version`), else None.
+    #: The gate of a version registered with no champion (`gate_first_version`), else None.
     first_gate: GateResult | None = None
 
     def summary(self) -> str:
@@ -67,9 +67,11 @@ class TrainResult:
         gate = self.first_gate
         assert gate is not None
         if gate.passed:
-            return "first version, thresholds only: passed → champion"
+            if CHAMPION in self.version.aliases:
+                return "no champion before, thresholds only: passed → champion"
+            return "no champion before, thresholds only: passed, champion set meanwhile"
         failed = ", ".join(f"{c.kind} {c.name}" for c in gate.failed_checks[:3])
-        return f"first version, thresholds only: FAILED ({failed}) → no champion"
+        return f"no champion before, thresholds only: FAILED ({failed}) → not champion"
 
 
 def train_and_register(
@@ -84,10 +86,15 @@ def train_and_register(
     """Load and check the data, tune, evaluate the best trial on the test split, and
     register it. Nothing is registered unless every step succeeds.
 
-    A model's first version becomes champion at registration (there is none to compare
-    with); `gate_first_version` gates it at once on the gate's thresholds and checks (what
-    `raymlops train` does: only gated versions are champion), taking the alias back when it
-    fails. Callers that gate next themselves (the job chain, retrain) leave it False."""
+    Without `gate_first_version`, a model's very first version becomes champion at
+    registration (`Registry.register`; callers that gate next themselves: the job chain,
+    retrain). With it (what `raymlops train` and `run --train-only` do), nothing is champion
+    before its gate has run: a version registered while the model has no champion — its
+    first, or any after its champion was cleared — is registered as challenger, gated at
+    once on the gate's thresholds and checks (there is nothing to compare with), and only a
+    pass moves `champion` to it (an audited `promote` with its reason). If the gate fails or
+    raises, the version stays registered and not champion; `TrainResult.first_gate` holds
+    the verdict."""
     from raymlops.core.storage import check_reachable
     from raymlops.train.search import experiment_storage, latest_experiment, run_search
     from raymlops.train.tracking import open_search_run
@@ -167,6 +174,7 @@ def train_and_register(
             predictor,
             dataset,
             metrics,
+            assign_champion=not gate_first_version,
             extra_tags={
                 "raymlops.config_hash": config_hash(config),
                 "raymlops.trial_id": outcome.best_trial_id,
@@ -191,13 +199,8 @@ def train_and_register(
 
     refresh_card(registry, info.name, info.version, echo=lambda m: say(m, when=echo))
     first_gate = None
-    if gate_first_version and CHAMPION in info.aliases:
-        from raymlops.loop.gate import run_gate
-
-        say(f"▸ gating v{info.version}, the model's first version (thresholds only)", when=echo)
-        first_gate = run_gate(
-            registry, config, info.name, info.version, echo=lambda m: say(m, when=echo)
-        )
+    if gate_first_version and registry.alias_target(info.name, CHAMPION) is None:
+        first_gate = _gate_then_champion(registry, config, info, echo)
         info = registry.version_info(info.name, info.version)
     return TrainResult(
         model_name=config.registry.model_name,
@@ -214,6 +217,38 @@ def train_and_register(
         wall_time_s=time.monotonic() - started,
         first_gate=first_gate,
     )
+
+
+def _gate_then_champion(
+    registry: Registry, config: PipelineConfig, info: ModelVersionInfo, echo: bool
+) -> GateResult:
+    """Gate `info`, registered while its model has no champion, and make it champion only
+    when the gate passes (compare-and-set: a champion someone else set meanwhile stands)."""
+    from raymlops.core.errors import RegistryError
+    from raymlops.loop.gate import run_gate
+
+    say(f"▸ gating v{info.version}: the model has no champion (thresholds only)", when=echo)
+    gate = run_gate(registry, config, info.name, info.version, echo=lambda m: say(m, when=echo))
+    if not gate.passed:
+        say(f"▸ v{info.version} failed its gate: registered, not champion", when=echo)
+        return gate
+    try:
+        registry.set_alias(
+            info.name,
+            CHAMPION,
+            info.version,
+            action="promote",
+            reason="passed its gate (thresholds only) while the model had no champion",
+            details={"gate_run_id": gate.run_id},
+            expected_from=None,
+        )
+    except RegistryError as exc:
+        say(f"▸ v{info.version} not made champion: {exc}", when=echo)
+        return gate
+    from raymlops.loop.cards import refresh_card
+
+    refresh_card(registry, info.name, info.version, echo=lambda m: say(m, when=echo))
+    return gate
 
 
 #: Training rows the prediction profile and the permutation importance are measured on.

@@ -597,6 +597,8 @@ class Registry:
         extra_tags: dict[str, str] | None = None,
         extra_files: dict[str, Any] | None = None,
         input_example: TabularInput | None = None,
+        *,
+        assign_champion: bool = True,
     ) -> ModelVersionInfo:
         """Save the predictor as run artifacts and create a registered model version.
 
@@ -604,8 +606,13 @@ class Registry:
         with a signature, an input example (`input_example`, else as
         `registry.input_example` says: the training profile's typical row, or the first
         rows of the training data) and requirements pinned to this environment, so MLflow's
-        own tools load and serve it; the digests recorded cover MLflow's files too. The
-        first version of a model gets the `champion` alias, later ones `challenger`.
+        own tools load and serve it; the digests recorded cover MLflow's files too.
+
+        The version gets `challenger`, except that with `assign_champion` the model's very
+        first version (no earlier version, no champion) gets `champion`. A model that has
+        versions but no champion (its champion was cleared, e.g. after a first version failed
+        its gate) never gets one at registration: only a passing gate and a promotion give
+        it. Callers that gate before anything is champion pass `assign_champion=False`.
         """
         from mlflow.exceptions import MlflowException
 
@@ -665,15 +672,24 @@ class Registry:
         mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
         version = int(mv.version)
         with self._audit_lock(name):  # one champion, whoever registers at the same time
-            first = self.alias_target(name, CHAMPION) is None
+            no_champion = self.alias_target(name, CHAMPION) is None
+            first = no_champion and assign_champion and not self._has_earlier(name, version)
             self._move_alias(
                 name,
                 CHAMPION if first else CHALLENGER,
                 version,
                 action="register",
-                reason="first version of the model" if first else "new candidate",
+                reason="first version of the model"
+                if first
+                else "new candidate"
+                + (": no champion until a version passes its gate" if no_champion else ""),
             )
         return self.version_info(name, version)
+
+    def _has_earlier(self, name: str, version: int) -> bool:
+        """Whether `name` has a version older than `version` (registered, not deleted)."""
+        found = self.client.search_model_versions(f"name = '{name}'")
+        return any(int(v.version) < version for v in found)
 
     def _resolve(self, name: str, ref: str | int) -> ModelVersion:
         from mlflow.exceptions import MlflowException

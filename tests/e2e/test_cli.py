@@ -114,22 +114,28 @@ def test_run_trains_registers_a_champion_and_predicts(
 
 @pytest.mark.long
 def test_a_first_version_that_fails_its_gate_is_not_champion(tmp_path: Path) -> None:
-    """`raymlops run --train-only` gates a model's first version on its thresholds: one no
-    model can meet leaves the version registered but no champion, and says so."""
+    """`raymlops run --train-only` gates a model's first version on its thresholds before
+    it is champion: one no model can meet leaves the version registered, never champion,
+    and exits 1 (as `train`, `gate` and `retrain` do on a failed verdict) saying so."""
     proc = raymlops(
         "run", "--train-only",
         "--set", "tune.num_samples=1", "--set", "train.epochs=1",
         "--set", 'gate.thresholds={"accuracy": {"min": 0.9999}}',
         home=tmp_path, timeout=400,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "gate:       first version, thresholds only: FAILED (metric accuracy" in proc.stdout
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert (
+        "gate:       no champion before, thresholds only: FAILED (threshold accuracy" in proc.stdout
+    )
+    assert (
+        "v1 failed its gate (threshold accuracy): it stays registered, not champion" in proc.stderr
+    )
     assert "(not champion: its first-version gate failed, loaded from the registry)" in proc.stdout
     listed = json.loads(raymlops("models", "list", "--json", home=tmp_path).stdout)
     assert listed[0]["versions"] == 1 and "champion" not in listed[0]["aliases"]
     history = raymlops("models", "history", "breast-cancer", "--json", home=tmp_path)
     actions = [event["action"] for event in json.loads(history.stdout)]
-    assert actions[-2:] == ["gate", "clear"], actions
+    assert actions == ["register", "gate"], actions  # never champion: nothing to clear
 
 
 def test_models_list_shows_the_champion(

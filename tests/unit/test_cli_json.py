@@ -253,6 +253,29 @@ def test_run_result_renders_as_one_json_document() -> None:
     assert failed["train"]["first_version_gate"] == {"status": "failed"}
 
 
+def test_a_failed_gate_of_a_version_registered_with_no_champion_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`train` and `run --train-only` exit 1 on that failed verdict, as `gate` and
+    `retrain` do, with one line saying the version stays registered, not champion."""
+    from raymlops.cli.run import _exit_if_first_gate_failed
+
+    check = SimpleNamespace(kind="threshold", name="accuracy")
+    failed = SimpleNamespace(passed=False, failed_checks=[check])
+    result = SimpleNamespace(model_name="m", version=SimpleNamespace(version=3), first_gate=failed)
+    with pytest.raises(SystemExit) as exited:
+        _exit_if_first_gate_failed(result)
+    assert exited.value.code == 1
+    assert (
+        "error: m v3 failed its gate (threshold accuracy): it stays registered, not champion"
+        in capsys.readouterr().err
+    )
+    for gate in (None, SimpleNamespace(passed=True, failed_checks=[])):
+        _exit_if_first_gate_failed(SimpleNamespace(first_gate=gate))  # no exit
+    shown = CliRunner().invoke(cli, ["train", "--help"]).output
+    assert "exits 1" in shown and "not champion" in shown
+
+
 def test_json_output_has_no_bare_nan(capsys: pytest.CaptureFixture[str]) -> None:
     from raymlops.cli.base import _json_out
 

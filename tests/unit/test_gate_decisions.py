@@ -59,13 +59,44 @@ def test_a_first_version_failing_its_thresholds_leaves_no_champion(
     with pytest.raises(PromotionError, match="failed its latest gate"):
         governance.promote(registry, "m", v1, reason="anyway")
 
-    # The next version becomes champion as the first one again, and passes the same gate.
+    # The next version is not champion at registration (the champion was cleared): only a
+    # passing gate and a promotion make it champion.
     v2 = register(registry, trained, trained.good)
-    assert registry.alias_target("m", CHAMPION) == v2
+    assert registry.alias_target("m", CHAMPION) is None
+    assert registry.alias_history("m")[-1].reason.endswith(
+        "no champion until a version passes its gate"
+    )
     passed = run_gate(registry, None, "m", v2)
+    assert passed.passed and registry.alias_target("m", CHAMPION) is None
+    governance.promote(registry, "m", v2, reason="passed its gate")
+    assert registry.alias_target("m", CHAMPION) == v2
+
+
+def test_train_gates_a_version_registered_with_no_champion_before_it_is_champion(
+    registry: Registry, trained: Trained
+) -> None:
+    """`train_and_register(gate_first_version=True)`'s path after the search: registered
+    without the alias, gated, champion only through a passing gate (an audited promote)."""
+    from raymlops.loop.training import _gate_then_champion
+
+    strict = make_config(trained.data, gate={"thresholds": {"accuracy": {"min": 0.999}}})
+    with registry.pipeline_run(strict, "run") as run_id:
+        info = registry.register(
+            strict, run_id, trained.good, trained.dataset, {}, assign_champion=False
+        )
+    assert registry.alias_target("m", CHAMPION) is None  # never champion before its gate
+    failed = _gate_then_champion(registry, strict, info, echo=False)
+    assert failed.status == "failed" and registry.alias_target("m", CHAMPION) is None
+    actions = [e.action for e in registry.alias_history("m")]
+    assert actions == ["register", "gate"], actions  # nothing to clear: it never was champion
+
+    v2 = register(registry, trained, trained.good)  # assign_champion=True: earlier versions
+    assert registry.alias_target("m", CHAMPION) is None
+    passed = _gate_then_champion(registry, trained.config, registry.version_info("m", v2), False)
     assert passed.passed and registry.alias_target("m", CHAMPION) == v2
-    card = render_card(registry, "m", v2)
-    assert f"first version: {FIRST_VERSION}" in card
+    gate, promote = registry.alias_history("m")[-2:]
+    assert (gate.action, promote.action, promote.to_version) == ("gate", "promote", v2)
+    assert "passed its gate" in promote.reason and promote.details["gate_run_id"] == passed.run_id
 
 
 def test_a_champion_that_passed_its_gate_keeps_the_alias_on_a_failed_re_gate(
@@ -163,3 +194,42 @@ def test_the_card_says_how_each_trial_ended_and_only_the_resources_that_applied(
         assert f"| {trial_id} | {ended} |" in card, trial_id
     assert "gpus_per_worker" not in card and "cpus_per_worker" not in card
     assert "| **train.epochs** | 10 |" in card
+
+
+def test_the_card_reads_histories_of_shown_trials_only_against_their_own_epoch_limit(
+    registry: Registry, trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the trials the card shows (the best `_MAX_TRIALS`) cost an MLflow call each, and
+    a trial whose search sampled `train.epochs` is judged against its own limit."""
+    from raymlops.loop import cards
+
+    v1 = register(registry, trained, trained.good)  # train.epochs 10 in the config
+    many = cards._MAX_TRIALS + 7
+
+    def trial(trial_id: str, epochs: int, params: dict[str, object]) -> TrialRecord:
+        history = [{"epoch": float(e), "val_loss": 1.0 / e} for e in range(1, epochs + 1)]
+        return TrialRecord(trial_id, params, history, "TERMINATED", None, None)
+
+    run_id = registry.version_info("m", v1).run_id
+    assert run_id is not None
+    registry.log_trials(
+        run_id,
+        trained.config,
+        [trial("short", 3, {"train.epochs": 3}), trial("cut", 4, {"train.epochs": 8})]
+        + [trial(f"t{i:02d}", 2, {"train.epochs": 4}) for i in range(many - 2)],
+    )
+    read: list[str] = []
+    real = registry.client.get_metric_history
+
+    def counted(run: str, key: str) -> object:  # a spy: the real store answers
+        read.append(run)
+        return real(run, key)
+
+    monkeypatch.setattr(registry.client, "get_metric_history", counted)
+    card = render_card(registry, "m", v1)
+    assert len(read) == cards._MAX_TRIALS, len(read)  # not one per trial (32)
+    assert "| short | ran to the limit (3 epochs) |" in card  # its own 3, not the config's 10
+    assert (
+        "| early-stopped at epoch 2 of 4 |" in card
+        and "| cut | early-stopped at epoch 4 of 8 |" in card
+    )
