@@ -148,11 +148,16 @@ class ServingCanary:
 
     def canary_requests(self) -> int | None:
         """The challenger's requests since the canary started; None while serving does not
-        answer (an old count must not end the watch as healthy)."""
+        answer (an old count must not end the watch as healthy) or no longer routes to the
+        canary (a count of a canary serving has ended confirms nothing; canary_rolled_back
+        says why it ended)."""
         try:
-            rows = self._status().details.get("since_canary", [])
+            status = self._status()
         except Exception:
             return None
+        if status.challenger != self.version:
+            return None
+        rows = status.details.get("since_canary", [])
         return sum(
             int(r["requests"])
             for r in rows

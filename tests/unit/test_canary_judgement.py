@@ -21,7 +21,13 @@ from raymlops.core.errors import ConfigError, DataError, UserInputError
 from raymlops.loop import retrain as retrain_module
 from raymlops.loop.gate_result import GateResult
 from raymlops.loop.governance import PromotionError
-from raymlops.loop.retrain import RetrainResult, _canary_step, _promote_candidate, _repeat_passes
+from raymlops.loop.retrain import (
+    RetrainResult,
+    ServingCanary,
+    _canary_step,
+    _promote_candidate,
+    _repeat_passes,
+)
 from raymlops.registry.store import CHAMPION, Registry
 from raymlops.serve.api import ServeStatus
 from raymlops.serve.canary import RoutingTable, follow_alias
@@ -421,6 +427,37 @@ def test_a_refused_promotion_ends_the_canary(tmp_path: Path, store: Registry, mo
     assert endpoint.ended == [False] and store.alias_target(model, CHAMPION) == 3
     last = store.alias_history(model)[-1]
     assert (last.action, last.to_version) == ("retrain-promotion-failed", 2)
+
+
+class _ScriptedServing(ServingCanary):
+    """ServingCanary reading scripted `serve status` answers (an Exception: no answer)."""
+
+    def __init__(self, config: PipelineConfig, answers: list[Any]) -> None:
+        super().__init__(config)
+        self.answers = answers
+
+    def _status(self) -> Any:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_serving_canary_counts_only_answers_for_its_running_canary(tmp_path: Path) -> None:
+    def status(challenger: int | None, requests: int) -> ServeStatus:
+        rows = [{"version": 2, "role": "challenger", "requests": requests}]
+        return ServeStatus(
+            "app", "m", "", "", "RUNNING", 1, challenger, details={"since_canary": rows}
+        )
+
+    canary = _ScriptedServing(
+        _config(tmp_path, "m"),
+        [status(2, 7), ConnectionError("no answer"), status(None, 9)],
+    )
+    canary.version = 2
+    assert canary.canary_requests() == 7
+    assert canary.canary_requests() is None  # serving did not answer: no old count
+    assert canary.canary_requests() is None  # serving rolled it back: nothing to count
 
 
 # --------------------------------------------------------------------------- watch
