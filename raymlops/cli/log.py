@@ -9,7 +9,12 @@ from raymlops.cli.base import _config_options, _handle_errors, _home_option, _js
 
 @cli.group("log")
 def log_group() -> None:
-    """The prediction log serving writes (what `monitor` reads)."""
+    """The prediction log serving writes (what `monitor` reads).
+
+    \b
+    Example:
+      raymlops log compact --dry-run
+    """
 
 
 @log_group.command("compact")

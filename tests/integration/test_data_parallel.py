@@ -109,10 +109,15 @@ def test_two_workers_reach_the_validation_metric_of_one(tmp_path: Path, synth_da
     progress = next(Path(two.experiment_path).glob("*/progress.csv"))
     seen = int(pd.read_csv(progress)["train_rows"].iloc[-1])
     assert 0 <= splits.train.num_rows - seen < 2
-    # The registered artifact is the same kind as one worker's: safetensors and JSON only.
+    # The registered artifact is the same kind as one worker's: safetensors and JSON, beside
+    # MLflow's pyfunc files (models from code: its MLmodel, code, requirements, environment).
     folder, _ = Registry(home=tmp_path).download("dp-two", 1)
-    suffixes = {p.suffix for p in folder.rglob("*") if p.is_file()}
-    assert suffixes == {".json", ".safetensors"}, suffixes
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".json", ".safetensors"}
+    mlflow_files = {"MLmodel", "mlflow_model.py", "requirements.txt", "python_env.yaml"}
+    mlflow_files |= {"conda.yaml", "registered_model_meta"}
+    others = {p.name for p in files if p.suffix not in (".json", ".safetensors")}
+    assert others <= mlflow_files, others
     predictor = load_predictor("dp-two", "champion", home=tmp_path)
     assert len(predictor.predict(splits.test.slice(0, 5).to_pandas()).predictions) == 5
 
