@@ -4,6 +4,7 @@ retraining all go through `train_and_register`."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from raymlops.data.dataset import DatasetVersion, load_dataset
 from raymlops.model.features import Preprocessor
 from raymlops.model.importance import IMPORTANCE_FILE, FeatureImportance, permutation_importance
 from raymlops.model.predictor import Predictor
-from raymlops.registry.store import CHAMPION, ModelVersionInfo, Registry
+from raymlops.registry.store import CHALLENGER, CHAMPION, ModelVersionInfo, Registry
 from raymlops.train.loop import TrainingArrays, evaluate, load_best_predictor
 
 if TYPE_CHECKING:
@@ -245,6 +246,17 @@ def _gate_then_champion(
     except RegistryError as exc:
         say(f"▸ v{info.version} not made champion: {exc}", when=echo)
         return gate
+    # It was challenger only until its gate: a model's first champion is not also its
+    # challenger (compare-and-set: a challenger registered meanwhile stands).
+    with contextlib.suppress(RegistryError):
+        registry.set_alias(
+            info.name,
+            CHALLENGER,
+            None,
+            action="clear",
+            reason=f"v{info.version} is champion now",
+            expected_from=info.version,
+        )
     from raymlops.loop.cards import refresh_card
 
     refresh_card(registry, info.name, info.version, echo=lambda m: say(m, when=echo))

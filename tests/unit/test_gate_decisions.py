@@ -94,9 +94,12 @@ def test_train_gates_a_version_registered_with_no_champion_before_it_is_champion
     assert registry.alias_target("m", CHAMPION) is None
     passed = _gate_then_champion(registry, trained.config, registry.version_info("m", v2), False)
     assert passed.passed and registry.alias_target("m", CHAMPION) == v2
-    gate, promote = registry.alias_history("m")[-2:]
+    gate, promote, clear = registry.alias_history("m")[-3:]
     assert (gate.action, promote.action, promote.to_version) == ("gate", "promote", v2)
     assert "passed its gate" in promote.reason and promote.details["gate_run_id"] == passed.run_id
+    # Champion now, so no longer also the challenger.
+    assert (clear.action, clear.alias, clear.from_version) == ("clear", "challenger", v2)
+    assert registry.version_info("m", v2).aliases == [CHAMPION]
 
 
 def test_a_champion_that_passed_its_gate_keeps_the_alias_on_a_failed_re_gate(
