@@ -743,6 +743,8 @@ def _in_process(
         return True
     if executor == "ray" or address is not None or request.gpus_per_actor > 0:
         return False
+    if os.environ.get("RAY_ADDRESS"):
+        return False  # a Ray job's driver (or a user's shell) names its cluster: use it
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         return False  # a caller that joined a cluster wants it used

@@ -213,7 +213,8 @@ class BatchConfig(_Section):
         "auto",
         description="Where the units run: 'ray' on a Ray actor pool; 'local' in this process "
         "(one worker thread per CPU sharing one Predictor, no Ray); 'auto' local when no "
-        "--address is given, this process is not connected to Ray, no GPUs are asked and the "
+        "--address or RAY_ADDRESS (a Ray job's driver has one) names a cluster, this process "
+        "is not connected to Ray, no GPUs are asked and the "
         "input is at most local_max_mb — starting Ray and an actor pool costs seconds a "
         "small input never wins back on one machine.",
     )

@@ -101,7 +101,9 @@ def model(home: Path, data: Path) -> PipelineConfig:
 @pytest.fixture(scope="module")
 def slow_model(home: Path, data: Path) -> PipelineConfig:
     """'bm-slow': the same, with a forward pass that sleeps $RAYMLOPS_TEST_SLOW_S."""
-    config = batch_config("bm-slow", data, architecture=SLOW, batch_size=500)
+    # executor ray: these runs test the actor pool (its own local Ray, actors to kill); a
+    # small input would otherwise run in the command's process (test_batch_local.py).
+    config = batch_config("bm-slow", data, architecture=SLOW, batch_size=500, executor="ray")
     register_model(config, home)
     return config
 
@@ -221,7 +223,8 @@ def error_line(stderr: str) -> str:
 def start_cli(
     home: Path, config: Path, data: Path, out: Path, slow_s: float
 ) -> subprocess.Popen[str]:
-    """`raymlops batch` in a session of its own (with its own local Ray), slowed down."""
+    """`raymlops batch` in a session of its own (with its own local Ray: `config`'s
+    batch.executor is ray), slowed down."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     pythonpath = env.get("PYTHONPATH")
     env.update(

@@ -98,3 +98,22 @@ def test_executor_local_refuses_a_cluster_address(tmp_path: Path, home: Path, da
     config = batch_config("bl", data, executor="local")
     with pytest.raises(UserInputError, match="drop --address"):
         run_batch(config, str(data), str(tmp_path / "o"), home=home, address="auto", echo=False)
+
+
+def test_auto_uses_the_cluster_a_job_driver_or_an_address_names(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from raymlops.batch.run import _in_process
+
+    config = batch_config("bl", data)
+    request = SimpleNamespace(gpus_per_actor=0.0)
+    small = SimpleNamespace(files=[SimpleNamespace(size=1_000)])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert _in_process(config, request, small, None)  # type: ignore[arg-type]
+    assert not _in_process(config, request, small, "auto")  # type: ignore[arg-type]
+    big = SimpleNamespace(files=[SimpleNamespace(size=600 * 2**20)])
+    assert not _in_process(config, request, big, None)  # type: ignore[arg-type]
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # what Ray sets for a job's driver
+    assert not _in_process(config, request, small, None)  # type: ignore[arg-type]
