@@ -55,6 +55,10 @@ def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
         "tune.num_samples=4",  # 2 waves of 2 on 2 CPUs
         "train.epochs=3",
         "retrain.canary_requests=60",
+        # The loop must reach promotion: a 3-epoch retrain on a streamed sample need not beat
+        # the champion on the fresh rows (seen: log loss 0.400 vs 0.353 on 194 rows, refused);
+        # deciding that right is benchmarks/loop_decisions.py's question.
+        "gate.champion.max_regression=1.0",
         "gate.max_rows=300",  # the gate scores a bounded sample of the test split
         f"serve.port={port}",
     ]

@@ -46,9 +46,11 @@ from tests.integration.shared_nothing import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 
 QUICK = ["--set", "tune.num_samples=2", "--set", "train.epochs=2"]
-#: One wrong answer among breast-cancer's 86 test rows is 0.012 of accuracy: with the default
-#: slack of 0.01 whether the chain's retrained candidate is promoted would be a coin toss.
-LENIENT_GATE = ["--set", "gate.champion.max_regression=0.05"]
+#: The champion comparison is a paired test on fresh rows (log loss, 95%): whether a 2-epoch
+#: retrain beats the champion on a few hundred rows is a coin toss, and deciding it right is
+#: benchmarks/loop_decisions.py's question. Here every step of the chain must run, so a
+#: candidate is refused only when it is worse by more than 1.0 of log loss.
+LENIENT_GATE = ["--set", "gate.champion.max_regression=1.0"]
 #: Three Ray nodes and a test process on 2 CPUs: p95 latencies of two versions differ by noise
 #: (seen: a retrained candidate rolled back at 137.5 ms against the champion's 85.7 ms). The
 #: chain's canary here judges errors; latency rollbacks have tests of their own.
@@ -472,7 +474,7 @@ def test_an_endpoint_on_the_cluster_closes_the_loop_through_the_object_store(
     # on two one-CPU workers. Generous gate and a fast canary: the loop is what is tested.
     args = _synth_args(
         cluster, "--set", f"serve.port={port}", "--set", "serve.cpus_per_replica=0.25",
-        "--set", "tune.num_samples=2", "--set", "gate.champion.max_regression=0.05",
+        "--set", "tune.num_samples=2", *LENIENT_GATE,
         "--set", "retrain.canary_percent=50", "--set", "retrain.canary_requests=50",
     )  # fmt: skip
     served = _submit(cluster, synth, "serve", *args)
