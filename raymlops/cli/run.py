@@ -138,9 +138,9 @@ def _jobs_dict(
 
 
 def _report_jobs(outcomes: list[Any], as_json: bool = False) -> str | None:
-    """Each job's end (on stderr with --json, whose caller prints the JSON) and the failed
-    one's log tail; returns the error line of the failed job (None when all succeeded),
-    which the caller passes to `_exit_if_failed` after printing its result."""
+    """Each job's end (stdout; stderr with --json, whose caller prints the JSON) and the
+    failed one's log tail (stderr); returns the error line of the failed job (None when all
+    succeeded), which the caller passes to `_exit_if_failed` after printing its result."""
     for outcome in outcomes:
         say(
             f"{outcome.step}: {outcome.status} (job {outcome.submission_id}, "
@@ -150,7 +150,7 @@ def _report_jobs(outcomes: list[Any], as_json: bool = False) -> str | None:
     failed = next((o for o in outcomes if not o.succeeded), None)
     if failed is None:
         return None
-    say(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}", err=as_json)
+    say(f"--- last lines of {failed.submission_id} ---\n{failed.log_tail}")  # stderr
     return f"step {failed.step} {failed.status.lower()} as Ray job {failed.submission_id}"
 
 
