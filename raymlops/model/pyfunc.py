@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CODE_FILE",
     "EXAMPLE_KINDS",
+    "MLFLOW_FILES",
     "MLMODEL",
     "OUTPUTS",
     "RaymlopsModel",
@@ -48,6 +49,18 @@ __all__ = [
 CODE_FILE = Path(__file__).with_name("mlflow_model.py")
 #: MLflow's model description file; a folder holding it is an MLflow model.
 MLMODEL = "MLmodel"
+#: The files MLflow writes into a version beside raymlops' JSON and safetensors (models from
+#: code: its MLmodel, the model's code, pinned requirements, environment files, registry meta).
+MLFLOW_FILES = frozenset(
+    {
+        MLMODEL,
+        CODE_FILE.name,
+        "requirements.txt",
+        "python_env.yaml",
+        "conda.yaml",
+        "registered_model_meta",
+    }
+)
 #: Distributions pinned in a version's requirements: what the pyfunc imports (raymlops and
 #: its model stack) at the versions it was trained under.
 _PINNED = ("raymlops", "mlflow", "torch", "safetensors", "numpy", "pandas", "pyarrow", "ray")

@@ -24,6 +24,7 @@ from raymlops.core.config import PipelineConfig
 from raymlops.core.errors import ResourceError
 from raymlops.data.dataset import load_dataset, synth_dataset
 from raymlops.loop.training import train_and_register
+from raymlops.model.pyfunc import MLFLOW_FILES
 from raymlops.registry.store import Registry, load_predictor
 from tests.integration.ray_support import local_ray, wait_until_nothing_is_held
 
@@ -114,10 +115,8 @@ def test_two_workers_reach_the_validation_metric_of_one(tmp_path: Path, synth_da
     folder, _ = Registry(home=tmp_path).download("dp-two", 1)
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".json", ".safetensors"}
-    mlflow_files = {"MLmodel", "mlflow_model.py", "requirements.txt", "python_env.yaml"}
-    mlflow_files |= {"conda.yaml", "registered_model_meta"}
     others = {p.name for p in files if p.suffix not in (".json", ".safetensors")}
-    assert others <= mlflow_files, others
+    assert others <= MLFLOW_FILES, others
     predictor = load_predictor("dp-two", "champion", home=tmp_path)
     assert len(predictor.predict(splits.test.slice(0, 5).to_pandas()).predictions) == 5
 

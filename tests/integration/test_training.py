@@ -24,6 +24,7 @@ from raymlops.core.errors import ArtifactIntegrityError, ResourceError, Training
 from raymlops.data.dataset import load_dataset, synth_dataset
 from raymlops.loop.training import TrainResult, train_and_register
 from raymlops.model.artifacts import sha256_file
+from raymlops.model.pyfunc import MLFLOW_FILES
 from raymlops.registry.store import Registry, load_predictor
 from tests.integration.ray_support import local_ray
 
@@ -193,10 +194,8 @@ def test_classification_end_to_end_registers_lineage_and_pickle_free_artifacts(
     assert pickles == [], f"pickle files in the model artifacts: {pickles}"
     # raymlops' files are JSON and safetensors; MLflow's pyfunc files (models from code) are
     # its MLmodel, the model's code, pinned requirements and environment files.
-    mlflow_files = {"MLmodel", "mlflow_model.py", "requirements.txt", "python_env.yaml"}
-    mlflow_files |= {"conda.yaml", "registered_model_meta"}
     others = {p.name for p in files if p.suffix not in (".json", ".safetensors")}
-    assert others <= mlflow_files, others
+    assert others <= MLFLOW_FILES, others
 
     # The champion alias and the version number load the same model.
     rows = pd.read_parquet(classification_data).head(40)
