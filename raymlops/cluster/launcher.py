@@ -172,7 +172,7 @@ class JobLauncher:
         env[SUBMISSION_ID_ENV] = submission_id
         # Who submits: the job's driver records MLflow runs and registry events as this
         # user, not as the account the cluster's processes run under.
-        from raymlops.registry.store import default_actor
+        from raymlops.core.environment import default_actor
 
         env["RAYMLOPS_USER"] = default_actor()
         env["PYTHONUNBUFFERED"] = "1"

@@ -1,7 +1,9 @@
-"""The training environment recorded on every model version."""
+"""The environment recorded on every model version, and who is acting in this process."""
 
 from __future__ import annotations
 
+import getpass
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -36,3 +38,12 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{version}+git.{sha}" if sha else version
+
+
+def default_actor() -> str:
+    """Who is acting when nobody says (recorded on runs, alias moves and audit entries):
+    $RAYMLOPS_USER (a submitted job carries its submitter's), else the login name."""
+    try:
+        return os.environ.get("RAYMLOPS_USER") or getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from raymlops.core.config import config_hash
-from raymlops.core.environment import code_version, environment
+from raymlops.core.environment import code_version, default_actor, environment
 from raymlops.core.errors import RegistryError, ServiceUnreachableError
 from raymlops.core.home import home_dir
 from raymlops.registry.lock import alias_lock, is_lock_name
@@ -176,16 +176,6 @@ class AliasEvent:
             "run_id": self.run_id,
             "moved": self.moved,
         }
-
-
-def default_actor() -> str:
-    """Who is acting when nobody says: $RAYMLOPS_USER, else the login name."""
-    import getpass
-
-    try:
-        return os.environ.get("RAYMLOPS_USER") or getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "unknown"
 
 
 _T = TypeVar("_T")

@@ -750,7 +750,7 @@ def _command(
 
 
 def _actor(by: str | None) -> str:
-    from raymlops.registry.store import default_actor
+    from raymlops.core.environment import default_actor
 
     return by or default_actor()
 
