@@ -364,6 +364,59 @@ def test_upgrade_reports_each_version_it_cannot_upgrade_and_goes_on(home: Path) 
     ]
 
 
+@pytest.mark.long  # two full uploads one after the other: ~6 s quiet, more under load
+def test_two_upgrades_of_one_version_at_once_add_the_flavor_once(
+    home: Path, tracking: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `models upgrade` of one version at the same moment (two users, two machines):
+    the audit lock serialises them, so one adds the files and the other finds them added;
+    the digests recorded are those of the files stored. Each upgrade is held inside its
+    critical section for a while, so that without the lock both would be adding at once."""
+    import threading
+    import time
+
+    import raymlops.model.pyfunc as pyfunc
+
+    old = _register(home, "pyfunc-race", "classification", old_style=True)
+    save = pyfunc.save_mlflow_model
+    inside = threading.Semaphore(0)
+
+    def slow_save(*args: Any, **kwargs: Any) -> list[str]:
+        inside.release()
+        time.sleep(1.5)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(pyfunc, "save_mlflow_model", slow_save)
+    results: dict[int, list[str] | BaseException] = {}
+
+    def upgrade(i: int) -> None:
+        try:
+            results[i] = Registry(home=old.home).add_mlflow_flavor(old.name, 1)
+        except BaseException as exc:  # reported by the assertion below
+            results[i] = exc
+
+    threads = [threading.Thread(target=upgrade, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    added = sorted((r for r in results.values()), key=lambda r: bool(r))
+    assert len(added) == 2 and not any(isinstance(r, BaseException) for r in added), added
+    assert added[0] == [] and "MLmodel" in added[1], added
+    assert inside.acquire(blocking=False) and not inside.acquire(blocking=False)
+
+    shutil.rmtree(home / "cache" / "models" / old.name)  # fetched and verified afresh
+    rows = old.rows()
+    tracking(old)
+    pd.testing.assert_frame_equal(
+        mlflow.pyfunc.load_model(f"models:/{old.name}/1").predict(rows).reset_index(drop=True),
+        _raymlops_frame(old, rows),
+        check_dtype=False,
+        rtol=1e-6,
+    )
+
+
 @pytest.mark.long
 def test_mlflow_evaluate_scores_the_version_as_raymlops_does(
     classification: Registered, tracking: Any
