@@ -246,20 +246,37 @@ def run_monitor(
     result.predicted_rows = predicted_rows
     result.timings = timings
     location = report if report is not None else cfg.report
+    to_mlflow = log_to_mlflow if log_to_mlflow is not None else cfg.log_to_mlflow
+    _publish(result, config, registry, location, write_files, to_mlflow, started)
+    return result
+
+
+def _publish(
+    result: MonitorResult,
+    config: PipelineConfig,
+    registry: Registry,
+    location: str | Path | None,
+    write_files: bool,
+    to_mlflow: bool,
+    started: float,
+) -> None:
+    """Write the JSON result and the HTML report (at `location`, None: the default place;
+    a remote one is staged locally and uploaded whole) unless `write_files` is False, and
+    log the MLflow run; the JSON written last carries the final timings and the run id."""
+    timings = result.timings
     destination = report_location(result, location, registry.home, config.storage)
     with staged_report(result, destination if write_files else None) as local:
         if local is not None:
             t0 = time.monotonic()
             _write_outputs(result, local)
             timings["report"] = time.monotonic() - t0
-        if log_to_mlflow if log_to_mlflow is not None else cfg.log_to_mlflow:
+        if to_mlflow:
             t0 = time.monotonic()
             result.run_id = _log_to_mlflow(registry, config, result)
             timings["mlflow"] = time.monotonic() - t0
         timings["total"] = time.monotonic() - started
         if isinstance(result.json_path, Path):  # final timings and run id
             result.json_path.write_text(json.dumps(result.to_dict(), indent=2))
-    return result
 
 
 #: Passes over the source a monitoring run makes at most when files vanish under it.
