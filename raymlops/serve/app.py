@@ -3,10 +3,10 @@ one-replica `Coordinator`.
 
 Each Ingress replica holds the served versions' Predictors in memory and answers
 `POST /predict` itself: validation, routing (champion / canary share / shadow mirror), one
-`@serve.batch` queue per role calling `Predictor.predict` (THE prediction path), the
-prediction log and the metrics. Keeping the model in the ingress process avoids a
-replica-to-replica hop per request: measured on 2 cores, a separate model deployment behind a
-handle served 7x fewer requests/s (benchmarks/RESULTS.md).
+batching queue per role (raymlops.serve.batch_queue) calling `Predictor.predict` (THE
+prediction path), the prediction log and the metrics. Keeping the model in the ingress
+process avoids a replica-to-replica hop per request: measured on 2 cores, a separate model
+deployment behind a handle served 7x fewer requests/s (benchmarks/RESULTS.md).
 
 The Coordinator owns the routing table and the canary figures: replicas send it their
 per-version counts every SYNC_INTERVAL_S and get the current table back; it decides

@@ -1,6 +1,6 @@
-"""The Serve application's HTTP `Ingress`: validation, routing, the `@serve.batch` queues
-over `Predictor.predict`, the prediction log, metrics and the model's documents (see
-raymlops.serve.app)."""
+"""The Serve application's HTTP `Ingress`: validation, routing, the batching queues
+(raymlops.serve.batch_queue) over `Predictor.predict`, the prediction log, metrics and the
+model's documents (see raymlops.serve.app)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from raymlops.serve.app_shared import (
     logger,
     on_sigterm,
 )
+from raymlops.serve.batch_queue import BatchQueue
 from raymlops.serve.canary import (
     CHALLENGER,
     CHAMPION,
@@ -91,9 +92,11 @@ def _first_non_finite(outcome: _Outcome) -> int | None:
 @dataclass
 class _Answer(_Outcome):
     """An outcome with its rows' warnings: None when no row has one, else one entry per
-    row (None for a row without), e.g. `{"unseen_category": {"colour": "purple"}}`."""
+    row (None for a row without), e.g. `{"unseen_category": {"colour": "purple"}}`; and
+    `finite`: every output is known to be a finite number (checked once for its batch)."""
 
     warnings: list[dict[str, Any] | None] | None = None
+    finite: bool = False
 
 
 def _unseen_warnings(
@@ -155,10 +158,14 @@ class Ingress:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._load_lock = asyncio.Lock()
         self._challenger_pool = ThreadPoolExecutor(1, thread_name_prefix="raymlops-challenger")
-        self._champion_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self._champion_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
-        self._challenger_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self._challenger_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        size, wait = self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s
+        self._champion_queue: BatchQueue[_Item, _Outcome] = BatchQueue(
+            self._champion_batch, max_batch_size=size, batch_wait_timeout_s=wait, name="champion"
+        )
+        self._challenger_queue: BatchQueue[_Item, _Outcome] = BatchQueue(
+            self._challenger_batch, max_batch_size=size, batch_wait_timeout_s=wait,
+            name="challenger",
+        )  # fmt: skip
         self._metrics()
         self.log: PredictionLogWriter | None = None
         self._reported_dropped = self._reported_lost = 0
@@ -326,7 +333,7 @@ class Ingress:
                 if item is None:  # the challenger cannot read these rows: the champion answers
                     self.stats.get(challenger.version, CHALLENGER).fallbacks += 1
                 else:
-                    outcome = await self._challenger_batch(item)
+                    outcome = await self._predicted(self._challenger_queue, item)
                     if isinstance(outcome, BaseException):
                         # Counted against the challenger; the champion answers instead.
                         elapsed = (time.perf_counter() - started) * 1000
@@ -351,7 +358,9 @@ class Ingress:
                 # here ran each request from admission to answer without yielding, so
                 # requests arriving one loop turn apart were all admitted and served
                 # serially (a burst of 16 past a queue of 1: no 503, the last after 16x).
-                outcome = await self._champion_batch(_Item(champion, columns, parsed.rows))
+                outcome = await self._predicted(
+                    self._champion_queue, _Item(champion, columns, parsed.rows)
+                )
             if isinstance(outcome, BaseException):
                 elapsed = (time.perf_counter() - started) * 1000
                 self._record(champion.version, CHAMPION, elapsed, error=True)
@@ -393,7 +402,8 @@ class Ingress:
         number (inputs far outside what the model was trained on overflow float32), a 422
         naming the row instead of invalid JSON with NaN in it, counted as an error in the
         metrics and the log. Returns whether the request was answered with predictions."""
-        bad = _first_non_finite(outcome)
+        finite = isinstance(outcome, _Answer) and outcome.finite
+        bad = None if finite else _first_non_finite(outcome)
         if bad is not None:
             elapsed = (time.perf_counter() - started) * 1000
             self._record(answer.version, role, elapsed, error=True)
@@ -463,7 +473,7 @@ class Ingress:
         if item is None:
             self.stats.get(challenger.version, SHADOW).fallbacks += 1
             return
-        outcome = await self._challenger_batch(item)
+        outcome = await self._predicted(self._challenger_queue, item)
         elapsed = (time.perf_counter() - started) * 1000
         if isinstance(outcome, BaseException):
             self._record(challenger.version, SHADOW, elapsed, error=True)
@@ -495,12 +505,20 @@ class Ingress:
             pending.errors[key] = pending.errors.get(key, 0) + 1
 
     # ------------------------------------------------------------------ batches
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # type: ignore[untyped-decorator]
+    @staticmethod
+    async def _predicted(
+        queue: BatchQueue[_Item, _Outcome], item: _Item
+    ) -> _Outcome | BaseException:
+        """`item`'s outcome from its batch, or the error it got (answered, not raised)."""
+        try:
+            return await queue.submit(item)
+        except Exception as exc:
+            return exc
+
     async def _champion_batch(self, items: list[_Item]) -> list[_Outcome | BaseException]:
         """The champion's requests, predicted together on the event loop (fast models)."""
         return self._run_batch(items)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # type: ignore[untyped-decorator]
     async def _challenger_batch(self, items: list[_Item]) -> list[_Outcome | BaseException]:
         """Challenger and shadow requests, predicted in a thread of their own: a slow or
         stuck challenger cannot hold up the champion's requests."""
@@ -532,12 +550,15 @@ class Ingress:
                 continue
             start = 0
             probabilities = prediction.probabilities
+            # Once per batch, not per request: the common case leaves `_answer` nothing to do.
+            finite = _first_non_finite(_Outcome(prediction.predictions, probabilities)) is None
             for i, warned in zip(indices, warnings, strict=True):
                 end = start + items[i].rows
                 slots[i] = _Answer(
                     prediction.predictions[start:end],
                     None if probabilities is None else probabilities[start:end],
                     warned,
+                    finite,
                 )
                 start = end
             self.pending.batch_rows.setdefault(version, []).append(start)
