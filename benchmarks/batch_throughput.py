@@ -32,10 +32,13 @@ workload three more figures:
 - `cold_ratio`: end to end as a user waits, (b) from its spawn against (a)'s whole wall time,
   a local Ray's start and stop included when (a) starts one (on a small input
   `batch.executor: auto` runs the units in the command's own process instead);
-- `address_ratio`: the same with (a) joining an already running Ray (`--address`, a one-node
-  `ray start --head` of this machine's CPUs): the actor pool, no Ray start;
+- `address_ratio`: the same with (a) given `--address` to an already running Ray (a one-node
+  `ray start --head` of this machine's CPUs): the actor pool, no Ray start — or, on an input
+  of at most `batch.local_max_mb` (the small workload), the command's own process without
+  joining, which `executor: auto` chooses there too;
 - `per_actor_ratio`: one actor's steady state (its units' rows over the seconds they took,
-  from the statistics in the output footers) against (b)'s loop alone.
+  from the statistics in the output footers, of a run on the joined Ray's actor pool, with
+  `batch.executor=ray` where auto did not use it) against (b)'s loop alone.
 
     python benchmarks/batch_throughput.py            # 3 repetitions, all workloads, (c)
     python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric and small
@@ -433,23 +436,35 @@ def measure(
 def measure_joined(
     home: Path, config: Path, source: Path, work: Path, rows: int, gcs: str, b: dict[str, float]
 ) -> dict[str, Any]:
-    """(a) joining an already running Ray (`--address`): its end-to-end ratio against (b),
-    and the steady state of one actor — rows over the seconds its units took, from the
-    statistics in the output files' footers — against (b)'s loop."""
+    """(a) joining an already running Ray (`--address`), as a user types it: its end-to-end
+    ratio against (b) (on a small input `executor: auto` runs the units in the command's
+    process without joining); and the steady state of one actor — rows over the seconds its
+    units took, from the statistics in the output files' footers — against (b)'s loop, from
+    a run with `batch.executor=ray` where (a) did not use the actor pool."""
     import pyarrow.parquet as pq
 
-    out = work / "joined"
-    a = raymlops_batch(home, config, source, out, "--address", gcs, RAY_AUTH_MODE="token")
-    stats = [
-        json.loads(pq.read_metadata(part).metadata[b"raymlops.batch"])
-        for part in sorted(out.glob("part-*.parquet"))
-    ]
-    shutil.rmtree(out)
+    def footers(folder: Path) -> list[dict[str, Any]]:
+        stats = [
+            json.loads(pq.read_metadata(part).metadata[b"raymlops.batch"])
+            for part in sorted(folder.glob("part-*.parquet"))
+        ]
+        shutil.rmtree(folder)
+        return stats
+
+    joined = ("--address", gcs)
+    a = raymlops_batch(home, config, source, work / "joined", *joined, RAY_AUTH_MODE="token")
     assert a["rows_out"] == rows, a
+    stats = footers(work / "joined")
+    if a.get("in_process"):
+        pool = (*joined, "--set", "batch.executor=ray")
+        on_pool = raymlops_batch(home, config, source, work / "pool", *pool, RAY_AUTH_MODE="token")
+        assert on_pool["rows_out"] == rows and not on_pool["in_process"], on_pool
+        stats = footers(work / "pool")
     per_actor = sum(s["rows_in"] for s in stats) / sum(s["seconds"] for s in stats)
     return {
         "address_ratio": b["seconds"] / a["wall_s"],
         "address_wall_s": a["wall_s"],
+        "address_in_process": bool(a.get("in_process")),
         "per_actor_rows_per_s": per_actor,
         "per_actor_ratio": per_actor / (rows / b["loop_s"]),
         "address_actors": a["actors"],
@@ -551,7 +566,8 @@ def main() -> None:
                         f"({j['address_wall_s']:.1f} s vs (b) {b['seconds']:.1f} s) | one "
                         f"actor {j['per_actor_rows_per_s']:,.0f} rows/s = "
                         f"{j['per_actor_ratio']:.3f} × (b)'s loop | {j['address_actors']} "
-                        "actors\n    phases: "
+                        + ("threads in process" if j["address_in_process"] else "actors")
+                        + "\n    phases: "
                         + ", ".join(f"{k} {v:.2f} s" for k, v in j["address_phases"].items()),
                         flush=True,
                     )

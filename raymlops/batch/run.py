@@ -9,10 +9,10 @@ units* (a run of row groups of a Parquet file, or a CSV file) on a pool of actor
 holding one verified `Predictor`: an actor reads its unit with pyarrow, predicts batch by
 batch, and writes the unit's predictions as one Parquet file that appears atomically. Rows
 never pass through Ray's object store and the driver holds only per-unit statistics, so
-memory stays bounded whatever the input's size. A small input on one machine
-(`batch.executor: auto`, up to `batch.local_max_mb`) runs the same units in this process
-instead, a worker thread per CPU sharing one Predictor: starting Ray and an actor pool costs
-more seconds than such an input takes.
+memory stays bounded whatever the input's size. A small input (`batch.executor: auto`, up
+to `batch.local_max_mb`, no GPUs) runs the same units in this process instead, a worker
+thread per CPU sharing one Predictor, also when a running cluster is named: starting Ray or
+only an actor pool costs more seconds than such an input takes.
 
 Output layout (every name starting with `_` or `.` is ignored by Parquet readers)::
 
@@ -39,7 +39,6 @@ import importlib
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 import warnings
@@ -387,8 +386,10 @@ def run_batch(
     `version` is a number or an alias (default `champion`); `gpus` GPUs per actor and
     `on_bad_rows` (`fail`/`skip`) override `config.batch`. `address` joins a running Ray
     cluster (ray://… or auto); without it a local Ray is started for the run, unless this
-    process is already connected to one. Raises DataError (exit code 2) for input that does
-    not fit the model, naming the file and column, before any compute starts.
+    process is already connected to one. Neither happens when the units run in this
+    process (`batch.executor` local, or auto on a small input). Raises DataError (exit code
+    2) for input that does not fit the model, naming the file and column, before any
+    compute starts.
 
     Order of work: the input's and the output's metadata first (a missing or corrupt file
     fails at once, without Ray); then the registry lookup runs in a thread while Ray starts
@@ -408,6 +409,14 @@ def run_batch(
     registry = Registry.from_config(config, home)
     ray_start_s = 0.0
     local = _in_process(config, request, scan, address)
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    if local and cluster and not scan.nothing_left:
+        say(
+            f"▸ a small input (≤ batch.local_max_mb {config.batch.local_max_mb:g} MiB): "
+            f"its units run in this process, not on the cluster at {cluster} "
+            "(batch.executor: ray uses the cluster)",
+            when=echo,
+        )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-batch") as background:
         lookup = background.submit(
             _resolve_model, registry, request.name, request.ref, config.registry.experiment, echo
@@ -733,7 +742,14 @@ def _in_process(
     config: PipelineConfig, request: _Request, scan: _Scan, address: str | None
 ) -> bool:
     """Whether the units run in this process instead of on a Ray actor pool
-    (`batch.executor`, see its description)."""
+    (`batch.executor`, see its description).
+
+    `auto` decides by the input's size alone, also when a cluster is named (--address,
+    RAY_ADDRESS of a Ray job's driver, this process already connected): an actor pool's
+    start (~8 s of worker processes importing torch and Ray Data, measured on a running
+    two-core Ray) is many times what a small input takes, and the driver has read the
+    input's footers already, so it can read its rows. Never with GPUs asked (the driver's
+    machine may have none) and never above `local_max_mb`, where the cluster's CPUs pay."""
     executor = config.batch.executor
     if executor == "local":
         if address is not None:
@@ -741,13 +757,8 @@ def _in_process(
         if request.gpus_per_actor > 0:
             raise UserInputError("batch.executor 'local' runs on CPUs: drop --gpus")
         return True
-    if executor == "ray" or address is not None or request.gpus_per_actor > 0:
+    if executor == "ray" or request.gpus_per_actor > 0:
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        return False  # a Ray job's driver (or a user's shell) names its cluster: use it
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return False  # a caller that joined a cluster wants it used
     size = sum(int(f.size) for f in scan.files)
     return size <= config.batch.local_max_mb * 2**20
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from raymlops.core.config import PipelineConfig
 from raymlops.core.processes import stop_session
-from raymlops.data.dataset import load_dataset
+from raymlops.data.dataset import load_dataset, synth_dataset
 from raymlops.model.architectures import MLP, MLPParams, register_architecture
 from raymlops.model.features import Preprocessor
 from raymlops.registry.store import ModelVersionInfo, Registry
@@ -86,6 +87,36 @@ def register_model(config: PipelineConfig, home: Path) -> ModelVersionInfo:
     metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
     with registry.pipeline_run(config, f"{config.name}-test") as run_id:
         return registry.register(config, run_id, predictor, dataset, metrics)
+
+
+# --------------------------------------------------------------------------- fixtures
+# Shared by the batch test modules, which bind them by assignment (`home = batch_support.home`:
+# an imported fixture would read as an unused import that each test redefines). `data` and
+# `model` build what the using module asks for in its INPUT (synth_dataset's arguments) and
+# MODEL (the model's name, its batch settings).
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's registry home (an MLflow SQLite store)."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's input: Parquet files of 2,000 synthetic rows each (id, f*, c*, label)."""
+    folder = tmp_path_factory.mktemp("input") / "rows"
+    synth_dataset(str(folder), chunk_rows=2_000, **request.module.INPUT)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(request: pytest.FixtureRequest, home: Path, data: Path) -> PipelineConfig:
+    """Version 1 (champion) of the module's model, an MLP trained on `data`."""
+    name, batch = request.module.MODEL
+    config = batch_config(name, data, **batch)
+    register_model(config, home)
+    return config
 
 
 # --------------------------------------------------------------------------- processes

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # batch_support is imported as tests.integration.batch_support
     sys.path.insert(0, str(REPO))  # by Ray workers too (PYTHONPATH below)
 
+from tests.integration import batch_support  # noqa: E402
 from tests.integration.batch_support import (  # noqa: E402
     SLOW,
     SLOW_ENV,
@@ -77,25 +78,13 @@ def ray_cluster() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12,000 rows in 6 Parquet files: id, f0…f7, c0 (8 levels), label."""
-    folder = tmp_path_factory.mktemp("input") / "rows"
-    synth_dataset(str(folder), rows=ROWS, features=8, categorical=1, seed=3, chunk_rows=2_000)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(home: Path, data: Path) -> PipelineConfig:
-    """Version 1 (champion) of 'bm', an MLP trained on `data`."""
-    config = batch_config("bm", data)
-    register_model(config, home)
-    return config
+# The shared fixtures of batch_support: a registry home, 12,000 rows in 6 Parquet files (id,
+# f0…f7, c0 with 8 levels, label) and version 1 (champion) of 'bm', an MLP trained on them.
+# executor ray: this module tests the actor pool on its Ray; auto would run so small an input
+# in this process (test_batch_local.py).
+INPUT = {"rows": ROWS, "features": 8, "categorical": 1, "seed": 3}
+MODEL = ("bm", {"executor": "ray"})
+home, data, model = batch_support.home, batch_support.data, batch_support.model
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +111,7 @@ def wide_model(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline
     """'bw': an MLP over 64 numeric features f0…f63, trained on 2,000 synthetic rows."""
     sample = tmp_path_factory.mktemp("wide") / "train.parquet"
     synth_dataset(str(sample), rows=2_000, features=WIDE, categorical=0, seed=4)
-    config = batch_config("bw", sample)
+    config = batch_config("bw", sample, executor="ray")  # the actor pool, as "bm"
     register_model(config, home)
     return config
 
