@@ -97,35 +97,14 @@ def train_and_register(
     raises, the version stays registered and not champion; `TrainResult.first_gate` holds
     the verdict."""
     from raymlops.core.storage import check_reachable
-    from raymlops.train.search import experiment_storage, latest_experiment, run_search
+    from raymlops.train.search import experiment_storage, run_search
     from raymlops.train.tracking import open_search_run
 
     started = time.monotonic()
     home_path = home_dir(home)
     registry = Registry.from_config(config, home_path)
     say(f"▸ loading {config.data.path}", when=echo)
-    arrays: Any
-    if config.data.streaming:
-        from raymlops.train.streaming import scan_dataset
-
-        # One streaming pass: the data is never loaded whole, here or in the trials.
-        arrays = scan_dataset(config.data, config.features)
-        dataset = arrays.version
-        test_metrics_of: Any = arrays.evaluate
-        profile_rows: Any = arrays
-    else:
-        dataset, splits, roles = load_dataset(config.data, config.features)
-        prep = Preprocessor.fit(splits.train, roles, config.features)
-        arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
-        profile_rows = splits.train
-
-        def test_metrics_of(predictor: Any) -> dict[str, float]:
-            return evaluate(
-                predictor,
-                prep.transform(splits.test),
-                prep.encode_target(splits.test.column(roles.label)),
-            )
-
+    dataset, arrays, test_metrics_of, profile_rows = _training_data(config)
     say(
         f"  {dataset.num_rows} rows, {len(dataset.features)} features, {dataset.task}"
         + (f" ({len(dataset.classes or [])} classes)" if dataset.classes else "")
@@ -138,15 +117,7 @@ def train_and_register(
     registry.experiment_id(config.registry.experiment)
     check_reachable(experiment_storage(config, home_path))
 
-    resume_path: str | None = resume if isinstance(resume, str) and resume else None
-    if resume is True:
-        done = registry.registered_experiments(config.registry.model_name)
-        resume_path = latest_experiment(config, home_path, exclude=done)
-        if resume_path is None:
-            raise UserInputError(
-                f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
-                f"{experiment_storage(config, home_path)} (finished ones are registered)"
-            )
+    resume_path = _resume_path(registry, config, home_path, resume)
     # The parent MLflow run is open while the search runs: its trials' runs and metrics
     # appear under it live (a resumed search continues the run its first attempt opened).
     run_name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -183,17 +154,7 @@ def train_and_register(
             },
             extra_files={
                 IMPORTANCE_FILE: importance.to_dict(),
-                "search.json": {
-                    "search_space": {
-                        k: v.model_dump(exclude_none=True)
-                        for k, v in config.tune.search_space.items()
-                    },
-                    "scheduler": config.tune.scheduler,
-                    "metric": outcome.metric,
-                    "mode": outcome.mode,
-                    "trials": len(outcome.trials),
-                    "best_params": outcome.best_params,
-                },
+                "search.json": _search_record(config, outcome),
             },
         )
     from raymlops.loop.cards import refresh_card  # every registered version gets a model card
@@ -218,6 +179,63 @@ def train_and_register(
         wall_time_s=time.monotonic() - started,
         first_gate=first_gate,
     )
+
+
+def _training_data(config: PipelineConfig) -> tuple[Any, Any, Any, Any]:
+    """The dataset version, the arrays the trials train on, a function scoring a predictor
+    on the test split, and the rows the feature importance is measured on: loaded whole,
+    or (`data.streaming`) scanned once and never loaded whole, here or in the trials."""
+    if config.data.streaming:
+        from raymlops.train.streaming import scan_dataset
+
+        streamed = scan_dataset(config.data, config.features)
+        return streamed.version, streamed, streamed.evaluate, streamed
+    dataset, splits, roles = load_dataset(config.data, config.features)
+    prep = Preprocessor.fit(splits.train, roles, config.features)
+    arrays = TrainingArrays.build(prep, splits.train, splits.validation, roles.label)
+
+    def test_metrics_of(predictor: Any) -> dict[str, float]:
+        return evaluate(
+            predictor,
+            prep.transform(splits.test),
+            prep.encode_target(splits.test.column(roles.label)),
+        )
+
+    return dataset, arrays, test_metrics_of, splits.train
+
+
+def _resume_path(
+    registry: Registry, config: PipelineConfig, home: Path, resume: bool | str
+) -> str | None:
+    """The Tune experiment to resume: the one named, the latest unfinished one of this
+    pipeline (`resume=True`; UserInputError when there is none), or None for a new search."""
+    from raymlops.train.search import experiment_storage, latest_experiment
+
+    if resume is not True:
+        return resume if isinstance(resume, str) and resume else None
+    done = registry.registered_experiments(config.registry.model_name)
+    found = latest_experiment(config, home, exclude=done)
+    if found is None:
+        raise UserInputError(
+            f"nothing to resume: no unfinished Tune experiment of '{config.name}' under "
+            f"{experiment_storage(config, home)} (finished ones are registered)"
+        )
+    return found
+
+
+def _search_record(config: PipelineConfig, outcome: Any) -> dict[str, Any]:
+    """What the search was, stored with the version (search.json): space, scheduler,
+    metric, trial count and the best trial's parameters."""
+    return {
+        "search_space": {
+            k: v.model_dump(exclude_none=True) for k, v in config.tune.search_space.items()
+        },
+        "scheduler": config.tune.scheduler,
+        "metric": outcome.metric,
+        "mode": outcome.mode,
+        "trials": len(outcome.trials),
+        "best_params": outcome.best_params,
+    }
 
 
 def _gate_then_champion(
