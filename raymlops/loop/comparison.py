@@ -7,6 +7,20 @@ paired test (`raymlops.loop.paired`); without, the two metric values on the cand
 held-out rows are compared, as before, and the record says so. The default metric fits the
 task (`raymlops.model.metrics.comparison_metric`). A model's first version has no champion to
 compare with: its comparison is skipped as "first version: thresholds only".
+
+Two rules keep the paired test honest where its metric alone would mislead:
+
+- **the guard** (`gate.champion.guard`): on fresh rows a second paired test, by default ROC
+  AUC for a binary classifier compared on log loss, must show the candidate not worse than
+  the champion beyond `guard_margin`. With labels flipped at random (label noise in the
+  recent rows, which the fresh slice shares) log loss on those labels rewards a less
+  confident model, so a candidate trained on the noise wins by a wide, "significant" margin
+  while it ranks the rows worse. ROC AUC keeps the clean order under noise that does not
+  depend on the row (with balanced classes noisy AUC − ½ = (1 − 2ρ)(clean AUC − ½)): the
+  difference shrinks and its interval widens, so a candidate must show on the noisy labels
+  that it ranks no worse, which a noise-trained one cannot.
+- **too few rows** (`gate.champion.min_rows`): fewer compared rows than this, fresh or
+  held-out, and no comparison is made; the check fails as inconclusive (champion kept).
 """
 
 from __future__ import annotations
@@ -17,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from raymlops.core.config import GATE_METRICS, ChampionComparison, GateConfig
+from raymlops.core.errors import ConfigError
 from raymlops.loop.gate_result import CheckResult, _fmt
-from raymlops.loop.paired import passes
-from raymlops.loop.scoring import check_metric_for_task, known_rows, score, task_metrics
+from raymlops.loop.paired import PairedComparison, passes
+from raymlops.loop.scoring import Scored, check_metric_for_task, known_rows, score, task_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,6 +131,9 @@ def champion_check(
             None,
             {"basis": "none", "note": reason},
         )
+    if len(rows) < comparison.min_rows:
+        note = fresh_note or "no fresh labelled rows"
+        return _inconclusive(ev, metric, len(rows), "held-out", note, dropped)
     theirs = score(champion, rows, ev.label)
     their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
     higher = GATE_METRICS[metric]
@@ -203,65 +221,26 @@ def _paired_check(
     metric: str,
     note: str,
     dropped: dict[str, Any],
-) -> tuple[list[CheckResult], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[CheckResult], dict[str, Any] | None, dict[str, Any]]:
     """Both models on the usable fresh `rows` (`_usable_fresh`), compared with a paired
-    test (`raymlops.loop.paired`)."""
-    from raymlops.loop.paired import mcnemar_comparison, paired_bootstrap
-    from raymlops.model.metrics import metric_value, resampled_f1_macro, row_terms
-
+    test (`raymlops.loop.paired`) on `metric` and, when one applies (`guard_metric`), on
+    the guard metric: the candidate passes only if it passes both."""
     comparison = ev.gate.champion
     assert comparison is not None
+    if len(rows) < comparison.min_rows:
+        return _inconclusive(ev, metric, len(rows), "fresh", note, dropped)
     ours, theirs = score(ev.candidate, rows, ev.label), score(champion, rows, ev.label)
     their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
     our_metrics = task_metrics(ev.candidate, ours.y, ours.outputs)
     delta = _improvement_needed(comparison, metric, their_metrics[metric])
-    test = comparison.test
-    if test == "auto":
-        test = "mcnemar" if metric == "accuracy" else "bootstrap"
-    if test == "mcnemar":
-        result = mcnemar_comparison(
-            ours.predicted == ours.y,
-            theirs.predicted == theirs.y,
-            margin=-delta,
-            confidence=comparison.confidence,
-        )
-    else:
-        a_truth, b_truth = _truth(ev.candidate, ours.y), _truth(champion, theirs.y)
-        a_terms = row_terms(metric, a_truth, ours.outputs)
-        b_terms = row_terms(metric, b_truth, theirs.outputs)
-
-        def one(index: np.ndarray) -> tuple[float, float]:
-            # Only the compared metric (not every metric, ROC AUC included, of both models).
-            a = metric_value(metric, a_truth[index], ours.outputs[index])
-            b = metric_value(metric, b_truth[index], theirs.outputs[index])
-            return a, b
-
-        batch = None
-        if a_terms is not None and b_terms is not None:
-            root = metric == "rmse"
-
-            def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                a, b = a_terms[picks].mean(axis=1), b_terms[picks].mean(axis=1)
-                return (np.sqrt(a), np.sqrt(b)) if root else (a, b)
-
-        elif metric == "f1_macro":  # from confusion counts, every resample of a chunk at once
-            a_classes, b_classes = ours.outputs.shape[1], theirs.outputs.shape[1]
-
-            def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                a = resampled_f1_macro(a_truth, ours.predicted, a_classes, picks)
-                return a, resampled_f1_macro(b_truth, theirs.predicted, b_classes, picks)
-
-        result = paired_bootstrap(
-            one,
-            len(rows),
-            name=metric,
-            higher_is_better=GATE_METRICS[metric],
-            margin=-delta,
-            confidence=comparison.confidence,
-            resamples=comparison.resamples,
-            seed=ev.gate.seed,
-            batch_metric=batch,
-        )
+    result = _paired_test(ev, champion, metric, (ours, theirs), -delta, comparison.test)
+    guard_name = _guard_metric(ev, metric)
+    guard = None
+    if guard_name is not None:
+        margin = comparison.guard_margin
+        if guard_name in _RELATIVE_MARGIN and math.isfinite(their_metrics[guard_name]):
+            margin *= abs(their_metrics[guard_name])
+        guard = _paired_test(ev, champion, guard_name, (ours, theirs), margin, "auto")
     version = champion.metadata.get("version")
     champion_info = {
         "version": version,
@@ -270,23 +249,148 @@ def _paired_check(
         "required": result.required,
         "fresh_metrics": our_metrics,
     }
+    summary = result.describe()
+    if guard is not None:
+        summary += f"; guard: {guard.describe()}"
     basis = {
         "basis": "fresh",
         "note": note,
         "rows": len(rows),
         **dropped,
         "paired": result.to_dict(),
-        "summary": result.describe(),
+        "summary": summary,
     }
-    check = CheckResult(
+    checks = [_paired_result(result, version, len(rows))]
+    if guard is not None:
+        basis["guard"] = guard.to_dict()
+        checks.append(_paired_result(guard, version, len(rows), guard=True))
+    return checks, champion_info, basis
+
+
+def _paired_result(
+    result: PairedComparison, version: Any, rows: int, guard: bool = False
+) -> CheckResult:
+    """The gate table's line of one paired test (the comparison's, or its guard's)."""
+    role = " guard" if guard else ""
+    return CheckResult(
         "champion",
-        f"{metric} vs v{version} on {len(rows)} fresh rows ({result.method})",
+        f"{result.metric}{role} vs v{version} on {rows} fresh rows ({result.method})",
         "passed" if result.passed else "failed",
         result.difference,
         f"{result.confidence:.0%} low ≥ {_fmt(result.required)}",
         f"difference {result.difference:+.4f}, interval [{result.low:+.4f}, {result.high:+.4f}]",
     )
-    return [check], champion_info, basis
+
+
+def _guard_metric(ev: GateRows, metric: str) -> str | None:
+    """gate.champion.guard resolved for the compared `metric`: 'auto' is roc_auc for a
+    binary classifier compared on a probability score (log_loss, loss) — labels flipped at
+    random reward a less confident model on those, while the order ROC AUC measures
+    survives symmetric noise — and no guard otherwise; 'none' is no guard."""
+    comparison = ev.gate.champion
+    guard = comparison.guard if comparison is not None else "none"
+    if guard == "none":
+        return None
+    if guard == "auto":
+        classes = ev.candidate.preprocessor.classes
+        binary = classes is not None and len(classes) == 2
+        return "roc_auc" if binary and metric in _PROBABILITY_SCORES else None
+    check_metric_for_task(guard, ev.metrics, "gate.champion.guard")
+    if guard == metric:
+        raise ConfigError(f"gate.champion.guard: '{guard}' is the compared metric itself")
+    return guard
+
+
+#: Metrics that score the predicted probabilities themselves (and so a model's confidence).
+_PROBABILITY_SCORES = frozenset({"log_loss", "loss"})
+
+
+def _inconclusive(
+    ev: GateRows, metric: str, rows: int, basis: str, note: str, dropped: dict[str, Any]
+) -> tuple[list[CheckResult], None, dict[str, Any]]:
+    """Too few rows to compare on (fewer than gate.champion.min_rows): no comparison is
+    made and the check fails — the champion stays, the candidate is not promoted."""
+    assert ev.gate.champion is not None
+    minimum = ev.gate.champion.min_rows
+    reason = (
+        f"inconclusive: {rows} {basis} rows, below gate.champion.min_rows ({minimum}); "
+        "too few to compare, champion kept"
+    )
+    check = CheckResult(
+        "champion", metric, "failed", ev.metrics[metric], f"≥ {minimum} rows", reason
+    )
+    compared = {
+        "basis": basis,
+        "inconclusive": True,
+        "note": f"{note}: {reason}" if note else reason,
+        "rows": rows,
+        **dropped,
+    }
+    return [check], None, compared
+
+
+def _paired_test(
+    ev: GateRows,
+    champion: Predictor,
+    metric: str,
+    scored: tuple[Scored, Scored],
+    margin: float,
+    test: str,
+) -> PairedComparison:
+    """One paired test of `metric` on the candidate's and the champion's `scored` rows:
+    McNemar (test 'mcnemar', or 'auto' on accuracy), else the paired bootstrap, vectorised
+    where the metric allows. `margin` as `paired_bootstrap` takes it."""
+    from raymlops.loop.paired import mcnemar_comparison, paired_bootstrap
+    from raymlops.model.metrics import metric_value, resampled_f1_macro, row_terms
+
+    comparison = ev.gate.champion
+    assert comparison is not None
+    ours, theirs = scored
+    if test == "auto":
+        test = "mcnemar" if metric == "accuracy" else "bootstrap"
+    if test == "mcnemar":
+        return mcnemar_comparison(
+            ours.predicted == ours.y,
+            theirs.predicted == theirs.y,
+            margin=margin,
+            confidence=comparison.confidence,
+        )
+    a_truth, b_truth = _truth(ev.candidate, ours.y), _truth(champion, theirs.y)
+    a_terms = row_terms(metric, a_truth, ours.outputs)
+    b_terms = row_terms(metric, b_truth, theirs.outputs)
+
+    def one(index: np.ndarray) -> tuple[float, float]:
+        # Only the compared metric (not every metric, ROC AUC included, of both models).
+        a = metric_value(metric, a_truth[index], ours.outputs[index])
+        b = metric_value(metric, b_truth[index], theirs.outputs[index])
+        return a, b
+
+    batch = None
+    if a_terms is not None and b_terms is not None:
+        root = metric == "rmse"
+
+        def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            a, b = a_terms[picks].mean(axis=1), b_terms[picks].mean(axis=1)
+            return (np.sqrt(a), np.sqrt(b)) if root else (a, b)
+
+    elif metric == "f1_macro":  # from confusion counts, every resample of a chunk at once
+        a_classes, b_classes = ours.outputs.shape[1], theirs.outputs.shape[1]
+
+        def batch(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            a = resampled_f1_macro(a_truth, ours.predicted, a_classes, picks)
+            return a, resampled_f1_macro(b_truth, theirs.predicted, b_classes, picks)
+
+    return paired_bootstrap(
+        one,
+        len(a_truth),
+        name=metric,
+        higher_is_better=GATE_METRICS[metric],
+        margin=margin,
+        confidence=comparison.confidence,
+        resamples=comparison.resamples,
+        seed=ev.gate.seed,
+        batch_metric=batch,
+    )
 
 
 def _truth(predictor: Predictor, y: np.ndarray) -> np.ndarray:

@@ -690,13 +690,15 @@ def _log_gate_run(registry: Registry, run_id: str, result: GateResult) -> None:
             for k, v in figures.items()
             if not math.isnan(v)
         ]
-    paired = (result.comparison or {}).get("paired")
-    if paired:
-        metrics += [
-            (metric_key("comparison", key, sep="/"), float(paired[key]), 0)
-            for key in ("rows", "candidate", "champion", "difference", "low", "high")
-            if paired.get(key) is not None and math.isfinite(float(paired[key]))
-        ]
+    for name in ("paired", "guard"):  # the comparison's paired test, and its guard's
+        paired = (result.comparison or {}).get(name)
+        prefix = ("comparison",) if name == "paired" else ("comparison", "guard")
+        if paired:
+            metrics += [
+                (metric_key(*prefix, key, sep="/"), float(paired[key]), 0)
+                for key in ("rows", "candidate", "champion", "difference", "low", "high")
+                if paired.get(key) is not None and math.isfinite(float(paired[key]))
+            ]
     for column, rows in result.slices.items():
         for row in rows:
             metrics += [

@@ -134,8 +134,10 @@ def test_fresh_rows_decide_the_comparison_and_every_record_says_so(
 
     worse = run_gate(registry, lenient, "m", v2, fresh=str(fresh), fresh_note=note)
     assert worse.status == "failed"
-    (check,) = worse.checks
+    check, guard = worse.checks  # log loss, and its ROC AUC guard (a binary model)
     assert check.kind == "champion" and "on 300 fresh rows (paired bootstrap)" in check.name
+    assert guard.kind == "champion" and guard.name.startswith("roc_auc guard vs v")
+    assert worse.comparison is not None and worse.comparison["guard"]["metric"] == "roc_auc"
     assert worse.comparison is not None
     paired = worse.comparison["paired"]
     assert (paired["metric"], paired["rows"], paired["seed"]) == ("log_loss", 300, 0)
@@ -148,9 +150,13 @@ def test_fresh_rows_decide_the_comparison_and_every_record_says_so(
     run = registry.client.get_run(tags["run_id"])
     assert run.data.metrics["comparison/rows"] == 300
     assert run.data.metrics["comparison/difference"] == pytest.approx(paired["difference"])
+    guarded = worse.comparison["guard"]
+    assert run.data.metrics["comparison/guard/low"] == pytest.approx(guarded["low"])
+    assert "; guard: paired bootstrap on 300 fresh rows: roc_auc" in tags["comparison"]
     assert registry.alias_history("m")[-1].details["comparison"] == tags["comparison"]
     card = render_card(registry, "m", v2)
     assert "fresh: paired bootstrap on 300 fresh rows" in card and "95% interval" in card
+    assert "guard: paired bootstrap on 300 fresh rows: roc_auc" in card
 
     # The same model as the champion: paired, the difference is exactly 0 → within the margin.
     v3 = register(registry, trained, trained.good)

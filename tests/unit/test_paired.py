@@ -311,8 +311,9 @@ def test_a_near_random_binary_candidate_passes_on_accuracy_but_not_by_default() 
     paired = evaluate_gate(
         GateConfig(), near_random, held_out, "label", champion=champion, fresh=fresh
     )
-    (check,) = paired.checks
+    check, guard = paired.checks  # log loss, then its ROC AUC guard (binary: the default)
     assert check.status == "failed" and "1500 fresh rows (paired bootstrap)" in check.name
+    assert guard.status == "failed" and guard.name.startswith("roc_auc guard vs v")
     compared = paired.comparison
     assert compared is not None and compared["basis"] == "fresh" and compared["rows"] == 1500
     figures = compared["paired"]
