@@ -15,7 +15,9 @@ and joins the rows' delayed labels by request id (accuracy per window); `retrain
 its triggers (drift, or decay: accuracy 0.05 below v1's test accuracy), trains a candidate
 (1 trial, 8 epochs) on the reference plus the scenario's recent labelled rows less the fresh
 slice it holds out (30%), gates it against the champion on that fresh slice (paired
-bootstrap of log loss, 95% confidence, the candidate must be better: `min_improvement: 0`;
+bootstrap of log loss, 95% confidence, the candidate must be better: `min_improvement: 0`,
+and by default not worse in ROC AUC by more than 0.05, the guard: `gate.champion.guard`;
+fewer than 30 rows to compare on is inconclusive, a refusal: `gate.champion.min_rows`;
 `--metric accuracy` compares accuracy with McNemar's test instead), gives it a 50% canary of
 live traffic (single-row requests of the same distribution) until 60 of its requests or
 serving's automatic rollback (errors +5 points, p95 +150 ms), then promotes it or not.
@@ -31,8 +33,11 @@ and inconclusive — anything that is not a promotion):
   rows) [no retrain];
 - noise-*: covariate shift, 40% or 35% of the recent labels flipped [refuse];
 - sabotage-*: covariate shift, the search's learning rate 1e-7 and 1 epoch [refuse];
-- few-rows-*: covariate shift, only 40 or 20 of the sent rows come back labelled, and the
-  candidate learns from them alone (`retrain.include_reference: false`) [refuse];
+- few-rows-*: covariate shift of 1.0 or 1.5 std, only 40 or 20 of the sent rows come back
+  labelled, and the candidate learns from them alone (`retrain.include_reference: false`)
+  [refuse]. (Not 2.0 std: there v1 is so over-confident on the shifted rows that a model
+  that learned almost nothing from 40 rows — ROC AUC 0.53 — still beat its log loss by
+  0.017, which is no "worse candidate" as the scenario means to build);
 - errors-*, slow-*: concept shift (a clear improvement offline), but the candidate's
   architecture fails on half the requests, or takes 0.5 s more, inside a Serve replica
   (`benchmarks/loop_arch.py`) [roll back].
@@ -146,7 +151,7 @@ def _scenarios() -> dict[str, Scenario]:
         Scenario("sabotage-a", "sabotaged search", "refuse", drift=2.0, train=sabotage),
         Scenario("sabotage-b", "sabotaged search", "refuse", drift=1.5, train=sabotage),
         Scenario("sabotage-c", "sabotaged search", "refuse", drift=2.5, train=sabotage),
-        Scenario("few-rows-a", "too few rows", "refuse", drift=2.0, labelled=40, retrain=recent),
+        Scenario("few-rows-a", "too few rows", "refuse", drift=1.0, labelled=40, retrain=recent),
         Scenario("few-rows-b", "too few rows", "refuse", drift=1.5, labelled=20, retrain=recent),
         Scenario("errors-a", "errors under canary", "roll back", seed=104, architecture=errors),
         Scenario("errors-b", "errors under canary", "roll back", seed=105, architecture=errors),
@@ -540,11 +545,19 @@ def _reason(result: RetrainResult, monitored: MonitorResult) -> str:
     comparison = gate.comparison or {}
     paired = comparison.get("paired") or {}
     if paired:
-        return (
+        text = (
             f"gate {gate.status}: {paired['metric']} gain on {paired['rows']} fresh rows "
             f"{paired['difference']:+.3f}, {paired['confidence']:.0%} interval "
             f"[{paired['low']:+.3f}, {paired['high']:+.3f}]"
         )
+        guard = comparison.get("guard") or {}
+        if guard:
+            text += (
+                f"; {guard['metric']} guard {guard['difference']:+.3f} "
+                f"[{guard['low']:+.3f}, {guard['high']:+.3f}] "
+                f"({'passed' if guard['passed'] else 'failed'}, needs ≥ {guard['required']:+.3f})"
+            )
+        return text
     return f"gate {gate.status}: {comparison.get('note') or comparison.get('basis', '')}"
 
 
