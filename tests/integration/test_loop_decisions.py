@@ -1,4 +1,4 @@
-"""The closed loop decides right, on four scenarios of `benchmarks/loop_decisions.py` (long):
+"""The closed loop decides right, on five scenarios of `benchmarks/loop_decisions.py` (long):
 one full monitor → retrain → gate → canary → promote/refuse cycle each against one live
 endpoint (real local Ray, Ray Serve, HTTP, the MLflow SQLite registry under tmp_path), scored
 against 20,000 rows of ground truth the loop never sees.
@@ -8,6 +8,9 @@ against 20,000 rows of ground truth the loop never sees.
 - drift in a feature the model ignores: the weighted verdict does not call drift, nothing
   retrains;
 - a sabotaged search (learning rate 1e-7): the gate refuses the candidate;
+- label noise (40% of the recent labels flipped, the fresh rows' too): the candidate wins on
+  log loss against the noisy labels, but its ROC AUC guard refuses it — and the truth, on
+  clean labels, says it is worse;
 - a candidate that fails on live traffic: serving rolls its canary back, the failed requests
   fall back to the champion, so no request of the traffic fails.
 
@@ -53,6 +56,7 @@ def test_the_loop_promotes_refuses_and_rolls_back_as_the_truth_says(suite: Suite
     assert concept.decision == "promote" and concept.should_promote, concept.row()
     assert concept.candidate_loss is not None
     assert concept.candidate_loss < concept.champion_loss - 0.1  # the truth agrees, by far
+    assert "roc_auc guard" in concept.reason and "(passed" in concept.reason, concept.row()
     assert suite.registry.alias_target("loop-decisions", "champion") == concept.candidate
 
     ignored = _decided(suite, "ignored-a")
@@ -65,12 +69,18 @@ def test_the_loop_promotes_refuses_and_rolls_back_as_the_truth_says(suite: Suite
     assert sabotaged.candidate_loss is not None
     assert sabotaged.candidate_loss > sabotaged.champion_loss  # worse on the truth too
 
+    noise = _decided(suite, "noise-a")
+    assert noise.decision == "refuse" and noise.candidate is not None, noise.row()
+    assert "gate failed: log_loss gain" in noise.reason, noise.row()  # won on noisy labels…
+    assert "roc_auc guard" in noise.reason and "(failed" in noise.reason  # …refused by the guard
+    assert noise.candidate_loss is not None and noise.candidate_loss > noise.champion_loss
+
     errors = _decided(suite, "errors-a")
     assert errors.decision == "roll back" and "error rate" in errors.reason, errors.row()
     assert suite.registry.alias_target("loop-decisions", "champion") == 1
-    counts = summary([concept, ignored, sabotaged, errors])
+    counts = summary([concept, ignored, sabotaged, noise, errors])
     assert counts["wrong_promotions"] == counts["missed_improvements"] == 0, counts
-    assert counts["requests"] > 4 * 600  # every cycle's traffic was counted
+    assert counts["requests"] > 5 * 600  # every cycle's traffic was counted
 
 
 def test_labels_join_a_log_block_whose_dictionaries_differ_per_file() -> None:
