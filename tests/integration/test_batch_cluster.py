@@ -91,8 +91,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("cluster")
     data = root / "rows"
     synth_dataset(str(data), rows=ROWS, features=6, categorical=1, seed=5, chunk_rows=1_000)
-    # Two forward passes of 0.5 s per unit: 8 s of work for one actor alone.
-    config = batch_config("bc", data, architecture=SLOW, batch_size=500)
+    # Two forward passes of 0.5 s per unit: 8 s of work for one actor alone. executor ray:
+    # these tests are about the cluster's actor pool; auto would run so small an input in
+    # the job's driver.
+    config = batch_config("bc", data, architecture=SLOW, batch_size=500, executor="ray")
     home = root / "home"
     register_model(config, home)
     jobdir = root / "job"
