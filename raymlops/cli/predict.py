@@ -107,7 +107,13 @@ def predict(
     help="A non-numeric value in a numeric feature: fail (exit 2, default "
     "batch.on_bad_rows) or skip the row into OUTPUT/_rejects/ with its reason.",
 )
-@click.option("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto.")
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join, e.g. ray://head:10001 or auto. A small input (batch.executor "
+    "auto, at most batch.local_max_mb, no GPUs) still runs in this process without joining; "
+    "batch.executor ray makes it use the cluster.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
 def batch(

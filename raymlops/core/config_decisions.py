@@ -101,11 +101,40 @@ class ChampionComparison(_Section):
         "fall back to the held-out comparison, with a note.",
     )
 
+    guard: str = Field(
+        "auto",
+        description="Fresh rows: a second metric the candidate must not be worse on beyond "
+        "guard_margin (McNemar for accuracy, else a paired bootstrap; same confidence), "
+        "besides passing on `metric`; "
+        "'auto' = roc_auc when a binary classifier is compared on log_loss or loss (with "
+        "noisy labels a less confident candidate wins on log loss though it ranks worse; "
+        "ROC AUC's order survives symmetric label noise), none otherwise; 'none' = off.",
+    )
+    guard_margin: float = Field(
+        0.05,
+        ge=0,
+        description="How much worse than the champion on the guard metric the candidate may "
+        "be: the lower end of the guard's interval (better > 0) must be at least −this.",
+    )
+    min_rows: int = Field(
+        30,
+        ge=1,
+        description="A comparison on fewer rows than this (fresh, or the held-out fallback) "
+        "is not made: the check fails as inconclusive (too few rows, champion kept).",
+    )
+
     @model_validator(mode="after")
     def _test_fits(self) -> ChampionComparison:
         if self.test == "mcnemar" and self.metric != "accuracy":
             raise ValueError(f"test 'mcnemar' compares accuracy, not '{self.metric}'")
         return self
+
+    @field_validator("guard")
+    @classmethod
+    def _known_guard(cls, value: str) -> str:
+        if value == "none":
+            return value
+        return _check_metric_name(value, allow_auto=True)
 
     @field_validator("metric")
     @classmethod

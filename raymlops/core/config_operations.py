@@ -212,11 +212,13 @@ class BatchConfig(_Section):
     executor: Literal["auto", "ray", "local"] = Field(
         "auto",
         description="Where the units run: 'ray' on a Ray actor pool; 'local' in this process "
-        "(one worker thread per CPU sharing one Predictor, no Ray); 'auto' local when no "
-        "--address or RAY_ADDRESS (a Ray job's driver has one) names a cluster, this process "
-        "is not connected to Ray, no GPUs are asked and the "
-        "input is at most local_max_mb — starting Ray and an actor pool costs seconds a "
-        "small input never wins back on one machine.",
+        "(one worker thread per CPU sharing one Predictor, no Ray); 'auto' local when no GPUs "
+        "are asked and the input is at most local_max_mb, also when --address or RAY_ADDRESS "
+        "(a Ray job's driver has one) names a cluster (it is then not joined) — starting Ray, "
+        "or only an actor pool on a running cluster, costs seconds a small input never wins "
+        "back. Use 'ray' when the cluster should do the work although the input is small (the "
+        "driver far from the data, other nodes to share it, a job driver's node without CPUs "
+        "to spare).",
     )
     local_max_mb: float = Field(
         512.0,
@@ -461,7 +463,7 @@ class ServeConfig(_Section):
         "NaN and Infinity are always rejected.",
     )
     max_batch_size: int = Field(
-        32, ge=1, description="Requests combined into one Predictor call by @serve.batch."
+        32, ge=1, description="Requests combined into one Predictor call by the batching queue."
     )
     batch_wait_timeout_s: float = Field(
         0.0,

@@ -59,6 +59,7 @@ def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
         # the champion on the fresh rows (seen: log loss 0.400 vs 0.353 on 194 rows, refused);
         # deciding that right is benchmarks/loop_decisions.py's question.
         "gate.champion.max_regression=1.0",
+        "gate.champion.guard_margin=1.0",  # nor on its ROC AUC guard
         "gate.max_rows=300",  # the gate scores a bounded sample of the test split
         f"serve.port={port}",
     ]

@@ -49,8 +49,14 @@ QUICK = ["--set", "tune.num_samples=2", "--set", "train.epochs=2"]
 #: The champion comparison is a paired test on fresh rows (log loss, 95%): whether a 2-epoch
 #: retrain beats the champion on a few hundred rows is a coin toss, and deciding it right is
 #: benchmarks/loop_decisions.py's question. Here every step of the chain must run, so a
-#: candidate is refused only when it is worse by more than 1.0 of log loss.
-LENIENT_GATE = ["--set", "gate.champion.max_regression=1.0"]
+#: candidate is refused only when it is worse by more than 1.0 of log loss (or of ROC AUC, the
+#: guard's metric).
+LENIENT_GATE = [
+    "--set",
+    "gate.champion.max_regression=1.0",
+    "--set",
+    "gate.champion.guard_margin=1.0",
+]
 #: Three Ray nodes and a test process on 2 CPUs: p95 latencies of two versions differ by noise
 #: (seen: a retrained candidate rolled back at 137.5 ms against the champion's 85.7 ms). The
 #: chain's canary here judges errors; latency rollbacks have tests of their own.
