@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from raymlops.core.config import PipelineConfig
     from raymlops.loop.gate_result import GateResult
     from raymlops.loop.governance import PromotionDecision
+    from raymlops.loop.training import TrainResult
     from raymlops.monitor.run import MonitorResult
 
 __all__ = [
@@ -720,7 +721,6 @@ def retrain(
     directly (under `promotion: auto`). Every decision is appended to the alias history.
     """
     from raymlops.loop.gate import run_gate
-    from raymlops.loop.training import train_and_register
 
     def say(message: str) -> None:
         steps.append(message)
@@ -731,7 +731,6 @@ def retrain(
     home_path = home_dir(home)
     registry = Registry.from_config(config, home_path)
     name = config.registry.model_name
-    policy = config.retrain
     champion_before = registry.alias_target(name, RETRAIN_ALIAS)
     reasons = retrain_reasons(config, registry, monitored)
     if force:
@@ -752,23 +751,10 @@ def retrain(
     )
     say("retraining because " + "; ".join(reasons))
 
-    from raymlops.loop.fresh import hold_out_fresh
-
-    # Fresh ground truth first: the slice of the recent rows the gate compares candidate
-    # and champion on must not reach the candidate's training set.
-    fresh = hold_out_fresh(
-        config, home_path, recent_data if recent_data is not None else policy.recent_data
-    )
-    if fresh.fresh is not None:
-        say(f"fresh rows for the champion comparison: {fresh.note}")
-    data_path, rows = build_training_data(config, home_path, fresh.train)
-    say(f"training set: {rows} rows → {data_path}")
-    trained = train_and_register(
-        retraining_config(config, data_path), address=address, home=home_path, echo=echo
+    fresh, trained, data_path, rows = _train_candidate(
+        config, home_path, recent_data, address, echo, say
     )
     candidate = trained.version.version
-    say(f"registered candidate v{candidate} (test {_metrics_line(trained.test_metrics)})")
-
     gate = run_gate(
         registry, config, name, candidate, by=by, fresh=fresh.fresh, fresh_note=fresh.note
     )
@@ -797,6 +783,52 @@ def retrain(
             by=by,
         )
         return result
+    return _deploy(registry, config, result, gate, canary, by, say)
+
+
+def _train_candidate(
+    config: PipelineConfig,
+    home: Path,
+    recent_data: str | None,
+    address: str | None,
+    echo: bool,
+    say: Callable[[str], None],
+) -> tuple[Any, TrainResult, str, int]:
+    """Hold out the fresh rows, build the training set from the rest and train and register
+    a candidate on it: (fresh rows, training result, training data path, its row count).
+    The fresh slice the gate compares candidate and champion on never reaches training."""
+    from raymlops.loop.fresh import hold_out_fresh
+    from raymlops.loop.training import train_and_register
+
+    fresh = hold_out_fresh(
+        config, home, recent_data if recent_data is not None else config.retrain.recent_data
+    )
+    if fresh.fresh is not None:
+        say(f"fresh rows for the champion comparison: {fresh.note}")
+    data_path, rows = build_training_data(config, home, fresh.train)
+    say(f"training set: {rows} rows → {data_path}")
+    trained = train_and_register(
+        retraining_config(config, data_path), address=address, home=home, echo=echo
+    )
+    candidate = trained.version.version
+    say(f"registered candidate v{candidate} (test {_metrics_line(trained.test_metrics)})")
+    return fresh, trained, data_path, rows
+
+
+def _deploy(
+    registry: Registry,
+    config: PipelineConfig,
+    result: RetrainResult,
+    gate: GateResult,
+    canary: CanaryTarget | None,
+    by: str,
+    say: Callable[[str], None],
+) -> RetrainResult:
+    """After a passed gate: a first version is already champion; otherwise the canary on
+    the live endpoint (when there is one) and then the promotion, `result` updated."""
+    name, champion_before, reasons = result.model_name, result.champion_before, result.reasons
+    candidate = result.candidate
+    assert candidate is not None  # set by retrain() before the gate
     if champion_before is None and registry.alias_target(name, RETRAIN_ALIAS) == candidate:
         # No champion before: the candidate became champion as the model's first version
         # and has now passed the thresholds part of the gate.
