@@ -33,7 +33,7 @@ wall time, median over repetitions, lower is better; default workload only) and
 
     python benchmarks/tune_overhead.py                   # 16 configs × 30 epochs, 3 repetitions
     python benchmarks/tune_overhead.py --quick           # 1 repetition, under 2 minutes
-    python benchmarks/tune_overhead.py --workload long   # 3 seeds, about 15 minutes
+    python benchmarks/tune_overhead.py --workload long   # 3 seeds, 31 min on a busy machine
     python benchmarks/tune_overhead.py --workload long --repeats 1 --also-asha 5:3
 """
 
