@@ -253,6 +253,9 @@ def main() -> None:
         "factor (and without reuse_actors) against the same FIFO target; repeatable.",
     )
     parser.add_argument("--repeats", type=int, default=3, help="Repetitions (--quick: 1).")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="Search seed of the first repetition (0)."
+    )
     args = parser.parse_args()
     try:
         variants = {spec: variant_overrides(spec) for spec in args.also_asha}
@@ -292,7 +295,7 @@ def main() -> None:
         startups: list[tuple[float, float]] = []
         processes: list[tuple[int, int]] = []
         tried: dict[str, list[dict[str, Any]]] = {spec: [] for spec in variants}
-        for rep in range(repeats):
+        for rep in range(args.first_seed, args.first_seed + repeats):
             # Each repetition samples other configurations (search seed = rep), the same
             # ones for FIFO, ASHA and the plain loop.
             fifo = _config(args, "fifo", rep)
@@ -343,7 +346,7 @@ def main() -> None:
             )
             print(
                 (
-                    f"rep {rep + 1}: tune FIFO {fifo_out.wall_time_s:.2f}s vs plain loop "
+                    f"seed {rep}: tune FIFO {fifo_out.wall_time_s:.2f}s vs plain loop "
                     f"{plain_times[-1]:.2f}s "
                     f"(ratio {fifo_out.wall_time_s / plain_times[-1]:.2f}); "
                     if with_plain
