@@ -114,19 +114,25 @@ class ChampionComparison(_Section):
         0.05,
         ge=0,
         description="How much worse than the champion on the guard metric the candidate may "
-        "be: the lower end of the guard's interval (better > 0) must be at least −this.",
+        "be: the lower end of the guard's interval (better > 0) must be at least −this (for "
+        "rmse/mae a share of the champion's value). A binary guard on ROC AUC needs 10 fresh "
+        "rows of each class; with fewer the check fails as inconclusive.",
     )
     min_rows: int = Field(
         30,
         ge=1,
-        description="A comparison on fewer rows than this (fresh, or the held-out fallback) "
-        "is not made: the check fails as inconclusive (too few rows, champion kept).",
+        description="A comparison on fewer rows than this is not made: fewer usable fresh "
+        "rows fall back to the held-out split (as below min_fresh_rows), and fewer held-out "
+        "rows fail the check as inconclusive (too few rows, champion kept).",
     )
 
     @model_validator(mode="after")
     def _test_fits(self) -> ChampionComparison:
         if self.test == "mcnemar" and self.metric != "accuracy":
             raise ValueError(f"test 'mcnemar' compares accuracy, not '{self.metric}'")
+        if self.guard not in ("auto", "none") and self.guard == self.metric:
+            # said before a search runs; 'auto' metrics are resolved at the gate
+            raise ValueError(f"guard '{self.guard}' is the compared metric itself")
         return self
 
     @field_validator("guard")

@@ -19,8 +19,10 @@ Two rules keep the paired test honest where its metric alone would mislead:
   depend on the row (with balanced classes noisy AUC − ½ = (1 − 2ρ)(clean AUC − ½)): the
   difference shrinks and its interval widens, so a candidate must show on the noisy labels
   that it ranks no worse, which a noise-trained one cannot.
-- **too few rows** (`gate.champion.min_rows`): fewer compared rows than this, fresh or
-  held-out, and no comparison is made; the check fails as inconclusive (champion kept).
+- **too few rows** (`gate.champion.min_rows`): fewer usable fresh rows than this fall back
+  to the held-out rows (as below `min_fresh_rows`); fewer held-out rows, and no comparison
+  is made: the check fails as inconclusive (champion kept). The ROC AUC guard also needs
+  `GUARD_MIN_CLASS_ROWS` fresh rows of each class, else it fails as inconclusive.
 """
 
 from __future__ import annotations
@@ -202,12 +204,16 @@ def _usable_fresh(
         )
     left_out = f" ({'; '.join(parts)} left out)" if parts else ""
     assert ev.gate.champion is not None
-    minimum = ev.gate.champion.min_fresh_rows
-    if len(rows) < minimum:
+    # Below either floor the held-out rows are compared instead: more fresh rows must never
+    # make the decision worse (min_rows above min_fresh_rows would refuse 50 fresh rows as
+    # inconclusive while 5 fell back to thousands of held-out ones).
+    floor = max(ev.gate.champion.min_fresh_rows, ev.gate.champion.min_rows)
+    if len(rows) < floor:
+        which = "min_fresh_rows" if floor == ev.gate.champion.min_fresh_rows else "min_rows"
         return (
             None,
             f"{len(rows)} usable fresh rows of {len(fresh)}{left_out}, below "
-            f"gate.champion.min_fresh_rows ({minimum})",
+            f"gate.champion.{which} ({floor})",
             dropped,
         )
     base = note or f"{len(rows)} fresh labelled rows neither model trained on"
@@ -227,8 +233,6 @@ def _paired_check(
     the guard metric: the candidate passes only if it passes both."""
     comparison = ev.gate.champion
     assert comparison is not None
-    if len(rows) < comparison.min_rows:
-        return _inconclusive(ev, metric, len(rows), "fresh", note, dropped)
     ours, theirs = score(ev.candidate, rows, ev.label), score(champion, rows, ev.label)
     their_metrics = task_metrics(champion, theirs.y, theirs.outputs)
     our_metrics = task_metrics(ev.candidate, ours.y, ours.outputs)
@@ -236,7 +240,8 @@ def _paired_check(
     result = _paired_test(ev, champion, metric, (ours, theirs), -delta, comparison.test)
     guard_name = _guard_metric(ev, metric)
     guard = None
-    if guard_name is not None:
+    guard_short = _guard_too_few(guard_name, ours.y, ev.candidate.preprocessor.classes)
+    if guard_name is not None and guard_short is None:
         margin = comparison.guard_margin
         if guard_name in _RELATIVE_MARGIN and math.isfinite(their_metrics[guard_name]):
             margin *= abs(their_metrics[guard_name])
@@ -252,6 +257,8 @@ def _paired_check(
     summary = result.describe()
     if guard is not None:
         summary += f"; guard: {guard.describe()}"
+    elif guard_short is not None:
+        summary += f"; guard: {guard_short}"
     basis = {
         "basis": "fresh",
         "note": note,
@@ -264,7 +271,42 @@ def _paired_check(
     if guard is not None:
         basis["guard"] = guard.to_dict()
         checks.append(_paired_result(guard, version, len(rows), guard=True))
+    elif guard_name is not None and guard_short is not None:
+        basis["guard"] = {"metric": guard_name, "inconclusive": True, "note": guard_short}
+        checks.append(
+            CheckResult(
+                "champion",
+                f"{guard_name} guard vs v{version} on {len(rows)} fresh rows",
+                "failed",
+                float("nan"),
+                f"≥ {GUARD_MIN_CLASS_ROWS} rows of each class",
+                guard_short,
+            )
+        )
     return checks, champion_info, basis
+
+
+#: Rows of each class the ROC AUC guard needs: with fewer, its interval spans most of
+#: [0, 1] (with none, AUC is undefined), and it could only ever fail without saying why.
+GUARD_MIN_CLASS_ROWS = 10
+
+
+def _guard_too_few(guard: str | None, y: np.ndarray, classes: list[str] | None) -> str | None:
+    """Why the guard cannot judge these fresh rows (too few of a class for ROC AUC: a
+    binary model with rare positives), or None when it can. The check then fails as
+    inconclusive with this reason — the champion stays — rather than on a NaN."""
+    if guard != "roc_auc":
+        return None
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=2)
+    rarest = int(np.argmin(counts))
+    if counts[rarest] >= GUARD_MIN_CLASS_ROWS:
+        return None
+    name = classes[rarest] if classes is not None and rarest < len(classes) else str(rarest)
+    return (
+        f"inconclusive: {counts[rarest]} fresh rows of class '{name}', ROC AUC needs "
+        f"≥ {GUARD_MIN_CLASS_ROWS} of each class; champion kept (more labelled rows, or "
+        "gate.champion.guard: none)"
+    )
 
 
 def _paired_result(

@@ -133,6 +133,38 @@ def test_the_guard_fits_the_compared_metric_and_the_task(
         )
     with pytest.raises(ValidationError, match="unknown metric 'auroc'"):
         gate({"guard": "auroc"})
+    # Both named: refused when the config is read, before any search runs.
+    with pytest.raises(ValidationError, match="guard 'log_loss' is the compared metric"):
+        gate({"metric": "log_loss", "guard": "log_loss"})
+
+
+@pytest.mark.parametrize("positives", [0, 4])
+def test_the_roc_auc_guard_on_too_few_rows_of_a_class_is_inconclusive_and_says_so(
+    models: tuple[Predictor, Predictor, pd.DataFrame], positives: int
+) -> None:
+    """Rare positives: with none, ROC AUC is undefined; with a few, its interval spans most
+    of [0, 1]. The guard then fails as inconclusive with its reason — not on a NaN — and the
+    comparison on log loss is still made and reported."""
+    champion, _, held_out = models
+    pool = _balanced(2000, 6)
+    fresh = pd.concat(
+        [pool[pool["label"] == "no"].head(200), pool[pool["label"] == "yes"].head(positives)]
+    )
+    result = evaluate_gate(
+        GateConfig(), champion, held_out, "label", champion=champion, fresh=fresh
+    )
+    assert result.status == "failed" and result.comparison is not None
+    main, guard = result.checks
+    assert main.status == "passed" and main.name.startswith("log_loss vs")
+    assert guard.status == "failed" and guard.name.startswith("roc_auc guard")
+    assert f"{positives} fresh rows of class 'yes', ROC AUC needs ≥ 10" in guard.detail
+    assert result.comparison["guard"]["inconclusive"]
+    assert "guard: inconclusive" in result.comparison["summary"]
+    # With enough of each class the same candidate (the champion itself) passes the guard.
+    enough = pd.concat([fresh, pool[pool["label"] == "yes"].iloc[positives : positives + 60]])
+    assert evaluate_gate(
+        GateConfig(), champion, held_out, "label", champion=champion, fresh=enough
+    ).passed
 
 
 def test_too_few_rows_to_compare_is_inconclusive_and_refused(
@@ -153,13 +185,17 @@ def test_too_few_rows_to_compare_is_inconclusive_and_refused(
     assert "no fresh labelled rows" in compared["note"]
     assert evaluate_gate(GateConfig(), champion, held_out, "label", champion=champion).passed
 
-    # Fresh rows: enough to be used (min_fresh_rows 10), too few to compare on (min_rows 50).
+    # Fresh rows above min_fresh_rows (10) but below min_rows (50) fall back to the 600
+    # held-out rows, as fewer than min_fresh_rows would: more fresh rows never decide worse.
     fresh = _balanced(40, 5)
     strict = GateConfig.model_validate({"champion": {"min_fresh_rows": 10, "min_rows": 50}})
     on_fresh = evaluate_gate(strict, champion, held_out, "label", champion=champion, fresh=fresh)
-    assert on_fresh.status == "failed" and on_fresh.comparison is not None
-    assert on_fresh.comparison["basis"] == "fresh" and on_fresh.comparison["inconclusive"]
-    assert "40 fresh rows, below gate.champion.min_rows (50)" in on_fresh.comparison["note"]
+    assert on_fresh.passed and on_fresh.comparison is not None
+    assert on_fresh.comparison["basis"] == "held-out"
+    assert (
+        "40 usable fresh rows of 40, below gate.champion.min_rows (50)"
+        in (on_fresh.comparison["note"])
+    )
     lenient = GateConfig.model_validate({"champion": {"min_fresh_rows": 10, "min_rows": 10}})
     compared_40 = evaluate_gate(
         lenient, champion, held_out, "label", champion=champion, fresh=fresh
