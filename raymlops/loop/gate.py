@@ -761,23 +761,11 @@ def run_gate(
     say(f"▸ loading the held-out rows of {name} v{info.version}")
     frame, data_info = _held_out_rows(registry, name, info, trained, data, gate.max_rows)
     candidate = registry.load_predictor(name, info.version)
-    champion: Predictor | None = None
-    champion_version: int | None = None
-    skip_reason = "no champion to compare with"
     alias = gate.champion.alias if gate.champion is not None else "champion"
     first = registry.alias_target(name, alias) == info.version and _champion_by_registration(
         registry, name, alias, info
     )
-    if gate.champion is not None:
-        champion_version = registry.alias_target(name, gate.champion.alias)
-        if first:
-            skip_reason = FIRST_VERSION
-        elif champion_version == info.version:
-            skip_reason = f"v{info.version} is the {gate.champion.alias}"
-        elif champion_version is not None:
-            champion = registry.load_predictor(name, champion_version)
-        else:
-            skip_reason = f"no '{gate.champion.alias}' to compare with"
+    champion, champion_version, skip_reason = _champion_to_compare(registry, gate, info, first)
     sampled = (
         f" (a uniform sample of the {data_info['test_rows']} test rows)"
         if "sampled_rows" in data_info and data_info["sampled_rows"] < data_info["test_rows"]
@@ -805,11 +793,49 @@ def run_gate(
     if clear:
         result.comparison = {**(result.comparison or {}), "basis": "first version"}
         result.comparison["cleared"] = _no_champion_reason(alias, info.version)
+    compared_with = champion_version if champion is not None else None
+    _record(registry, info, result, gate, data_info, compared_with, by)
+    if clear:
+        _clear_first_champion(registry, name, alias, info.version, by, say)
+    from raymlops.loop.cards import refresh_card
+
+    refresh_card(registry, name, info.version, echo=say)
+    return result
+
+
+def _champion_to_compare(
+    registry: Registry, gate: GateConfig, info: ModelVersionInfo, first: bool
+) -> tuple[Predictor | None, int | None, str]:
+    """The champion to compare the candidate `info` with (its Predictor and version), or
+    None and why not: comparison off, a first version, the candidate is the champion, none."""
+    if gate.champion is None:
+        return None, None, "no champion to compare with"
+    champion_version = registry.alias_target(info.name, gate.champion.alias)
+    if first:
+        return None, champion_version, FIRST_VERSION
+    if champion_version == info.version:
+        return None, champion_version, f"v{info.version} is the {gate.champion.alias}"
+    if champion_version is None:
+        return None, None, f"no '{gate.champion.alias}' to compare with"
+    return registry.load_predictor(info.name, champion_version), champion_version, ""
+
+
+def _record(
+    registry: Registry,
+    info: ModelVersionInfo,
+    result: GateResult,
+    gate: GateConfig,
+    data_info: dict[str, Any],
+    compared_with: int | None,
+    by: str | None,
+) -> None:
+    """Log the result's MLflow run, tag the version with its status and summary and
+    append the `gate` event to the alias history (`compared_with`: the champion version
+    the candidate was compared with, None when it was not)."""
+    name = info.name
     run_id = _log_result(registry, info, result)
     compared = (
-        "off"
-        if gate.champion is None
-        else (f"v{champion_version}" if champion is not None else "none")
+        "off" if gate.champion is None else (f"v{compared_with}" if compared_with else "none")
     )
     summary: dict[str, Any] = {
         "failed": [f"{c.kind} {c.name}" for c in result.failed_checks][:20],
@@ -832,7 +858,7 @@ def run_gate(
         name,
         gate.champion.alias if gate.champion else "champion",
         "gate",
-        from_version=champion_version if champion is not None else None,
+        from_version=compared_with,
         to_version=info.version,
         reason=f"gate {result.status}"
         + (f": {', '.join(summary['failed'][:3])}" if result.failed_checks else ""),
@@ -844,12 +870,6 @@ def run_gate(
             "comparison": _comparison_tag(result),
         },
     )
-    if clear:
-        _clear_first_champion(registry, name, alias, info.version, by, say)
-    from raymlops.loop.cards import refresh_card
-
-    refresh_card(registry, name, info.version, echo=say)
-    return result
 
 
 def _champion_by_registration(
