@@ -12,14 +12,16 @@ was ~5% of the samples (benchmarks/RESULTS.md, serve_throughput). The semantics 
   that is cancelled (its client went away) never cancels the batch of the others: an item
   cancelled before its batch is formed is left out, one cancelled during it gets no result;
 - `run` returns one result per item, in order; a result that is an exception is raised in
-  that item's caller only; if `run` itself raises, or returns the wrong number of results,
-  every caller of that batch gets the error.
+  that item's caller only; if `run` itself raises (or is cancelled from inside), or returns
+  the wrong number of results, every caller of that batch gets the error and the worker
+  goes on with the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -64,7 +66,11 @@ class BatchQueue(Generic[T, R]):
         worker = self._worker
         if worker is None or worker.done() or worker.get_loop() is not loop:
             self._arrived = asyncio.Event()
-            self._worker = loop.create_task(self._work(), name=f"raymlops-{self.name}-queue")
+            # A fresh context: the worker serves every caller, so it must not carry the
+            # first caller's (Serve's request id would stamp all of its log lines).
+            self._worker = loop.create_task(
+                self._work(), name=f"raymlops-{self.name}-queue", context=contextvars.Context()
+            )
         future: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, future))
         assert self._arrived is not None
@@ -79,6 +85,13 @@ class BatchQueue(Generic[T, R]):
             self._waiting.popleft()[1].cancel()
 
     # ------------------------------------------------------------------ internals
+    def _fail(self, futures: list[asyncio.Future[R]], exc: BaseException, size: int) -> None:
+        """Every caller of a failed batch still waiting gets `exc`."""
+        logger.error("raymlops: %s batch of %d failed: %r", self.name, size, exc, exc_info=exc)
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+
     async def _work(self) -> None:
         arrived = self._arrived
         assert arrived is not None
@@ -126,15 +139,21 @@ class BatchQueue(Generic[T, R]):
                 raise RuntimeError(
                     f"{self.name}: {len(results)} results for a batch of {len(batch)}"
                 )
-        except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
-            raise
-        except Exception as exc:
-            logger.exception("raymlops: %s batch of %d failed", self.name, len(batch))
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the worker is stopped: close()
+                for future in futures:
+                    future.cancel()
+                raise
+            # `run` was cancelled from inside (something it awaited): this batch's
+            # error, not the end of the worker, which goes on with the next batch.
+            error: BaseException = RuntimeError(f"{self.name}: batch cancelled ({exc!r})")
+            self._fail(futures, error, len(batch))
+            return
+        except BaseException as exc:  # whatever it is, every caller of the batch is answered
+            self._fail(futures, exc, len(batch))
+            if not isinstance(exc, Exception):
+                raise
             return
         for future, result in zip(futures, results, strict=True):
             if future.done():  # cancelled while the batch ran

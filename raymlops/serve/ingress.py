@@ -221,6 +221,8 @@ class Ingress:
         shadows = [t for t in self._tasks if t is not self._sync_task]
         if shadows:
             await asyncio.wait(shadows, timeout=5.0)
+        for queue in (self._champion_queue, self._challenger_queue):
+            queue.close()  # their worker tasks end with the replica (requests are drained)
         await asyncio.to_thread(self._close)
         self._flush_metrics()
 

@@ -125,6 +125,54 @@ def test_a_failing_run_fails_its_batch_and_the_queue_goes_on() -> None:
     assert calls == [[1, 2], [3, 4], [5]]
 
 
+def test_a_run_cancelled_from_inside_fails_its_batch_and_the_queue_goes_on() -> None:
+    """`run` awaiting something that gets cancelled (not the worker being stopped): that
+    batch's callers get an error, and the next batch runs on the same worker."""
+
+    async def main() -> tuple[str, int]:
+        calls = 0
+
+        async def run(items: list[int]) -> list[int]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise asyncio.CancelledError()
+            return [i * 2 for i in items]
+
+        queue: BatchQueue[int, int] = BatchQueue(run)
+        with pytest.raises(RuntimeError, match="batch cancelled") as failed:
+            await queue.submit(1)
+        return str(failed.value), await queue.submit(2)
+
+    message, second = asyncio.run(main())
+    assert "batch cancelled" in message and second == 4
+
+
+def test_the_worker_does_not_carry_the_first_callers_context() -> None:
+    """Serve keeps the request id in a context variable; the worker runs every caller's
+    batch, so it must not see the first caller's values (they would stamp its logs)."""
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+    seen: list[str] = []
+
+    async def run(items: list[int]) -> list[int]:
+        seen.append(request_id.get())
+        return items
+
+    async def caller(queue: BatchQueue[int, int], rid: str, item: int) -> int:
+        request_id.set(rid)
+        return await queue.submit(item)
+
+    async def main() -> None:
+        queue: BatchQueue[int, int] = BatchQueue(run)
+        await asyncio.create_task(caller(queue, "first", 1))
+        await asyncio.create_task(caller(queue, "second", 2))
+
+    asyncio.run(main())
+    assert seen == ["-", "-"]
+
+
 def test_a_request_cancelled_before_its_batch_forms_is_left_out() -> None:
     async def main() -> tuple[list[Any], list[list[Any]]]:
         run = Recorder()
