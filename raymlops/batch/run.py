@@ -39,6 +39,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 import warnings
@@ -409,7 +410,7 @@ def run_batch(
     registry = Registry.from_config(config, home)
     ray_start_s = 0.0
     local = _in_process(config, request, scan, address)
-    cluster = address or os.environ.get("RAY_ADDRESS")
+    cluster = address or os.environ.get("RAY_ADDRESS") or _connected_ray()
     if local and cluster and not scan.nothing_left:
         say(
             f"▸ a small input (≤ batch.local_max_mb {config.batch.local_max_mb:g} MiB): "
@@ -761,6 +762,18 @@ def _in_process(
         return False
     size = sum(int(f.size) for f in scan.files)
     return size <= config.batch.local_max_mb * 2**20
+
+
+def _connected_ray() -> str | None:
+    """The address of the Ray this process is already connected to (the pipeline's own
+    session), else None; never imports Ray for the question."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # an odd client connection: still connected
+        return "this process's Ray"
 
 
 def _local_plan(config: PipelineConfig, pending: int) -> ResourcePlan:

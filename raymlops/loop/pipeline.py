@@ -156,7 +156,7 @@ _TITLES = {
     "train": "train: Ray Tune search, best trial registered",
     "gate": "gate v{version} against thresholds and the champion",
     "promote": "promote",
-    "batch": "batch inference on Ray Data",
+    "batch": "batch inference (Ray Data; a small input in this process)",
     "serve": "serve the champion on Ray Serve",
     "traffic": "simulated production traffic with drift",
     "monitor": "monitor: drift against the training profile",

@@ -1,6 +1,6 @@
 """The main job end to end, as README command 1 runs it: `raymlops run` on the embedded
 default (shrunk to 2 trials × 5 epochs per search) closes the loop — train, gate, serve over
-real HTTP, batch on Ray Data, drifted traffic, monitor, retrain, gate, canary, promote — and
+real HTTP, batch inference, drifted traffic, monitor, retrain, gate, canary, promote — and
 leaves a complete, ordered alias history, a card, a drift report and nothing running."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_the_main_job_closes_the_loop(
     for step in (
         "train: Ray Tune search",
         "gate v1",
-        "batch inference on Ray Data",
+        "batch inference (Ray Data; a small input in this process)",
         "serve the champion on Ray Serve",
         "simulated production traffic with drift",
         "monitor: drift against the training profile",
