@@ -266,6 +266,19 @@ def test_a_left_out_optional_feature_is_missing_and_a_required_one_is_refused(
         strict_model.predict(rows.drop(columns=[left_out]))
 
 
+def _loads_as_raymlops(old: Registered, tracking: Any) -> None:
+    """Version 1 of `old`, loaded by MLflow's own pyfunc loader, predicts as raymlops'
+    Predictor does (the files MLflow fetches are the ones whose digests are recorded)."""
+    rows = old.rows()
+    tracking(old)
+    pd.testing.assert_frame_equal(
+        mlflow.pyfunc.load_model(f"models:/{old.name}/1").predict(rows).reset_index(drop=True),
+        _raymlops_frame(old, rows),
+        check_dtype=False,
+        rtol=1e-6,
+    )
+
+
 def test_upgrade_adds_the_flavor_to_a_version_registered_before_it(
     home: Path, tracking: Any
 ) -> None:
@@ -325,14 +338,7 @@ def test_an_upgrade_cut_off_before_its_tags_is_done_again(
     info = registry.version_info(old.name, 1)
     assert {f"raymlops.sha256.{f}" for f in added} <= set(info.tags)
     assert info.tags["raymlops.mlflow_flavor"] == "added"
-    rows = old.rows()
-    tracking(old)
-    pd.testing.assert_frame_equal(
-        mlflow.pyfunc.load_model(f"models:/{old.name}/1").predict(rows).reset_index(drop=True),
-        _raymlops_frame(old, rows),
-        check_dtype=False,
-        rtol=1e-6,
-    )
+    _loads_as_raymlops(old, tracking)
 
 
 def test_upgrade_reports_each_version_it_cannot_upgrade_and_goes_on(home: Path) -> None:
@@ -407,14 +413,7 @@ def test_two_upgrades_of_one_version_at_once_add_the_flavor_once(
     assert inside.acquire(blocking=False) and not inside.acquire(blocking=False)
 
     shutil.rmtree(home / "cache" / "models" / old.name)  # fetched and verified afresh
-    rows = old.rows()
-    tracking(old)
-    pd.testing.assert_frame_equal(
-        mlflow.pyfunc.load_model(f"models:/{old.name}/1").predict(rows).reset_index(drop=True),
-        _raymlops_frame(old, rows),
-        check_dtype=False,
-        rtol=1e-6,
-    )
+    _loads_as_raymlops(old, tracking)
 
 
 @pytest.mark.long
