@@ -124,6 +124,7 @@ def test_two_workers_reach_the_validation_metric_of_one(tmp_path: Path, synth_da
 # --------------------------------------------------------------------------- worker loss
 
 
+@pytest.mark.long  # ~45 s (a worker killed mid-trial): in CI's second pass (pytest < 15 min)
 def test_a_killed_worker_resumes_from_the_last_checkpoint(
     tmp_path: Path, synth_data: Path, kill_log: Path
 ) -> None:
@@ -281,6 +282,7 @@ def test_cli_names_the_impossible_gpu_request_in_one_line_with_exit_code_2(
 # --------------------------------------------------------------------------- stuck searches
 
 
+@pytest.mark.long  # ~36 s (waits out the stall timeout): in CI's second pass (pytest < 15 min)
 def test_a_search_that_can_never_get_its_cpus_stops_with_one_line_and_exit_1(
     tmp_path: Path, synth_data: Path
 ) -> None:

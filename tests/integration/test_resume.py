@@ -140,6 +140,7 @@ def _finished_trials(home: Path) -> list[str]:
     return finished
 
 
+@pytest.mark.long  # ~50 s (a search killed and resumed): in CI's second pass (pytest < 15 min)
 def test_resume_after_sigkill_completes_the_experiment(tmp_path: Path, sessions: list[int]) -> None:
     tune = (
         f"{{num_samples: {NUM_SAMPLES}, scheduler: fifo, search_space: "
