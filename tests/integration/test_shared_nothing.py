@@ -376,7 +376,12 @@ def test_batch_survives_a_worker_node_killed_mid_run_and_writes_every_row_once(
     _ensure_champion(cluster, synth)
     client = _jobs(cluster)
     output = cluster.uri("preds-node-killed")
-    args = [*_synth_args(cluster), "--", "--input", cluster.uri("synth", "big"), "--output", output]
+    # The actor pool on the workers is what this tests: executor ray (auto would run so
+    # small an input, 1M rows, in the job's driver on the head, which no kill reaches).
+    args = [
+        *_synth_args(cluster, "--set", "batch.executor=ray"),
+        "--", "--input", cluster.uri("synth", "big"), "--output", output,
+    ]  # fmt: skip
     started = _submit(cluster, synth, "batch", "--no-wait", *args)
     assert started.returncode == 0, started.stderr
     job = started.stdout.strip().splitlines()[-1]
