@@ -410,8 +410,12 @@ def run_batch(
     registry = Registry.from_config(config, home)
     ray_start_s = 0.0
     local = _in_process(config, request, scan, address)
-    cluster = address or os.environ.get("RAY_ADDRESS") or _connected_ray()
-    if local and cluster and not scan.nothing_left:
+    cluster = (
+        local
+        and not scan.nothing_left
+        and (address or os.environ.get("RAY_ADDRESS") or _connected_ray())
+    )
+    if cluster:
         say(
             f"▸ a small input (≤ batch.local_max_mb {config.batch.local_max_mb:g} MiB): "
             f"its units run in this process, not on the cluster at {cluster} "

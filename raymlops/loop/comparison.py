@@ -227,7 +227,7 @@ def _paired_check(
     metric: str,
     note: str,
     dropped: dict[str, Any],
-) -> tuple[list[CheckResult], dict[str, Any] | None, dict[str, Any]]:
+) -> tuple[list[CheckResult], dict[str, Any], dict[str, Any]]:
     """Both models on the usable fresh `rows` (`_usable_fresh`), compared with a paired
     test (`raymlops.loop.paired`) on `metric` and, when one applies (`guard_metric`), on
     the guard metric: the candidate passes only if it passes both."""

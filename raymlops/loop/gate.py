@@ -762,10 +762,11 @@ def run_gate(
     frame, data_info = _held_out_rows(registry, name, info, trained, data, gate.max_rows)
     candidate = registry.load_predictor(name, info.version)
     alias = gate.champion.alias if gate.champion is not None else "champion"
-    first = registry.alias_target(name, alias) == info.version and _champion_by_registration(
-        registry, name, alias, info
+    target = registry.alias_target(name, alias)
+    first = target == info.version and _champion_by_registration(registry, name, alias, info)
+    champion, champion_version, skip_reason = _champion_to_compare(
+        registry, gate, info, target, first
     )
-    champion, champion_version, skip_reason = _champion_to_compare(registry, gate, info, first)
     sampled = (
         f" (a uniform sample of the {data_info['test_rows']} test rows)"
         if "sampled_rows" in data_info and data_info["sampled_rows"] < data_info["test_rows"]
@@ -804,13 +805,17 @@ def run_gate(
 
 
 def _champion_to_compare(
-    registry: Registry, gate: GateConfig, info: ModelVersionInfo, first: bool
+    registry: Registry,
+    gate: GateConfig,
+    info: ModelVersionInfo,
+    champion_version: int | None,
+    first: bool,
 ) -> tuple[Predictor | None, int | None, str]:
     """The champion to compare the candidate `info` with (its Predictor and version), or
-    None and why not: comparison off, a first version, the candidate is the champion, none."""
+    None and why not: comparison off, a first version, the candidate is the champion, none.
+    `champion_version`: where `gate.champion.alias` points now (run_gate read it once)."""
     if gate.champion is None:
         return None, None, "no champion to compare with"
-    champion_version = registry.alias_target(info.name, gate.champion.alias)
     if first:
         return None, champion_version, FIRST_VERSION
     if champion_version == info.version:
