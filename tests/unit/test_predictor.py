@@ -521,8 +521,14 @@ def test_a_model_never_makes_raymlops_import_a_module_it_was_not_allowed(
 ) -> None:
     """architecture.json naming `package.module:Name` that no config registered: refused
     before the module is imported, unless RAYMLOPS_ALLOWED_MODULES lists it (#15)."""
+    from raymlops.core import architecture_params
     from raymlops.core.errors import RegistryError
+    from raymlops.model import architectures
 
+    # The import registers the architecture: forgotten after this test, so that no later
+    # test (a Serve replica, a batch actor) is asked to import a module only this one has.
+    monkeypatch.setattr(architecture_params, "_SCHEMAS", dict(architecture_params._SCHEMAS))
+    monkeypatch.setattr(architectures, "_MODULES", dict(architectures._MODULES))
     name = f"rmo_user_arch_{tmp_path.name[-6:].replace('-', '_')}"
     (tmp_path / f"{name}.py").write_text(_USER_MODULE.format(name=name))
     monkeypatch.syspath_prepend(str(tmp_path))
