@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raymlops.serve.app_shared import _REQUEST_ID, _error_body, _header, _send, logger
+from raymlops.serve.response_writes import join_response_writes
 
 #: The request-read deadline (seconds) of this process's HTTP server: set for the ingress
 #: replicas, whose own HTTP servers HAProxy sends requests to, from their application's
@@ -263,8 +264,9 @@ def _arming_on_data(received: Callable[..., Any]) -> Any:
 
 def read_deadline_middlewares() -> list[Any]:
     """Serve's HTTP-server callback (READ_DEADLINE_CALLBACK): bounds this process's header
-    reads and returns the body-deadline middleware. Never raises: a raising callback would
-    keep Serve's proxy from starting."""
+    reads, joins each response's writes (`raymlops.serve.response_writes`: the callback is
+    the one hook Serve gives into the servers' process) and returns the body-deadline
+    middleware. Never raises: a raising callback would keep Serve's proxy from starting."""
     from starlette.middleware import Middleware
 
     deadline = ReadDeadline()
@@ -272,4 +274,8 @@ def read_deadline_middlewares() -> list[Any]:
         bound_header_reads(deadline)
     except Exception:
         logger.exception("raymlops: could not bound header reads")
+    try:
+        join_response_writes()
+    except Exception:
+        logger.exception("raymlops: could not join response writes")
     return [Middleware(BodyDeadline, deadline=deadline)]

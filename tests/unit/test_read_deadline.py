@@ -4,26 +4,26 @@ middleware Serve's callback returns, and real sockets that send too slowly."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import RequestResponseCycle as H11Cycle
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as HttpToolsCycle
 
 from raymlops.serve.read_deadline import (
     BUFFERED_BODY_BYTES,
     READ_TIMEOUT_ENV,
     read_deadline_middlewares,
 )
+from tests.unit.uvicorn_support import uvicorn_in_thread
 
 DEADLINE_S = 0.5
 
@@ -65,31 +65,14 @@ def server(
         monkeypatch.setattr(cls, "connection_made", cls.connection_made)
         monkeypatch.setattr(cls, "data_received", cls.data_received)
         monkeypatch.setattr(cls, "_raymlops_header_deadline", None, raising=False)
+    for cycle in (HttpToolsCycle, H11Cycle):  # the callback also joins response writes
+        monkeypatch.setattr(cycle, "send", cycle.send)
     monkeypatch.setenv(READ_TIMEOUT_ENV, str(DEADLINE_S))
     [middleware] = read_deadline_middlewares()
     app = _App()
     wrapped = middleware.cls(app, *middleware.args, **middleware.kwargs)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        wrapped, http=str(request.param), lifespan="off", log_level="critical", access_log=False
-    )
-    served = uvicorn.Server(config)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=lambda: loop.run_until_complete(served.serve(sockets=[sock])), daemon=True
-    )
-    thread.start()
-    while not served.started:
-        time.sleep(0.01)
-    try:
+    with uvicorn_in_thread(wrapped, str(request.param)) as port:
         yield port, app
-    finally:
-        served.should_exit = True
-        thread.join(10)
-        loop.close()
-        sock.close()
 
 
 def _until_closed(sock: socket.socket, timeout_s: float = 10.0) -> tuple[bytes, float]:
