@@ -38,14 +38,17 @@ workload three more figures:
   joining, which `executor: auto` chooses there too;
 - `per_actor_ratio`: one actor's steady state (its units' rows over the seconds they took,
   from the statistics in the output footers, of a run on the joined Ray's actor pool, with
-  `batch.executor=ray` where auto did not use it) against (b)'s loop alone.
+  `batch.executor=ray` where auto did not use it) against (b)'s loop alone; the pool's
+  actors share the cores, so each has half of what (b) has on two;
+- `alone_ratio`: the same for a pool of one actor (`batch.actors=1`), which has the cores
+  and torch threads (b) has.
 
     python benchmarks/batch_throughput.py            # 3 repetitions, all workloads, (c)
     python benchmarks/batch_throughput.py --quick    # 1 repetition, numeric and small
                                                      # (first run: + 40-70 s per dataset)
 
 The last line is one JSON object with at least `ratio`, `cold_ratio`, `address_ratio`,
-`per_actor_ratio` (the last three per workload) and `driver_peak_mb`.
+`per_actor_ratio`, `alone_ratio` (the last four per workload) and `driver_peak_mb`.
 """
 
 from __future__ import annotations
@@ -461,12 +464,21 @@ def measure_joined(
         assert on_pool["rows_out"] == rows and not on_pool["in_process"], on_pool
         stats = footers(work / "pool")
     per_actor = sum(s["rows_in"] for s in stats) / sum(s["seconds"] for s in stats)
+    # One actor with the machine to itself (2 torch threads on 2 cores, as (b) has): the pool
+    # above shares the cores among its actors, so each of them gets half of what (b) gets.
+    alone = (*joined, "--set", "batch.executor=ray", "--set", "batch.actors=1")
+    single = raymlops_batch(home, config, source, work / "alone", *alone, RAY_AUTH_MODE="token")
+    assert single["rows_out"] == rows and single["actors"] == 1, single
+    stats = footers(work / "alone")
+    per_alone = sum(s["rows_in"] for s in stats) / sum(s["seconds"] for s in stats)
     return {
         "address_ratio": b["seconds"] / a["wall_s"],
         "address_wall_s": a["wall_s"],
         "address_in_process": bool(a.get("in_process")),
         "per_actor_rows_per_s": per_actor,
         "per_actor_ratio": per_actor / (rows / b["loop_s"]),
+        "alone_rows_per_s": per_alone,
+        "alone_ratio": per_alone / (rows / b["loop_s"]),
         "address_actors": a["actors"],
         "address_phases": {"process": a["wall_s"] - a["wall_time_s"], **a["phases"]},
     }
@@ -565,14 +577,22 @@ def main() -> None:
                         f"{label} --address #{i + 1}: end to end {j['address_ratio']:.3f} "
                         f"({j['address_wall_s']:.1f} s vs (b) {b['seconds']:.1f} s) | one "
                         f"actor {j['per_actor_rows_per_s']:,.0f} rows/s = "
-                        f"{j['per_actor_ratio']:.3f} × (b)'s loop | {j['address_actors']} "
+                        f"{j['per_actor_ratio']:.3f} × (b)'s loop (alone: "
+                        f"{j['alone_rows_per_s']:,.0f} rows/s = {j['alone_ratio']:.3f}) | "
+                        f"{j['address_actors']} "
                         + ("threads in process" if j["address_in_process"] else "actors")
                         + "\n    phases: "
                         + ", ".join(f"{k} {v:.2f} s" for k, v in j["address_phases"].items()),
                         flush=True,
                     )
                     joined.append(j)
-                for key in ("address_ratio", "per_actor_rows_per_s", "per_actor_ratio"):
+                for key in (
+                    "address_ratio",
+                    "per_actor_rows_per_s",
+                    "per_actor_ratio",
+                    "alone_rows_per_s",
+                    "alone_ratio",
+                ):
                     figures[label][key] = statistics.median(j[key] for j in joined)
         if args.two_node:
             home = work / "numeric"
@@ -599,9 +619,10 @@ def main() -> None:
     figures["driver_peak_mb"] = max(figures[v]["driver_peak_mb"] for v in names)
     figures["ray_start_s"] = first["ray_start_s"]
     figures["ratio_loop"] = first["ratio_loop"]
-    for key in ("cold_ratio", "address_ratio", "per_actor_ratio"):
+    for key in ("cold_ratio", "address_ratio", "per_actor_ratio", "alone_ratio"):
         figures[key] = {v: round(figures[v][key], 3) for v in names}
     keys = ("ratio", "ratio_loop", "cold_ratio", "address_ratio", "per_actor_ratio")
+    keys += ("alone_ratio",)
     keys += ("driver_peak_mb", "ray_start_s")
     print(json.dumps({k: figures[k] for k in keys} | figures))
 

@@ -17,11 +17,11 @@ is reported separately; both searches pay Tune's own start-up (trial workers imp
 Ray Tune and torch), which is inside the ratios.
 
 `--workload long` is a search where ASHA matters: a synthetic table from
-`raymlops.data.synth_dataset` (100,000 rows × 30 features, 70,000 training rows), the same
-search space, 16 configurations × 20 epochs at batch size 256, so that a trial takes
-5-15 s on 2 quiet cores (tens of seconds on a busy machine); ASHA with what a user would
-set for 20 epochs (grace period 2, reduction factor 3). It measures (c) only (the plain
-loop would double its 15 minutes), and for each search:
+`raymlops.data.synth_dataset` (500,000 rows × 30 features, 350,000 training rows), the same
+search space, 32 configurations × 30 epochs at batch size 256, so that a trial takes about
+35 s on 2 quiet cores; ASHA with what a user would set for 30 epochs (grace period 3,
+reduction factor 3: rungs at epochs 3, 9 and 27). It measures (c) only (the plain loop
+would add another 12 minutes per seed), and for each search:
 the quality both schedulers reach at the same time budget (best validation loss at ASHA's
 total wall time), the start-up (time to the first reported result) and how many trial
 processes ran (with `reuse_actors`, one per concurrent slot). Each seed's ASHA search starts
@@ -33,8 +33,8 @@ wall time, median over repetitions, lower is better; default workload only) and
 
     python benchmarks/tune_overhead.py                   # 16 configs × 30 epochs, 3 repetitions
     python benchmarks/tune_overhead.py --quick           # 1 repetition, under 2 minutes
-    python benchmarks/tune_overhead.py --workload long   # 3 seeds, 31 min on a busy machine
-    python benchmarks/tune_overhead.py --workload long --repeats 1 --also-asha 5:3
+    python benchmarks/tune_overhead.py --workload long   # 3 seeds, about 50 min quiet
+    python benchmarks/tune_overhead.py --workload long --repeats 1 --also-asha 2:3
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def variant_overrides(spec: str) -> tuple[str, ...]:
 
 
 #: What `--workload long` sets unless given on the command line.
-_LONG = {"rows": 100_000, "epochs": 20, "batch_size": 256, "grace_period": 2}
+_DEFAULT = {"rows": 0, "epochs": 30, "batch_size": 8, "configs": 16}
+_LONG = {"rows": 500_000, "epochs": 30, "batch_size": 256, "grace_period": 3, "configs": 32}
 
 
 def _search(config: PipelineConfig, arrays: TrainingArrays, home: Path) -> tuple[Any, Timeline]:
@@ -216,12 +217,14 @@ def main() -> None:
         "--workload",
         choices=("default", "long"),
         default="default",
-        help="default: the embedded data's 1-2 s trials, (a), (b) and (c); long: 100,000 "
+        help="default: the embedded data's 1-2 s trials, (a), (b) and (c); long: 500,000 "
         "synthetic rows, trials of tens of seconds, (c) only.",
     )
-    parser.add_argument("--configs", type=int, default=16, help="Configurations (default 16).")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="Epochs per trial (default 30; long: 20)."
+        "--configs", type=int, default=None, help="Configurations (default 16; long: 32)."
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="Epochs per trial (default 30; long: 30)."
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="Batch size (default 8; long: 256)."
@@ -231,10 +234,10 @@ def main() -> None:
         type=int,
         default=None,
         help="Use a synthetic table of ROWS × 30 features instead of the embedded data "
-        "(long: 100000).",
+        "(long: 500000).",
     )
     parser.add_argument(
-        "--grace-period", type=int, default=None, help="ASHA grace period (default 1; long: 2)."
+        "--grace-period", type=int, default=None, help="ASHA grace period (default 1; long: 3)."
     )
     parser.add_argument(
         "--reduction-factor", type=float, default=None, help="ASHA reduction factor (default 3)."
@@ -261,7 +264,7 @@ def main() -> None:
         variants = {spec: variant_overrides(spec) for spec in args.also_asha}
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    defaults = _LONG if args.workload == "long" else {"rows": 0, "epochs": 30, "batch_size": 8}
+    defaults = _LONG if args.workload == "long" else _DEFAULT
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
