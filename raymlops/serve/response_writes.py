@@ -1,4 +1,5 @@
-"""One socket write per HTTP response in the replicas' own uvicorn servers.
+"""One socket write per HTTP response in the uvicorn servers of the replicas and of Serve's
+proxy (installed by Serve's HTTP-server callback, `raymlops.serve.read_deadline`).
 
 uvicorn writes a response's status line and headers as soon as the application sends
 `http.response.start`, then its body in a second write: two `send` system calls and two
