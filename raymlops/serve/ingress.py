@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -571,8 +571,16 @@ class Ingress:
 
     # ------------------------------------------------------------------ versions
     async def _apply(self, table: RoutingTable, required: bool = False) -> None:
-        """Load what the table needs, then switch routing, then drop what it no longer needs."""
+        """Load what the table needs, then switch routing, then drop what it no longer needs.
+
+        A challenger the table stopped or replaced gets no request from the moment the table
+        arrives, not only once the table's new versions have loaded (seconds): a rollback
+        takes effect at the replica's next sync."""
         async with self._load_lock:
+            if self.routing.challenger is not None and self.routing.challenger != table.challenger:
+                self.routing = replace(
+                    self.routing, challenger=None, percent=0.0, shadow_percent=0.0
+                )
             for version in table.versions():
                 if version in self.loaded or (version in self.load_errors and not required):
                     continue

@@ -456,3 +456,42 @@ def test_joining_the_owned_head_is_undone_after_the_block(
     assert "RAY_AUTH_MODE" not in os.environ and flag == ray_constants.ENABLE_RAY_CLUSTER
     token = tmp_path / "serve" / "auth-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(head_token(tmp_path)) == 64
+
+
+def test_a_stopped_challenger_gets_no_request_while_the_next_table_loads() -> None:
+    """A replica that gets a table whose challenger is another (a rollback, then a new canary
+    at once) stops routing to the old challenger before it loads the new one; the champion
+    keeps every request meanwhile."""
+    import asyncio
+
+    from raymlops.serve.canary import RoutingTable
+    from raymlops.serve.ingress import Ingress
+
+    async def scenario() -> tuple[RoutingTable, RoutingTable]:
+        replica: Any = object.__new__(Ingress)
+        started, release = threading.Event(), threading.Event()
+
+        def slow_load(version: int) -> str:  # a model load of seconds, in its worker thread
+            started.set()
+            release.wait(10)
+            return f"model v{version}"
+
+        replica._load_lock = asyncio.Lock()
+        replica._load = slow_load
+        replica.loaded = {1: "model v1", 2: "model v2"}
+        replica.load_errors = {}
+        replica.routing = RoutingTable(champion=1, challenger=2, percent=50.0, epoch=4)
+        applying = asyncio.create_task(
+            replica._apply(RoutingTable(champion=1, challenger=3, percent=50.0, epoch=6))
+        )
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        during = replica.routing
+        release.set()
+        await applying
+        return during, replica.routing
+
+    during, after = asyncio.run(scenario())
+    assert (during.champion, during.challenger, during.percent) == (1, None, 0.0)
+    assert during.epoch == 4  # not applied yet: the next sync still brings the table
+    assert (after.champion, after.challenger, after.percent, after.epoch) == (1, 3, 50.0, 6)
