@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymlops.registry.store import Registry
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,9 +31,7 @@ def main_job(
     home = tmp_path_factory.mktemp("main-job")
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env["RAYMLOPS_HOME"] = str(home)
-    with socket.socket() as probe:  # a free port for the endpoint
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the endpoint
     proc = subprocess.run(
         [
             RAYMLOPS,

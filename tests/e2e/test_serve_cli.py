@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from raymlops.serve.api import Client
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,12 +29,6 @@ def _raymlops(*args: str, home: Path, timeout: float = 240) -> subprocess.Comple
     return subprocess.run(
         [RAYMLOPS, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _session_alive(sid: int) -> bool:
@@ -74,7 +68,7 @@ def _register_champion(home: Path) -> None:
 
 def test_serve_status_stop_with_a_raymlops_owned_head(tmp_path: Path) -> None:
     _register_champion(tmp_path)
-    port = _free_port()
+    port = free_port()
     sets = [
         "--set", f"serve.port={port}",
         "--set", "serve.cpus_per_replica=0.5",
@@ -138,7 +132,7 @@ def test_status_and_stop_without_config_find_an_app_deployed_from_another(
     """`serve -c other.yaml` (another app name, another port), then `serve status` and
     `serve stop` with no -c: they act on that application, and the endpoint stops answering."""
     _register_champion(tmp_path)
-    port = _free_port()
+    port = free_port()
     other = _other_config(tmp_path, port)
     url = f"http://127.0.0.1:{port}"
     deployed = _raymlops("serve", "-c", str(other), "--json", home=tmp_path)
@@ -171,7 +165,7 @@ def test_several_apps_status_lists_them_stop_takes_all_this_home_serves(tmp_path
     `stop` stops both and the head. (On a cluster given by address, where others' may run
     too, stop refuses instead: tests/integration/test_serving.py.)"""
     _register_champion(tmp_path)
-    port = _free_port()
+    port = free_port()
     other = _other_config(tmp_path, port)
     second = ["--set", "serve.app_name=second", "--set", "serve.route_prefix=/second"]
     urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/second"]

@@ -21,7 +21,8 @@ import pytest
 
 from raymlops.core.processes import session_processes
 from raymlops.serve.api import Client
-from tests.e2e.test_serve_cli import _free_port, _raymlops, _register_champion
+from tests.e2e.test_serve_cli import _raymlops, _register_champion
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -76,7 +77,7 @@ def test_two_homes_serve_on_loopback_with_tokens_and_private_haproxy(tmp_path: P
     for home in homes:
         home.mkdir()
         _register_champion(home)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     try:
         served = [_serve(home, port) for home, port in zip(homes, ports, strict=True)]
         heads = [json.loads((h / "serve" / "ray-head.json").read_text()) for h in homes]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from raymlops.data.dataset import synth_dataset
 from raymlops.loop.gate import load_gate_result, recorded_gate
 from raymlops.registry.store import Registry
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -41,9 +41,7 @@ def test_the_main_job_streams_its_data_and_every_trial_wave_gets_the_cpus(
     synth_dataset(str(data), rows=ROWS, features=8, categorical=1, seed=5, chunk_rows=2_000)
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env["RAYMLOPS_HOME"] = str(home)
-    with socket.socket() as probe:  # a free port for the endpoint
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the endpoint
     overrides = [
         f"data.path={data}",
         "data.label=label",

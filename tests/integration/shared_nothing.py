@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from raymlops.core.processes import session_processes, stop_session
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
@@ -82,14 +83,6 @@ export HOME=/home/node
 cd /home/node
 exec "$@"
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def can_isolate() -> str | None:

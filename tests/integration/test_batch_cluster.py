@@ -35,10 +35,10 @@ from tests.integration.test_jobs import (  # noqa: E402
     RAY,
     Node,
     _clean_env,
-    _free_port,
     _raymlops,
     _start_node,
 )
+from tests.ports import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 
@@ -58,21 +58,21 @@ def _env() -> dict[str, str]:
 def cluster() -> Iterator[str]:
     """Two nodes of 1 CPU each; yields the job API address."""
     temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")  # short: socket paths are limited
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     api = f"http://127.0.0.1:{dashboard}"
     args = [
         "--head", "--num-cpus=1", f"--port={gcs}",
         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
     ]  # fmt: skip
     nodes: list[Node] = [_start_node(args, temp, _env(), api)]
     try:
         # A node joins a token-authenticated cluster with the token (~/.ray/auth_token).
         args = [f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
-                f"--dashboard-agent-listen-port={_free_port()}",
-                f"--metrics-export-port={_free_port()}"]  # fmt: skip
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}"]  # fmt: skip
         worker_temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")
         env = {**_env(), "RAY_AUTH_MODE": "token"}
         nodes.append(_start_node(args, worker_temp, env, f"127.0.0.1:{gcs}"))

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pytest
 from raymlops.cluster.launcher import PIPELINE_STEPS
 from raymlops.core.processes import session_processes, stop_session
 from raymlops.registry.store import Registry
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 
@@ -37,12 +37,6 @@ RAYMLOPS = str(BIN / "raymlops")
 RAY = str(BIN / "ray")
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["--set", "tune.num_samples=2", "--set", "train.epochs=2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_env() -> dict[str, str]:
@@ -110,14 +104,14 @@ def _start_node(args: list[str], temp: str, env: dict[str, str], ready: str) -> 
 def _start_head(num_cpus: int) -> tuple[Node, str, str]:
     """A head in a temp dir of its own on free ports; returns (node, GCS, job API)."""
     temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")  # short: socket paths are limited
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     api = f"http://127.0.0.1:{dashboard}"
     args = [
         "--head", f"--num-cpus={num_cpus}", f"--port={gcs}",
         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
     ]  # fmt: skip
     return _start_node(args, temp, _clean_env(), api), f"127.0.0.1:{gcs}", api
 
@@ -212,7 +206,7 @@ def test_run_with_a_job_address_runs_each_step_as_a_job(head: str, tmp_path: Pat
     """The main job as a chain of Ray jobs: every step succeeds in its own job, the steps
     hand over through the run folder, the chain's MLflow run names every job, and the
     endpoint the chain deployed on the cluster is gone at the end."""
-    port = _free_port()
+    port = free_port()
     proc = _raymlops(
         "run", "--address", head, "--set", "tune.num_samples=2", "--set", "train.epochs=5",
         "--set", "retrain.canary_requests=60", "--set", f"serve.port={port}",
@@ -278,7 +272,7 @@ def test_ray_job_submit_runs_serve_monitor_retrain_and_lifecycle(head: str, tmp_
     endpoint deployed by jobs/serve.py outlives its job and answers HTTP; jobs/monitor.py,
     jobs/lifecycle.py (one watch iteration) run beside it, though its replicas hold every CPU;
     `jobs/serve.py stop` removes it; jobs/retrain.py trains a candidate on the freed CPUs."""
-    port = _free_port()
+    port = free_port()
     serve_args = ["--set", f"serve.port={port}"]
     trained = _raymlops("submit", "train", "--address", head, *QUICK, home=tmp_path)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
@@ -361,7 +355,7 @@ def test_a_missing_token_fails_clearly(head: str, tmp_path: Path) -> None:
 
 
 def test_an_unreachable_job_api_fails_clearly(tmp_path: Path) -> None:
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     proc = _raymlops("jobs", "list", "--address", address, home=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Ray job API")
@@ -375,8 +369,8 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path) -> None:
         # A node joins a token-authenticated cluster with the token (~/.ray/auth_token).
         env = {**_clean_env(), "RAY_AUTH_MODE": "token"}
         args = [f"--address={gcs}", "--num-cpus=1",
-                f"--dashboard-agent-listen-port={_free_port()}",
-                f"--metrics-export-port={_free_port()}"]  # fmt: skip
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}"]  # fmt: skip
         # A temp dir of its own, as on a separate machine: nodes sharing one would
         # garbage-collect each other's runtime environments (the job's working dir).
         worker_temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")

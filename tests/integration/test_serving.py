@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -51,6 +50,7 @@ from raymlops.serve.api import (
 )
 from raymlops.train.loop import TrainingArrays, fit, load_best_predictor
 from tests.integration.ray_support import local_ray
+from tests.ports import free_port
 
 RAISING = "tests.integration.serving_arch:raising"  # same as tests.integration.serving_arch
 SLOW = "tests.integration.serving_arch:slow"
@@ -58,12 +58,6 @@ MODEL = "serve-clf"
 TOKEN = "integration-test-token"
 
 pytestmark = [pytest.mark.integration]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -167,7 +161,7 @@ def serving(
         home = tmp_path_factory.mktemp(folder)
         data = home / "data.parquet"
         synth_dataset(str(data), rows=600, features=4, categorical=1, seed=0)
-        config = _config(data, _free_port(), **serve)
+        config = _config(data, free_port(), **serve)
         _register(home, config, data)
         try:
             status = serve_model(config, home=home, echo=False)

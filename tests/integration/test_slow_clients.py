@@ -27,6 +27,7 @@ from raymlops.data.dataset import load_table
 from raymlops.serve.api import Client, serve_model
 from raymlops.serve.head import haproxy_binary, serve_env
 from tests.integration.ray_support import REPO_ROOT, local_ray
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -116,12 +117,6 @@ class Stalled:
             conn.closed_after = time.monotonic() - conn.opened
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home whose registry holds v1 of the embedded example (one epoch), registered by the
@@ -156,7 +151,7 @@ def endpoint(request: pytest.FixtureRequest, registered: Path) -> Iterator[Endpo
         None,
         [
             f"registry.model_name={MODEL}",
-            f"serve.port={_free_port()}",
+            f"serve.port={free_port()}",
             f"serve.proxy={proxy}",
             f"serve.request_read_timeout_s={DEADLINE_S}",
             "serve.cpus_per_replica=0.5",
