@@ -21,7 +21,7 @@ Ray Tune and torch), which is inside the ratios.
 search space, 32 configurations × 30 epochs at batch size 256, so that a trial takes about
 35 s on 2 quiet cores; ASHA with what a user would set for 30 epochs (grace period 3,
 reduction factor 3: rungs at epochs 3, 9 and 27). It measures (c) only (the plain loop
-would add another 12 minutes per seed), and for each search:
+would add 10-20 minutes per seed), and for each search:
 the quality both schedulers reach at the same time budget (best validation loss at ASHA's
 total wall time), the start-up (time to the first reported result) and how many trial
 processes ran (with `reuse_actors`, one per concurrent slot). Each seed's ASHA search starts
@@ -33,7 +33,7 @@ wall time, median over repetitions, lower is better; default workload only) and
 
     python benchmarks/tune_overhead.py                   # 16 configs × 30 epochs, 3 repetitions
     python benchmarks/tune_overhead.py --quick           # 1 repetition, under 2 minutes
-    python benchmarks/tune_overhead.py --workload long   # 3 seeds, about 50 min quiet
+    python benchmarks/tune_overhead.py --workload long   # 3 seeds, about 55 min quiet
     python benchmarks/tune_overhead.py --workload long --repeats 1 --also-asha 2:3
 """
 
