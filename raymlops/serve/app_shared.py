@@ -4,6 +4,7 @@ replica process's SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -171,3 +172,19 @@ def _registry(args: dict[str, Any]) -> Any:
     from raymlops.registry.store import Registry
 
     return Registry(args["tracking_uri"], args["home"])
+
+
+def uvicorn_classes(httptools_name: str, h11_name: str) -> list[type[Any]]:
+    """The classes of uvicorn's two HTTP implementations that raymlops hooks (the protocol,
+    the request-response cycle), each named as its module names it; those missing (h11 or
+    httptools not installed, a uvicorn that moved them) are left out."""
+    import importlib
+
+    found: list[type[Any]] = []
+    for module, name in (
+        ("uvicorn.protocols.http.httptools_impl", httptools_name),
+        ("uvicorn.protocols.http.h11_impl", h11_name),
+    ):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return found

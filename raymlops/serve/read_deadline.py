@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raymlops.serve.app_shared import _REQUEST_ID, _error_body, _header, _send, logger
+from raymlops.serve.app_shared import (
+    _REQUEST_ID,
+    _error_body,
+    _header,
+    _send,
+    logger,
+    uvicorn_classes,
+)
 from raymlops.serve.response_writes import join_response_writes
 
 #: The request-read deadline (seconds) of this process's HTTP server: set for the ingress
@@ -193,17 +200,8 @@ def bound_header_reads(deadline: Callable[[], float]) -> bool:
     (the classes' methods are looked up per connection and per read); a request whose
     headers arrived in time (a new `cycle`) is left alone. A later call only changes the
     deadline."""
-    classes: list[type[Any]] = []
-    with contextlib.suppress(ImportError):
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        classes.append(H11Protocol)
-    with contextlib.suppress(ImportError):
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-        classes.append(HttpToolsProtocol)
     arranged = False
-    for cls in classes:
+    for cls in uvicorn_classes("HttpToolsProtocol", "H11Protocol"):
         made, received = getattr(cls, "connection_made", None), getattr(cls, "data_received", None)
         if made is None or received is None:
             continue

@@ -10,11 +10,10 @@ its first body chunk."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from raymlops.serve.app_shared import logger
+from raymlops.serve.app_shared import logger, uvicorn_classes
 
 _MARK = "_raymlops_one_write"
 
@@ -94,17 +93,8 @@ def _one_write(send: Callable[[Any, Any], Awaitable[None]]) -> Any:
 def join_response_writes() -> bool:
     """Make this process's uvicorn write each response's head and first body chunk in one
     socket write; whether it was arranged (a later call changes nothing)."""
-    classes: list[type[Any]] = []
-    with contextlib.suppress(ImportError):
-        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as ToolsCycle
-
-        classes.append(ToolsCycle)
-    with contextlib.suppress(ImportError):
-        from uvicorn.protocols.http.h11_impl import RequestResponseCycle as H11Cycle
-
-        classes.append(H11Cycle)
     arranged = False
-    for cls in classes:
+    for cls in uvicorn_classes("RequestResponseCycle", "RequestResponseCycle"):
         send = getattr(cls, "send", None)
         if send is None:
             continue

@@ -66,8 +66,8 @@ def server(
 ) -> Iterator[tuple[int, list[bytes]]]:
     """uvicorn on a free port with joined writes and counted transports; uvicorn's classes
     are restored afterwards."""
-    module = httptools_impl if request.param == "httptools" else h11_impl
-    protocol = module.HttpToolsProtocol if module is httptools_impl else module.H11Protocol
+    http = str(request.param)
+    protocol = httptools_impl.HttpToolsProtocol if http == "httptools" else h11_impl.H11Protocol
     for cls in (httptools_impl.RequestResponseCycle, h11_impl.RequestResponseCycle):
         monkeypatch.setattr(cls, "send", cls.send)
     assert join_response_writes()
@@ -79,7 +79,7 @@ def server(
         self.transport = _Counting(self.transport, writes)
 
     monkeypatch.setattr(protocol, "connection_made", counted)
-    with uvicorn_in_thread(_app, str(request.param)) as port:
+    with uvicorn_in_thread(_app, http) as port:
         yield port, writes
 
 
